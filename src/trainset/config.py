@@ -1,0 +1,125 @@
+"""params.yaml, read once and checked, so a typo fails before any work starts."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .rating import SCHEMES
+
+SOURCE_KINDS = ("image_folder",)
+DEMO_SOURCE_NAME = "demo"
+DEMO_PATH = "data/raw/demo"
+DEMO_LICENSE = "scikit-image sample data (public domain, CC0 or BSD-3-Clause per image; see skimage/data/README.txt)"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class ConfigError(ValueError):
+    """params.yaml is missing a key or holds a value that cannot work."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """One raw collection named in params.yaml."""
+
+    name: str
+    kind: str
+    path: Path
+    license: str
+    generated: bool = False
+    weight: float = 1.0
+    repeats: int = 1
+    rating_scheme: str = "danbooru"
+    built_by_workflow: bool = False  # True for the demo: its folder is a rule's output
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "path": str(self.path),
+            "license": self.license,
+            "generated": self.generated,
+            "weight": self.weight,
+            "repeats": self.repeats,
+            "rating_scheme": self.rating_scheme,
+        }
+
+
+def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    with open(path, encoding="utf-8") as fh:
+        params = yaml.safe_load(fh) or {}
+    if not isinstance(params, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return params
+
+
+def demo_source(root: Path) -> Source:
+    return Source(
+        name=DEMO_SOURCE_NAME,
+        kind="image_folder",
+        path=root / DEMO_PATH,
+        license=DEMO_LICENSE,
+        repeats=1,
+        built_by_workflow=True,
+    )
+
+
+def sources_from_params(params: dict[str, Any], root: str | Path = ".") -> list[Source]:
+    """The effective source list: the demo first when ``demo: true``, then the user's sources."""
+    root = Path(root)
+    out: list[Source] = [demo_source(root)] if params.get("demo", False) else []
+    raw = params.get("sources") or []
+    if not isinstance(raw, list):
+        raise ConfigError("params.yaml: 'sources' must be a list")
+    for i, entry in enumerate(raw):
+        out.append(_parse_source(entry, i, root))
+    names = [s.name for s in out]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"params.yaml: source names must be unique; repeated: {', '.join(dupes)}")
+    return out
+
+
+def _parse_source(entry: Any, index: int, root: Path) -> Source:
+    where = f"params.yaml: sources[{index}]"
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: expected a mapping with name, kind, path, license")
+    missing = [k for k in ("name", "kind", "path", "license") if not entry.get(k)]
+    if missing:
+        raise ConfigError(f"{where}: missing {', '.join(missing)}")
+    name = str(entry["name"])
+    where = f"params.yaml: source {name!r}"
+    if not _NAME.match(name):
+        raise ConfigError(f"{where}: name may hold only letters, digits, '_', '-', '.'")
+    if name == DEMO_SOURCE_NAME:
+        raise ConfigError(f"{where}: the name 'demo' is reserved for the built-in demo")
+    kind = str(entry["kind"])
+    if kind not in SOURCE_KINDS:
+        raise ConfigError(f"{where}: unknown kind {kind!r}; known kinds: {', '.join(SOURCE_KINDS)}")
+    scheme = str(entry.get("rating_scheme", "danbooru"))
+    if scheme not in SCHEMES:
+        raise ConfigError(f"{where}: unknown rating_scheme {scheme!r}; expected one of {', '.join(SCHEMES)}")
+    try:
+        weight = float(entry.get("weight", 1.0))
+        repeats = int(entry.get("repeats", 1))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: weight must be a number and repeats an integer ({exc})") from None
+    if weight <= 0 or repeats < 1:
+        raise ConfigError(f"{where}: weight must be > 0 and repeats >= 1")
+    path = Path(str(entry["path"])).expanduser()
+    if not path.is_absolute():
+        path = root / path
+    return Source(
+        name=name,
+        kind=kind,
+        path=path,
+        license=str(entry["license"]),
+        generated=bool(entry.get("generated", False)),
+        weight=weight,
+        repeats=repeats,
+        rating_scheme=scheme,
+    )

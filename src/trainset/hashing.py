@@ -1,0 +1,61 @@
+"""Content and perceptual hashes: the one place every hash in trainset is computed.
+
+pHash follows ``imagehash.phash`` arithmetic exactly (grayscale, 32x32 Lanczos, scipy's
+DCT-II along rows then columns, top-left 8x8 compared with its median), so stored values
+equal ``str(imagehash.phash(img))`` for the same decoded image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import scipy.fftpack
+from PIL import Image
+
+PHASH_SIZE = 8
+PHASH_HIGHFREQ = 4
+_CHUNK = 1 << 20
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def phash_pixels(image: Image.Image) -> np.ndarray:
+    """The 32x32 grayscale thumbnail pHash works on (as imagehash makes it)."""
+    size = PHASH_SIZE * PHASH_HIGHFREQ
+    return np.asarray(image.convert("L").resize((size, size), Image.Resampling.LANCZOS))
+
+
+def phash_from_pixels(pixels: np.ndarray) -> int:
+    """64-bit pHash of one 32x32 thumbnail, first bit most significant (imagehash's hex order)."""
+    dct = scipy.fftpack.dct(scipy.fftpack.dct(pixels, axis=0), axis=1)
+    low = dct[:PHASH_SIZE, :PHASH_SIZE]
+    bits = (low > np.median(low)).flatten()
+    value = 0
+    for bit in bits:
+        value = (value << 1) | int(bit)
+    return value
+
+
+def phash(image: Image.Image) -> int:
+    return phash_from_pixels(phash_pixels(image))
+
+
+def to_hex(value: int) -> str:
+    return f"{value:016x}"
+
+
+def from_hex(values) -> np.ndarray:
+    """Hex strings to a uint64 array (for the Hamming kernels)."""
+    return np.array([int(v, 16) for v in values], dtype=np.uint64)

@@ -1,0 +1,84 @@
+"""Reading and writing Parquet manifests: validated on both sides of every stage boundary.
+
+A bad row fails loudly with the file, the row number, the item id and the column.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pandera.pandas as pa
+
+from . import atomic
+from .schemas import SCHEMA_VERSION
+
+
+class ManifestError(ValueError):
+    """A manifest does not match its schema."""
+
+
+def _describe(df: pd.DataFrame, path: str | Path, schema: pa.DataFrameSchema, err: Exception) -> str:
+    lines = [f"{path}: {schema.name} manifest failed validation"]
+    cases = getattr(err, "failure_cases", None)
+    if cases is None or not len(cases):
+        return f"{lines[0]}: {err}"
+    for _, case in cases.head(20).iterrows():
+        column = case.get("column")
+        index = case.get("index")
+        where = ""
+        if index is not None and not pd.isna(index):
+            row = int(index)
+            where = f"row {row}"
+            if "item_id" in df.columns and 0 <= row < len(df):
+                where += f" (item_id {df['item_id'].iloc[row]!r})"
+        col = f"column {column!r}" if column is not None and not pd.isna(column) else "table"
+        lines.append(f"  {where or 'whole column'}, {col}: {case.get('check')} failed for {case.get('failure_case')!r}")
+    if len(cases) > 20:
+        lines.append(f"  ... and {len(cases) - 20} more")
+    return "\n".join(lines)
+
+
+def validate(df: pd.DataFrame, schema: pa.DataFrameSchema, path: str | Path) -> pd.DataFrame:
+    """Validate ``df`` (rows renumbered from 0 so errors name the row in the file)."""
+    df = df.reset_index(drop=True)
+    try:
+        return schema.validate(df, lazy=True)
+    except (pa.errors.SchemaErrors, pa.errors.SchemaError) as err:
+        raise ManifestError(_describe(df, path, schema, err)) from None
+
+
+def write(df: pd.DataFrame, path: str | Path, schema: pa.DataFrameSchema, sort_by: str | list[str] | None = "item_id") -> pd.DataFrame:
+    """Validate and write atomically; rows are sorted so identical content gives identical bytes."""
+    df = df[list(schema.columns)]
+    if sort_by is not None and len(df):
+        df = df.sort_values(sort_by, kind="stable")
+    df = validate(df, schema, path)
+    with atomic.atomic_file(path) as tmp:
+        df.to_parquet(tmp, index=False)
+    return df
+
+
+def read(path: str | Path, schema: pa.DataFrameSchema) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise ManifestError(f"{path}: {schema.name} manifest is missing")
+    df = pd.read_parquet(path)
+    if "tags" in df.columns:
+        df["tags"] = df["tags"].map(list)
+    return validate(df, schema, path)
+
+
+def empty(schema: pa.DataFrameSchema) -> pd.DataFrame:
+    """A zero-row frame with the schema's columns and dtypes."""
+    data = {}
+    for name, col in schema.columns.items():
+        dtype = str(col.dtype)
+        data[name] = pd.Series([], dtype="str" if dtype in ("str", "string") else dtype)
+    return pd.DataFrame(data)
+
+
+def with_version(df: pd.DataFrame) -> pd.DataFrame:
+    df = df.copy()
+    df["schema_version"] = pd.Series([SCHEMA_VERSION] * len(df), dtype="int64", index=df.index)
+    return df

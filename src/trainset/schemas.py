@@ -1,0 +1,152 @@
+"""Every manifest's columns, defined once, and checked with pandera at every stage boundary."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandera.pandas as pa
+
+from .rating import RATINGS
+
+SCHEMA_VERSION = 1
+SPLITS = ("train", "val", "test")
+DECODE_REASONS = ("zero_byte", "not_image", "truncated", "corrupt")
+_HEX64 = r"^[0-9a-f]{64}$"
+_HEX16 = r"^[0-9a-f]{16}$"
+
+
+def _is_str_list(value: object) -> bool:
+    return isinstance(value, (list, tuple, np.ndarray)) and all(isinstance(v, str) and v for v in value)
+
+
+def _text(nullable: bool = False, **kw) -> pa.Column:
+    return pa.Column(str, nullable=nullable, **kw)
+
+
+def _tags() -> pa.Column:
+    return pa.Column(object, pa.Check(_is_str_list, element_wise=True, error="tags must be a list of non-empty strings"))
+
+
+_VERSION = {"schema_version": pa.Column("int64", pa.Check.eq(SCHEMA_VERSION))}
+
+_ITEM = {
+    "item_id": _text(unique=True),
+    "sha256": _text(checks=pa.Check.str_matches(_HEX64)),
+}
+
+INGEST_COLUMNS = {
+    **_ITEM,
+    "source": _text(),
+    "rel_path": _text(),
+    "path": _text(),
+    "size": pa.Column("int64", pa.Check.ge(0)),
+    "license": _text(),
+    "original_name": _text(),
+    "tags": _tags(),
+    "rating": _text(checks=pa.Check.isin(RATINGS)),
+    "generated": pa.Column(bool),
+    "weight": pa.Column("float64", pa.Check.gt(0)),
+    "repeats": pa.Column("int64", pa.Check.ge(1)),
+    "subset": _text(),
+    "sidecar": _text(nullable=True),
+    "sidecar_error": _text(nullable=True),
+    **_VERSION,
+}
+
+IMAGE_COLUMNS = {
+    "format": _text(nullable=True),
+    "mode": _text(nullable=True),
+    "width": pa.Column("int64", pa.Check.ge(0)),
+    "height": pa.Column("int64", pa.Check.ge(0)),
+    "exif_orientation": pa.Column("int64", pa.Check.in_range(1, 8)),
+    "phash": _text(nullable=True, checks=pa.Check.str_matches(_HEX16)),
+}
+
+AUDIT_COLUMNS = {
+    **_ITEM,
+    "decoded": pa.Column(bool),
+    "reason": _text(nullable=True, checks=pa.Check.isin(DECODE_REASONS)),
+    "detail": _text(nullable=True),
+    **IMAGE_COLUMNS,
+    **_VERSION,
+}
+
+FILTERED_COLUMNS = {**INGEST_COLUMNS, **IMAGE_COLUMNS}
+CLUSTER_COLUMNS = {
+    "cluster_id": _text(checks=pa.Check.str_matches(_HEX16)),
+    "cluster_key": _text(checks=pa.Check.str_matches(_HEX64)),
+    "cluster_size": pa.Column("int64", pa.Check.ge(1)),
+}
+DEDUPED_COLUMNS = {**FILTERED_COLUMNS, **CLUSTER_COLUMNS}
+CAPTIONED_COLUMNS = {**DEDUPED_COLUMNS, "caption": _text()}
+SPLIT_COLUMNS = {**CAPTIONED_COLUMNS, "split": _text(checks=pa.Check.isin(SPLITS))}
+
+REJECTED_COLUMNS = {
+    **_ITEM,
+    "source": _text(),
+    "path": _text(),
+    "stage": _text(),
+    "rule": _text(),
+    "reason": _text(),
+    "detail": _text(),
+    **_VERSION,
+}
+
+PAIR_COLUMNS = {
+    "a": _text(),
+    "b": _text(),
+    "distance": pa.Column("int64", pa.Check.ge(0)),
+}
+
+MEMBERSHIP_COLUMNS = {
+    "item_id": _text(unique=True),
+    "cluster_id": _text(checks=pa.Check.str_matches(_HEX16)),
+    "cluster_key": _text(checks=pa.Check.str_matches(_HEX64)),
+    "keeper": pa.Column(bool),
+    "distance_to_keeper": pa.Column("int64", pa.Check.ge(0)),
+}
+
+MOVE_COLUMNS = {
+    "item_id": _text(unique=True),
+    "previous_split": _text(checks=pa.Check.isin(SPLITS)),
+    "split": _text(checks=pa.Check.isin(SPLITS)),
+    "previous_cluster_key": _text(),
+    "cluster_key": _text(),
+}
+
+EXPORT_COLUMNS = {
+    **_ITEM,
+    "source": _text(),
+    "license": _text(),
+    "split": _text(checks=pa.Check.isin(SPLITS)),
+    "subset": _text(),
+    "repeats": pa.Column("int64", pa.Check.ge(1)),
+    "export_path": _text(unique=True),
+    "export_sha256": _text(checks=pa.Check.str_matches(_HEX64)),
+    "export_format": _text(),
+    "conversion": _text(nullable=True),
+    "caption": _text(),
+    "width": pa.Column("int64", pa.Check.gt(0)),
+    "height": pa.Column("int64", pa.Check.gt(0)),
+    "rating": _text(checks=pa.Check.isin(RATINGS)),
+    "tags": _tags(),
+    "generated": pa.Column(bool),
+    "cluster_id": _text(checks=pa.Check.str_matches(_HEX16)),
+    **_VERSION,
+}
+
+
+def _schema(name: str, columns: dict, unique: list[str] | None = None) -> pa.DataFrameSchema:
+    return pa.DataFrameSchema(columns, name=name, strict=True, unique=unique)
+
+
+INGEST = _schema("ingest", INGEST_COLUMNS)
+AUDIT = _schema("audit", AUDIT_COLUMNS)
+FILTERED = _schema("filtered", FILTERED_COLUMNS)
+DEDUPED = _schema("deduped", DEDUPED_COLUMNS)
+CAPTIONED = _schema("captioned", CAPTIONED_COLUMNS)
+SPLIT = _schema("split", SPLIT_COLUMNS)
+REJECTED = _schema("rejected", REJECTED_COLUMNS)
+PAIRS = _schema("pairs", PAIR_COLUMNS, unique=["a", "b"])
+MEMBERSHIP = _schema("clusters", MEMBERSHIP_COLUMNS)
+MOVES = _schema("split_moves", MOVE_COLUMNS)
+EXPORT = _schema("export", EXPORT_COLUMNS)
