@@ -50,12 +50,27 @@ def validate(df: pd.DataFrame, schema: pa.DataFrameSchema, path: str | Path) -> 
 
 def write(df: pd.DataFrame, path: str | Path, schema: pa.DataFrameSchema, sort_by: str | list[str] | None = "item_id") -> pd.DataFrame:
     """Validate and write atomically; rows are sorted so identical content gives identical bytes."""
-    df = df[list(schema.columns)]
+    df = _normalize_text(df[list(schema.columns)], schema)
     if sort_by is not None and len(df):
         df = df.sort_values(sort_by, kind="stable")
     df = validate(df, schema, path)
     with atomic.atomic_file(path) as tmp:
         df.to_parquet(tmp, index=False)
+    return df
+
+
+def _is_text(col: pa.Column) -> bool:
+    return str(col.dtype).startswith(("str", "string"))
+
+
+def _normalize_text(df: pd.DataFrame, schema: pa.DataFrameSchema) -> pd.DataFrame:
+    """Text columns as pandas' string dtype, so an all-missing column still types as text."""
+    df = df.copy()
+    for name, col in schema.columns.items():
+        values = df[name]
+        if _is_text(col) and values.dtype == object:
+            if all(isinstance(v, str) for v in values.dropna()):
+                df[name] = values.astype("str")
     return df
 
 
@@ -73,8 +88,7 @@ def empty(schema: pa.DataFrameSchema) -> pd.DataFrame:
     """A zero-row frame with the schema's columns and dtypes."""
     data = {}
     for name, col in schema.columns.items():
-        dtype = str(col.dtype)
-        data[name] = pd.Series([], dtype="str" if dtype in ("str", "string") else dtype)
+        data[name] = pd.Series([], dtype="str" if _is_text(col) else str(col.dtype))
     return pd.DataFrame(data)
 
 

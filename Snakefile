@@ -1,0 +1,33 @@
+# trainset workflow: raw -> audited -> filtered -> deduped -> captioned -> split -> exported -> reported
+# Run from the repository root: snakemake --cores all
+
+from trainset import config as ts_config
+from trainset import provenance
+
+configfile: "params.yaml"
+
+SOURCES = ts_config.sources_from_params(config, ".")
+DEMO = bool(config.get("demo", False))
+# Snakemake's code trigger sees scripts, not the library: pass the library's digest as a param.
+CODE = provenance.code_digest()
+
+include: "rules/common.smk"
+include: "rules/raw.smk"
+include: "rules/audit.smk"
+include: "rules/filter.smk"
+include: "rules/dedup.smk"
+include: "rules/caption.smk"
+include: "rules/split.smk"
+include: "rules/export.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    input:
+        "data/export",
+        REPORT,
+        METRICS,
+
+
+onsuccess:
+    provenance.write_run_info("data/run/run-info.json", config)

@@ -1,0 +1,20 @@
+# Paths shared by the rules: one place, so rules, scripts and dvc.yaml agree.
+
+M = "data/manifests"
+INGEST = f"{M}/ingest.parquet"
+AUDIT = f"{M}/audit.parquet"
+FILTERED = f"{M}/filtered.parquet"
+EXACT = f"{M}/exact.parquet"
+DEDUPED = f"{M}/deduped.parquet"
+PAIRS = f"{M}/pairs.parquet"
+CLUSTERS = f"{M}/clusters.parquet"
+CAPTIONED = f"{M}/captioned.parquet"
+SPLIT = f"{M}/split.parquet"
+MOVES = f"{M}/split_moves.parquet"
+REJECTED = f"{M}/rejected.parquet"
+REJECTED_PARTS = [f"{M}/rejected/{part}.parquet" for part in ("filter", "exact", "near")]
+EXPORT = "data/export"
+REPORT = "data/report/dataset-report.md"
+METRICS = "data/report/metrics.json"
+CACHE = "data/cache"
+RUN = "data/run"

@@ -1,0 +1,24 @@
+rule split:
+    input:
+        CAPTIONED,
+    output:
+        split=SPLIT,
+        moves=MOVES,
+    params:
+        seed=config["seed"],
+        fractions=config["split"],
+        history=f"{CACHE}/split-history.parquet",
+        code=CODE,
+    script:
+        "../scripts/split.py"
+
+
+rule rejected:
+    input:
+        REJECTED_PARTS,
+    output:
+        REJECTED,
+    params:
+        code=CODE,
+    script:
+        "../scripts/rejected.py"

@@ -1,0 +1,5 @@
+"""Snakemake entry: Kohya folders, dataset_config.toml, manifest and attribution."""
+from trainset.stages import export
+
+p = snakemake.params
+export.run(snakemake.input[0], snakemake.output[0], {**dict(p.export), "trigger_word": p.trigger_word, "seed": p.seed})

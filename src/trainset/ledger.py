@@ -1,0 +1,60 @@
+"""Nothing is lost: every raw item ends in exactly one of kept or rejected, with stage and reason."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from . import manifest, schemas
+
+
+class ConservationError(RuntimeError):
+    """Raw items were lost or counted twice between ingest and export."""
+
+
+def reject(rows: pd.DataFrame, stage: str, rule: str, reason, detail) -> pd.DataFrame:
+    """Rejected-manifest rows for ``rows`` (reason/detail: a value or a Series aligned to rows)."""
+    out = pd.DataFrame(
+        {
+            "item_id": rows["item_id"].astype(str),
+            "sha256": rows["sha256"].astype(str),
+            "source": rows["source"].astype(str),
+            "path": rows["path"].astype(str),
+            "stage": stage,
+            "rule": rule,
+            "reason": reason,
+            "detail": detail,
+        },
+        index=rows.index,
+    )
+    out["reason"] = out["reason"].astype(str)
+    out["detail"] = out["detail"].astype(str)
+    return manifest.with_version(out)
+
+
+def no_rejections() -> pd.DataFrame:
+    return manifest.empty(schemas.REJECTED)
+
+
+def check(raw: pd.DataFrame, kept: pd.DataFrame, rejected: pd.DataFrame) -> dict:
+    """raw == kept + rejected, as sets of item ids and as counts; raises on any mismatch."""
+    raw_ids = set(raw["item_id"])
+    kept_ids = set(kept["item_id"])
+    rej_ids = list(rejected["item_id"])
+    problems = []
+    twice_rejected = sorted({i for i in rej_ids if rej_ids.count(i) > 1}) if len(rej_ids) != len(set(rej_ids)) else []
+    both = sorted(kept_ids & set(rej_ids))
+    lost = sorted(raw_ids - kept_ids - set(rej_ids))
+    unknown = sorted((kept_ids | set(rej_ids)) - raw_ids)
+    if twice_rejected:
+        problems.append(f"rejected more than once: {', '.join(twice_rejected[:10])}")
+    if both:
+        problems.append(f"both kept and rejected: {', '.join(both[:10])}")
+    if lost:
+        problems.append(f"neither kept nor rejected (lost): {', '.join(lost[:10])}")
+    if unknown:
+        problems.append(f"not in the raw manifest: {', '.join(unknown[:10])}")
+    if len(raw) != len(kept) + len(rejected):
+        problems.append(f"counts: raw {len(raw)} != kept {len(kept)} + rejected {len(rejected)}")
+    if problems:
+        raise ConservationError("item ledger does not balance:\n  " + "\n  ".join(problems))
+    return {"raw": len(raw), "kept": len(kept), "rejected": len(rejected)}

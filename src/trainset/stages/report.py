@@ -1,0 +1,158 @@
+"""Everything -> the dataset report: counts per stage, reasons, moves, and GO/NO-GO.
+
+The report and metrics are deterministic functions of the manifests (no clock, no host),
+so two builds of the same inputs are byte-identical; run metadata goes elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from .. import atomic, hashing, kernels, ledger, manifest, schemas
+
+FIXES = {
+    "zero_byte": "re-download or remove the empty files",
+    "not_image": "remove the files that are not images, or give them their real extension",
+    "truncated": "re-download the truncated files from their source",
+    "corrupt": "re-export the corrupt files from their originals",
+    "too_small": "upscale the small images or lower audit.min_side in params.yaml",
+    "exact_duplicate": "remove the byte-identical copies from your sources",
+    "near_duplicate": "remove the near-duplicate variants, or lower near_dup.max_distance if they are really distinct",
+}
+
+
+def leakage(split: pd.DataFrame, max_distance: int) -> list[dict]:
+    """Kept items that are exact or near duplicates of each other but sit in different splits."""
+    if len(split) < 2:
+        return []
+    ids = split["item_id"].to_numpy()
+    splits = split["split"].to_numpy()
+    i, j, d = kernels.hamming_pairs(hashing.from_hex(split["phash"]), max_distance)
+    found = [
+        {"a": str(ids[a]), "b": str(ids[b]), "distance": int(dist), "splits": f"{splits[a]}/{splits[b]}"}
+        for a, b, dist in zip(i, j, d) if splits[a] != splits[b]
+    ]
+    for sha, group in split.groupby("sha256"):
+        if group["split"].nunique() > 1:
+            found.append({"a": group["item_id"].iloc[0], "b": group["item_id"].iloc[1], "distance": 0, "splits": "/".join(sorted(group["split"].unique()))})
+    return found
+
+
+def decide(metrics: dict, thresholds: dict) -> list[dict]:
+    """One entry per GO/NO-GO check, each NO-GO with its fix."""
+    checks = []
+    min_kept = int(thresholds.get("min_kept", 1))
+    checks.append({
+        "check": f"at least {min_kept} items kept",
+        "ok": metrics["kept"] >= min_kept,
+        "value": metrics["kept"],
+        "fix": f"add images to your sources ({min_kept - metrics['kept']} more needed) or lower report.min_kept",
+    })
+    max_share = float(thresholds.get("max_rejected_share", 1.0))
+    top = max(metrics["rejected_by_reason"].items(), key=lambda kv: kv[1], default=(None, 0))
+    checks.append({
+        "check": f"rejected share at most {max_share:.0%}",
+        "ok": metrics["rejected_share"] <= max_share,
+        "value": f"{metrics['rejected_share']:.1%}",
+        "fix": (f"the largest reason is {top[0]} ({top[1]} items): {FIXES.get(top[0], 'inspect those items')}"
+                if top[0] else "inspect the rejected manifest"),
+    })
+    max_leak = int(thresholds.get("max_split_leakage", 0))
+    checks.append({
+        "check": f"split leakage at most {max_leak} pairs",
+        "ok": metrics["split_leakage"] <= max_leak,
+        "value": metrics["split_leakage"],
+        "fix": "duplicates cross train/val/test: rebuild with the same near_dup.max_distance for dedup and split",
+    })
+    return checks
+
+
+def run(paths: dict, out_md: str | Path, out_metrics: str | Path, thresholds: dict, max_distance: int) -> dict:
+    raw = manifest.read(paths["ingest"], schemas.INGEST)
+    rejected = manifest.read(paths["rejected"], schemas.REJECTED)
+    split = manifest.read(paths["split"], schemas.SPLIT)
+    export = manifest.read(paths["export"], schemas.EXPORT)
+    moves = manifest.read(paths["moves"], schemas.MOVES)
+    stage_counts = {name: len(manifest.read(p, schema)) for name, (p, schema) in {
+        "audited": (paths["audit"], schemas.AUDIT),
+        "filtered": (paths["filtered"], schemas.FILTERED),
+        "exact_deduped": (paths["exact"], schemas.FILTERED),
+        "near_deduped": (paths["deduped"], schemas.DEDUPED),
+        "captioned": (paths["captioned"], schemas.CAPTIONED),
+    }.items()}
+    balance = ledger.check(raw, export, rejected)
+    leaks = leakage(split, max_distance)
+    by_reason = rejected["reason"].value_counts().sort_index().to_dict()
+    metrics = {
+        **balance,
+        "stages": {"raw": len(raw), **stage_counts, "split": len(split), "exported": len(export)},
+        "rejected_share": round(balance["rejected"] / balance["raw"], 6) if balance["raw"] else 0.0,
+        "rejected_by_reason": {k: int(v) for k, v in by_reason.items()},
+        "splits": {s: int((export["split"] == s).sum()) for s in schemas.SPLITS},
+        "sources": {s: int(n) for s, n in raw["source"].value_counts().sort_index().items()},
+        "converted": int(export["conversion"].notna().sum()),
+        "split_leakage": len(leaks),
+        "split_moves": len(moves),
+        "sidecar_errors": int(raw["sidecar_error"].notna().sum()),
+    }
+    checks = decide(metrics, thresholds)
+    metrics["go"] = all(c["ok"] for c in checks)
+    atomic.write_text(out_metrics, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    atomic.write_text(out_md, render(metrics, checks, rejected, moves, leaks, raw))
+    return metrics
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+    return out
+
+
+def render(metrics: dict, checks: list[dict], rejected: pd.DataFrame, moves: pd.DataFrame, leaks: list[dict], raw: pd.DataFrame) -> str:
+    verdict = "GO" if metrics["go"] else "NO-GO"
+    lines = [f"# Dataset report: {verdict}", ""]
+    lines.append(
+        f"{metrics['raw']} raw items: {metrics['kept']} kept ({', '.join(f'{n} {s}' for s, n in metrics['splits'].items())}), "
+        f"{metrics['rejected']} rejected. Every raw item is accounted for."
+    )
+    lines += ["", "## Decision", ""]
+    lines += _table(["check", "result", "value", "fix"], [
+        [c["check"], "pass" if c["ok"] else "**NO-GO**", c["value"], "" if c["ok"] else c["fix"]] for c in checks
+    ])
+    lines += ["", "## Items per stage", ""]
+    lines += _table(["stage", "items"], [[k, v] for k, v in metrics["stages"].items()])
+    lines += ["", "## Rejected, by reason", ""]
+    if len(rejected):
+        grouped = rejected.groupby(["stage", "rule", "reason"], sort=True)
+        rows = []
+        for (stage, rule, reason), group in grouped:
+            examples = ", ".join(f"`{i}`" for i in group["item_id"].head(3))
+            rows.append([stage, rule, reason, len(group), examples, FIXES.get(reason, "")])
+        lines += _table(["stage", "rule", "reason", "items", "examples", "fix"], rows)
+        lines += ["", "Every rejected item, with its detail, is in `data/manifests/rejected.parquet`."]
+    else:
+        lines.append("Nothing was rejected.")
+    errors = raw[raw["sidecar_error"].notna()]
+    if len(errors):
+        lines += ["", "## Unreadable sidecars (items kept without tags)", ""]
+        lines += _table(["item", "error"], [[f"`{r.item_id}`", r.sidecar_error] for r in errors.itertuples()])
+    lines += ["", "## Split", ""]
+    lines.append(f"Leakage: {metrics['split_leakage']} duplicate pairs cross splits.")
+    if leaks:
+        lines += [""] + _table(["a", "b", "distance", "splits"], [[l["a"], l["b"], l["distance"], l["splits"]] for l in leaks[:50]])
+    lines.append("")
+    if len(moves):
+        lines.append(f"{len(moves)} items changed split since the last build, because a new item joined or bridged their cluster:")
+        lines.append("")
+        lines += _table(["item", "was", "now", "cluster key was", "cluster key now"], [
+            [f"`{m.item_id}`", m.previous_split, m.split, m.previous_cluster_key[:16], m.cluster_key[:16]] for m in moves.itertuples()
+        ])
+    else:
+        lines.append("No item changed split since the last build.")
+    lines += ["", "## Export", ""]
+    lines.append(f"{metrics['converted']} items were converted for export; the rest keep their original bytes.")
+    lines.append("")
+    return "\n".join(lines)

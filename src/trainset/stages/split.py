@@ -1,0 +1,67 @@
+"""captioned -> split: train/val/test decided per near-duplicate cluster.
+
+Each cluster's split comes from a hash of the seed and the cluster key (the smallest
+SHA-256 among its members), so a cluster never straddles two splits and adding unrelated
+items never moves existing ones. When a new item joins or bridges clusters the key can
+change; the items that moved (against the last split on this machine) are listed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pandas as pd
+
+from .. import atomic, manifest, schemas
+
+_HISTORY_COLUMNS = ["item_id", "split", "cluster_key"]
+
+
+class SplitError(ValueError):
+    pass
+
+
+def assign(cluster_key: str, seed: int, fractions: dict[str, float]) -> str:
+    """Split for one cluster: a uniform draw in [0, 1) from the seeded hash of its key."""
+    digest = hashlib.sha256(f"{seed}:{cluster_key}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    edge = 0.0
+    for name in schemas.SPLITS:
+        edge += fractions[name]
+        if u < edge:
+            return name
+    return schemas.SPLITS[-1]
+
+
+def check_fractions(fractions: dict) -> dict[str, float]:
+    try:
+        out = {name: float(fractions.get(name, 0.0)) for name in schemas.SPLITS}
+    except (TypeError, ValueError):
+        raise SplitError(f"params.yaml: split fractions must be numbers, got {fractions!r}") from None
+    extra = set(fractions) - set(schemas.SPLITS)
+    if extra or any(v < 0 for v in out.values()) or abs(sum(out.values()) - 1.0) > 1e-6:
+        raise SplitError(f"params.yaml: split must give train/val/test fractions >= 0 that sum to 1, got {fractions!r}")
+    return out
+
+
+def run(captioned_path: str | Path, out: str | Path, moves_out: str | Path, history_path: str | Path, seed: int, fractions: dict) -> pd.DataFrame:
+    fractions = check_fractions(fractions)
+    items = manifest.read(captioned_path, schemas.CAPTIONED)
+    by_key = {k: assign(k, seed, fractions) for k in items["cluster_key"].unique()}
+    items["split"] = items["cluster_key"].map(by_key).astype("str")
+
+    history_path = Path(history_path)
+    if history_path.exists():
+        previous = pd.read_parquet(history_path)
+    else:
+        previous = pd.DataFrame(columns=_HISTORY_COLUMNS)
+    joined = items[["item_id", "split", "cluster_key"]].merge(
+        previous.rename(columns={"split": "previous_split", "cluster_key": "previous_cluster_key"}), on="item_id"
+    )
+    moves = joined[joined["split"] != joined["previous_split"]]
+    manifest.write(moves, moves_out, schemas.MOVES)
+    written = manifest.write(items, out, schemas.SPLIT)
+    with atomic.atomic_file(history_path) as tmp:
+        written[_HISTORY_COLUMNS].to_parquet(tmp, index=False)
+    return written
