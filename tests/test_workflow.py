@@ -1,0 +1,186 @@
+"""End to end: the whole workflow on the built-in demo and on a user folder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tomllib
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from trainset import demo, manifest, schemas
+
+from conftest import copy_workflow, set_params, snakemake
+
+NOTHING = "Nothing to be done"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    project = copy_workflow(tmp_path_factory.mktemp("demo") / "project")
+    snakemake(project)
+    return project
+
+
+def _read(project: Path, rel: str, schema) -> pd.DataFrame:
+    return manifest.read(project / rel, schema)
+
+
+def test_demo_duplicates_and_broken_files(built: Path) -> None:
+    truth = demo.truth()
+    rejected = _read(built, "data/manifests/rejected.parquet", schemas.REJECTED).set_index("item_id")
+    kept = _read(built, "data/export/manifest.parquet", schemas.EXPORT).set_index("item_id")
+    rid = lambda rel: f"demo:{rel}"  # noqa: E731
+
+    for original, copy in truth["exact_duplicates"]:
+        pair = {rid(original), rid(copy)}
+        assert len(pair & set(kept.index)) == 1, pair
+        (loser,) = pair & set(rejected.index)
+        assert rejected.loc[loser, "reason"] == "exact_duplicate"
+        assert rejected.loc[loser, "detail"].startswith("same bytes as ")
+
+    for original, variant, kind in truth["near_duplicates"]:
+        assert rid(variant) in rejected.index, (variant, kind)
+        assert rejected.loc[rid(variant), "reason"] == "near_duplicate"
+        winner = rejected.loc[rid(variant), "detail"].split(" to ")[1].split(" ")[0]
+        assert winner in kept.index
+        if kind == "upscaled_generated":  # original kept over a larger generated copy
+            assert winner == rid(original)
+
+    for a, b in truth["distinct_lookalikes"]:
+        assert rid(a) in kept.index and rid(b) in kept.index, (a, b)
+
+    for rel, reason in truth["broken"].items():
+        assert rejected.loc[rid(rel), "reason"] == reason
+        assert rejected.loc[rid(rel), "stage"] == "filter"
+    for rel in truth["too_small"]:
+        assert rejected.loc[rid(rel), "reason"] == "too_small"
+
+
+def test_demo_counts_conserved_and_report(built: Path) -> None:
+    raw = _read(built, "data/manifests/ingest.parquet", schemas.INGEST)
+    kept = _read(built, "data/export/manifest.parquet", schemas.EXPORT)
+    rejected = _read(built, "data/manifests/rejected.parquet", schemas.REJECTED)
+    assert len(raw) == len(demo.truth()["images"])
+    assert set(raw["item_id"]) == set(kept["item_id"]) | set(rejected["item_id"])
+    assert len(raw) == len(kept) + len(rejected)
+    metrics = json.loads((built / "data/report/metrics.json").read_text())
+    assert metrics["raw"] == len(raw) and metrics["kept"] == len(kept) and metrics["split_leakage"] == 0
+    report = (built / "data/report/dataset-report.md").read_text()
+    assert report.startswith("# Dataset report: GO")
+    for reason in ("exact_duplicate", "near_duplicate", "truncated", "zero_byte", "not_image", "too_small"):
+        assert reason in report
+
+
+def test_demo_export_is_kohya_ready(built: Path) -> None:
+    export = built / "data/export"
+    config = tomllib.loads((export / "dataset_config.toml").read_text())
+    subsets = config["datasets"][0]["subsets"]
+    kept = _read(built, "data/export/manifest.parquet", schemas.EXPORT)
+    assert subsets
+    listed = 0
+    for subset in subsets:
+        folder = built / subset["image_dir"]
+        assert folder.is_dir(), subset
+        assert folder.name.split("_", 1)[0] == str(subset["num_repeats"])
+        images = [p for p in folder.iterdir() if p.suffix != ".txt"]
+        assert images and all(p.with_suffix(".txt").is_file() for p in images)
+        listed += len(images)
+    assert listed == int((kept["split"] == "train").sum())
+    for row in kept.itertuples():
+        data = (export / row.export_path).read_bytes()
+        assert manifest_sha(data) == row.export_sha256
+        assert (export / row.export_path).with_suffix(".txt").read_text().strip() == row.caption
+    assert "demo" in (export / "ATTRIBUTION.md").read_text()
+
+
+def manifest_sha(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_rerun_does_nothing(built: Path) -> None:
+    before = {p: p.stat().st_mtime_ns for p in (built / "data/manifests").rglob("*.parquet")}
+    proc = snakemake(built)
+    assert NOTHING in proc.stdout + proc.stderr
+    assert before == {p: p.stat().st_mtime_ns for p in (built / "data/manifests").rglob("*.parquet")}
+
+
+def _stats(project: Path) -> dict:
+    return json.loads((project / "data/run/audit-stats.json").read_text())
+
+
+def _photo(name: str, size: tuple[int, int], seed: int) -> Image.Image:
+    """A distinct, natural-looking image: a sample photo crop, shifted by seed."""
+    import skimage.data
+
+    with Image.open(Path(skimage.data.__file__).parent / name) as im:
+        im = im.convert("RGB")
+        left = (seed * 37) % max(1, im.width - size[0])
+        top = (seed * 53) % max(1, im.height - size[1])
+        return im.crop((left, top, left + size[0], top + size[1]))
+
+
+def test_user_folder_incremental(project: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "my_art"
+    (folder / "3_char").mkdir(parents=True)
+    names = ["astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png"]
+    for i, name in enumerate(names):
+        _photo(name, (300, 280), i).save(folder / "3_char" / f"img{i}.png")
+        (folder / "3_char" / f"img{i}.txt").write_text("1girl, solo, smile")
+    set_params(project, demo=True, sources=[{
+        "name": "my_art", "kind": "image_folder", "path": str(folder), "license": "CC-BY-4.0", "weight": 1.0,
+    }])
+    snakemake(project)
+    first = _stats(project)
+    assert first["decoded"] == first["contents"] > 0
+    split_before = _read(project, "data/manifests/split.parquet", schemas.SPLIT).set_index("item_id")["split"]
+
+    proc = snakemake(project)
+    assert NOTHING in proc.stdout + proc.stderr
+
+    _photo("coins.png", (300, 280), 9).save(folder / "new.png")
+    snakemake(project)
+    second = _stats(project)
+    assert second["decoded"] == 1
+    assert second["cache_hits"] == first["contents"]
+    split_after = _read(project, "data/manifests/split.parquet", schemas.SPLIT).set_index("item_id")["split"]
+    assert "my_art:new.png" in split_after.index
+    common = split_before.index.intersection(split_after.index)
+    assert (split_before[common] == split_after[common]).all()
+    kept = _read(project, "data/export/manifest.parquet", schemas.EXPORT)
+    mine = kept[(kept["source"] == "my_art") & (kept["subset"] == "char")]
+    assert set(mine["repeats"]) == {3}
+
+    audit_mtime = (project / "data/manifests/audit.parquet").stat().st_mtime_ns
+    set_params(project, audit__min_side=290)
+    snakemake(project)
+    # a threshold change re-filters from stored measures: the audit (decode) step does not run
+    assert (project / "data/manifests/audit.parquet").stat().st_mtime_ns == audit_mtime
+    assert _stats(project) == second
+    rejected = _read(project, "data/manifests/rejected.parquet", schemas.REJECTED)
+    assert "my_art:3_char/img0.png" in set(rejected.loc[rejected["reason"] == "too_small", "item_id"])
+
+
+def test_demo_off_drops_demo(project: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for i, name in enumerate(["astronaut.png", "coffee.png", "chelsea.png"]):
+        _photo(name, (300, 300), i).save(folder / f"{i}.png")
+    set_params(project, demo=False, sources=[{"name": "mine", "kind": "image_folder", "path": str(folder), "license": "CC0-1.0"}])
+    set_params(project, report__min_kept=1)
+    snakemake(project)
+    raw = _read(project, "data/manifests/ingest.parquet", schemas.INGEST)
+    assert set(raw["source"]) == {"mine"} and len(raw) == 3
+    assert not (project / "data/raw/demo").exists()
+
+
+def test_bad_source_fails_with_its_name(project: Path, tmp_path: Path) -> None:
+    set_params(project, sources=[{"name": "gone", "kind": "image_folder", "path": str(tmp_path / "nope"), "license": "x"}])
+    proc = snakemake(project, check=False)
+    assert proc.returncode != 0
+    assert "nope" in proc.stdout + proc.stderr
