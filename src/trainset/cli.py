@@ -1,0 +1,73 @@
+"""The ``trainset`` command: small tools around the workflow's files."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import __version__, demo, manifest, schemas
+
+# manifest file name -> schema, for files the workflow writes
+SCHEMA_BY_NAME = {
+    "ingest": schemas.INGEST,
+    "audit": schemas.AUDIT,
+    "filtered": schemas.FILTERED,
+    "exact": schemas.FILTERED,
+    "deduped": schemas.DEDUPED,
+    "captioned": schemas.CAPTIONED,
+    "split": schemas.SPLIT,
+    "split_moves": schemas.MOVES,
+    "pairs": schemas.PAIRS,
+    "clusters": schemas.MEMBERSHIP,
+    "rejected": schemas.REJECTED,
+    "filter": schemas.REJECTED,
+    "near": schemas.REJECTED,
+    "manifest": schemas.EXPORT,
+}
+
+
+def _schema_for(path: Path, name: str | None):
+    key = name or path.stem
+    if key not in SCHEMA_BY_NAME:
+        raise SystemExit(f"{path}: cannot tell which schema applies; pass --schema ({', '.join(sorted(SCHEMA_BY_NAME))})")
+    return SCHEMA_BY_NAME[key]
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    status = 0
+    for raw in args.paths:
+        path = Path(raw)
+        try:
+            df = manifest.read(path, _schema_for(path, args.schema))
+        except manifest.ManifestError as exc:
+            print(exc, file=sys.stderr)
+            status = 1
+        else:
+            print(f"{path}: ok ({len(df)} rows)")
+    return status
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    truth = demo.materialize(args.dest)
+    print(f"{args.dest}: {len(truth['images'])} demo files")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="trainset", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"trainset {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("validate", help="check manifests against their schemas")
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--schema", choices=sorted(SCHEMA_BY_NAME), help="schema name (default: from the file name)")
+    p.set_defaults(func=cmd_validate)
+    p = sub.add_parser("demo", help="write the built-in demo source into a folder")
+    p.add_argument("dest", type=Path)
+    p.set_defaults(func=cmd_demo)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,38 @@
+"""The trainset command on real manifests."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from trainset import cli, demo
+
+
+def test_validate_ok_and_bad(tmp_path: Path, capsys) -> None:
+    from trainset.config import Source
+    from trainset.stages import ingest
+
+    demo.materialize(tmp_path / "raw")
+    src = Source(name="d", kind="image_folder", path=tmp_path / "raw", license="CC0-1.0")
+    out = tmp_path / "ingest.parquet"
+    ingest.run([src], out, tmp_path / "stat", [".png", ".jpg"], root=tmp_path)
+    assert cli.main(["validate", str(out)]) == 0
+    assert "ok (" in capsys.readouterr().out
+
+    df = pd.read_parquet(out)
+    df.loc[3, "rating"] = "spicy"
+    bad = tmp_path / "ingest_bad.parquet"
+    df.to_parquet(bad, index=False)
+    assert cli.main(["validate", "--schema", "ingest", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert str(bad) in err and "row 3" in err and "'rating'" in err and df.loc[3, "item_id"] in err
+
+
+def test_console_script_demo(tmp_path: Path) -> None:
+    exe = Path(sys.executable).parent / "trainset"
+    proc = subprocess.run([str(exe), "demo", str(tmp_path / "d")], capture_output=True, text=True, check=True)
+    assert f"{len(demo.truth()['images'])} demo files" in proc.stdout
+    assert sorted(p.relative_to(tmp_path / "d").as_posix() for p in (tmp_path / "d").rglob("*") if p.suffix not in (".txt", ".json") and p.is_file()) == demo.truth()["images"]
