@@ -6,6 +6,7 @@ rule demo:
     output:
         directory("data/raw/demo"),
     params:
+        enabled=DEMO,  # with demo: false the folder is left empty (DVC still tracks it)
         code=provenance.code_digest("demo"),
     script:
         "../scripts/demo.py"
