@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,8 +109,8 @@ def _parse_source(entry: Any, index: int, root: Path) -> Source:
         repeats = int(entry.get("repeats", 1))
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: weight must be a number and repeats an integer ({exc})") from None
-    if weight <= 0 or repeats < 1:
-        raise ConfigError(f"{where}: weight must be > 0 and repeats >= 1")
+    if not math.isfinite(weight) or weight <= 0 or repeats < 1:
+        raise ConfigError(f"{where}: weight must be > 0 (and finite) and repeats >= 1")
     path = Path(str(entry["path"])).expanduser()
     if not path.is_absolute():
         path = root / path

@@ -32,8 +32,14 @@ def _failed(reason: str, detail: str, fmt: str | None = None) -> dict:
     }
 
 
+class MissingFile(FileNotFoundError):
+    """A file the ingest manifest lists is gone: the manifest is stale, not the file broken."""
+
+
 def extract(path: str) -> dict:
-    """Decode one file fully and measure it; failures become a reason, never an exception."""
+    """Decode one file fully and measure it; a broken file becomes a reason, never an exception."""
+    if not os.path.isfile(path):
+        raise MissingFile(f"{path}: listed by the ingest manifest but not found (moved, or run from another folder?)")
     try:
         if os.path.getsize(path) == 0:
             return _failed("zero_byte", "file is empty (0 bytes)")

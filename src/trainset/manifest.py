@@ -50,6 +50,9 @@ def validate(df: pd.DataFrame, schema: pa.DataFrameSchema, path: str | Path) -> 
 
 def write(df: pd.DataFrame, path: str | Path, schema: pa.DataFrameSchema, sort_by: str | list[str] | None = "item_id") -> pd.DataFrame:
     """Validate and write atomically; rows are sorted so identical content gives identical bytes."""
+    missing = [c for c in schema.columns if c not in df.columns]
+    if missing:
+        raise ManifestError(f"{path}: {schema.name} manifest failed validation: missing column(s) {', '.join(missing)}")
     df = _normalize_text(df[list(schema.columns)], schema)
     if sort_by is not None and len(df):
         df = df.sort_values(sort_by, kind="stable")

@@ -104,7 +104,8 @@ def _apply_json(out: dict, doc: object, source: Source) -> None:
     if isinstance(tags, str):
         out["tags"] = _split_tags(tags)
     elif isinstance(tags, list) and all(isinstance(t, str) for t in tags):
-        out["tags"] = _split_tags(",".join(tags))
+        # one element per tag: never fall back to whitespace splitting (["long hair"] is one tag)
+        out["tags"] = _split_tags("\n".join(tags) + "\n")
     else:
         raise ValueError("'tags' must be a list of strings or a string")
     scheme = str(doc.get("rating_scheme", source.rating_scheme))

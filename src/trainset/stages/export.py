@@ -21,12 +21,15 @@ EXTENSIONS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "GIF": ".gif", "BM
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def conversion_reason(row, keep_formats: list[str], keep_modes: list[str], convert_to: str) -> str | None:
+def conversion_reason(row, keep_formats: list[str], keep_modes: list[str], convert_to: str, out_mode: str | None = None) -> str | None:
+    """Why ``row`` is converted (None: keep its bytes). ``out_mode``, the mode of the converted
+    file once known, replaces the predicted one: a palette image without transparency, or
+    any image saved as JPEG, ends up RGB rather than RGBA."""
     reasons = []
     if row.format not in keep_formats:
         reasons.append(f"format {row.format} -> {convert_to}")
-    if row.mode not in keep_modes:
-        reasons.append(f"mode {row.mode} -> {target_mode(row.mode, keep_modes)}")
+    if row.mode not in keep_modes or (out_mode is not None and out_mode != row.mode):
+        reasons.append(f"mode {row.mode} -> {out_mode or target_mode(row.mode, keep_modes)}")
     if row.exif_orientation != 1:
         reasons.append(f"EXIF orientation {row.exif_orientation} applied")
     return "; ".join(reasons) or None
@@ -39,8 +42,9 @@ def target_mode(mode: str, keep_modes: list[str]) -> str:
     return "RGBA" if has_alpha and "RGBA" in keep_modes else "RGB"
 
 
-def convert(path: str, keep_modes: list[str], convert_to: str) -> bytes:
-    with Image.open(path) as im:
+def convert(data: bytes, keep_modes: list[str], convert_to: str) -> tuple[bytes, str]:
+    """Re-encode ``data`` upright in ``convert_to``; returns the new bytes and their mode."""
+    with Image.open(io.BytesIO(data)) as im:
         im.load()
         im = ImageOps.exif_transpose(im)
         mode = target_mode(im.mode, keep_modes)
@@ -52,7 +56,7 @@ def convert(path: str, keep_modes: list[str], convert_to: str) -> bytes:
             im = im.convert("RGB")
         buf = io.BytesIO()
         im.save(buf, format=convert_to, **({"quality": 95} if convert_to == "JPEG" else {}))
-    return buf.getvalue()
+    return buf.getvalue(), im.mode
 
 
 def file_name(row, ext: str) -> str:
@@ -76,13 +80,14 @@ def run(split_path: str | Path, out_dir: str | Path, params: dict) -> pd.DataFra
     rows = []
     with atomic.atomic_dir(out_dir) as tmp:
         for row in items.itertuples(index=False):
+            data, fmt = Path(row.path).read_bytes(), row.format
+            if hashing.sha256_bytes(data) != row.sha256:
+                raise RuntimeError(f"{row.item_id}: {row.path} changed since ingest; rerun the workflow")
             reason = conversion_reason(row, keep_formats, keep_modes, convert_to)
             if reason:
-                data, fmt = convert(row.path, keep_modes, convert_to), convert_to
-            else:
-                data, fmt = Path(row.path).read_bytes(), row.format
-                if hashing.sha256_bytes(data) != row.sha256:
-                    raise RuntimeError(f"{row.item_id}: {row.path} changed since ingest; rerun the workflow")
+                data, out_mode = convert(data, keep_modes, convert_to)
+                fmt = convert_to
+                reason = conversion_reason(row, keep_formats, keep_modes, convert_to, out_mode)
             repeats = max(1, round(row.repeats * row.weight))
             if row.split == "train":
                 rel_dir = Path("kohya") / kohya_folder(row)

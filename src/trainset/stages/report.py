@@ -35,9 +35,15 @@ def leakage(split: pd.DataFrame, max_distance: int) -> list[dict]:
         {"a": str(ids[a]), "b": str(ids[b]), "distance": int(dist), "splits": f"{splits[a]}/{splits[b]}"}
         for a, b, dist in zip(i, j, d) if splits[a] != splits[b]
     ]
-    for sha, group in split.groupby("sha256"):
-        if group["split"].nunique() > 1:
-            found.append({"a": group["item_id"].iloc[0], "b": group["item_id"].iloc[1], "distance": 0, "splits": "/".join(sorted(group["split"].unique()))})
+    # byte-identical items share a pHash, so the pass above finds them already; this catches
+    # any it did not, once per pair and only for members that really sit in different splits
+    seen = {(f["a"], f["b"]) for f in found}
+    for _, group in split.groupby("sha256"):
+        members = list(zip(group["item_id"], group["split"]))
+        for k, (a, split_a) in enumerate(members):
+            for b, split_b in members[k + 1:]:
+                if split_a != split_b and (str(a), str(b)) not in seen:
+                    found.append({"a": str(a), "b": str(b), "distance": 0, "splits": f"{split_a}/{split_b}"})
     return found
 
 

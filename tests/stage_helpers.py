@@ -1,0 +1,252 @@
+"""Shared helpers for the stage tests: real image files, real sources and a small stage chain.
+
+Imported by the stage test files as ``import stage_helpers`` (pytest puts ``tests/`` on
+``sys.path`` because the folder has no ``__init__.py``). Nothing here touches anything
+outside the ``tmp_path`` it is given.
+
+The workflow runs every stage from the repository root (ingest stores paths relative to
+it, and later stages open them from the current directory), so :class:`Chain` runs each
+stage from its own root folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import pandas as pd
+import skimage.data
+from PIL import Image
+
+from trainset import manifest, schemas
+from trainset.config import Source
+from trainset.stages import audit, caption, dedup, export, filter as filter_stage, ingest, rejected, split
+
+EXTENSIONS = [".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"]
+SAMPLES = Path(skimage.data.__file__).parent
+DEFAULT_EXPORT = {
+    "keep_formats": ["PNG", "JPEG", "WEBP"],
+    "keep_modes": ["RGB", "RGBA", "L"],
+    "convert_to": "PNG",
+    "kohya": {"resolution": 1024, "batch_size": 1, "enable_bucket": True, "caption_extension": ".txt", "keep_tokens": 0},
+}
+
+
+# --------------------------------------------------------------------------- images
+
+
+def sample(name: str, size: tuple[int, int] | None = None, mode: str = "RGB") -> Image.Image:
+    """One of scikit-image's bundled photos (read from the package folder, no download)."""
+    with Image.open(SAMPLES / name) as im:
+        im.load()
+        im = im.convert(mode)
+    if size is not None:
+        im = im.resize(size, Image.Resampling.LANCZOS)
+    return im
+
+
+def encode(im: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def save(im: Image.Image, path: Path, fmt: str | None = None, **kw) -> Path:
+    """Write ``im`` to ``path`` (format from the suffix unless given); returns the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = fmt or {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".gif": "GIF", ".webp": "WEBP"}[path.suffix.lower()]
+    path.write_bytes(encode(im, fmt, **kw))
+    return path
+
+
+def write_bytes(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def truncated_jpeg(path: Path) -> Path:
+    """A valid JPEG cut to half its bytes: opens, then fails to decode."""
+    data = encode(sample("astronaut.png", (300, 300)), "JPEG", quality=90)
+    return write_bytes(path, data[: len(data) // 2])
+
+
+def sidecar(image: Path, tags: list[str] | None = None, **fields) -> Path:
+    """A ``.json`` sidecar next to ``image`` (``tags`` plus any extra fields, e.g. generated)."""
+    doc = dict(fields)
+    if tags is not None:
+        doc["tags"] = tags
+    car = image.with_suffix(".json")
+    car.write_text(json.dumps(doc), encoding="utf-8")
+    return car
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def fake_sha(seed: str) -> str:
+    return hashlib.sha256(seed.encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- sources and the chain
+
+
+def source(path: Path, name: str = "src", license: str = "CC0-1.0", **kw) -> Source:
+    return Source(name=name, kind="image_folder", path=Path(path), license=license, **kw)
+
+
+def _at_root(method):
+    """Run a Chain method with the chain's root as the current directory."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kw):
+        with contextlib.chdir(self.root):
+            return method(self, *args, **kw)
+
+    return wrapper
+
+
+class Chain:
+    """The stages in workflow order, writing manifests under ``root/data``.
+
+    Each method runs one real stage function (from ``root``, like the workflow) and returns
+    what it wrote; ``p`` holds the (absolute) paths.
+    """
+
+    def __init__(self, root: Path, sources: list[Source]):
+        self.root = Path(root).resolve()
+        self.sources = sources
+        m = self.root / "data" / "manifests"
+        self.p = {
+            "ingest": m / "ingest.parquet",
+            "audit": m / "audit.parquet",
+            "filtered": m / "filtered.parquet",
+            "exact": m / "exact.parquet",
+            "deduped": m / "deduped.parquet",
+            "pairs": m / "pairs.parquet",
+            "clusters": m / "clusters.parquet",
+            "captioned": m / "captioned.parquet",
+            "split": m / "split.parquet",
+            "moves": m / "split_moves.parquet",
+            "rejected": m / "rejected.parquet",
+            "rej_filter": m / "rejected" / "filter.parquet",
+            "rej_exact": m / "rejected" / "exact.parquet",
+            "rej_near": m / "rejected" / "near.parquet",
+            "export": self.root / "data" / "export",
+            "history": self.root / "data" / "cache" / "split-history.parquet",
+            "cache": self.root / "data" / "cache",
+        }
+
+    @_at_root
+    def ingest(self) -> pd.DataFrame:
+        return ingest.run(self.sources, self.p["ingest"], self.p["cache"] / "stat", EXTENSIONS, root=self.root)
+
+    @_at_root
+    def audit(self) -> pd.DataFrame:
+        return audit.run(self.p["ingest"], self.p["audit"], self.p["cache"] / "features", self.root / "data" / "run" / "audit-stats.json", params={})
+
+    @_at_root
+    def filter(self, min_side: int = 64) -> pd.DataFrame:
+        return filter_stage.run(self.p["ingest"], self.p["audit"], self.p["filtered"], self.p["rej_filter"], min_side)
+
+    @_at_root
+    def exact(self) -> pd.DataFrame:
+        return dedup.run_exact(self.p["filtered"], self.p["exact"], self.p["rej_exact"])
+
+    @_at_root
+    def near(self, max_distance: int = 10) -> pd.DataFrame:
+        return dedup.run_near(self.p["exact"], self.p["deduped"], self.p["pairs"], self.p["clusters"], self.p["rej_near"], max_distance)
+
+    @_at_root
+    def caption(self, **kw) -> pd.DataFrame:
+        return caption.run(self.p["deduped"], self.p["captioned"], **kw)
+
+    @_at_root
+    def split(self, seed: int = 1337, fractions: dict | None = None) -> pd.DataFrame:
+        fractions = fractions or {"train": 0.8, "val": 0.1, "test": 0.1}
+        return split.run(self.p["captioned"], self.p["split"], self.p["moves"], self.p["history"], seed, fractions)
+
+    @_at_root
+    def rejected(self) -> pd.DataFrame:
+        return rejected.run([self.p["rej_filter"], self.p["rej_exact"], self.p["rej_near"]], self.p["rejected"])
+
+    @_at_root
+    def export(self, params: dict | None = None, out_dir: Path | str | None = None) -> pd.DataFrame:
+        return export.run(self.p["split"], out_dir if out_dir is not None else self.p["export"], params or DEFAULT_EXPORT)
+
+    @_at_root
+    def through_dedup(self, min_side: int = 64, max_distance: int = 10) -> pd.DataFrame:
+        self.ingest()
+        self.audit()
+        self.filter(min_side)
+        self.exact()
+        return self.near(max_distance)
+
+    def read(self, name: str, schema) -> pd.DataFrame:
+        return manifest.read(self.p[name], schema)
+
+
+def by_id(df: pd.DataFrame) -> dict[str, dict]:
+    return {r["item_id"]: r for r in df.to_dict("records")}
+
+
+# --------------------------------------------------------------------------- hand-built manifests
+
+
+def item_row(item_id: str, sha: str | None = None, **over) -> dict:
+    """One row with every column a SPLIT manifest holds (take the subset a schema needs)."""
+    sha = sha or fake_sha(item_id)
+    row = {
+        "item_id": item_id,
+        "sha256": sha,
+        "source": "src",
+        "rel_path": item_id.split(":", 1)[-1],
+        "path": f"/nowhere/{item_id.split(':', 1)[-1]}",
+        "size": 1000,
+        "license": "CC0-1.0",
+        "original_name": item_id.split("/")[-1],
+        "tags": [],
+        "rating": "unknown",
+        "generated": False,
+        "weight": 1.0,
+        "repeats": 1,
+        "subset": "src",
+        "sidecar": None,
+        "sidecar_error": None,
+        "format": "PNG",
+        "mode": "RGB",
+        "width": 512,
+        "height": 512,
+        "exif_orientation": 1,
+        "phash": "0" * 16,
+        "cluster_key": sha,
+        "cluster_id": sha[:16],
+        "cluster_size": 1,
+        "caption": "",
+        "split": "train",
+        "schema_version": schemas.SCHEMA_VERSION,
+    }
+    row.update(over)
+    return row
+
+
+def frame(rows: list[dict], schema) -> pd.DataFrame:
+    """Rows as a frame with the schema's columns and dtypes (validated by manifest.write)."""
+    df = pd.DataFrame(rows)
+    if not len(df):
+        return manifest.empty(schema)
+    df = df[[c for c in schema.columns]]
+    for name, col in schema.columns.items():
+        dtype = str(col.dtype)
+        if dtype in ("int64", "float64", "bool"):
+            df[name] = df[name].astype(dtype)
+    return df
+
+
+def write_manifest(rows: list[dict], path: Path, schema) -> pd.DataFrame:
+    return manifest.write(frame(rows, schema), path, schema)

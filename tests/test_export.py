@@ -1,0 +1,359 @@
+"""export stage: Kohya layout, original bytes where possible, conversions said, config and attribution."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image, ImageOps
+
+import stage_helpers as H
+from trainset import manifest, schemas
+from trainset.stages import export
+
+ART = "CC-BY-4.0 (Example Artist)"
+GEN = "CC0-1.0"
+SPLITS = {
+    "art:2_portraits/cat.jpg": "val",
+    "art:cmyk.jpg": "test",
+    "gen:y.png": "val",
+    "gen:z.png": "test",
+}
+
+
+def _palette_with_transparency() -> Image.Image:
+    """A 16-colour palette image; saved with ``transparency=0`` its index 0 is transparent."""
+    return H.sample("horse.png", (240, 200)).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+
+
+def _exif_rotated(path: Path) -> Path:
+    """Pixels stored landscape (320x240) with EXIF orientation 6: upright it is 240x320."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return H.save(H.sample("camera.png", (320, 240)), path, quality=92, exif=exif.tobytes())
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    art, gen = root / "raw" / "art", root / "raw" / "gen"
+    H.save(H.sample("astronaut.png", (256, 256)), art / "2_portraits" / "astro.png")
+    (art / "2_portraits" / "astro.txt").write_text("1girl, blue_sky, space_suit\n")
+    H.save(H.sample("chelsea.png", (300, 200)), art / "2_portraits" / "cat.jpg", quality=90)
+    H.save(H.sample("camera.png", (200, 200), mode="L"), art / "gray.png")
+    H.save(H.sample("coffee.png", (300, 200)).convert("CMYK"), art / "cmyk.jpg", quality=90)
+    H.save(H.sample("rocket.jpg", (300, 200)).convert("P"), art / "anim.gif")
+    H.save(_palette_with_transparency(), art / "pal.png", transparency=0)
+    _exif_rotated(art / "rot.jpg")
+    H.save(H.sample("brick.png", (220, 220)), art / "lie.jpg", fmt="PNG")
+    H.save(H.sample("grass.png", (220, 220)), art / "my photo (1).png")
+    for name, photo in (("x", "coins.png"), ("y", "motorcycle_left.png"), ("z", "hubble_deep_field.jpg")):
+        H.save(H.sample(photo, (300, 220)), gen / f"{name}.png")
+    sources = [
+        H.source(art, name="art", license=ART, weight=1.6),
+        H.source(gen, name="gen", license=GEN, generated=True, weight=0.2),
+    ]
+    c = H.Chain(root, sources)
+    c.through_dedup(min_side=64, max_distance=10)
+    captioned = c.caption()
+    assert len(captioned) == 12, "every fixture image is distinct and kept"
+    rows = captioned.copy()
+    rows["split"] = [SPLITS.get(i, "train") for i in rows["item_id"]]
+    manifest.write(rows, c.p["split"], schemas.SPLIT)
+    written = c.export(out_dir="data/export")
+    return c, written
+
+
+def _row(written, item_id):
+    return H.by_id(written)[item_id]
+
+
+def _out(c, row) -> Path:
+    return c.p["export"] / row["export_path"]
+
+
+def test_manifest_validates_and_matches_return(built):
+    c, written = built
+    on_disk = manifest.read(c.p["export"] / "manifest.parquet", schemas.EXPORT)
+    assert on_disk["item_id"].tolist() == written["item_id"].tolist()
+    assert len(on_disk) == 12
+    assert on_disk["export_path"].is_unique
+    split = H.by_id(c.read("split", schemas.SPLIT))
+    for row in on_disk.to_dict("records"):
+        src = split[row["item_id"]]
+        for col in ("sha256", "source", "license", "split", "subset", "caption", "width", "height", "rating", "cluster_id"):
+            assert row[col] == src[col], col
+        assert list(row["tags"]) == list(src["tags"])
+        assert H.sha256(_out(c, row)) == row["export_sha256"]
+
+
+def test_train_items_in_kohya_repeat_folders(built):
+    c, written = built
+    split = H.by_id(c.read("split", schemas.SPLIT))
+    train = written[written["split"] == "train"]
+    assert len(train) == 8
+    for row in train.to_dict("records"):
+        src = split[row["item_id"]]
+        repeats = max(1, round(src["repeats"] * src["weight"]))
+        assert row["repeats"] == repeats
+        parts = Path(row["export_path"]).parts
+        assert parts[:2] == ("kohya", f"{repeats}_{src['subset']}")
+        assert len(parts) == 3
+        assert _out(c, row).is_file()
+    folders = {Path(p).parts[1] for p in train["export_path"]}
+    # 2 x 1.6 = 3.2 -> 3; 1 x 1.6 -> 2; 1 x 0.2 rounds to 0, raised to 1
+    assert folders == {"3_portraits", "2_art", "1_gen"}
+
+
+def test_val_and_test_items_under_split_folders(built):
+    c, written = built
+    for item_id, split in SPLITS.items():
+        row = _row(written, item_id)
+        subset = "portraits" if "portraits" in item_id else item_id.split(":")[0]
+        parts = Path(row["export_path"]).parts
+        assert parts[:2] == (split, subset)
+        assert _out(c, row).is_file()
+    assert not any(p.startswith("kohya/") for p in written.loc[written["split"] != "train", "export_path"])
+
+
+def test_caption_files_beside_every_image(built):
+    c, written = built
+    for row in written.to_dict("records"):
+        txt = _out(c, row).with_suffix(".txt")
+        assert txt.read_text(encoding="utf-8") == row["caption"] + "\n"
+    assert _row(written, "art:2_portraits/astro.png")["caption"] == "1girl, blue sky, space suit"
+
+
+def test_no_stray_files(built):
+    c, written = built
+    files = {p.relative_to(c.p["export"]).as_posix() for p in c.p["export"].rglob("*") if p.is_file()}
+    expected = set(written["export_path"]) | {str(Path(p).with_suffix(".txt").as_posix()) for p in written["export_path"]}
+    expected |= {"manifest.parquet", "dataset_config.toml", "ATTRIBUTION.md"}
+    assert files == expected
+    assert not [p for p in c.p["export"].parent.iterdir() if p.name.startswith(".")], "no temporary folders left"
+
+
+@pytest.mark.parametrize("item_id", ["art:2_portraits/astro.png", "art:2_portraits/cat.jpg", "art:gray.png", "gen:x.png"])
+def test_original_bytes_kept(built, item_id):
+    c, written = built
+    row = _row(written, item_id)
+    raw = c.root / "raw" / item_id.split(":")[0] / item_id.split(":", 1)[1]
+    assert _out(c, row).read_bytes() == raw.read_bytes()
+    assert row["export_sha256"] == row["sha256"]
+    assert pd.isna(row["conversion"])
+    assert Path(row["export_path"]).suffix == {"PNG": ".png", "JPEG": ".jpg"}[row["export_format"]]
+
+
+def test_cmyk_jpeg_converted_to_rgb(built):
+    c, written = built
+    row = _row(written, "art:cmyk.jpg")
+    assert row["conversion"] == "mode CMYK -> RGB"
+    assert row["export_format"] == "PNG"
+    assert row["export_path"].endswith(".png")
+    assert row["export_sha256"] != row["sha256"]
+    with Image.open(_out(c, row)) as im:
+        assert (im.format, im.mode, im.size) == ("PNG", "RGB", (300, 200))
+    with Image.open(c.root / "raw" / "art" / "cmyk.jpg") as orig:
+        expected = np.asarray(orig.convert("RGB"))
+    with Image.open(_out(c, row)) as im:
+        assert np.array_equal(np.asarray(im), expected)
+
+
+def test_gif_converted_to_png(built):
+    c, written = built
+    row = _row(written, "art:anim.gif")
+    assert row["conversion"].startswith("format GIF -> PNG")
+    assert row["export_format"] == "PNG"
+    assert row["export_path"].endswith(".png")
+    with Image.open(_out(c, row)) as im:
+        im.load()
+        assert im.format == "PNG"
+        out_mode = im.mode
+        out = np.asarray(im.convert("RGB"))
+    # the conversion text names the mode the file really has
+    assert row["conversion"] == f"format GIF -> PNG; mode P -> {out_mode}"
+    assert out_mode == "RGB"  # no transparency in the GIF: nothing to keep an alpha channel for
+    with Image.open(c.root / "raw" / "art" / "anim.gif") as orig:
+        assert np.array_equal(out, np.asarray(orig.convert("RGB")))
+
+
+def test_palette_png_with_transparency_becomes_rgba(built):
+    c, written = built
+    row = _row(written, "art:pal.png")
+    assert row["conversion"] == "mode P -> RGBA"
+    assert row["export_format"] == "PNG"
+    with Image.open(_out(c, row)) as im:
+        assert im.mode == "RGBA"
+        alpha = np.asarray(im)[..., 3]
+    with Image.open(c.root / "raw" / "art" / "pal.png") as orig:
+        transparent = np.asarray(orig) == 0
+        expected = np.asarray(orig.convert("RGBA"))
+    assert transparent.any()
+    assert (alpha[transparent] == 0).all() and (alpha[~transparent] == 255).all()
+    with Image.open(_out(c, row)) as im:
+        assert np.array_equal(np.asarray(im), expected)
+
+
+def test_exif_rotation_applied(built):
+    c, written = built
+    row = _row(written, "art:rot.jpg")
+    assert row["conversion"] == "EXIF orientation 6 applied"
+    assert row["export_format"] == "PNG"
+    assert (row["width"], row["height"]) == (240, 320)
+    with Image.open(c.root / "raw" / "art" / "rot.jpg") as orig:
+        assert orig.size == (320, 240)
+        upright = np.asarray(ImageOps.exif_transpose(orig))
+    with Image.open(_out(c, row)) as im:
+        assert im.size == (240, 320)
+        assert im.getexif().get(0x0112, 1) == 1
+        assert np.array_equal(np.asarray(im), upright)
+
+
+def test_lying_extension_gets_the_real_one(built):
+    c, written = built
+    row = _row(written, "art:lie.jpg")
+    assert row["export_format"] == "PNG"
+    assert row["export_path"].endswith(".png")
+    assert Path(row["export_path"]).name == f"lie_{row['sha256'][:8]}.png"
+    assert pd.isna(row["conversion"])
+    assert _out(c, row).read_bytes() == (c.root / "raw" / "art" / "lie.jpg").read_bytes()
+    assert row["export_sha256"] == row["sha256"]
+
+
+def test_file_names_are_safe(built):
+    _, written = built
+    row = _row(written, "art:my photo (1).png")
+    assert Path(row["export_path"]).name == f"my_photo_1_{row['sha256'][:8]}.png"
+    for path in written["export_path"]:
+        assert " " not in path and "(" not in path
+
+
+def test_dataset_config_toml(built):
+    c, written = built
+    doc = tomllib.loads((c.p["export"] / "dataset_config.toml").read_text())
+    assert doc["general"] == {"caption_extension": ".txt", "keep_tokens": 0, "shuffle_caption": False}
+    (dataset,) = doc["datasets"]
+    assert (dataset["resolution"], dataset["batch_size"], dataset["enable_bucket"]) == (1024, 1, True)
+    train = written[written["split"] == "train"]
+    seen = set()
+    for subset in dataset["subsets"]:
+        image_dir = Path(subset["image_dir"])
+        # export ran with out_dir "data/export" from the project root: paths are relative to it
+        assert not image_dir.is_absolute()
+        assert image_dir.parts[:3] == ("data", "export", "kohya")
+        folder = c.root / image_dir
+        assert folder.is_dir()
+        prefix, name = image_dir.name.split("_", 1)
+        assert subset["num_repeats"] == int(prefix)
+        assert subset["class_tokens"] == name
+        images = {p.name for p in folder.iterdir() if p.suffix != ".txt"}
+        expected = {Path(p).name for p in train["export_path"] if Path(p).parts[1] == image_dir.name}
+        assert images == expected
+        seen.add(image_dir.name)
+    assert seen == {Path(p).parts[1] for p in train["export_path"]}
+
+
+def test_attribution_names_sources_and_licenses(built):
+    c, _ = built
+    text = (c.p["export"] / "ATTRIBUTION.md").read_text()
+    assert text.startswith("# Sources and licenses")
+    # | source | license | generated | kept | train | val | test |
+    assert f"| art | {ART} | 0 | 9 | 7 | 1 | 1 |" in text
+    assert f"| gen | {GEN} | 3 | 3 | 1 | 1 | 1 |" in text
+    assert "manifest.parquet" in text
+
+
+def test_export_is_deterministic_and_replaces_the_folder(built):
+    c, written = built
+    (c.p["export"] / "stale.png").write_bytes(b"left over from an old build")
+    before = {p: (c.p["export"] / p).read_bytes() for p in written["export_path"]}
+    again = c.export(out_dir="data/export")
+    assert not (c.p["export"] / "stale.png").exists()
+    assert again["export_path"].tolist() == written["export_path"].tolist()
+    assert {p: (c.p["export"] / p).read_bytes() for p in again["export_path"]} == before
+
+
+def test_absolute_out_dir_gives_absolute_image_dirs(built, tmp_path):
+    c, _ = built
+    out = tmp_path / "elsewhere" / "export"
+    c.export(out_dir=out)
+    doc = tomllib.loads((out / "dataset_config.toml").read_text())
+    for subset in doc["datasets"][0]["subsets"]:
+        assert Path(subset["image_dir"]).is_absolute()
+        assert Path(subset["image_dir"]).is_dir()
+
+
+def test_trigger_word_and_kohya_options(built, tmp_path):
+    c, _ = built
+    params = {**H.DEFAULT_EXPORT, "trigger_word": "sks", "kohya": {"caption_extension": ".caption", "keep_tokens": 1, "resolution": 768, "batch_size": 4}}
+    out = tmp_path / "export"
+    written = c.export(params, out_dir=out)
+    doc = tomllib.loads((out / "dataset_config.toml").read_text())
+    assert {s["class_tokens"] for s in doc["datasets"][0]["subsets"]} == {"sks"}
+    assert doc["general"]["caption_extension"] == ".caption"
+    assert doc["general"]["keep_tokens"] == 1
+    assert (doc["datasets"][0]["resolution"], doc["datasets"][0]["batch_size"]) == (768, 4)
+    for path in written["export_path"]:
+        assert (out / path).with_suffix(".caption").is_file()
+        assert not (out / path).with_suffix(".txt").exists()
+
+
+def test_convert_to_jpeg(built, tmp_path):
+    c, _ = built
+    params = {**H.DEFAULT_EXPORT, "keep_formats": ["JPEG"], "convert_to": "JPEG"}
+    out = tmp_path / "export"
+    written = H.by_id(c.export(params, out_dir=out))
+    cat = written["art:2_portraits/cat.jpg"]
+    assert cat["export_sha256"] == cat["sha256"]
+    pal = written["art:pal.png"]
+    assert pal["export_format"] == "JPEG" and pal["export_path"].endswith(".jpg")
+    with Image.open(out / pal["export_path"]) as im:
+        assert (im.format, im.mode) == ("JPEG", "RGB")
+    # JPEG holds no alpha: the text names the mode the file really has
+    assert pal["conversion"] == "format PNG -> JPEG; mode P -> RGB"
+    astro = written["art:2_portraits/astro.png"]
+    assert astro["conversion"] == "format PNG -> JPEG"
+
+
+def test_source_changed_since_ingest_fails_and_keeps_old_export(built, tmp_path):
+    c, written = built
+    before = (c.p["export"] / "manifest.parquet").read_bytes()
+    raw = c.root / "raw" / "art" / "gray.png"
+    original = raw.read_bytes()
+    try:
+        H.save(H.sample("camera.png", (200, 200), mode="L").rotate(90), raw)
+        with pytest.raises(RuntimeError, match="changed since ingest"):
+            c.export(out_dir="data/export")
+    finally:
+        raw.write_bytes(original)
+    assert (c.p["export"] / "manifest.parquet").read_bytes() == before
+    assert not [p for p in c.p["export"].parent.iterdir() if p.name.startswith(".")]
+
+
+def test_empty_split_exports_empty_manifest(tmp_path):
+    split_path = tmp_path / "split.parquet"
+    H.write_manifest([], split_path, schemas.SPLIT)
+    out = tmp_path / "export"
+    written = export.run(split_path, out, H.DEFAULT_EXPORT)
+    assert len(written) == 0
+    assert len(manifest.read(out / "manifest.parquet", schemas.EXPORT)) == 0
+    doc = tomllib.loads((out / "dataset_config.toml").read_text())
+    assert doc["datasets"][0]["subsets"] == []
+    assert (out / "ATTRIBUTION.md").read_text().startswith("# Sources and licenses")
+
+
+def test_conversion_reason_and_target_mode_units():
+    class Row:
+        format, mode, exif_orientation = "PNG", "RGB", 1
+
+    keep_f, keep_m = ["PNG", "JPEG"], ["RGB", "RGBA", "L"]
+    assert export.conversion_reason(Row, keep_f, keep_m, "PNG") is None
+    Row.format, Row.mode, Row.exif_orientation = "BMP", "LA", 3
+    assert export.conversion_reason(Row, keep_f, keep_m, "PNG") == "format BMP -> PNG; mode LA -> RGBA; EXIF orientation 3 applied"
+    assert export.target_mode("CMYK", keep_m) == "RGB"
+    assert export.target_mode("RGBA", keep_m) == "RGBA"
+    assert export.target_mode("LA", ["RGB"]) == "RGB"
+    assert export.target_mode("I;16", keep_m) == "RGB"

@@ -1,0 +1,249 @@
+"""trainset.hashing: SHA-256 and a pHash identical to imagehash.phash."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+
+import imagehash
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image, UnidentifiedImageError
+
+from trainset import hashing
+
+SKIMAGE_DATA = Path(skimage.data.__file__).parent
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".tif", ".tiff", ".bmp", ".webp"}
+
+
+def _bundled_images() -> list[Path]:
+    out = []
+    for path in sorted(SKIMAGE_DATA.iterdir()):
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        try:
+            with Image.open(path) as im:
+                im.load()
+        except (UnidentifiedImageError, OSError):
+            continue  # e.g. a TIFF flavour Pillow cannot read
+        out.append(path)
+    return out
+
+
+BUNDLED = _bundled_images()
+
+
+def _same(image: Image.Image) -> None:
+    ours = hashing.to_hex(hashing.phash(image))
+    theirs = str(imagehash.phash(image))
+    assert ours == theirs, (image.mode, image.size)
+    assert len(ours) == 16
+
+
+def test_enough_bundled_photos_found():
+    # scikit-image ships ~25 sample images Pillow can read; make sure the sweep is real.
+    assert len(BUNDLED) >= 20
+    assert {".png", ".jpg"} <= {p.suffix for p in BUNDLED}
+
+
+@pytest.mark.parametrize("path", BUNDLED, ids=[p.name for p in BUNDLED])
+def test_phash_matches_imagehash_on_bundled_photos(path):
+    with Image.open(path) as im:
+        im.load()
+        _same(im)
+        # also after common conversions the pipeline may see
+        _same(im.convert("RGB"))
+        _same(im.convert("L"))
+        _same(im.transpose(Image.Transpose.ROTATE_90))
+
+
+def test_phash_differs_between_different_photos():
+    values = set()
+    for path in BUNDLED:
+        with Image.open(path) as im:
+            values.add(hashing.to_hex(hashing.phash(im)))
+    assert len(values) >= len(BUNDLED) - 2  # a couple of trivial/degenerate ones may collide
+
+
+def test_phash_is_deterministic_and_roundtrips_through_png():
+    with Image.open(BUNDLED[0]) as im:
+        a = hashing.phash(im)
+        buf = io.BytesIO()
+        im.save(buf, format="PNG")
+    buf.seek(0)
+    with Image.open(buf) as again:
+        assert hashing.phash(again) == a
+
+
+# --- synthetic tricky images ------------------------------------------------------------
+
+
+def _synthetic() -> dict[str, Image.Image]:
+    rng = np.random.default_rng(1234)
+    images: dict[str, Image.Image] = {}
+    for colour in [(0, 0, 0), (255, 255, 255), (128, 64, 200), (13, 13, 13)]:
+        images[f"flat_rgb_{colour}"] = Image.new("RGB", (64, 48), colour)
+    images["flat_L_0"] = Image.new("L", (40, 40), 0)
+    images["flat_L_255"] = Image.new("L", (7, 300), 255)
+    images["tiny_1x1"] = Image.new("RGB", (1, 1), (10, 200, 30))
+    for name, (w, h), box in [
+        ("split_lr", (100, 100), (0, 0, 50, 100)),
+        ("split_tb", (100, 100), (0, 0, 100, 50)),
+        ("split_odd", (33, 77), (0, 0, 16, 77)),
+        ("split_diag_quarter", (64, 64), (0, 0, 32, 32)),
+    ]:
+        im = Image.new("RGB", (w, h), (255, 255, 255))
+        im.paste((0, 0, 0), box)
+        images[name] = im
+    two = Image.new("RGB", (80, 80), (200, 30, 30))
+    two.paste((30, 30, 200), (40, 0, 80, 80))
+    images["split_two_colours"] = two
+    for k in range(3):
+        art = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+        small = Image.fromarray(art, "RGB")
+        images[f"pixelart_{k}_x16"] = small.resize((128, 128), Image.Resampling.NEAREST)
+        images[f"pixelart_{k}_x7"] = small.resize((56, 56), Image.Resampling.NEAREST)
+    palette_art = Image.fromarray(rng.integers(0, 4, size=(6, 5), dtype=np.uint8) * 60, "L")
+    images["pixelart_gray_6x5_x13"] = palette_art.resize((65, 78), Image.Resampling.NEAREST)
+    for k in range(3):
+        images[f"noise_rgb_{k}"] = Image.fromarray(rng.integers(0, 256, size=(90, 120, 3), dtype=np.uint8), "RGB")
+    rgba = rng.integers(0, 256, size=(50, 70, 4), dtype=np.uint8)
+    rgba[:, :35, 3] = 0  # half fully transparent
+    images["rgba"] = Image.fromarray(rgba, "RGBA")
+    images["rgba_flat_transparent"] = Image.new("RGBA", (32, 32), (255, 0, 0, 0))
+    images["la"] = Image.fromarray(rng.integers(0, 256, size=(40, 30, 2), dtype=np.uint8), "LA")
+    base = Image.fromarray(rng.integers(0, 256, size=(64, 64, 3), dtype=np.uint8), "RGB")
+    images["palette_P"] = base.quantize(16)
+    images["palette_P_adaptive"] = base.convert("P", palette=Image.Palette.ADAPTIVE, colors=5)
+    gradient16 = (np.linspace(0, 65535, 96 * 64).reshape(64, 96)).astype(np.uint16)
+    images["i16_gradient"] = Image.fromarray(gradient16)
+    images["i16_noise"] = Image.fromarray(rng.integers(0, 65536, size=(50, 50), dtype=np.uint16))
+    images["i16_low_values"] = Image.fromarray(rng.integers(0, 300, size=(50, 50), dtype=np.uint16))
+    images["I_32bit"] = Image.fromarray(rng.integers(-1000, 100000, size=(40, 40), dtype=np.int32))
+    images["F_float"] = Image.fromarray(rng.random((40, 40), dtype=np.float32) * 255)
+    images["cmyk"] = base.convert("CMYK")
+    images["cmyk_raw"] = Image.fromarray(rng.integers(0, 256, size=(30, 30, 4), dtype=np.uint8), "CMYK")
+    images["bilevel_1"] = base.convert("1")
+    images["ycbcr"] = base.convert("YCbCr")
+    images["wide_strip"] = Image.fromarray(rng.integers(0, 256, size=(2, 500), dtype=np.uint8), "L")
+    images["tall_strip"] = Image.fromarray(rng.integers(0, 256, size=(500, 3), dtype=np.uint8), "L")
+    images["gradient_L"] = Image.fromarray(np.tile(np.arange(256, dtype=np.uint8), (20, 1)), "L")
+    return images
+
+
+SYNTHETIC = _synthetic()
+
+
+def test_synthetic_modes_are_what_they_claim():
+    assert SYNTHETIC["palette_P"].mode == "P"
+    assert SYNTHETIC["i16_gradient"].mode == "I;16"
+    assert SYNTHETIC["cmyk"].mode == "CMYK"
+    assert SYNTHETIC["rgba"].mode == "RGBA"
+
+
+@pytest.mark.parametrize("name", sorted(SYNTHETIC))
+def test_phash_matches_imagehash_on_synthetic(name):
+    _same(SYNTHETIC[name])
+
+
+@pytest.mark.parametrize("name", ["palette_P", "rgba", "cmyk", "i16_gradient", "pixelart_0_x16"])
+def test_phash_matches_after_file_round_trip(name, tmp_path):
+    image = SYNTHETIC[name]
+    fmt = {"cmyk": "JPEG"}.get(name, "TIFF" if image.mode.startswith("I") else "PNG")
+    path = tmp_path / f"img.{fmt.lower()}"
+    image.save(path, format=fmt)
+    with Image.open(path) as im:
+        im.load()
+        _same(im)
+
+
+def test_phash_pixels_is_32x32_grayscale():
+    px = hashing.phash_pixels(SYNTHETIC["noise_rgb_0"])
+    assert px.shape == (32, 32)
+    assert px.dtype == np.uint8
+
+
+def test_phash_from_pixels_bit_order():
+    # First DCT coefficient (top-left) is the most significant bit, as in imagehash's hex.
+    px = hashing.phash_pixels(SYNTHETIC["split_lr"])
+    value = hashing.phash_from_pixels(px)
+    assert 0 <= value < 2**64
+    bits = imagehash.phash(SYNTHETIC["split_lr"]).hash.flatten()
+    assert value == int("".join("1" if b else "0" for b in bits), 2)
+
+
+def test_phash_all_black_image_is_zero():
+    # Every DCT coefficient of an all-zero thumbnail is 0, so none exceeds the median.
+    assert hashing.phash(Image.new("L", (32, 32), 0)) == 0
+    assert str(imagehash.phash(Image.new("L", (32, 32), 0))) == "0" * 16
+
+
+# --- sha256 -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [0, 1, 1000, (1 << 20) - 1, 1 << 20, (1 << 20) + 1, 3 * (1 << 20) + 17])
+def test_sha256_file_matches_hashlib(tmp_path, size):
+    data = np.random.default_rng(size).integers(0, 256, size=size, dtype=np.uint8).tobytes()
+    path = tmp_path / "blob.bin"
+    path.write_bytes(data)
+    expected = hashlib.sha256(data).hexdigest()
+    assert hashing.sha256_file(path) == expected
+    assert hashing.sha256_file(str(path)) == expected
+    assert hashing.sha256_bytes(data) == expected
+
+
+def test_sha256_of_real_image_file():
+    path = BUNDLED[0]
+    assert hashing.sha256_file(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_sha256_file_missing(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        hashing.sha256_file(tmp_path / "missing")
+
+
+# --- hex --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [0, 1, 0xFF, 2**63 - 1, 2**63, 2**63 + 1, 0x8000000000000001, 0xDEADBEEFCAFEBABE, 2**64 - 1],
+)
+def test_to_hex_from_hex_round_trip(value):
+    text = hashing.to_hex(value)
+    assert len(text) == 16
+    assert text == text.lower()
+    assert int(text, 16) == value
+    arr = hashing.from_hex([text])
+    assert arr.dtype == np.uint64
+    assert int(arr[0]) == value
+    assert hashing.to_hex(int(arr[0])) == text
+
+
+def test_to_hex_is_zero_padded():
+    assert hashing.to_hex(0) == "0" * 16
+    assert hashing.to_hex(0xABC) == "0000000000000abc"
+
+
+def test_from_hex_many_random_values():
+    rng = np.random.default_rng(7)
+    values = [int(v) for v in rng.integers(0, 2**64, size=500, dtype=np.uint64)]
+    values += [2**64 - 1, 2**63]
+    arr = hashing.from_hex([hashing.to_hex(v) for v in values])
+    assert arr.shape == (len(values),)
+    assert [int(v) for v in arr] == values
+    assert sum(v >= 2**63 for v in values) > 100  # top bit set on many of them
+
+
+def test_from_hex_accepts_imagehash_strings_and_any_iterable():
+    texts = [str(imagehash.phash(SYNTHETIC[n])) for n in ("noise_rgb_0", "noise_rgb_1")]
+    arr = hashing.from_hex(iter(texts))
+    assert [hashing.to_hex(int(v)) for v in arr] == texts
+
+
+def test_from_hex_empty():
+    arr = hashing.from_hex([])
+    assert arr.dtype == np.uint64
+    assert arr.shape == (0,)

@@ -1,0 +1,528 @@
+"""trainset.manifest, trainset.schemas and trainset.atomic: validated, atomic Parquet manifests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pandera.pandas as pa
+import pytest
+
+from trainset import atomic, manifest, schemas
+from trainset.manifest import ManifestError
+
+ALL_SCHEMAS = {name: obj for name, obj in vars(schemas).items() if isinstance(obj, pa.DataFrameSchema)}
+
+
+def _row(i: int, **over) -> dict:
+    row = {
+        "item_id": f"src:dir/{i:03d}.png",
+        "sha256": f"{i:064x}",
+        "source": "src",
+        "rel_path": f"dir/{i:03d}.png",
+        "path": f"data/raw/src/dir/{i:03d}.png",
+        "size": 100 + i,
+        "license": "CC0-1.0",
+        "original_name": f"{i:03d}.png",
+        "tags": ["1girl", f"tag_{i}"],
+        "rating": "general",
+        "generated": False,
+        "weight": 1.0,
+        "repeats": 1,
+        "subset": "src",
+        "sidecar": None,
+        "sidecar_error": None,
+    }
+    row.update(over)
+    return row
+
+
+def _frame(*rows: dict) -> pd.DataFrame:
+    return manifest.with_version(pd.DataFrame(list(rows)))
+
+
+def _valid(n: int = 4) -> pd.DataFrame:
+    rows = [_row(i) for i in range(n)]
+    if n > 1:
+        rows[1].update(tags=[], sidecar="001.txt")
+    if n > 2:
+        rows[2].update(rating="explicit", generated=True, weight=2.5, repeats=3, subset="style",
+                       sidecar="002.json", sidecar_error="002.json: bad")
+    return _frame(*rows)
+
+
+def _leftovers(folder: Path, keep: set[str]) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name not in keep)
+
+
+# --- round trip -------------------------------------------------------------------------
+
+
+def test_round_trip(tmp_path):
+    path = tmp_path / "ingest.parquet"
+    df = _valid()
+    written = manifest.write(df.iloc[::-1], path, schemas.INGEST)  # reversed in, sorted out
+    assert path.is_file()
+    assert list(written["item_id"]) == sorted(df["item_id"])
+    back = manifest.read(path, schemas.INGEST)
+    pd.testing.assert_frame_equal(back, written)
+    assert list(back.columns) == list(schemas.INGEST.columns)
+    assert all(isinstance(t, list) for t in back["tags"])
+    row2 = back.set_index("item_id").loc["src:dir/002.png"]
+    assert row2["tags"] == ["1girl", "tag_2"]
+    assert row2["rating"] == "explicit" and bool(row2["generated"]) is True
+    assert row2["weight"] == 2.5 and row2["repeats"] == 3 and row2["subset"] == "style"
+    row1 = back.set_index("item_id").loc["src:dir/001.png"]
+    assert row1["tags"] == [] and row1["sidecar"] == "001.txt"
+    assert pd.isna(back.set_index("item_id").loc["src:dir/000.png", "sidecar"])
+    assert (back["schema_version"] == schemas.SCHEMA_VERSION).all()
+    assert back["size"].dtype == "int64" and back["weight"].dtype == "float64"
+
+
+def test_write_is_deterministic(tmp_path):
+    df = _valid()
+    manifest.write(df, tmp_path / "a.parquet", schemas.INGEST)
+    manifest.write(df.sample(frac=1, random_state=3), tmp_path / "b.parquet", schemas.INGEST)
+    assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
+
+
+def test_write_drops_columns_outside_the_schema_and_orders_them(tmp_path):
+    df = _valid()
+    df["scratch"] = 1
+    df = df[list(reversed(df.columns))]
+    written = manifest.write(df, tmp_path / "m.parquet", schemas.INGEST)
+    assert list(written.columns) == list(schemas.INGEST.columns)
+    assert "scratch" not in manifest.read(tmp_path / "m.parquet", schemas.INGEST).columns
+
+
+def test_write_empty_frame(tmp_path):
+    path = tmp_path / "empty.parquet"
+    manifest.write(manifest.empty(schemas.INGEST), path, schemas.INGEST)
+    back = manifest.read(path, schemas.INGEST)
+    assert len(back) == 0
+    assert list(back.columns) == list(schemas.INGEST.columns)
+
+
+def test_write_creates_parent_folders(tmp_path):
+    path = tmp_path / "deep" / "er" / "m.parquet"
+    manifest.write(_valid(), path, schemas.INGEST)
+    assert path.is_file()
+
+
+def test_with_version_keeps_index_and_input():
+    df = pd.DataFrame({"x": [1, 2]}, index=[10, 20])
+    out = manifest.with_version(df)
+    assert list(out.index) == [10, 20]
+    assert list(out["schema_version"]) == [schemas.SCHEMA_VERSION] * 2
+    assert out["schema_version"].dtype == "int64"
+    assert "schema_version" not in df.columns
+
+
+# --- bad rows ---------------------------------------------------------------------------
+
+
+def _error(tmp_path, df, schema=schemas.INGEST) -> str:
+    path = tmp_path / "bad.parquet"
+    with pytest.raises(ManifestError) as info:
+        manifest.write(df, path, schema)
+    assert not path.exists()
+    msg = str(info.value)
+    assert msg.startswith(f"{path}: {schema.name} manifest failed validation")
+    return msg
+
+
+def test_bad_sha256_names_file_row_item_and_column(tmp_path):
+    df = _frame(_row(0), _row(1), _row(2, sha256="not-a-hash"), _row(3))
+    msg = _error(tmp_path, df)
+    assert str(tmp_path / "bad.parquet") in msg
+    assert "row 2" in msg
+    assert "'src:dir/002.png'" in msg
+    assert "column 'sha256'" in msg
+    assert "'not-a-hash'" in msg
+
+
+def test_uppercase_sha256_is_rejected(tmp_path):
+    df = _frame(_row(0), _row(1, sha256="A" * 64))
+    msg = _error(tmp_path, df)
+    assert "row 1 (item_id 'src:dir/001.png'), column 'sha256'" in msg
+
+
+def test_row_number_is_the_row_in_the_written_file(tmp_path):
+    # Rows are sorted by item_id before validation, so the number is the file's row.
+    df = _frame(_row(5), _row(9, rating="r18"), _row(1))
+    msg = _error(tmp_path, df)
+    assert "row 2 (item_id 'src:dir/009.png'), column 'rating'" in msg
+
+
+def test_rating_outside_enum(tmp_path):
+    df = _frame(_row(0), _row(1), _row(2, rating="safe"))
+    msg = _error(tmp_path, df)
+    assert "row 2 (item_id 'src:dir/002.png'), column 'rating'" in msg
+    assert "'safe'" in msg
+
+
+def test_negative_size(tmp_path):
+    df = _frame(_row(0), _row(1, size=-5))
+    msg = _error(tmp_path, df)
+    assert "row 1 (item_id 'src:dir/001.png'), column 'size'" in msg
+    assert "-5" in msg
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [("weight", 0.0), ("weight", -1.0), ("repeats", 0)],
+)
+def test_bad_weight_and_repeats(tmp_path, column, value):
+    df = _frame(_row(0), _row(1, **{column: value}))
+    msg = _error(tmp_path, df)
+    assert f"row 1 (item_id 'src:dir/001.png'), column '{column}'" in msg
+
+
+@pytest.mark.parametrize("tags", [["ok", ""], "a, b", [1, 2]])
+def test_bad_tags(tmp_path, tags):
+    df = _frame(_row(0, tags=tags), _row(1))
+    msg = _error(tmp_path, df)
+    assert "row 0 (item_id 'src:dir/000.png'), column 'tags'" in msg
+    assert "tags must be a list of non-empty strings" in msg
+
+
+def test_duplicate_item_id(tmp_path):
+    df = _frame(_row(0), _row(1, item_id="src:dir/000.png"))
+    msg = _error(tmp_path, df)
+    assert "column 'item_id'" in msg
+    assert "'src:dir/000.png'" in msg
+
+
+def test_null_in_non_nullable_column(tmp_path):
+    df = _frame(_row(0), _row(1, license=None))
+    msg = _error(tmp_path, df)
+    assert "column 'license'" in msg
+
+
+def test_wrong_schema_version(tmp_path):
+    df = _frame(_row(0), _row(1))
+    df["schema_version"] = schemas.SCHEMA_VERSION + 1
+    msg = _error(tmp_path, df)
+    assert "column 'schema_version'" in msg
+
+
+def test_several_failures_all_reported(tmp_path):
+    df = _frame(_row(0, size=-1), _row(1, rating="nope"), _row(2, sha256="x"))
+    msg = _error(tmp_path, df)
+    assert "row 0 (item_id 'src:dir/000.png'), column 'size'" in msg
+    assert "row 1 (item_id 'src:dir/001.png'), column 'rating'" in msg
+    assert "row 2 (item_id 'src:dir/002.png'), column 'sha256'" in msg
+
+
+def test_many_failures_are_truncated(tmp_path):
+    df = _frame(*[_row(i, size=-1) for i in range(25)])
+    msg = _error(tmp_path, df)
+    assert "... and 5 more" in msg
+    assert msg.count("column 'size'") == 20
+
+
+def test_missing_column_on_write(tmp_path):
+    df = _valid().drop(columns=["rating"])
+    msg = _error(tmp_path, df)
+    assert "rating" in msg
+
+
+def test_extra_column_is_rejected_on_read(tmp_path):
+    # strict=True: a file with a column the schema does not know fails to read.
+    path = tmp_path / "extra.parquet"
+    df = _valid()
+    df["surprise"] = 7
+    df.to_parquet(path, index=False)
+    with pytest.raises(ManifestError) as info:
+        manifest.read(path, schemas.INGEST)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}: ingest manifest failed validation")
+    assert "'surprise'" in msg
+    assert "column_in_schema" in msg
+
+
+def test_extra_column_is_rejected_by_validate(tmp_path):
+    df = _valid()
+    df["surprise"] = 7
+    with pytest.raises(ManifestError, match="surprise"):
+        manifest.validate(df, schemas.INGEST, tmp_path / "x.parquet")
+
+
+def test_missing_column_is_rejected_on_read(tmp_path):
+    path = tmp_path / "missing.parquet"
+    _valid().drop(columns=["license"]).to_parquet(path, index=False)
+    with pytest.raises(ManifestError) as info:
+        manifest.read(path, schemas.INGEST)
+    assert str(path) in str(info.value)
+    assert "'license'" in str(info.value)
+
+
+def test_bad_row_in_file_on_read(tmp_path):
+    path = tmp_path / "tampered.parquet"
+    df = _valid()
+    df.loc[3, "sha256"] = "f" * 63
+    df.to_parquet(path, index=False)
+    with pytest.raises(ManifestError) as info:
+        manifest.read(path, schemas.INGEST)
+    msg = str(info.value)
+    assert str(path) in msg
+    assert "row 3 (item_id 'src:dir/003.png'), column 'sha256'" in msg
+
+
+def test_read_missing_file(tmp_path):
+    path = tmp_path / "nowhere.parquet"
+    with pytest.raises(ManifestError, match="ingest manifest is missing") as info:
+        manifest.read(path, schemas.INGEST)
+    assert str(path) in str(info.value)
+
+
+def test_validate_renumbers_rows_from_zero(tmp_path):
+    df = _frame(_row(0), _row(1, rating="bad"))
+    df.index = [100, 200]
+    with pytest.raises(ManifestError, match=r"row 1 \(item_id 'src:dir/001.png'\), column 'rating'"):
+        manifest.validate(df, schemas.INGEST, tmp_path / "x.parquet")
+
+
+def test_manifest_error_is_value_error():
+    assert issubclass(ManifestError, ValueError)
+
+
+# --- schemas ----------------------------------------------------------------------------
+
+
+def test_all_expected_schemas_are_present():
+    assert set(ALL_SCHEMAS) == {
+        "INGEST", "AUDIT", "FILTERED", "DEDUPED", "CAPTIONED", "SPLIT",
+        "REJECTED", "PAIRS", "MEMBERSHIP", "MOVES", "EXPORT",
+    }
+
+
+@pytest.mark.parametrize("name", sorted(ALL_SCHEMAS))
+def test_empty_validates_for_every_schema(name, tmp_path):
+    schema = ALL_SCHEMAS[name]
+    df = manifest.empty(schema)
+    assert len(df) == 0
+    assert list(df.columns) == list(schema.columns)
+    manifest.validate(df, schema, tmp_path / f"{name}.parquet")
+    path = tmp_path / f"{name}.parquet"
+    manifest.write(df, path, schema)
+    back = manifest.read(path, schema)
+    assert len(back) == 0 and list(back.columns) == list(schema.columns)
+
+
+@pytest.mark.parametrize("name", sorted(ALL_SCHEMAS))
+def test_every_schema_is_strict_and_named(name):
+    schema = ALL_SCHEMAS[name]
+    assert schema.strict is True
+    assert schema.name
+
+
+def test_stage_schemas_extend_each_other():
+    ingest = list(schemas.INGEST.columns)
+    filtered = list(schemas.FILTERED.columns)
+    assert filtered[: len(ingest)] == ingest
+    assert set(schemas.DEDUPED.columns) >= set(filtered) | {"cluster_id", "cluster_key", "cluster_size"}
+    assert set(schemas.CAPTIONED.columns) == set(schemas.DEDUPED.columns) | {"caption"}
+    assert set(schemas.SPLIT.columns) == set(schemas.CAPTIONED.columns) | {"split"}
+
+
+def _audit_row(**over) -> dict:
+    row = {
+        "item_id": "s:a.png", "sha256": "a" * 64, "decoded": True, "reason": None, "detail": None,
+        "format": "PNG", "mode": "RGB", "width": 10, "height": 12, "exif_orientation": 1, "phash": "0123456789abcdef",
+    }
+    row.update(over)
+    return row
+
+
+def test_audit_schema_accepts_failed_decode(tmp_path):
+    df = manifest.with_version(pd.DataFrame([
+        _audit_row(),
+        _audit_row(item_id="s:b.png", decoded=False, reason="truncated", detail="cut", format=None,
+                   mode=None, width=0, height=0, phash=None),
+    ]))
+    manifest.write(df, tmp_path / "audit.parquet", schemas.AUDIT)
+    back = manifest.read(tmp_path / "audit.parquet", schemas.AUDIT)
+    assert list(back["reason"].fillna("-")) == ["-", "truncated"]
+
+
+@pytest.mark.parametrize(
+    ("over", "column"),
+    [
+        ({"reason": "exploded"}, "reason"),
+        ({"phash": "0123456789ABCDEF"}, "phash"),
+        ({"phash": "0123"}, "phash"),
+        ({"exif_orientation": 9}, "exif_orientation"),
+        ({"exif_orientation": 0}, "exif_orientation"),
+        ({"width": -1}, "width"),
+    ],
+)
+def test_audit_schema_rejects(tmp_path, over, column):
+    df = manifest.with_version(pd.DataFrame([_audit_row(item_id="s:0.png"), _audit_row(**over)]))
+    msg = _error(tmp_path, df, schemas.AUDIT)
+    assert f"row 1 (item_id 's:a.png'), column '{column}'" in msg
+
+
+def test_pairs_schema_unique_pair(tmp_path):
+    ok = pd.DataFrame({"a": ["x", "x"], "b": ["y", "z"], "distance": [1, 2]})
+    manifest.write(ok, tmp_path / "pairs.parquet", schemas.PAIRS, sort_by=["a", "b"])
+    bad = pd.DataFrame({"a": ["x", "x"], "b": ["y", "y"], "distance": [1, 2]})
+    with pytest.raises(ManifestError):
+        manifest.write(bad, tmp_path / "pairs2.parquet", schemas.PAIRS, sort_by=["a", "b"])
+
+
+# --- atomic writes ----------------------------------------------------------------------
+
+
+def test_failed_validation_leaves_previous_file_untouched(tmp_path):
+    path = tmp_path / "ingest.parquet"
+    manifest.write(_valid(), path, schemas.INGEST)
+    before = path.read_bytes()
+    mtime = path.stat().st_mtime_ns
+    with pytest.raises(ManifestError):
+        manifest.write(_frame(_row(0), _row(1, sha256="bad")), path, schemas.INGEST)
+    assert path.read_bytes() == before
+    assert path.stat().st_mtime_ns == mtime
+    assert _leftovers(tmp_path, {"ingest.parquet"}) == []
+    assert len(manifest.read(path, schemas.INGEST)) == 4
+
+
+def test_failure_while_writing_leaves_previous_file_and_no_temp(tmp_path, monkeypatch):
+    path = tmp_path / "ingest.parquet"
+    manifest.write(_valid(), path, schemas.INGEST)
+    before = path.read_bytes()
+
+    def broken_to_parquet(self, target, *args, **kwargs):
+        Path(target).write_bytes(b"PAR1 half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", broken_to_parquet)
+    with pytest.raises(OSError, match="disk full"):
+        manifest.write(_valid(2), path, schemas.INGEST)
+    assert path.read_bytes() == before
+    assert _leftovers(tmp_path, {"ingest.parquet"}) == []
+
+
+def test_successful_write_replaces_and_leaves_no_temp(tmp_path):
+    path = tmp_path / "ingest.parquet"
+    manifest.write(_valid(4), path, schemas.INGEST)
+    manifest.write(_valid(2), path, schemas.INGEST)
+    assert len(manifest.read(path, schemas.INGEST)) == 2
+    assert _leftovers(tmp_path, {"ingest.parquet"}) == []
+
+
+def test_atomic_file_replaces_on_success(tmp_path):
+    path = tmp_path / "f.txt"
+    path.write_text("old")
+    with atomic.atomic_file(path) as tmp:
+        assert tmp.parent == tmp_path
+        assert tmp != path
+        assert tmp.name.startswith(".f.txt.") and tmp.name.endswith(".tmp")
+        tmp.write_text("new")
+        assert path.read_text() == "old"  # not visible until the block ends
+    assert path.read_text() == "new"
+    assert _leftovers(tmp_path, {"f.txt"}) == []
+
+
+def test_atomic_file_cleans_up_on_error(tmp_path):
+    path = tmp_path / "f.txt"
+    path.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic.atomic_file(path) as tmp:
+            tmp.write_text("partial")
+            raise RuntimeError("boom")
+    assert path.read_text() == "old"
+    assert _leftovers(tmp_path, {"f.txt"}) == []
+
+
+def test_atomic_file_error_with_no_previous_file(tmp_path):
+    path = tmp_path / "sub" / "f.txt"
+    with pytest.raises(KeyboardInterrupt):
+        with atomic.atomic_file(path) as tmp:
+            tmp.write_text("partial")
+            raise KeyboardInterrupt
+    assert not path.exists()
+    assert list((tmp_path / "sub").iterdir()) == []
+
+
+def test_write_bytes_and_text(tmp_path):
+    atomic.write_bytes(tmp_path / "a" / "b.bin", b"\x00\x01")
+    atomic.write_text(tmp_path / "c.txt", "héllo")
+    assert (tmp_path / "a" / "b.bin").read_bytes() == b"\x00\x01"
+    assert (tmp_path / "c.txt").read_bytes() == "héllo".encode("utf-8")
+    atomic.write_text(tmp_path / "c.txt", "again")
+    assert (tmp_path / "c.txt").read_text() == "again"
+    assert _leftovers(tmp_path, {"a", "c.txt"}) == []
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_atomic_dir_replaces_folder_whole(tmp_path):
+    target = tmp_path / "export"
+    (target / "old_sub").mkdir(parents=True)
+    (target / "stale.txt").write_text("stale")
+    (target / "old_sub" / "x.txt").write_text("x")
+    with atomic.atomic_dir(target) as tmp:
+        assert tmp.is_dir() and list(tmp.iterdir()) == []
+        assert tmp.parent == tmp_path
+        (tmp / "new.txt").write_text("new")
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "y.txt").write_text("y")
+        assert _tree(target) == {"stale.txt": b"stale", "old_sub/x.txt": b"x"}  # untouched meanwhile
+    assert _tree(target) == {"new.txt": b"new", "sub/y.txt": b"y"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+
+
+def test_atomic_dir_creates_when_missing(tmp_path):
+    target = tmp_path / "a" / "b"
+    with atomic.atomic_dir(target) as tmp:
+        (tmp / "f").write_text("1")
+    assert _tree(target) == {"f": b"1"}
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["b"]
+
+
+def test_atomic_dir_failure_keeps_old_folder(tmp_path):
+    target = tmp_path / "export"
+    target.mkdir()
+    (target / "keep.txt").write_text("keep")
+    with pytest.raises(ValueError):
+        with atomic.atomic_dir(target) as tmp:
+            (tmp / "half.txt").write_text("half")
+            raise ValueError("stop")
+    assert _tree(target) == {"keep.txt": b"keep"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+
+
+def test_atomic_dir_failure_with_no_old_folder(tmp_path):
+    target = tmp_path / "export"
+    with pytest.raises(ValueError):
+        with atomic.atomic_dir(target) as tmp:
+            (tmp / "half.txt").write_text("half")
+            raise ValueError("stop")
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_dir_survives_a_leftover_old_folder(tmp_path):
+    # A run killed between the two renames leaves ".export.old"; the next run must cope.
+    target = tmp_path / "export"
+    target.mkdir()
+    (target / "v1").write_text("1")
+    leftover = tmp_path / ".export.old"
+    leftover.mkdir()
+    (leftover / "junk").write_text("junk")
+    with atomic.atomic_dir(target) as tmp:
+        (tmp / "v2").write_text("2")
+    assert _tree(target) == {"v2": b"2"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+
+
+def test_manifest_write_inside_atomic_dir(tmp_path):
+    target = tmp_path / "export"
+    with atomic.atomic_dir(target) as tmp:
+        manifest.write(_valid(), tmp / "manifest.parquet", schemas.INGEST)
+    assert len(manifest.read(target / "manifest.parquet", schemas.INGEST)) == 4
+    assert os.listdir(target) == ["manifest.parquet"]

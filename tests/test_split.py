@@ -1,0 +1,287 @@
+"""split stage: deterministic per-cluster assignment, stable under additions, moves reported."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+import stage_helpers as H
+from trainset import manifest, schemas
+from trainset.stages import split
+from trainset.stages.split import SplitError, assign, check_fractions
+
+FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
+SEED = 1337
+
+
+def _keys(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [f"{rng.getrandbits(256):064x}" for _ in range(n)]
+
+
+# --------------------------------------------------------------------------- assign
+
+
+def test_assign_is_deterministic():
+    keys = _keys(200)
+    first = [assign(k, SEED, FRACTIONS) for k in keys]
+    assert [assign(k, SEED, FRACTIONS) for k in keys] == first
+    assert set(first) <= set(schemas.SPLITS)
+
+
+def test_assign_depends_on_seed():
+    keys = _keys(500)
+    a = [assign(k, 1, FRACTIONS) for k in keys]
+    b = [assign(k, 2, FRACTIONS) for k in keys]
+    assert a != b
+    assert sum(x != y for x, y in zip(a, b)) > 50
+
+
+@pytest.mark.parametrize(
+    "fractions",
+    [FRACTIONS, {"train": 0.5, "val": 0.25, "test": 0.25}, {"train": 0.7, "val": 0.0, "test": 0.3}, {"train": 0.34, "val": 0.33, "test": 0.33}],
+)
+def test_assign_follows_fractions(fractions):
+    keys = _keys(5000, seed=42)
+    counts = Counter(assign(k, SEED, fractions) for k in keys)
+    for name in schemas.SPLITS:
+        share = counts[name] / len(keys)
+        assert abs(share - fractions[name]) < 0.03, (name, share, fractions)
+        if fractions[name] == 0:
+            assert counts[name] == 0
+
+
+@pytest.mark.parametrize("only", schemas.SPLITS)
+def test_assign_with_one_split_takes_everything(only):
+    fractions = {name: 1.0 if name == only else 0.0 for name in schemas.SPLITS}
+    assert {assign(k, SEED, fractions) for k in _keys(300)} == {only}
+
+
+# --------------------------------------------------------------------------- check_fractions
+
+
+def test_check_fractions_accepts_valid():
+    assert check_fractions(FRACTIONS) == FRACTIONS
+    assert check_fractions({"train": "0.9", "val": 0.1}) == {"train": 0.9, "val": 0.1, "test": 0.0}
+    assert check_fractions({"train": 0.7, "val": 0.2, "test": 0.1}) == {"train": 0.7, "val": 0.2, "test": 0.1}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"train": 0.8, "val": 0.1, "test": 0.2},  # sums to 1.1
+        {"train": 0.5, "val": 0.1, "test": 0.1},  # sums to 0.7
+        {"train": 1.2, "val": -0.1, "test": -0.1},  # negative
+        {"train": 0.8, "val": 0.1, "holdout": 0.1},  # unknown split
+        {"train": "lots", "val": 0.1, "test": 0.1},  # not a number
+        {"train": None, "val": 0.5, "test": 0.5},
+        {},
+    ],
+)
+def test_check_fractions_rejects_bad(bad):
+    with pytest.raises(SplitError, match="split"):
+        check_fractions(bad)
+
+
+def test_run_rejects_bad_fractions_before_writing(tmp_path):
+    path = tmp_path / "captioned.parquet"
+    H.write_manifest([H.item_row("src:a.png")], path, schemas.CAPTIONED)
+    with pytest.raises(SplitError):
+        split.run(path, tmp_path / "split.parquet", tmp_path / "moves.parquet", tmp_path / "hist.parquet", SEED, {"train": 2.0})
+    assert not (tmp_path / "split.parquet").exists()
+    assert not (tmp_path / "hist.parquet").exists()
+
+
+# --------------------------------------------------------------------------- run
+
+
+class Run:
+    """split.run on hand-built captioned manifests, with one history file across runs."""
+
+    def __init__(self, root):
+        self.root = root
+        self.n = 0
+        self.history = root / "cache" / "split-history.parquet"
+
+    def __call__(self, rows: list[dict], fractions: dict = FRACTIONS, seed: int = SEED):
+        self.n += 1
+        captioned = self.root / f"captioned{self.n}.parquet"
+        H.write_manifest(rows, captioned, schemas.CAPTIONED)
+        out, moves = self.root / f"split{self.n}.parquet", self.root / f"moves{self.n}.parquet"
+        written = split.run(captioned, out, moves, self.history, seed, fractions)
+        return written, manifest.read(moves, schemas.MOVES)
+
+
+def _clustered_rows(n_clusters: int, size: int, prefix: str = "c") -> list[dict]:
+    rows = []
+    for c in range(n_clusters):
+        members = [f"src:{prefix}{c:03d}_{m}.png" for m in range(size)]
+        shas = [H.fake_sha(m) for m in members]
+        key = min(shas)
+        for item_id, sha in zip(members, shas):
+            rows.append(H.item_row(item_id, sha, cluster_key=key, cluster_id=key[:16], cluster_size=size))
+    return rows
+
+
+def test_run_assigns_whole_clusters(tmp_path):
+    rows = _clustered_rows(120, 3)
+    written, moves = Run(tmp_path)(rows)
+    assert len(written) == 360
+    assert len(moves) == 0
+    per_cluster = written.groupby("cluster_key")["split"].nunique()
+    assert (per_cluster == 1).all()
+    for key, group in written.groupby("cluster_key"):
+        assert group["split"].iloc[0] == assign(key, SEED, FRACTIONS)
+    assert set(written["split"]) == set(schemas.SPLITS)
+    # the written manifest validates and keeps every captioned column
+    on_disk = manifest.read(tmp_path / "split1.parquet", schemas.SPLIT)
+    assert on_disk["item_id"].tolist() == sorted(r["item_id"] for r in rows)
+
+
+def test_run_writes_history(tmp_path):
+    rows = _clustered_rows(5, 2)
+    r = Run(tmp_path)
+    written, _ = r(rows)
+    history = pd.read_parquet(r.history)
+    assert list(history.columns) == ["item_id", "split", "cluster_key"]
+    assert dict(zip(history["item_id"], history["split"])) == dict(zip(written["item_id"], written["split"]))
+
+
+def test_adding_unrelated_items_moves_nothing(tmp_path):
+    r = Run(tmp_path)
+    base = _clustered_rows(60, 2, prefix="old")
+    first, moves1 = r(base)
+    extra = _clustered_rows(60, 2, prefix="new")
+    second, moves2 = r(base + extra)
+    assert len(moves1) == 0
+    assert len(moves2) == 0
+    before = dict(zip(first["item_id"], first["split"]))
+    after = dict(zip(second["item_id"], second["split"]))
+    assert all(after[i] == s for i, s in before.items())
+    assert len(after) == 240
+
+
+def test_removing_items_moves_nothing(tmp_path):
+    r = Run(tmp_path)
+    rows = _clustered_rows(40, 2)
+    first, _ = r(rows)
+    second, moves = r(rows[::4])
+    assert len(moves) == 0
+    before = dict(zip(first["item_id"], first["split"]))
+    assert all(before[i] == s for i, s in zip(second["item_id"], second["split"]))
+
+
+def _key(target: str, first: str, avoid: str | None = None) -> str:
+    """A 64-hex cluster key starting with ``first`` (to control its order) assigned to ``target``."""
+    for i in range(100_000):
+        key = first + H.fake_sha(f"{first}{target}{i}")[1:]
+        if assign(key, SEED, FRACTIONS) == target:
+            return key
+    raise AssertionError("no key found")  # pragma: no cover
+
+
+def test_joining_item_that_changes_split_is_reported(tmp_path):
+    r = Run(tmp_path)
+    old_key = _key("train", first="f")
+    x = H.item_row("src:x.png", old_key, cluster_key=old_key, cluster_id=old_key[:16])
+    other = _clustered_rows(10, 1, prefix="other")
+    first, moves1 = r([x, *other])
+    assert H.by_id(first)["src:x.png"]["split"] == "train"
+    assert len(moves1) == 0
+
+    new_key = _key("val", first="0")
+    assert new_key < old_key
+    # y is a near duplicate of x with a smaller sha256: the cluster key becomes y's sha
+    y = H.item_row("src:y.png", new_key, cluster_key=new_key, cluster_id=new_key[:16], cluster_size=2)
+    x2 = {**x, "cluster_key": new_key, "cluster_id": new_key[:16], "cluster_size": 2}
+    second, moves = r([x2, y, *other])
+    rows = H.by_id(second)
+    assert rows["src:x.png"]["split"] == rows["src:y.png"]["split"] == "val"
+    assert moves.to_dict("records") == [{
+        "item_id": "src:x.png",
+        "previous_split": "train",
+        "split": "val",
+        "previous_cluster_key": old_key,
+        "cluster_key": new_key,
+    }]
+    # unrelated items stay put
+    assert all(H.by_id(first)[i]["split"] == rows[i]["split"] for i in H.by_id(first) if i != "src:x.png")
+
+
+def test_bridging_item_moves_the_members_whose_split_changes(tmp_path):
+    r = Run(tmp_path)
+    # two old clusters in different splits, so a bridge must move one of them
+    key_a = _key("train", first="e")
+    key_b = _key("test", first="d")
+    a = H.item_row("src:a.png", key_a, cluster_key=key_a, cluster_id=key_a[:16])
+    b = H.item_row("src:b.png", key_b, cluster_key=key_b, cluster_id=key_b[:16])
+    first, _ = r([a, b])
+    split_a, split_b = H.by_id(first)["src:a.png"]["split"], H.by_id(first)["src:b.png"]["split"]
+    assert split_a != split_b
+
+    bridge_key = _key(split_a, first="0")
+    members = [a, b, H.item_row("src:bridge.png", bridge_key)]
+    merged = [{**m, "cluster_key": bridge_key, "cluster_id": bridge_key[:16], "cluster_size": 3} for m in members]
+    second, moves = r(merged)
+    assert set(second["split"]) == {split_a}
+    assert moves["item_id"].tolist() == ["src:b.png"]
+    move = moves.iloc[0]
+    assert (move["previous_split"], move["split"]) == (split_b, split_a)
+    assert (move["previous_cluster_key"], move["cluster_key"]) == (key_b, bridge_key)
+
+
+def test_key_change_without_split_change_is_not_a_move(tmp_path):
+    r = Run(tmp_path)
+    old_key = _key("val", first="f")
+    target = "val"
+    x = H.item_row("src:x.png", old_key, cluster_key=old_key, cluster_id=old_key[:16])
+    r([x])
+    new_key = _key(target, first="0")
+    y = H.item_row("src:y.png", new_key, cluster_key=new_key, cluster_id=new_key[:16], cluster_size=2)
+    second, moves = r([{**x, "cluster_key": new_key, "cluster_id": new_key[:16], "cluster_size": 2}, y])
+    assert len(moves) == 0
+    assert set(second["split"]) == {target}
+
+
+def test_no_history_means_no_moves(tmp_path):
+    r = Run(tmp_path)
+    assert not r.history.exists()
+    _, moves = r(_clustered_rows(5, 1))
+    assert len(moves) == 0
+    assert r.history.exists()
+
+
+def test_changing_the_seed_reports_moves(tmp_path):
+    r = Run(tmp_path)
+    rows = _clustered_rows(50, 1)
+    first, _ = r(rows, seed=1)
+    second, moves = r(rows, seed=2)
+    changed = {i for i, a, b in zip(first["item_id"], first["split"], second["split"]) if a != b}
+    assert changed
+    assert set(moves["item_id"]) == changed
+
+
+def test_run_on_real_chain_never_straddles(tmp_path):
+    raw = tmp_path / "raw"
+    for name in ("astronaut.png", "chelsea.png", "coffee.png", "camera.png", "rocket.jpg"):
+        photo = H.sample(name, (240, 200))
+        stem = name.split(".")[0]
+        H.save(photo, raw / f"{stem}.png")
+        H.save(photo.resize((160, 133), Image.Resampling.LANCZOS), raw / "small" / f"{stem}.png")
+    c = H.Chain(tmp_path, [H.source(raw)])
+    c.through_dedup(min_side=64, max_distance=10)
+    c.caption()
+    # keep every member: rebuild the captioned manifest from the clusters so copies are split too
+    clusters = c.read("clusters", schemas.MEMBERSHIP)
+    exact = c.read("exact", schemas.FILTERED).merge(clusters[["item_id", "cluster_id", "cluster_key"]], on="item_id")
+    exact["cluster_size"] = exact.groupby("cluster_key")["item_id"].transform("size").astype("int64")
+    exact["caption"] = ""
+    manifest.write(exact, c.p["captioned"], schemas.CAPTIONED)
+    written = c.split(fractions={"train": 0.4, "val": 0.3, "test": 0.3})
+    assert len(written) == 10
+    assert (written.groupby("cluster_key")["split"].nunique() == 1).all()
+    assert written["cluster_key"].nunique() == 5
