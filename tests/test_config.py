@@ -278,3 +278,23 @@ def test_non_finite_weight_rejected(tmp_path, weight):
         weight = yaml.safe_load(f"w: {weight}")["w"]  # what `weight: .nan` in params.yaml gives
     with pytest.raises(ConfigError, match="weight must be > 0"):
         sources_from_params({"sources": [_entry(weight=weight)]}, tmp_path)
+
+
+@pytest.mark.parametrize("value,expected", [(True, True), (False, False), ("false", False), ("True", True)])
+def test_generated_flag_reads_words_strictly(tmp_path, value, expected):
+    entry = {"name": "x", "kind": "image_folder", "path": "p", "license": "l", "generated": value}
+    assert sources_from_params({"sources": [entry]}, tmp_path)[0].generated is expected
+
+
+@pytest.mark.parametrize("value", ["no", 1, "yes please"])
+def test_generated_flag_rejects_non_booleans(tmp_path, value):
+    entry = {"name": "x", "kind": "image_folder", "path": "p", "license": "l", "generated": value}
+    with pytest.raises(ConfigError, match="generated"):
+        sources_from_params({"sources": [entry]}, tmp_path)
+
+
+@pytest.mark.parametrize("value", [2.5, "2.5", True])
+def test_fractional_repeats_rejected(tmp_path, value):
+    entry = {"name": "x", "kind": "image_folder", "path": "p", "license": "l", "repeats": value}
+    with pytest.raises(ConfigError, match="repeats"):
+        sources_from_params({"sources": [entry]}, tmp_path)

@@ -519,3 +519,16 @@ def test_fingerprint_extension_case_insensitive(tmp_path):
     before = image_folder.source_fingerprint(_source(tmp_path), [".PNG"])
     assert before == image_folder.source_fingerprint(_source(tmp_path), [".png"])
     assert before != image_folder.source_fingerprint(_source(tmp_path), [".jpg"])
+
+
+def test_sidecar_generated_string_false_is_false(tmp_path):
+    from trainset.config import Source
+    from trainset.sources.image_folder import read_sidecar
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    (tmp_path / "a.json").write_text('{"tags": ["x"], "generated": "false"}')
+    (tmp_path / "b.json").write_text('{"tags": ["x"], "generated": "maybe"}')
+    src = Source(name="s", kind="image_folder", path=tmp_path, license="l")
+    assert read_sidecar(tmp_path / "a.png", src)["generated"] is False
+    bad = read_sidecar(tmp_path / "b.png", src)
+    assert bad["sidecar_error"] and "b.json" in bad["sidecar_error"] and "generated" in bad["sidecar_error"]

@@ -50,6 +50,15 @@ class Source:
         }
 
 
+def as_flag(value: Any, where: str) -> bool:
+    """A yes/no value: a YAML/JSON boolean, or the words true/false (so "false" is not True)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ConfigError(f"{where} must be true or false, got {value!r}")
+
+
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     with open(path, encoding="utf-8") as fh:
         params = yaml.safe_load(fh) or {}
@@ -106,7 +115,10 @@ def _parse_source(entry: Any, index: int, root: Path) -> Source:
         raise ConfigError(f"{where}: unknown rating_scheme {scheme!r}; expected one of {', '.join(SCHEMES)}")
     try:
         weight = float(entry.get("weight", 1.0))
-        repeats = int(entry.get("repeats", 1))
+        raw_repeats = entry.get("repeats", 1)
+        if isinstance(raw_repeats, bool) or not float(raw_repeats).is_integer():
+            raise ValueError(f"repeats {raw_repeats!r} is not a whole number")
+        repeats = int(raw_repeats)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: weight must be a number and repeats an integer ({exc})") from None
     if not math.isfinite(weight) or weight <= 0 or repeats < 1:
@@ -119,7 +131,7 @@ def _parse_source(entry: Any, index: int, root: Path) -> Source:
         kind=kind,
         path=path,
         license=str(entry["license"]),
-        generated=bool(entry.get("generated", False)),
+        generated=as_flag(entry.get("generated", False), f"{where}: generated"),
         weight=weight,
         repeats=repeats,
         rating_scheme=scheme,

@@ -19,7 +19,7 @@ import re
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
 
-from ..config import Source
+from ..config import ConfigError, Source, as_flag
 from ..rating import RatingError, normalize_rating
 
 KOHYA_FOLDER = re.compile(r"^(\d+)_(.+)$")
@@ -90,7 +90,7 @@ def read_sidecar(image: Path, source: Source) -> dict:
                 out["tags"] = _split_tags(text)
             else:
                 _apply_json(out, json.loads(text), source)
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RatingError, TypeError, ValueError) as exc:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RatingError, ConfigError, TypeError, ValueError) as exc:
             out.update(tags=[], rating="unknown", generated=source.generated)
             out["sidecar_error"] = f"{car.name}: {exc}"
         break
@@ -111,7 +111,7 @@ def _apply_json(out: dict, doc: object, source: Source) -> None:
     scheme = str(doc.get("rating_scheme", source.rating_scheme))
     out["rating"] = normalize_rating(doc.get("rating"), scheme)
     if "generated" in doc:
-        out["generated"] = bool(doc["generated"])
+        out["generated"] = as_flag(doc["generated"], "'generated'")
 
 
 def read(
