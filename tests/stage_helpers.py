@@ -218,6 +218,7 @@ def item_row(item_id: str, sha: str | None = None, **over) -> dict:
         "subset": "src",
         "sidecar": None,
         "sidecar_error": None,
+        **{k: (list(v) if isinstance(v, list) else v) for k, v in schemas.INGEST_DEFAULTS.items()},
         "format": "PNG",
         "mode": "RGB",
         "width": 512,

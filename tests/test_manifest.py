@@ -33,6 +33,7 @@ def _row(i: int, **over) -> dict:
         "subset": "src",
         "sidecar": None,
         "sidecar_error": None,
+        **{k: (list(v) if isinstance(v, list) else v) for k, v in schemas.INGEST_DEFAULTS.items()},
     }
     row.update(over)
     return row

@@ -82,8 +82,9 @@ def read(path: str | Path, schema: pa.DataFrameSchema) -> pd.DataFrame:
     if not path.exists():
         raise ManifestError(f"{path}: {schema.name} manifest is missing")
     df = pd.read_parquet(path)
-    if "tags" in df.columns:
-        df["tags"] = df["tags"].map(list)
+    for col in ("tags", "artists"):
+        if col in df.columns:
+            df[col] = df[col].map(list)
     return validate(df, schema, path)
 
 

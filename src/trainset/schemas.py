@@ -26,6 +26,9 @@ def _tags() -> pa.Column:
     return pa.Column(object, pa.Check(_is_str_list, element_wise=True, error="tags must be a list of non-empty strings"))
 
 
+INGEST_DEFAULTS = {"artists": [], "score": float("nan"), "source_url": None, "post_id": None, "ingest_reason": None, "ingest_detail": None}
+
+
 _VERSION = {"schema_version": pa.Column("int64", pa.Check.eq(SCHEMA_VERSION))}
 
 _ITEM = {
@@ -49,6 +52,14 @@ INGEST_COLUMNS = {
     "subset": _text(),
     "sidecar": _text(nullable=True),
     "sidecar_error": _text(nullable=True),
+    # metadata some source kinds carry (booru posts); empty or missing elsewhere
+    "artists": pa.Column(object, pa.Check(lambda v: _is_str_list(v) or len(v) == 0, element_wise=True, error="artists must be a list of strings")),
+    "score": pa.Column("float64", nullable=True),
+    "source_url": _text(nullable=True),
+    "post_id": _text(nullable=True),
+    # a problem found at ingest that rejects the item at the filter (e.g. md5_mismatch)
+    "ingest_reason": _text(nullable=True),
+    "ingest_detail": _text(nullable=True),
     **_VERSION,
 }
 

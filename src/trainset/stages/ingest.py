@@ -64,6 +64,9 @@ def run(sources: list[Source], out: str | Path, stat_cache_dir: str | Path, exte
             read_source(source, extensions=exts, digest=cache.digest, display_path=lambda p: display_path(p, root))
         )
         cache.save()
+    rows = [{**schemas.INGEST_DEFAULTS, **row} for row in rows]
+    for row in rows:
+        row["artists"] = list(row["artists"])
     df = pd.DataFrame(rows, columns=[c for c in schemas.INGEST.columns if c != "schema_version"])
     if not len(df):
         df = manifest.empty(schemas.INGEST)
@@ -72,5 +75,6 @@ def run(sources: list[Source], out: str | Path, stat_cache_dir: str | Path, exte
         for col in ("size", "repeats"):
             df[col] = df[col].astype("int64")
         df["weight"] = df["weight"].astype("float64")
+        df["score"] = pd.to_numeric(df["score"], errors="raise").astype("float64")
         df["generated"] = df["generated"].astype(bool)
     return manifest.write(df, out, schemas.INGEST)
