@@ -10,3 +10,18 @@ rule audit:
     threads: workflow.cores
     script:
         "../scripts/audit.py"
+
+
+rule nsfw_score:
+    input:
+        ingest=INGEST,
+        audit=AUDIT,
+    output:
+        NSFW,
+    params:
+        model=config["nsfw_model"],
+        cache=f"{CACHE}/nsfw",
+        code=CODE,
+    threads: workflow.cores
+    script:
+        "../scripts/nsfw_score.py"

@@ -1,25 +1,25 @@
-rule dedup_exact:
+rule group:
     input:
-        FILTERED,
+        ingest=INGEST,
+        audit=AUDIT,
     output:
-        kept=EXACT,
-        rejected=f"{M}/rejected/exact.parquet",
-    params:
-        code=CODE,
-    script:
-        "../scripts/dedup_exact.py"
-
-
-rule dedup_near:
-    input:
-        EXACT,
-    output:
-        kept=DEDUPED,
+        groups=GROUPS,
         pairs=PAIRS,
-        clusters=CLUSTERS,
-        rejected=f"{M}/rejected/near.parquet",
     params:
         max_distance=config["near_dup"]["max_distance"],
         code=CODE,
     script:
-        "../scripts/dedup_near.py"
+        "../scripts/group.py"
+
+
+rule dedup:
+    input:
+        FILTERED,
+    output:
+        kept=DEDUPED,
+        clusters=CLUSTERS,
+        rejected=f"{M}/rejected/dedup.parquet",
+    params:
+        code=CODE,
+    script:
+        "../scripts/dedup.py"

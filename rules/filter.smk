@@ -2,11 +2,17 @@ rule filter:
     input:
         ingest=INGEST,
         audit=AUDIT,
+        groups=GROUPS,
+        nsfw=NSFW,
+        dictionaries=config["tags"]["dictionaries"],
+        annotations=config["annotations"],
+        overrides=[config["overrides"]] if config["overrides"] else [],
     output:
         kept=FILTERED,
         rejected=f"{M}/rejected/filter.parquet",
     params:
-        min_side=config["audit"]["min_side"],
+        audit=config["audit"],
+        policy=config["policy"],
         code=CODE,
     script:
         "../scripts/filter.py"

@@ -3,7 +3,7 @@ rule report:
         ingest=INGEST,
         audit=AUDIT,
         filtered=FILTERED,
-        exact=EXACT,
+        groups=GROUPS,
         deduped=DEDUPED,
         captioned=CAPTIONED,
         split=SPLIT,
@@ -15,6 +15,8 @@ rule report:
         metrics=METRICS,
     params:
         thresholds=config["report"],
+        balance=config["balance"],
+        audit=config["audit"],
         max_distance=config["near_dup"]["max_distance"],
         code=CODE,
     script:

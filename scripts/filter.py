@@ -1,4 +1,14 @@
-"""Snakemake entry: reject what cannot be trained on."""
+"""Snakemake entry: audit checks and content policy."""
 from trainset.stages import filter as filter_stage
 
-filter_stage.run(snakemake.input.ingest, snakemake.input.audit, snakemake.output.kept, snakemake.output.rejected, snakemake.params.min_side)
+i, p = snakemake.input, snakemake.params
+filter_stage.run(
+    {"ingest": i.ingest, "audit": i.audit, "groups": i.groups, "nsfw": i.nsfw},
+    snakemake.output.kept,
+    snakemake.output.rejected,
+    audit_params=dict(p.audit),
+    policy_params=dict(p.policy),
+    tag_dictionaries=list(i.dictionaries),
+    annotation_files=list(i.annotations),
+    overrides_file=i.overrides[0] if i.overrides else None,
+)

@@ -3,4 +3,5 @@ from trainset.stages import report
 
 paths = dict(snakemake.input.items())
 paths["export"] = f"{paths['export']}/manifest.parquet"
-report.run(paths, snakemake.output.report, snakemake.output.metrics, dict(snakemake.params.thresholds), snakemake.params.max_distance)
+p = snakemake.params
+report.run(paths, snakemake.output.report, snakemake.output.metrics, dict(p.thresholds), p.max_distance, balance_params=dict(p.balance), audit_params=dict(p.audit))

@@ -298,3 +298,89 @@ def test_fractional_repeats_rejected(tmp_path, value):
     entry = {"name": "x", "kind": "image_folder", "path": "p", "license": "l", "repeats": value}
     with pytest.raises(ConfigError, match="repeats"):
         sources_from_params({"sources": [entry]}, tmp_path)
+
+
+# --- booru sources ----------------------------------------------------------------------
+
+
+def _booru(**over):
+    entry = {"name": "dump", "kind": "booru", "path": "raw/dump/images", "metadata": "raw/dump/posts.jsonl",
+             "site": "danbooru", "license": "see site"}
+    entry.update(over)
+    return {k: v for k, v in entry.items() if v is not _DROP}
+
+
+def test_booru_source_parsed(tmp_path):
+    (src,) = sources_from_params({"sources": [_booru(join="md5")]}, tmp_path)
+    assert src.kind == "booru"
+    assert src.path == tmp_path / "raw" / "dump" / "images"
+    assert src.metadata == tmp_path / "raw" / "dump" / "posts.jsonl"
+    assert src.site == "danbooru" and src.join == "md5"
+    assert src.rating_scheme == "danbooru"
+    assert src.as_dict() == {
+        "name": "dump", "kind": "booru", "path": str(tmp_path / "raw" / "dump" / "images"), "license": "see site",
+        "generated": False, "weight": 1.0, "repeats": 1, "rating_scheme": "danbooru",
+        "metadata": str(tmp_path / "raw" / "dump" / "posts.jsonl"), "site": "danbooru", "join": "md5",
+    }
+
+
+def test_booru_join_defaults_to_auto_and_absolute_metadata_kept(tmp_path):
+    (src,) = sources_from_params({"sources": [_booru(join=_DROP, metadata=str(tmp_path / "elsewhere"))]}, tmp_path / "root")
+    assert src.join == "auto"
+    assert src.metadata == tmp_path / "elsewhere"
+
+
+@pytest.mark.parametrize("site", ["danbooru", "gelbooru", "safebooru", "moebooru"])
+def test_booru_site_sets_the_rating_scheme(tmp_path, site):
+    (src,) = sources_from_params({"sources": [_booru(site=site)]}, tmp_path)
+    assert src.site == site and src.rating_scheme == site
+
+
+def test_booru_rating_scheme_equal_to_site_is_accepted(tmp_path):
+    (src,) = sources_from_params({"sources": [_booru(site="moebooru", rating_scheme="moebooru")]}, tmp_path)
+    assert src.rating_scheme == "moebooru"
+
+
+def test_image_folder_source_has_no_booru_fields(tmp_path):
+    (src,) = sources_from_params({"sources": [_entry()]}, tmp_path)
+    assert src.metadata is None and src.site is None and src.join == "auto"
+    assert set(src.as_dict()) == {"name", "kind", "path", "license", "generated", "weight", "repeats", "rating_scheme"}
+
+
+@pytest.mark.parametrize("value", [_DROP, "", None])
+def test_booru_missing_metadata(tmp_path, value):
+    with pytest.raises(ConfigError, match=r"source 'dump': kind 'booru' needs 'metadata'"):
+        sources_from_params({"sources": [_booru(metadata=value)]}, tmp_path)
+
+
+def test_booru_missing_site(tmp_path):
+    with pytest.raises(ConfigError, match=r"source 'dump': kind 'booru' needs 'site'"):
+        sources_from_params({"sources": [_booru(site=_DROP)]}, tmp_path)
+
+
+@pytest.mark.parametrize("site", ["e621", "Danbooru", "yande.re"])
+def test_booru_unknown_site(tmp_path, site):
+    with pytest.raises(ConfigError, match=rf"source 'dump': unknown site {site!r}.*danbooru, gelbooru, safebooru, moebooru"):
+        sources_from_params({"sources": [_booru(site=site)]}, tmp_path)
+
+
+@pytest.mark.parametrize("join", ["sha1", "name", "", "MD5"])
+def test_booru_unknown_join(tmp_path, join):
+    with pytest.raises(ConfigError, match=rf"source 'dump': unknown join {join!r}.*md5, filename, auto"):
+        sources_from_params({"sources": [_booru(join=join)]}, tmp_path)
+
+
+def test_booru_rating_scheme_contradicting_site(tmp_path):
+    with pytest.raises(ConfigError, match=r"source 'dump': rating_scheme 'danbooru' contradicts site 'gelbooru'"):
+        sources_from_params({"sources": [_booru(site="gelbooru", rating_scheme="danbooru")]}, tmp_path)
+
+
+@pytest.mark.parametrize("key", ["metadata", "site", "join"])
+def test_booru_keys_rejected_on_image_folder(tmp_path, key):
+    with pytest.raises(ConfigError, match=rf"source 'art': {key} only apply to kind 'booru'"):
+        sources_from_params({"sources": [_entry(**{key: "x"})]}, tmp_path)
+
+
+def test_booru_is_a_known_kind(tmp_path):
+    with pytest.raises(ConfigError, match=r"known kinds: image_folder, booru"):
+        sources_from_params({"sources": [_entry(kind="zip_file")]}, tmp_path)

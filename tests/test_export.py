@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import tomllib
 from pathlib import Path
 
@@ -180,12 +181,29 @@ def test_gif_converted_to_png(built):
         assert np.array_equal(out, np.asarray(orig.convert("RGB")))
 
 
-def test_palette_png_with_transparency_becomes_rgba(built):
+def test_palette_png_with_transparency_is_flattened_by_default(built):
     c, written = built
     row = _row(written, "art:pal.png")
+    assert row["conversion"] == "mode P -> RGB; alpha flattened onto #ffffff"
+    assert row["export_format"] == "PNG"
+    with Image.open(c.root / "raw" / "art" / "pal.png") as orig:
+        transparent = np.asarray(orig) == 0
+        colours = np.asarray(orig.convert("RGB"))
+    assert transparent.any()
+    with Image.open(_out(c, row)) as im:
+        assert im.mode == "RGB"
+        out = np.asarray(im)
+    assert (out[transparent] == 255).all()  # the default background, white
+    assert np.array_equal(out[~transparent], colours[~transparent])
+
+
+def test_palette_png_with_transparency_stays_rgba_with_keep_alpha(built, tmp_path):
+    c, _ = built
+    out = tmp_path / "export"
+    row = H.by_id(c.export({**H.DEFAULT_EXPORT, "keep_alpha": True}, out_dir=out))["art:pal.png"]
     assert row["conversion"] == "mode P -> RGBA"
     assert row["export_format"] == "PNG"
-    with Image.open(_out(c, row)) as im:
+    with Image.open(out / row["export_path"]) as im:
         assert im.mode == "RGBA"
         alpha = np.asarray(im)[..., 3]
     with Image.open(c.root / "raw" / "art" / "pal.png") as orig:
@@ -193,7 +211,7 @@ def test_palette_png_with_transparency_becomes_rgba(built):
         expected = np.asarray(orig.convert("RGBA"))
     assert transparent.any()
     assert (alpha[transparent] == 0).all() and (alpha[~transparent] == 255).all()
-    with Image.open(_out(c, row)) as im:
+    with Image.open(out / row["export_path"]) as im:
         assert np.array_equal(np.asarray(im), expected)
 
 
@@ -312,8 +330,8 @@ def test_convert_to_jpeg(built, tmp_path):
     assert pal["export_format"] == "JPEG" and pal["export_path"].endswith(".jpg")
     with Image.open(out / pal["export_path"]) as im:
         assert (im.format, im.mode) == ("JPEG", "RGB")
-    # JPEG holds no alpha: the text names the mode the file really has
-    assert pal["conversion"] == "format PNG -> JPEG; mode P -> RGB"
+    # JPEG holds no alpha: the used transparency is flattened, and the text says so
+    assert pal["conversion"] == "format PNG -> JPEG; mode P -> RGB; alpha flattened onto #ffffff"
     astro = written["art:2_portraits/astro.png"]
     assert astro["conversion"] == "format PNG -> JPEG"
 
@@ -352,8 +370,180 @@ def test_conversion_reason_and_target_mode_units():
     keep_f, keep_m = ["PNG", "JPEG"], ["RGB", "RGBA", "L"]
     assert export.conversion_reason(Row, keep_f, keep_m, "PNG") is None
     Row.format, Row.mode, Row.exif_orientation = "BMP", "LA", 3
-    assert export.conversion_reason(Row, keep_f, keep_m, "PNG") == "format BMP -> PNG; mode LA -> RGBA; EXIF orientation 3 applied"
+    # no audit measures on the row: an alpha mode is taken to use its alpha
+    assert export.conversion_reason(Row, keep_f, keep_m, "PNG") == "format BMP -> PNG; mode LA -> RGB; alpha flattened onto #ffffff; EXIF orientation 3 applied"
+    assert export.conversion_reason(Row, keep_f, keep_m, "PNG", keep_alpha=True) == "format BMP -> PNG; mode LA -> RGBA; EXIF orientation 3 applied"
+    Row.has_alpha, Row.alpha_min = True, 255  # an alpha channel, all opaque
+    assert export.conversion_reason(Row, keep_f, keep_m, "PNG") == "format BMP -> PNG; mode LA -> RGB; EXIF orientation 3 applied"
     assert export.target_mode("CMYK", keep_m) == "RGB"
     assert export.target_mode("RGBA", keep_m) == "RGBA"
     assert export.target_mode("LA", ["RGB"]) == "RGB"
     assert export.target_mode("I;16", keep_m) == "RGB"
+    for mode in ("CMYK", "P", "LA", "I;16", "I", "F", "1"):
+        assert export.target_mode(mode, keep_m) == "RGB"
+    assert export.target_mode("RGBA", keep_m, alpha_used=True) == "RGB"
+    assert export.target_mode("P", keep_m, alpha_used=True, keep_alpha=True) == "RGBA"
+    assert export.output_format("JPEG", "RGBA") == "PNG" and export.output_format("WEBP", "RGBA") == "WEBP"
+    assert export.output_format("JPEG", "RGB") == "JPEG"
+
+
+# --- conversions driven by the audit measures --------------------------------------------
+
+KEEP = dict(keep_formats=["PNG", "JPEG", "WEBP"], keep_modes=["RGB", "RGBA", "L"])
+
+
+def _audited_row(path: Path):
+    """The row the export sees for ``path``: its audit features (as the split manifest holds them)."""
+    from types import SimpleNamespace
+
+    from trainset import features
+
+    return SimpleNamespace(**features.extract(str(path)), original_name=path.name)
+
+
+def _decode(data: bytes):
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        return im.format, im.mode, getattr(im, "n_frames", 1), np.asarray(im).copy()
+
+
+def _gradient16(path: Path) -> tuple[Path, np.ndarray]:
+    values = np.tile(np.linspace(0, 65535, 256).round().astype(np.uint16), (40, 1))
+    Image.fromarray(values).save(path)
+    return path, values
+
+
+def _cutout(path: Path) -> tuple[Path, np.ndarray]:
+    """An RGBA photo whose left quarter is transparent and next quarter half transparent."""
+    im = H.sample("coffee.png", (200, 100)).convert("RGBA")
+    alpha = np.full((100, 200), 255, np.uint8)
+    alpha[:, :50], alpha[:, 50:100] = 0, 128
+    im.putalpha(Image.fromarray(alpha))
+    im.save(path)
+    return path, np.asarray(im)
+
+
+def test_16_bit_to_rgb_scales_instead_of_clipping(tmp_path):
+    path, values = _gradient16(tmp_path / "deep.png")
+    row = _audited_row(path)
+    assert (row.mode, row.bit_depth) == ("I;16", 16)
+    assert export.conversion_reason(row, convert_to="PNG", **KEEP) == "mode I;16 -> RGB"
+    data, mode = export.convert(path.read_bytes(), KEEP["keep_modes"], "PNG")
+    fmt, out_mode, _, out = _decode(data)
+    assert (fmt, mode, out_mode) == ("PNG", "RGB", "RGB")
+    assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
+    expected = np.rint(values.astype(np.float64) * 255 / 65535)
+    assert np.abs(out[..., 0].astype(int) - expected).max() <= 1
+    row0 = out[0, :, 0].astype(int)
+    assert (np.diff(row0) >= 0).all() and row0[0] == 0 and row0[-1] == 255
+    assert (row0 == 255).sum() <= 2  # not clipped: Pillow's own I;16 -> RGB makes almost all of it white
+    with Image.open(path) as im:
+        assert (np.asarray(im.convert("RGB"))[0, :, 0] == 255).sum() > 200
+
+
+@pytest.mark.parametrize(("background", "rgb"), [("#ffffff", (255, 255, 255)), ("#ff0000", (255, 0, 0)), ("navy", (0, 0, 128))])
+def test_used_alpha_is_flattened_onto_the_background(tmp_path, background, rgb):
+    path, rgba = _cutout(tmp_path / "cutout.png")
+    row = _audited_row(path)
+    assert (row.has_alpha, row.alpha_min) == (True, 0)
+    assert export.conversion_reason(row, convert_to="PNG", background=background, **KEEP) == f"mode RGBA -> RGB; alpha flattened onto {background}"
+    data, mode = export.convert(path.read_bytes(), KEEP["keep_modes"], "PNG", background=background)
+    _, out_mode, _, out = _decode(data)
+    assert mode == out_mode == "RGB"
+    assert (out[:, :50] == rgb).all()  # fully transparent: the background
+    assert np.array_equal(out[:, 100:], rgba[:, 100:, :3])  # opaque: untouched
+    half = rgba[:, 50:100, :3].astype(float) * 128 / 255 + np.array(rgb, dtype=float) * 127 / 255
+    assert np.abs(out[:, 50:100].astype(float) - half).max() <= 1.01  # half transparent: blended
+
+
+def test_keep_alpha_keeps_rgba_and_png(tmp_path):
+    path, rgba = _cutout(tmp_path / "cutout.png")
+    row = _audited_row(path)
+    assert export.conversion_reason(row, convert_to="PNG", keep_alpha=True, **KEEP) is None  # original bytes kept
+    # even where everything else becomes JPEG, a kept alpha stays an RGBA PNG
+    jpeg = dict(keep_formats=["JPEG"], keep_modes=KEEP["keep_modes"])
+    assert export.conversion_reason(row, convert_to="JPEG", keep_alpha=True, **jpeg) is None
+    data, mode = export.convert(path.read_bytes(), KEEP["keep_modes"], "JPEG", keep_alpha=True)
+    fmt, out_mode, _, out = _decode(data)
+    assert (mode, export.output_format("JPEG", mode), fmt, out_mode) == ("RGBA", "PNG", "PNG", "RGBA")
+    assert np.array_equal(out, rgba)
+
+
+def test_opaque_alpha_is_not_flattened(tmp_path):
+    path = tmp_path / "opaque.png"
+    H.sample("coffee.png", (200, 100)).convert("RGBA").save(path)
+    row = _audited_row(path)
+    assert (row.has_alpha, row.alpha_min) == (True, 255)
+    assert export.conversion_reason(row, convert_to="PNG", **KEEP) is None
+    data, mode = export.convert(path.read_bytes(), KEEP["keep_modes"], "JPEG")
+    assert _decode(data)[:2] == ("JPEG", "RGB")
+
+
+@pytest.mark.parametrize(("fmt", "suffix", "convert_to"), [("GIF", "gif", "PNG"), ("PNG", "png", "PNG"), ("WEBP", "webp", "PNG"), ("GIF", "gif", "JPEG")])
+def test_animated_exports_its_first_frame_as_a_still(tmp_path, fmt, suffix, convert_to):
+    frames = [H.sample(n, (120, 80)) for n in ("astronaut.png", "coffee.png", "chelsea.png")]
+    path = tmp_path / f"anim.{suffix}"
+    frames[0].save(path, format=fmt, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    row = _audited_row(path)
+    assert (row.n_frames, row.animated) == (3, True)
+    reason = export.conversion_reason(row, convert_to=convert_to, **KEEP)
+    assert "first frame of 3" in reason
+    if fmt != convert_to:
+        assert reason.startswith(f"format {fmt} -> {convert_to}; first frame of 3")
+    data, mode = export.convert(path.read_bytes(), KEEP["keep_modes"], convert_to)
+    out_fmt, out_mode, n_frames, out = _decode(data)
+    assert (out_fmt, n_frames, out_mode) == (convert_to, 1, "RGB")
+    with Image.open(path) as im:
+        first = np.asarray(im.convert("RGB")).astype(int)
+    tolerance = 12 if convert_to == "JPEG" else 0
+    assert np.abs(out.astype(int) - first).mean() <= tolerance
+
+
+def _split_manifest(tmp_path: Path, paths: list[Path]) -> Path:
+    """A split manifest holding ``paths`` with their real audit features (other columns: defaults)."""
+    from trainset import features
+
+    rows = []
+    for p in paths:
+        feats = features.extract(str(p))
+        row = H.item_row(f"src:{p.name}", H.sha256(p), path=str(p), original_name=p.name, **{k: v for k, v in feats.items() if k in schemas.IMAGE_COLUMNS})
+        for name, col in schemas.SPLIT.columns.items():  # any column this test does not care about
+            if name not in row:
+                dtype = str(col.dtype)
+                row[name] = ([] if dtype == "object" else False if dtype == "bool" else float("nan") if dtype == "float64"
+                             else 1 if dtype == "int64" else None if col.nullable else "")
+        rows.append(row)
+    out = tmp_path / "split.parquet"
+    H.write_manifest(rows, out, schemas.SPLIT)
+    return out
+
+
+def test_run_applies_background_keep_alpha_16_bit_and_animation(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    cutout, _ = _cutout(raw / "cutout.png")
+    deep, _ = _gradient16(raw / "deep.png")
+    anim = raw / "anim.gif"
+    frames = [H.sample(n, (120, 80)).convert("P") for n in ("astronaut.png", "coffee.png")]
+    frames[0].save(anim, save_all=True, append_images=frames[1:], duration=100)
+    split = _split_manifest(tmp_path, [cutout, deep, anim])
+
+    flat = H.by_id(export.run(split, tmp_path / "flat", {**H.DEFAULT_EXPORT, "background": "#00ff00", "convert_to": "JPEG"}))
+    row = flat["src:cutout.png"]
+    # PNG is a kept format: the re-encode to convert_to is implied, as for every conversion
+    assert (row["export_format"], row["conversion"]) == ("JPEG", "mode RGBA -> RGB; alpha flattened onto #00ff00")
+    with Image.open(tmp_path / "flat" / row["export_path"]) as im:
+        assert im.mode == "RGB"
+        corner = np.asarray(im)[:40, :40].astype(int)
+    assert np.abs(corner - [0, 255, 0]).max() <= 8  # green, give or take JPEG
+    assert flat["src:deep.png"]["conversion"] == "mode I;16 -> RGB"
+    assert flat["src:anim.gif"]["conversion"] == "format GIF -> JPEG; first frame of 2; mode P -> RGB"
+    with Image.open(tmp_path / "flat" / flat["src:anim.gif"]["export_path"]) as im:
+        assert (im.format, getattr(im, "n_frames", 1)) == ("JPEG", 1)
+
+    kept = H.by_id(export.run(split, tmp_path / "kept", {**H.DEFAULT_EXPORT, "keep_alpha": True, "convert_to": "JPEG", "keep_formats": ["JPEG"]}))
+    row = kept["src:cutout.png"]
+    assert (row["export_format"], row["export_path"][-4:]) == ("PNG", ".png")
+    assert pd.isna(row["conversion"]) and row["export_sha256"] == row["sha256"]  # an RGBA PNG stays as it is
+    with Image.open(tmp_path / "kept" / row["export_path"]) as im:
+        assert im.mode == "RGBA"

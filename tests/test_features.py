@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import struct
+import warnings
 import zlib
 from pathlib import Path
 
@@ -19,7 +21,8 @@ from trainset import features, hashing
 from trainset.features import FeatureCache, FeatureStats, compute, extract, feature_key
 
 SAMPLES = Path(skimage.data.__file__).parent
-FIELDS = {"decoded", "reason", "detail", "format", "mode", "width", "height", "exif_orientation", "phash"}
+MEASURES = {"n_frames", "animated", "has_alpha", "alpha_min", "bit_depth", "luma_mean", "luma_std", "entropy", "laplacian_var"}
+FIELDS = {"decoded", "reason", "detail", "format", "mode", "width", "height", "exif_orientation", "phash", *MEASURES}
 
 
 def _photo(name: str = "chelsea.png", size: tuple[int, int] | None = None) -> Image.Image:
@@ -57,15 +60,18 @@ def _garbled_png(image: Image.Image) -> bytes:
 # --- extract: failures ------------------------------------------------------------------
 
 
-def _assert_failed(result: dict, reason: str) -> None:
+def _assert_failed(result: dict, reason: str, size: tuple[int, int] = (0, 0)) -> None:
     assert set(result) == FIELDS
     assert result["decoded"] is False
     assert result["reason"] == reason
     assert isinstance(result["detail"], str) and result["detail"]
     assert result["mode"] is None and result["phash"] is None
-    assert result["width"] == 0 and result["height"] == 0
+    assert (result["width"], result["height"]) == size
     assert result["exif_orientation"] == 1
-    json.dumps(result)  # cacheable as JSON
+    # the measures' defaults: one frame, no alpha, unknown depth, no pixel statistics
+    assert (result["n_frames"], result["animated"], result["has_alpha"], result["alpha_min"], result["bit_depth"]) == (1, False, False, 255, 0)
+    assert all(result[k] is None for k in ("luma_mean", "luma_std", "entropy", "laplacian_var"))
+    assert json.loads(json.dumps(result)) == result  # cacheable as JSON (no NaN in the cache)
 
 
 def test_zero_byte(tmp_path):
@@ -118,12 +124,61 @@ def test_missing_file_fails_loudly_naming_it(tmp_path):
         extract(str(tmp_path / "gone.png"))
 
 
-def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
+def test_pixel_limit_refuses_over_and_decodes_at_the_limit(tmp_path):
     path = _write(tmp_path / "big.png", _encode(Image.new("L", (200, 200)), "PNG"))
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 40 000 px > 2 * limit -> error
-    result = extract(str(path))
-    _assert_failed(result, "corrupt")
-    assert "refused" in result["detail"]
+    result = extract(str(path), max_pixels=39_999)  # 40 000 px
+    _assert_failed(result, "decompression_bomb", size=(200, 200))
+    assert result["format"] == "PNG"
+    assert "200x200" in result["detail"] and "39,999" in result["detail"] and "audit.max_pixels" in result["detail"]
+    assert extract(str(path), max_pixels=40_000)["decoded"] is True  # "exceeds" means strictly more
+    assert extract(str(path), max_pixels=None)["decoded"] is True
+
+
+def _bomb_png(width: int, height: int) -> bytes:
+    """A valid 1-bit grayscale PNG of ``width x height`` zeros: a few KB on disk, far more pixels."""
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
+
+    row = b"\0" * (1 + (width + 7) // 8)  # filter byte + packed bits
+    z = zlib.compressobj(9)
+    idat = b"".join(z.compress(row * 1000) for _ in range(height // 1000)) + z.compress(row * (height % 1000)) + z.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def test_decompression_bomb_refused_from_the_header_without_decoding(tmp_path, monkeypatch):
+    path = _write(tmp_path / "bomb.png", _bomb_png(20_000, 20_000))
+    assert path.stat().st_size < 200_000  # 400 million pixels in a small file
+    with pytest.raises(Image.DecompressionBombError):  # Pillow alone refuses to even open it...
+        Image.open(path)
+    loads = []
+
+    def no_decode(self, *args, **kw):
+        loads.append(self)
+        raise AssertionError("pixels decoded despite the pixel limit")
+
+    monkeypatch.setattr(Image.Image, "load", no_decode)
+    from PIL import ImageFile
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decode)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no DecompressionBombWarning either
+        result = extract(str(path))  # the default limit, Pillow's 89 478 485 px
+    assert loads == []
+    _assert_failed(result, "decompression_bomb", size=(20_000, 20_000))
+    assert result["format"] == "PNG"
+    assert "20000x20000" in result["detail"] and "89,478,485" in result["detail"]
+    assert Image.MAX_IMAGE_PIXELS == features.DEFAULT_MAX_PIXELS  # Pillow's setting is left as it was
+
+
+def test_pillow_never_warns_or_refuses_under_our_limit(tmp_path, monkeypatch):
+    path = _write(tmp_path / "ok.png", _encode(_photo(size=(200, 200)), "PNG"))  # 40 000 px > 2 * 100
+    # a Pillow limit far below ours (as if the default were lower than audit.max_pixels)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = extract(str(path), max_pixels=50_000)
+    assert result["decoded"] is True and (result["width"], result["height"]) == (200, 200)
+    assert Image.MAX_IMAGE_PIXELS == 100  # restored after the call
 
 
 # --- extract: successes -----------------------------------------------------------------
@@ -284,9 +339,9 @@ def test_compute_decodes_each_content_once(tmp_path, corpus, monkeypatch):
     calls = []
     real = features.extract
 
-    def counting(path):
+    def counting(path, **kw):
         calls.append(path)
-        return real(path)
+        return real(path, **kw)
 
     monkeypatch.setattr(features, "extract", counting)
     cache = FeatureCache(tmp_path / "cache", feature_key())
@@ -312,7 +367,7 @@ def test_second_compute_hits_the_cache(tmp_path, corpus, monkeypatch):
     first, stats1 = compute(corpus, FeatureCache(cache_root, key))
     assert stats1.decoded == 5
 
-    def must_not_decode(path):
+    def must_not_decode(path, **kw):
         raise AssertionError(f"decoded {path} despite the cache")
 
     monkeypatch.setattr(features, "extract", must_not_decode)
@@ -370,3 +425,196 @@ def test_compute_with_process_pool_matches_serial(tmp_path):
     pooled, s2 = compute(items, FeatureCache(tmp_path / "pooled", "k"), threads=2)
     assert pooled == serial
     assert s1 == s2 == FeatureStats(items=12, contents=12, decoded=12, cache_hits=0)
+
+
+# --- measures: frames, alpha, bit depth, brightness, entropy, blur ----------------------
+
+
+def _frames(*values: int, size=(64, 48)) -> list[Image.Image]:
+    return [Image.new("RGB", size, (v, v, v)) for v in values]
+
+
+@pytest.mark.parametrize(("fmt", "suffix"), [("GIF", "gif"), ("PNG", "png"), ("WEBP", "webp")])
+def test_animated_formats_count_frames_and_measure_the_first(tmp_path, fmt, suffix):
+    first, *rest = _frames(0, 255, 128)
+    path = _write(tmp_path / f"anim.{suffix}", _encode(first, fmt, save_all=True, append_images=rest, duration=100, loop=0))
+    result = extract(str(path))
+    assert result["decoded"] is True
+    assert (result["n_frames"], result["animated"]) == (3, True)
+    assert result["luma_mean"] == pytest.approx(0, abs=1)  # the first (black) frame, not a later one
+    with Image.open(path) as im:
+        assert result["phash"] == str(imagehash.phash(im))
+
+
+@pytest.mark.parametrize(("fmt", "suffix"), [("GIF", "gif"), ("PNG", "png"), ("WEBP", "webp"), ("JPEG", "jpg")])
+def test_still_images_have_one_frame(tmp_path, fmt, suffix):
+    result = extract(str(_write(tmp_path / f"still.{suffix}", _encode(_photo(size=(64, 48)), fmt))))
+    assert (result["n_frames"], result["animated"]) == (1, False)
+
+
+def _alpha_case(kind: str) -> tuple[Image.Image, dict]:
+    photo = _photo(size=(64, 48))
+    if kind == "rgba_used":
+        im = photo.convert("RGBA")
+        im.putalpha(Image.linear_gradient("L").resize(im.size))  # 0 at the top
+        return im, {}
+    if kind == "rgba_opaque":
+        return photo.convert("RGBA"), {}
+    if kind == "la_used":
+        im = photo.convert("LA")
+        im.putalpha(Image.new("L", im.size, 128))
+        return im, {}
+    if kind == "la_opaque":
+        return photo.convert("LA"), {}
+    if kind in ("p_used", "p_unused"):
+        im = photo.convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+        used = set(np.unique(np.asarray(im)).tolist())
+        index = min(used) if kind == "p_used" else min(set(range(256)) - used)
+        return im, {"transparency": index}
+    if kind in ("l_key_used", "l_key_unused"):
+        im = photo.convert("L")
+        return im, {"transparency": int(np.asarray(im)[0, 0]) if kind == "l_key_used" else _absent_level(im)}
+    if kind == "rgb":
+        return photo, {}
+    raise AssertionError(kind)
+
+
+def _absent_level(im: Image.Image) -> int:
+    present = set(np.unique(np.asarray(im)).tolist())
+    return min(set(range(256)) - present)
+
+
+@pytest.mark.parametrize(
+    ("kind", "has_alpha", "used"),
+    [("rgba_used", True, True), ("rgba_opaque", True, False), ("la_used", True, True), ("la_opaque", True, False),
+     ("p_used", True, True), ("p_unused", True, False), ("l_key_used", True, True), ("l_key_unused", True, False),
+     ("rgb", False, False)],
+)
+def test_alpha_presence_and_use(tmp_path, kind, has_alpha, used):
+    image, kw = _alpha_case(kind)
+    path = _write(tmp_path / f"{kind}.png", _encode(image, "PNG", **kw))
+    result = extract(str(path))
+    assert result["has_alpha"] is has_alpha
+    assert (result["alpha_min"] < 255) is used
+    with Image.open(path) as im:
+        expected = np.asarray(im.convert("RGBA"))[..., 3].min() if has_alpha else 255
+    assert result["alpha_min"] == expected
+    if kind == "la_used":
+        assert result["alpha_min"] == 128
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt", "depth"),
+    [("1", "PNG", 1), ("L", "PNG", 8), ("P", "PNG", 8), ("RGB", "PNG", 8), ("RGBA", "PNG", 8), ("LA", "PNG", 8),
+     ("CMYK", "JPEG", 8), ("I;16", "PNG", 16), ("I", "TIFF", 32), ("F", "TIFF", 32)],
+)
+def test_bit_depth(tmp_path, mode, fmt, depth):
+    gray = np.asarray(_photo(size=(40, 30)).convert("L"))
+    if mode == "I;16":
+        image = Image.fromarray(gray.astype(np.uint16) * 257)
+    elif mode == "I":
+        image = Image.fromarray(gray.astype(np.int32) * 257)
+    elif mode == "F":
+        image = Image.fromarray(gray.astype(np.float32) / 255)
+    else:
+        image = _photo(size=(40, 30)).convert(mode)
+    path = _write(tmp_path / f"d.{fmt.lower()}", _encode(image, fmt))
+    result = extract(str(path))
+    assert result["decoded"] is True and result["mode"] == mode
+    assert result["bit_depth"] == depth
+    # high bit depths are scaled to 8 bits for the statistics, never clipped to white
+    assert result["luma_mean"] == pytest.approx(gray.mean(), abs=1.5)
+
+
+def test_flat_image_statistics(tmp_path):
+    result = extract(str(_write(tmp_path / "flat.png", _encode(Image.new("L", (300, 200), 128), "PNG"))))
+    assert result["luma_mean"] == 128.0
+    assert result["luma_std"] == 0.0
+    assert result["entropy"] == 0.0
+    assert result["laplacian_var"] == 0.0
+
+
+def test_half_black_half_white_statistics(tmp_path):
+    a = np.zeros((100, 200), dtype=np.uint8)
+    a[:, 100:] = 255
+    result = extract(str(_write(tmp_path / "half.png", _encode(Image.fromarray(a), "PNG"))))
+    assert result["luma_mean"] == pytest.approx(127.5)
+    assert result["luma_std"] == pytest.approx(127.5)
+    assert result["entropy"] == pytest.approx(1.0)
+    assert result["laplacian_var"] > 0
+
+
+def test_statistics_match_an_independent_computation(tmp_path):
+    import scipy.ndimage
+
+    path = _write(tmp_path / "coffee.jpg", _encode(_photo("coffee.png", size=(600, 400)), "JPEG", quality=92))
+    result = extract(str(path))
+    with Image.open(path) as im:
+        gray = im.convert("L")
+    values = np.asarray(gray, dtype=np.float64)
+    assert result["luma_mean"] == pytest.approx(values.mean())
+    assert result["luma_std"] == pytest.approx(values.std())
+    p = np.bincount(np.asarray(gray).ravel(), minlength=256) / values.size
+    assert result["entropy"] == pytest.approx(-sum(x * math.log2(x) for x in p if x > 0))
+    small = np.asarray(gray.convert("F").resize((512, 341), Image.Resampling.LANCZOS), dtype=np.float64)
+    assert result["laplacian_var"] == pytest.approx(scipy.ndimage.laplace(small, mode="mirror").var())
+
+
+def test_laplacian_var_is_resolution_independent(tmp_path):
+    big = _photo("astronaut.png", size=(1024, 1024))
+    small = big.resize((512, 512), Image.Resampling.LANCZOS)
+    a = extract(str(_write(tmp_path / "big.png", _encode(big, "PNG"))))["laplacian_var"]
+    b = extract(str(_write(tmp_path / "small.png", _encode(small, "PNG"))))["laplacian_var"]
+    assert a == pytest.approx(b, rel=0.05)
+    # while the raw Laplacian of the full-size image is very different
+    gray = np.asarray(big.convert("L"), dtype=np.float64)
+    raw = (gray[:-2, 1:-1] + gray[2:, 1:-1] + gray[1:-1, :-2] + gray[1:-1, 2:] - 4 * gray[1:-1, 1:-1]).var()
+    assert not raw == pytest.approx(a, rel=0.5)
+
+
+def test_blur_lowers_laplacian_var(tmp_path):
+    from PIL import ImageFilter
+
+    sharp = _photo("camera.png", size=(512, 512))
+    soft = sharp.filter(ImageFilter.GaussianBlur(3))
+    a = extract(str(_write(tmp_path / "sharp.png", _encode(sharp, "PNG"))))
+    b = extract(str(_write(tmp_path / "soft.png", _encode(soft, "PNG"))))
+    assert b["laplacian_var"] < a["laplacian_var"] / 20
+    assert b["luma_mean"] == pytest.approx(a["luma_mean"], abs=1)  # blur does not change brightness
+
+
+def test_no_jpeg_draft_mode(tmp_path, monkeypatch):
+    from PIL import JpegImagePlugin
+
+    def refuse(*args, **kw):
+        raise AssertionError("draft mode used")
+
+    monkeypatch.setattr(Image.Image, "draft", refuse)
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", refuse)
+    result = extract(str(_write(tmp_path / "big.jpg", _encode(_photo(size=(1600, 1200)), "JPEG", quality=90))))
+    assert result["decoded"] is True and (result["width"], result["height"]) == (1600, 1200)
+
+
+def test_success_has_every_measure_typed(tmp_path):
+    result = extract(str(_write(tmp_path / "a.jpg", _encode(_photo(size=(96, 64)), "JPEG"))))
+    assert set(result) == FIELDS
+    assert isinstance(result["n_frames"], int) and isinstance(result["alpha_min"], int) and isinstance(result["bit_depth"], int)
+    assert isinstance(result["animated"], bool) and isinstance(result["has_alpha"], bool)
+    for key in ("luma_mean", "luma_std", "entropy", "laplacian_var"):
+        assert isinstance(result[key], float) and math.isfinite(result[key])
+    assert 0 <= result["entropy"] <= 8 and 0 <= result["luma_mean"] <= 255
+
+
+def test_feature_key_includes_the_pixel_limit():
+    assert feature_key({}) == feature_key({"max_pixels": features.DEFAULT_MAX_PIXELS})
+    assert feature_key({"max_pixels": 1000}) != feature_key({"max_pixels": 2000})
+    assert feature_key({"max_pixels": 1000}) != feature_key({})
+
+
+def test_compute_applies_the_pixel_limit(tmp_path):
+    path = _write(tmp_path / "a.png", _encode(_photo(size=(100, 100)), "PNG"))
+    items = [(_sha(path), str(path))]
+    limited, _ = compute(items, FeatureCache(tmp_path / "c", feature_key({"max_pixels": 5000})), max_pixels=5000)
+    assert limited[items[0][0]]["reason"] == "decompression_bomb"
+    free, _ = compute(items, FeatureCache(tmp_path / "c", feature_key({"max_pixels": 20000})), max_pixels=20000)
+    assert free[items[0][0]]["decoded"] is True

@@ -12,7 +12,12 @@ import yaml
 
 from .rating import SCHEMES
 
-SOURCE_KINDS = ("image_folder",)
+SOURCE_KINDS = ("image_folder", "booru")
+# booru sources: which site the post records come from (it sets how a bare "s" rating reads)
+BOORU_SITES = ("danbooru", "gelbooru", "safebooru", "moebooru")
+# how a booru record finds its image: by the file's md5, by file name, or md5 first then file name
+BOORU_JOINS = ("md5", "filename", "auto")
+_BOORU_KEYS = ("metadata", "site", "join")
 DEMO_SOURCE_NAME = "demo"
 DEMO_PATH = "data/raw/demo"
 DEMO_LICENSE = "scikit-image sample data (public domain, CC0 or BSD-3-Clause per image; see skimage/data/README.txt)"
@@ -36,9 +41,14 @@ class Source:
     repeats: int = 1
     rating_scheme: str = "danbooru"
     built_by_workflow: bool = False  # True for the demo: its folder is a rule's output
+    # kind "booru" only: the post records (a file, or a folder of .json/.jsonl files), the site
+    # they come from, and how a record is joined to its image file
+    metadata: Path | None = None
+    site: str | None = None
+    join: str = "auto"
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "name": self.name,
             "kind": self.kind,
             "path": str(self.path),
@@ -48,6 +58,9 @@ class Source:
             "repeats": self.repeats,
             "rating_scheme": self.rating_scheme,
         }
+        if self.kind == "booru":
+            out.update(metadata=str(self.metadata), site=self.site, join=self.join)
+        return out
 
 
 def as_flag(value: Any, where: str) -> bool:
@@ -123,9 +136,10 @@ def _parse_source(entry: Any, index: int, root: Path) -> Source:
         raise ConfigError(f"{where}: weight must be a number and repeats an integer ({exc})") from None
     if not math.isfinite(weight) or weight <= 0 or repeats < 1:
         raise ConfigError(f"{where}: weight must be > 0 (and finite) and repeats >= 1")
-    path = Path(str(entry["path"])).expanduser()
-    if not path.is_absolute():
-        path = root / path
+    path = _resolve(entry["path"], root)
+    booru = _parse_booru(entry, kind, scheme, where, root)
+    if booru:
+        scheme = booru["site"]
     return Source(
         name=name,
         kind=kind,
@@ -135,4 +149,33 @@ def _parse_source(entry: Any, index: int, root: Path) -> Source:
         weight=weight,
         repeats=repeats,
         rating_scheme=scheme,
+        **booru,
     )
+
+
+def _resolve(value: Any, root: Path) -> Path:
+    """A path from params.yaml: ``~`` expanded, relative paths taken from the repo root."""
+    path = Path(str(value)).expanduser()
+    return path if path.is_absolute() else root / path
+
+
+def _parse_booru(entry: dict, kind: str, scheme: str, where: str, root: Path) -> dict[str, Any]:
+    """metadata, site and join for a ``booru`` source ({} for other kinds, which must not set them)."""
+    if kind != "booru":
+        stray = [k for k in _BOORU_KEYS if k in entry]
+        if stray:
+            raise ConfigError(f"{where}: {', '.join(stray)} only apply to kind 'booru' (this source is {kind!r})")
+        return {}
+    if not entry.get("metadata"):
+        raise ConfigError(f"{where}: kind 'booru' needs 'metadata' (a post-record file, or a folder of .json/.jsonl files)")
+    if not entry.get("site"):
+        raise ConfigError(f"{where}: kind 'booru' needs 'site', one of {', '.join(BOORU_SITES)}")
+    site = str(entry["site"])
+    if site not in BOORU_SITES:
+        raise ConfigError(f"{where}: unknown site {site!r}; expected one of {', '.join(BOORU_SITES)}")
+    join = str(entry.get("join", "auto"))
+    if join not in BOORU_JOINS:
+        raise ConfigError(f"{where}: unknown join {join!r}; expected one of {', '.join(BOORU_JOINS)}")
+    if "rating_scheme" in entry and scheme != site:
+        raise ConfigError(f"{where}: rating_scheme {scheme!r} contradicts site {site!r}; for booru sources the site sets the rating scheme, so leave rating_scheme out")
+    return {"metadata": _resolve(entry["metadata"], root), "site": site, "join": join}

@@ -1,18 +1,39 @@
 """Per-item image features: one decode per distinct content, cached across runs.
 
 The cache key is the content SHA-256 plus everything that changes the result: the feature
-params, this module's and the hashing module's code, and the trainset and Pillow versions.
-Adding one image to a source therefore decodes that image only.
+params (including the decompression-bomb pixel limit), this module's and the hashing
+module's code, and the trainset and Pillow versions. Adding one image to a source
+therefore decodes that image only.
+
+Besides the identity fields (format, mode, upright size, EXIF orientation, pHash) one
+decode yields the measures the audit checks judge (``trainset.audit_checks``). They are
+stored per item, so a threshold can change later without decoding anything again:
+
+- ``n_frames`` / ``animated``: frame count (animated GIF/PNG/WebP, multi-page TIFF);
+- ``has_alpha`` / ``alpha_min``: whether the image can be transparent (an alpha mode, or a
+  ``transparency`` entry on P/L/RGB) and the lowest alpha it really uses (255: opaque);
+- ``bit_depth``: bits per channel of the stored mode (1, 8, 16 or 32);
+- ``luma_mean`` / ``luma_std``: brightness and contrast (0..255) of the grayscale image;
+- ``entropy``: Shannon entropy (bits, 0..8) of its 256-bin histogram;
+- ``laplacian_var``: a blur measure, see :func:`laplacian_var`.
+
+The pixel measures are taken on the EXIF-upright first frame; 16- and 32-bit images are
+scaled to 8 bits first (:func:`gray8`), not clipped. A failed decode gets the defaults in
+:func:`_failed` (float measures ``None``, written as NaN in the audit manifest).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from . import atomic, hashing
@@ -20,15 +41,30 @@ from .provenance import code_digest, params_digest, versions
 
 _ORIENTATION_TAG = 0x0112
 
+DEFAULT_MAX_PIXELS = 89_478_485
+"""Pillow's own default ``Image.MAX_IMAGE_PIXELS`` (``audit.max_pixels`` in params.yaml)."""
+
+LAPLACIAN_SIDE = 512
+"""Longest side the grayscale image is resized to (Lanczos) before the Laplacian."""
+
+ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+_TRANSPARENCY_MODES = frozenset({"P", "L", "RGB", "1", "I", "I;16", "I;16B", "I;16L", "I;16N"})
+MEASURES = ("n_frames", "animated", "has_alpha", "alpha_min", "bit_depth", "luma_mean", "luma_std", "entropy", "laplacian_var")
+
 
 def feature_key(params: dict | None = None) -> str:
-    return params_digest({"params": params or {}, "code": code_digest("features", "hashing"), "versions": versions()})
+    """Cache key for ``params`` (the decode-affecting settings; ``max_pixels`` defaults to
+    :data:`DEFAULT_MAX_PIXELS`, so leaving it out and giving the default are the same key)."""
+    params = {"max_pixels": DEFAULT_MAX_PIXELS, **(params or {})}
+    return params_digest({"params": params, "code": code_digest("features", "hashing"), "versions": versions()})
 
 
-def _failed(reason: str, detail: str, fmt: str | None = None) -> dict:
+def _failed(reason: str, detail: str, fmt: str | None = None, width: int = 0, height: int = 0) -> dict:
     return {
         "decoded": False, "reason": reason, "detail": detail, "format": fmt, "mode": None,
-        "width": 0, "height": 0, "exif_orientation": 1, "phash": None,
+        "width": int(width), "height": int(height), "exif_orientation": 1, "phash": None,
+        "n_frames": 1, "animated": False, "has_alpha": False, "alpha_min": 255, "bit_depth": 0,
+        "luma_mean": None, "luma_std": None, "entropy": None, "laplacian_var": None,
     }
 
 
@@ -36,18 +72,157 @@ class MissingFile(FileNotFoundError):
     """A file the ingest manifest lists is gone: the manifest is stale, not the file broken."""
 
 
-def extract(path: str) -> dict:
-    """Decode one file fully and measure it; a broken file becomes a reason, never an exception."""
+@contextlib.contextmanager
+def no_pillow_pixel_limit():
+    """Switch off Pillow's decompression-bomb check (it warns above ``MAX_IMAGE_PIXELS`` and
+    raises above twice that, before the header size can be read back): :func:`extract`
+    applies its own limit (``max_pixels``) from the header instead, before anything is
+    decoded, so Pillow never warns or raises first for an image under that limit."""
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def bit_depth(mode: str) -> int:
+    """Bits per channel of a Pillow mode: 1 for '1', 16 for I;16*, 32 for I and F, else 8."""
+    if mode == "1":
+        return 1
+    if mode.startswith("I;16"):
+        return 16
+    if mode in ("I", "F"):
+        return 32
+    return 8
+
+
+def gray8(image: Image.Image) -> Image.Image:
+    """The image as 8-bit grayscale ('L'), scaling high bit depths instead of clipping them.
+
+    Pillow's own ``convert("L")`` clips I;16 values above 255 to white. Here I;16* is scaled
+    from 0..65535; I from 0..65535 when any value exceeds 255 (16-bit data Pillow opened as
+    I), else taken as 0..255; F from 0..1 when its maximum is at most 1, else taken as 0..255.
+    Everything else goes through Pillow (CMYK, P, RGB, LA, ... to L).
+    """
+    mode = image.mode
+    if not (mode.startswith("I;16") or mode in ("I", "F")):
+        return image if mode == "L" else image.convert("L")
+    values = np.asarray(image, dtype=np.float64)
+    top = float(values.max()) if values.size else 0.0
+    if mode.startswith("I;16"):
+        full = 65535.0
+    elif mode == "I":
+        full = 65535.0 if top > 255 else 255.0
+    else:
+        full = 1.0 if top <= 1.0 else 255.0
+    scaled = np.clip(np.rint(values * (255.0 / full)), 0, 255).astype(np.uint8)
+    return Image.fromarray(scaled)
+
+
+def alpha_info(image: Image.Image) -> tuple[bool, int]:
+    """``(has_alpha, alpha_min)``: can the image be transparent, and the lowest alpha it uses.
+
+    Alpha modes (RGBA, LA, PA) read their alpha band; P/L/RGB (and 1, I, I;16) with a
+    ``transparency`` entry are transparent where the keyed colour or palette alpha is used.
+    Without alpha, ``(False, 255)``.
+    """
+    mode = image.mode
+    if mode in ALPHA_MODES:
+        return True, int(image.getchannel("A").getextrema()[0])
+    key = image.info.get("transparency")
+    if key is None or mode not in _TRANSPARENCY_MODES:
+        return False, 255
+    if mode == "P":
+        return True, int(image.convert("RGBA").getchannel("A").getextrema()[0])
+    if isinstance(key, (bytes, bytearray)):
+        return True, 255
+    pixels = np.asarray(image)
+    match = pixels == np.asarray(key, dtype=pixels.dtype if pixels.dtype != bool else np.uint8)
+    if match.ndim == 3:
+        match = match.all(axis=-1)
+    return True, 0 if bool(match.any()) else 255
+
+
+def laplacian_var(gray: Image.Image) -> float:
+    """Variance of the 4-neighbour Laplacian of ``gray`` resized so its longest side is
+    :data:`LAPLACIAN_SIDE` (512) px with Lanczos: a blur measure that does not depend on
+    the resolution.
+
+    The 8-bit grayscale image is resized as float ('F', no re-quantization; up or down),
+    then the kernel ``[[0, 1, 0], [1, -4, 1], [0, 1, 0]]`` is applied in float64 with
+    mirrored borders, and the variance of the result is returned. Sharp detail gives a large
+    value (hundreds to thousands for photos); blur, flat areas and upscaled thumbnails give
+    a small one.
+    """
+    width, height = gray.size
+    scale = LAPLACIAN_SIDE / max(width, height)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    image = gray.convert("F")
+    if image.size != size:
+        image = image.resize(size, Image.Resampling.LANCZOS)
+    a = np.asarray(image, dtype=np.float64)
+    p = np.pad(a, 1, mode="reflect" if min(a.shape) >= 2 else "edge")
+    lap = p[:-2, 1:-1] + p[2:, 1:-1] + p[1:-1, :-2] + p[1:-1, 2:] - 4.0 * a
+    return float(lap.var())
+
+
+def measure(upright: Image.Image) -> dict:
+    """The pixel measures of one (upright, single-frame) image: alpha, bit depth, brightness,
+    contrast, entropy and blur."""
+    has_alpha, alpha_min = alpha_info(upright)
+    gray = gray8(upright)
+    values = np.asarray(gray)
+    counts = np.bincount(values.ravel(), minlength=256)
+    p = counts[counts > 0] / values.size
+    lum = values.astype(np.float64)
+    return {
+        "has_alpha": has_alpha,
+        "alpha_min": alpha_min,
+        "bit_depth": bit_depth(upright.mode),
+        "luma_mean": float(lum.mean()),
+        "luma_std": float(lum.std()),
+        "entropy": float(-np.sum(p * np.log2(p))) + 0.0,
+        "laplacian_var": laplacian_var(gray),
+    }
+
+
+def extract(path: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict:
+    """Decode one file fully and measure it; a broken file becomes a reason, never an exception.
+
+    An image whose header size (width x height) exceeds ``max_pixels`` is refused before
+    any pixel is decoded (reason ``decompression_bomb``; its header width and height are
+    kept). ``max_pixels=None`` means no limit.
+    """
     if not os.path.isfile(path):
         raise MissingFile(f"{path}: listed by the ingest manifest but not found (moved, or run from another folder?)")
+    with no_pillow_pixel_limit(), warnings.catch_warnings():
+        # palette transparency given per index: Pillow warns on every P -> L conversion
+        warnings.filterwarnings("ignore", message="Palette images with Transparency", category=UserWarning)
+        return _extract(path, max_pixels)
+
+
+def _extract(path: str, max_pixels: int | None) -> dict:
     try:
         if os.path.getsize(path) == 0:
             return _failed("zero_byte", "file is empty (0 bytes)")
         with Image.open(path) as im:
             fmt = im.format
+            width, height = im.size
+            if max_pixels is not None and width * height > max_pixels:
+                return _failed(
+                    "decompression_bomb",
+                    f"refused before decoding: {fmt or 'image'} header says {width}x{height} = {width * height:,} px, "
+                    f"over the {max_pixels:,} px limit (audit.max_pixels)",
+                    fmt, width, height,
+                )
             try:
+                n_frames = max(1, int(getattr(im, "n_frames", 1) or 1))
+                animated = bool(getattr(im, "is_animated", n_frames > 1))
+                if im.tell() != 0:
+                    im.seek(0)
                 im.load()
-            except (OSError, SyntaxError, ValueError) as exc:
+            except (OSError, SyntaxError, ValueError, EOFError) as exc:
                 reason = "truncated" if "truncat" in str(exc).lower() else "corrupt"
                 return _failed(reason, f"{fmt or 'image'} decode failed: {exc}", fmt)
             orientation = int(im.getexif().get(_ORIENTATION_TAG, 1) or 1)
@@ -56,16 +231,17 @@ def extract(path: str) -> dict:
             upright = ImageOps.exif_transpose(im) if orientation != 1 else im
             width, height = upright.size
             value = hashing.phash(upright)
+            measures = measure(upright)
     except UnidentifiedImageError:
         return _failed("not_image", "not a recognised image format (content does not match any decoder)")
     except Image.DecompressionBombError as exc:
-        return _failed("corrupt", f"refused: {exc}")
+        return _failed("decompression_bomb", f"refused: {exc}")
     except (OSError, SyntaxError, ValueError) as exc:
         return _failed("corrupt", f"cannot open: {exc}")
     return {
         "decoded": True, "reason": None, "detail": None, "format": fmt, "mode": mode,
         "width": int(width), "height": int(height), "exif_orientation": orientation,
-        "phash": hashing.to_hex(value),
+        "phash": hashing.to_hex(value), "n_frames": n_frames, "animated": animated, **measures,
     }
 
 
@@ -96,8 +272,13 @@ class FeatureCache:
         atomic.write_text(self._path(sha256), json.dumps(features, sort_keys=True))
 
 
-def compute(items: list[tuple[str, str]], cache: FeatureCache, threads: int = 1) -> tuple[dict[str, dict], FeatureStats]:
-    """Features for (sha256, path) items, keyed by sha256; decodes only cache misses."""
+def compute(
+    items: list[tuple[str, str]], cache: FeatureCache, threads: int = 1, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> tuple[dict[str, dict], FeatureStats]:
+    """Features for (sha256, path) items, keyed by sha256; decodes only cache misses.
+
+    ``max_pixels`` is the decompression-bomb limit given to :func:`extract`; the cache's key
+    must include it (``feature_key({"max_pixels": ...})``)."""
     stats = FeatureStats(items=len(items))
     first_path: dict[str, str] = {}
     for sha, path in items:
@@ -115,9 +296,10 @@ def compute(items: list[tuple[str, str]], cache: FeatureCache, threads: int = 1)
     paths = [p for _, p in todo]
     if threads > 1 and len(todo) > 8:
         with ProcessPoolExecutor(max_workers=threads) as pool:
-            computed = list(pool.map(extract, paths, chunksize=max(1, len(paths) // (threads * 8))))
+            work = functools.partial(extract, max_pixels=max_pixels)
+            computed = list(pool.map(work, paths, chunksize=max(1, len(paths) // (threads * 8))))
     else:
-        computed = [extract(p) for p in paths]
+        computed = [extract(p, max_pixels=max_pixels) for p in paths]
     for (sha, _), feats in zip(todo, computed):
         cache.put(sha, feats)
         result[sha] = feats

@@ -27,6 +27,15 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def md5_file(path: str | Path) -> str:
+    """Hex MD5 of a file's bytes: what booru post records give, checked against the image."""
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

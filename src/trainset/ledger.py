@@ -11,8 +11,9 @@ class ConservationError(RuntimeError):
     """Raw items were lost or counted twice between ingest and export."""
 
 
-def reject(rows: pd.DataFrame, stage: str, rule: str, reason, detail) -> pd.DataFrame:
-    """Rejected-manifest rows for ``rows`` (reason/detail: a value or a Series aligned to rows)."""
+def reject(rows: pd.DataFrame, stage, rule, reason, detail, triggered=None) -> pd.DataFrame:
+    """Rejected-manifest rows for ``rows`` (each field: a value or a Series
+    aligned to rows; triggered holds the tags that made a policy rule fire)."""
     out = pd.DataFrame(
         {
             "item_id": rows["item_id"].astype(str),
@@ -26,8 +27,14 @@ def reject(rows: pd.DataFrame, stage: str, rule: str, reason, detail) -> pd.Data
         },
         index=rows.index,
     )
-    out["reason"] = out["reason"].astype(str)
-    out["detail"] = out["detail"].astype(str)
+    if triggered is None:
+        out["triggered_tags"] = [[] for _ in range(len(out))]
+    elif isinstance(triggered, pd.Series):
+        out["triggered_tags"] = triggered.map(list)
+    else:
+        out["triggered_tags"] = [list(triggered) for _ in range(len(out))]
+    for col in ("stage", "rule", "reason", "detail"):
+        out[col] = out[col].astype(str)
     return manifest.with_version(out)
 
 

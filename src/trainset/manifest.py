@@ -82,7 +82,7 @@ def read(path: str | Path, schema: pa.DataFrameSchema) -> pd.DataFrame:
     if not path.exists():
         raise ManifestError(f"{path}: {schema.name} manifest is missing")
     df = pd.read_parquet(path)
-    for col in ("tags", "artists"):
+    for col in ("tags", "artists", "flags", "triggered_tags"):
         if col in df.columns:
             df[col] = df[col].map(list)
     return validate(df, schema, path)

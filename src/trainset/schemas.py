@@ -9,7 +9,7 @@ from .rating import RATINGS
 
 SCHEMA_VERSION = 1
 SPLITS = ("train", "val", "test")
-DECODE_REASONS = ("zero_byte", "not_image", "truncated", "corrupt")
+DECODE_REASONS = ("zero_byte", "not_image", "truncated", "corrupt", "decompression_bomb")
 _HEX64 = r"^[0-9a-f]{64}$"
 _HEX16 = r"^[0-9a-f]{16}$"
 
@@ -70,6 +70,17 @@ IMAGE_COLUMNS = {
     "height": pa.Column("int64", pa.Check.ge(0)),
     "exif_orientation": pa.Column("int64", pa.Check.in_range(1, 8)),
     "phash": _text(nullable=True, checks=pa.Check.str_matches(_HEX16)),
+    # measures from the same decode (trainset.features), judged by trainset.audit_checks;
+    # a failed decode has n_frames 1, no alpha (alpha_min 255), bit_depth 0 and NaN floats
+    "n_frames": pa.Column("int64", pa.Check.ge(1)),
+    "animated": pa.Column(bool),
+    "has_alpha": pa.Column(bool),
+    "alpha_min": pa.Column("int64", pa.Check.in_range(0, 255)),
+    "bit_depth": pa.Column("int64", pa.Check.isin([0, 1, 8, 16, 32])),
+    "luma_mean": pa.Column("float64", pa.Check.in_range(0, 255), nullable=True),
+    "luma_std": pa.Column("float64", pa.Check.in_range(0, 255), nullable=True),
+    "entropy": pa.Column("float64", pa.Check.in_range(0, 8), nullable=True),
+    "laplacian_var": pa.Column("float64", pa.Check.ge(0), nullable=True),
 }
 
 AUDIT_COLUMNS = {
@@ -81,13 +92,27 @@ AUDIT_COLUMNS = {
     **_VERSION,
 }
 
-FILTERED_COLUMNS = {**INGEST_COLUMNS, **IMAGE_COLUMNS}
 CLUSTER_COLUMNS = {
     "cluster_id": _text(checks=pa.Check.str_matches(_HEX16)),
     "cluster_key": _text(checks=pa.Check.str_matches(_HEX64)),
     "cluster_size": pa.Column("int64", pa.Check.ge(1)),
 }
-DEDUPED_COLUMNS = {**FILTERED_COLUMNS, **CLUSTER_COLUMNS}
+# exact-duplicate groups and near-duplicate clusters over every raw item, before any filter
+GROUP_COLUMNS = {**_ITEM, **CLUSTER_COLUMNS}
+# what the policy decided, on tags and ratings merged across each item's copies
+POLICY_COLUMNS = {
+    "flags": pa.Column(object, pa.Check(_is_str_list, element_wise=True, error="flags must be a list of strings")),
+    "nsfw_flag": pa.Column(bool),
+    "nsfw_score": pa.Column("float64", nullable=True),
+    "archetype": _text(nullable=True),
+    "emotion": _text(nullable=True),
+    "harmony_score": pa.Column("float64", nullable=True),
+    "annotation_notes": _text(nullable=True),
+    "override": _text(nullable=True),
+    "caption_override": _text(nullable=True),
+}
+FILTERED_COLUMNS = {**INGEST_COLUMNS, **IMAGE_COLUMNS, **CLUSTER_COLUMNS, **POLICY_COLUMNS}
+DEDUPED_COLUMNS = FILTERED_COLUMNS
 CAPTIONED_COLUMNS = {**DEDUPED_COLUMNS, "caption": _text()}
 SPLIT_COLUMNS = {**CAPTIONED_COLUMNS, "split": _text(checks=pa.Check.isin(SPLITS))}
 
@@ -99,6 +124,7 @@ REJECTED_COLUMNS = {
     "rule": _text(),
     "reason": _text(),
     "detail": _text(),
+    "triggered_tags": pa.Column(object, pa.Check(_is_str_list, element_wise=True, error="triggered_tags must be a list of strings")),
     **_VERSION,
 }
 
@@ -142,6 +168,8 @@ EXPORT_COLUMNS = {
     "tags": _tags(),
     "generated": pa.Column(bool),
     "cluster_id": _text(checks=pa.Check.str_matches(_HEX16)),
+    "nsfw_flag": pa.Column(bool),
+    "flags": pa.Column(object, pa.Check(_is_str_list, element_wise=True, error="flags must be a list of strings")),
     **_VERSION,
 }
 
@@ -152,6 +180,7 @@ def _schema(name: str, columns: dict, unique: list[str] | None = None) -> pa.Dat
 
 INGEST = _schema("ingest", INGEST_COLUMNS)
 AUDIT = _schema("audit", AUDIT_COLUMNS)
+GROUPS = _schema("groups", GROUP_COLUMNS)
 FILTERED = _schema("filtered", FILTERED_COLUMNS)
 DEDUPED = _schema("deduped", DEDUPED_COLUMNS)
 CAPTIONED = _schema("captioned", CAPTIONED_COLUMNS)
@@ -161,3 +190,10 @@ PAIRS = _schema("pairs", PAIR_COLUMNS, unique=["a", "b"])
 MEMBERSHIP = _schema("clusters", MEMBERSHIP_COLUMNS)
 MOVES = _schema("split_moves", MOVE_COLUMNS)
 EXPORT = _schema("export", EXPORT_COLUMNS)
+
+# optional NSFW classifier score per item (trainset.stages.nsfw); NaN: undecodable, or no model configured
+NSFW_SCORES_COLUMNS = {
+    **_ITEM,
+    "nsfw_score": pa.Column("float64", pa.Check.in_range(0.0, 1.0), nullable=True),
+}
+NSFW_SCORES = _schema("nsfw_scores", NSFW_SCORES_COLUMNS)

@@ -1,4 +1,4 @@
-"""deduped -> captioned: every kept item gets its caption text."""
+"""deduped -> captioned: every kept item gets its caption text (an override's text wins)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from .. import captions, manifest, schemas
 def run(deduped_path: str | Path, out: str | Path, trigger_word: str = "", underscores_to_spaces: bool = True, separator: str = ", ") -> pd.DataFrame:
     items = manifest.read(deduped_path, schemas.DEDUPED)
     items["caption"] = [
-        captions.caption(tags, trigger_word, underscores_to_spaces, separator) for tags in items["tags"]
+        fixed if isinstance(fixed, str) else captions.caption(tags, trigger_word, underscores_to_spaces, separator)
+        for tags, fixed in zip(items["tags"], items["caption_override"])
     ]
     items["caption"] = items["caption"].astype("str")
     return manifest.write(items, out, schemas.CAPTIONED)

@@ -2,7 +2,8 @@
 checksums, and an attribution summary of sources and licenses.
 
 Original bytes are copied unless a conversion is needed (format or mode outside the
-configured sets, or an EXIF orientation to apply); the manifest says which and why.
+configured sets, an animation, transparency to flatten, or an EXIF orientation to apply);
+the manifest says which and why.
 """
 
 from __future__ import annotations
@@ -11,51 +12,120 @@ import io
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import tomli_w
-from PIL import Image, ImageOps
+from PIL import Image, ImageColor, ImageOps
 
-from .. import atomic, hashing, manifest, schemas
+from .. import atomic, features, hashing, manifest, schemas
 
 EXTENSIONS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def conversion_reason(row, keep_formats: list[str], keep_modes: list[str], convert_to: str, out_mode: str | None = None) -> str | None:
+ALPHA_FORMATS = ("PNG", "WEBP", "TIFF")
+"""Output formats that hold an RGBA image; a kept alpha goes to PNG when ``convert_to`` cannot."""
+
+
+def alpha_used(row) -> bool:
+    """Whether the row's image really uses transparency (audit's ``has_alpha`` and
+    ``alpha_min`` < 255); a row without those measures is judged by its mode."""
+    has, lowest = getattr(row, "has_alpha", None), getattr(row, "alpha_min", None)
+    if has is None or lowest is None or pd.isna(lowest):
+        return row.mode in features.ALPHA_MODES
+    return bool(has) and int(lowest) < 255
+
+
+def output_format(convert_to: str, mode: str) -> str:
+    """The format a converted image is written in: ``convert_to``, or PNG for an image that
+    keeps its alpha when ``convert_to`` cannot hold one (JPEG, BMP, GIF)."""
+    return "PNG" if mode in features.ALPHA_MODES and convert_to not in ALPHA_FORMATS else convert_to
+
+
+def conversion_reason(
+    row, keep_formats: list[str], keep_modes: list[str], convert_to: str, out_mode: str | None = None,
+    keep_alpha: bool = False, background: str = "#ffffff",
+) -> str | None:
     """Why ``row`` is converted (None: keep its bytes). ``out_mode``, the mode of the converted
-    file once known, replaces the predicted one: a palette image without transparency, or
-    any image saved as JPEG, ends up RGB rather than RGBA."""
+    file once known, replaces the predicted one: e.g. any image saved as JPEG ends up RGB
+    rather than RGBA.
+
+    Converted: a format outside ``keep_formats``; an animated image (its first frame is
+    exported as a still); a mode outside ``keep_modes`` (to RGB); transparency that is
+    really used, flattened onto ``background`` unless ``keep_alpha`` (then RGBA, in PNG
+    when ``convert_to`` holds no alpha); an EXIF orientation to apply."""
+    used = alpha_used(row)
+    mode = out_mode or target_mode(row.mode, keep_modes, used, keep_alpha)
+    fmt = output_format(convert_to, mode)
+    animated = bool(getattr(row, "animated", False))
     reasons = []
-    if row.format not in keep_formats:
-        reasons.append(f"format {row.format} -> {convert_to}")
-    if row.mode not in keep_modes or (out_mode is not None and out_mode != row.mode):
-        reasons.append(f"mode {row.mode} -> {out_mode or target_mode(row.mode, keep_modes)}")
+    if (row.format not in keep_formats or animated) and row.format != fmt:
+        reasons.append(f"format {row.format} -> {fmt}")
+    if animated:
+        reasons.append(f"first frame of {int(getattr(row, 'n_frames', 0) or 0) or 'several'}")
+    if mode != row.mode:
+        reasons.append(f"mode {row.mode} -> {mode}")
+    if used and not keep_alpha:
+        reasons.append(f"alpha flattened onto {background}")
     if row.exif_orientation != 1:
         reasons.append(f"EXIF orientation {row.exif_orientation} applied")
     return "; ".join(reasons) or None
 
 
-def target_mode(mode: str, keep_modes: list[str]) -> str:
-    if mode in keep_modes:
-        return mode
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or mode == "P"
-    return "RGBA" if has_alpha and "RGBA" in keep_modes else "RGB"
+def target_mode(mode: str, keep_modes: list[str], alpha_used: bool = False, keep_alpha: bool = False) -> str:
+    """The mode an image is exported in: RGBA when its alpha is used and kept, RGB when it
+    is used and flattened; otherwise its own mode when in ``keep_modes``, else RGB (CMYK, P,
+    LA, I;16, I, F, 1 ...; 16- and 32-bit scaled to 8 bits, see :func:`convert`)."""
+    if alpha_used:
+        return "RGBA" if keep_alpha else "RGB"
+    return mode if mode in keep_modes else "RGB"
 
 
-def convert(data: bytes, keep_modes: list[str], convert_to: str) -> tuple[bytes, str]:
-    """Re-encode ``data`` upright in ``convert_to``; returns the new bytes and their mode."""
-    with Image.open(io.BytesIO(data)) as im:
+def flatten(image: Image.Image, background: str = "#ffffff") -> Image.Image:
+    """``image`` alpha-composited onto an opaque ``background`` (any PIL.ImageColor string): RGB."""
+    rgba = _to_mode(image, "RGBA")
+    canvas = Image.new("RGBA", rgba.size, (*ImageColor.getrgb(background)[:3], 255))
+    return Image.alpha_composite(canvas, rgba).convert("RGB")
+
+
+def _to_mode(image: Image.Image, mode: str) -> Image.Image:
+    """``image.convert(mode)``, except that 16/32-bit images are scaled to 8 bits first
+    (Pillow's own conversion clips every value above 255 to white)."""
+    if image.mode == mode:
+        return image
+    if features.bit_depth(image.mode) > 8:
+        gray = features.gray8(image)
+        if mode == "RGBA" and "transparency" in image.info:
+            key = np.asarray(image) == np.asarray(image.info["transparency"])
+            out = gray.convert("RGBA")
+            out.putalpha(Image.fromarray(np.where(key, 0, 255).astype(np.uint8)))
+            return out
+        return gray if mode == "L" else gray.convert(mode)
+    return image.convert(mode)
+
+
+def convert(data: bytes, keep_modes: list[str], convert_to: str, keep_alpha: bool = False, background: str = "#ffffff") -> tuple[bytes, str]:
+    """Re-encode ``data`` upright (first frame only) in :func:`output_format`; returns the new
+    bytes and their mode. Used transparency is flattened onto ``background`` unless
+    ``keep_alpha``."""
+    with features.no_pillow_pixel_limit(), Image.open(io.BytesIO(data)) as im:
+        im.seek(0)
         im.load()
-        im = ImageOps.exif_transpose(im)
-        mode = target_mode(im.mode, keep_modes)
-        if mode == "RGBA" and im.mode == "P" and "transparency" not in im.info:
-            mode = "RGB"
-        if im.mode != mode:
-            im = im.convert(mode)
-        if convert_to == "JPEG" and im.mode == "RGBA":
-            im = im.convert("RGB")
+        im = ImageOps.exif_transpose(im)  # a single-frame copy, upright
+        has_alpha, lowest = features.alpha_info(im)
+        used = has_alpha and lowest < 255
+        mode = target_mode(im.mode, keep_modes, used, keep_alpha)
+        if used and not keep_alpha:
+            im = flatten(im, background)
+        else:
+            if not used and mode in features.ALPHA_MODES and convert_to not in ALPHA_FORMATS:
+                mode = "RGB"  # an unused alpha is dropped rather than forcing a PNG
+            im = _to_mode(im, mode)
+        fmt = output_format(convert_to, im.mode)
+        if fmt == "JPEG" and im.mode not in ("L", "RGB", "CMYK"):
+            im = _to_mode(im, "RGB")
         buf = io.BytesIO()
-        im.save(buf, format=convert_to, **({"quality": 95} if convert_to == "JPEG" else {}))
+        im.save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
     return buf.getvalue(), im.mode
 
 
@@ -75,6 +145,7 @@ def run(split_path: str | Path, out_dir: str | Path, params: dict) -> pd.DataFra
     keep_formats = [f.upper() for f in params.get("keep_formats", ["PNG", "JPEG", "WEBP"])]
     keep_modes = list(params.get("keep_modes", ["RGB", "RGBA", "L"]))
     convert_to = str(params.get("convert_to", "PNG")).upper()
+    alpha = {"keep_alpha": bool(params.get("keep_alpha", False)), "background": str(params.get("background", "#ffffff"))}
     kohya = params.get("kohya", {})
     caption_ext = kohya.get("caption_extension", ".txt")
     rows = []
@@ -83,11 +154,11 @@ def run(split_path: str | Path, out_dir: str | Path, params: dict) -> pd.DataFra
             data, fmt = Path(row.path).read_bytes(), row.format
             if hashing.sha256_bytes(data) != row.sha256:
                 raise RuntimeError(f"{row.item_id}: {row.path} changed since ingest; rerun the workflow")
-            reason = conversion_reason(row, keep_formats, keep_modes, convert_to)
+            reason = conversion_reason(row, keep_formats, keep_modes, convert_to, **alpha)
             if reason:
-                data, out_mode = convert(data, keep_modes, convert_to)
-                fmt = convert_to
-                reason = conversion_reason(row, keep_formats, keep_modes, convert_to, out_mode)
+                data, out_mode = convert(data, keep_modes, convert_to, **alpha)
+                fmt = output_format(convert_to, out_mode)
+                reason = conversion_reason(row, keep_formats, keep_modes, convert_to, out_mode, **alpha)
             repeats = max(1, round(row.repeats * row.weight))
             if row.split == "train":
                 rel_dir = Path("kohya") / kohya_folder(row)
@@ -103,6 +174,7 @@ def run(split_path: str | Path, out_dir: str | Path, params: dict) -> pd.DataFra
                 "export_sha256": hashing.sha256_bytes(data), "export_format": fmt, "conversion": reason,
                 "caption": row.caption, "width": row.width, "height": row.height, "rating": row.rating,
                 "tags": list(row.tags), "generated": bool(row.generated), "cluster_id": row.cluster_id,
+                "nsfw_flag": bool(row.nsfw_flag), "flags": list(row.flags),
             })
         df = pd.DataFrame(rows, columns=[c for c in schemas.EXPORT.columns if c != "schema_version"])
         df = manifest.with_version(df) if rows else manifest.empty(schemas.EXPORT)

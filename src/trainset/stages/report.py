@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import atomic, hashing, kernels, ledger, manifest, schemas
+from .. import atomic, audit_checks, balance, hashing, kernels, ledger, manifest, schemas
 
 FIXES = {
     "zero_byte": "re-download or remove the empty files",
@@ -76,38 +76,50 @@ def decide(metrics: dict, thresholds: dict) -> list[dict]:
     return checks
 
 
-def run(paths: dict, out_md: str | Path, out_metrics: str | Path, thresholds: dict, max_distance: int) -> dict:
+def run(
+    paths: dict, out_md: str | Path, out_metrics: str | Path, thresholds: dict, max_distance: int,
+    balance_params: dict | None = None, audit_params: dict | None = None,
+) -> dict:
     raw = manifest.read(paths["ingest"], schemas.INGEST)
     rejected = manifest.read(paths["rejected"], schemas.REJECTED)
+    filtered = manifest.read(paths["filtered"], schemas.FILTERED)
     split = manifest.read(paths["split"], schemas.SPLIT)
     export = manifest.read(paths["export"], schemas.EXPORT)
     moves = manifest.read(paths["moves"], schemas.MOVES)
     stage_counts = {name: len(manifest.read(p, schema)) for name, (p, schema) in {
         "audited": (paths["audit"], schemas.AUDIT),
         "filtered": (paths["filtered"], schemas.FILTERED),
-        "exact_deduped": (paths["exact"], schemas.FILTERED),
-        "near_deduped": (paths["deduped"], schemas.DEDUPED),
+        "deduped": (paths["deduped"], schemas.DEDUPED),
         "captioned": (paths["captioned"], schemas.CAPTIONED),
     }.items()}
-    balance = ledger.check(raw, export, rejected)
+    counts = ledger.check(raw, export, rejected)
     leaks = leakage(split, max_distance)
     by_reason = rejected["reason"].value_counts().sort_index().to_dict()
+    policy_rows = rejected[rejected["stage"] == "policy"]
+    flag_counts = pd.Series([f for fl in split["flags"] for f in fl], dtype="str").value_counts().sort_index()
+    cells = balance.table(export.merge(split[["item_id", "archetype", "emotion"]], on="item_id", how="left"), balance_params)
     metrics = {
-        **balance,
+        **counts,
         "stages": {"raw": len(raw), **stage_counts, "split": len(split), "exported": len(export)},
-        "rejected_share": round(balance["rejected"] / balance["raw"], 6) if balance["raw"] else 0.0,
+        "rejected_share": round(counts["rejected"] / counts["raw"], 6) if counts["raw"] else 0.0,
         "rejected_by_reason": {k: int(v) for k, v in by_reason.items()},
+        "excluded_by_rule": {k: int(v) for k, v in policy_rows["rule"].value_counts().sort_index().items()},
+        "flags": {k: int(v) for k, v in flag_counts.items()},
+        "nsfw_flagged_kept": int(export["nsfw_flag"].sum()),
+        "untagged_raw": int(((raw["tags"].map(len) == 0) & (raw["rating"] == "unknown")).sum()),
         "splits": {s: int((export["split"] == s).sum()) for s in schemas.SPLITS},
         "sources": {s: int(n) for s, n in raw["source"].value_counts().sort_index().items()},
         "converted": int(export["conversion"].notna().sum()),
         "split_leakage": len(leaks),
         "split_moves": len(moves),
         "sidecar_errors": int(raw["sidecar_error"].notna().sum()),
+        "balance_cells_under_min": int((cells["status"] == "under_min").sum()),
     }
     checks = decide(metrics, thresholds)
     metrics["go"] = all(c["ok"] for c in checks)
+    thresholds_audit = {**audit_checks.DEFAULT_THRESHOLDS, **{k: v for k, v in (audit_params or {}).items() if k in audit_checks.DEFAULT_THRESHOLDS}}
     atomic.write_text(out_metrics, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    atomic.write_text(out_md, render(metrics, checks, rejected, moves, leaks, raw))
+    atomic.write_text(out_md, render(metrics, checks, rejected, moves, leaks, raw, cells, thresholds_audit))
     return metrics
 
 
@@ -117,7 +129,10 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
     return out
 
 
-def render(metrics: dict, checks: list[dict], rejected: pd.DataFrame, moves: pd.DataFrame, leaks: list[dict], raw: pd.DataFrame) -> str:
+def render(
+    metrics: dict, checks: list[dict], rejected: pd.DataFrame, moves: pd.DataFrame, leaks: list[dict],
+    raw: pd.DataFrame, cells: pd.DataFrame | None = None, audit_thresholds: dict | None = None,
+) -> str:
     verdict = "GO" if metrics["go"] else "NO-GO"
     lines = [f"# Dataset report: {verdict}", ""]
     lines.append(
@@ -130,12 +145,38 @@ def render(metrics: dict, checks: list[dict], rejected: pd.DataFrame, moves: pd.
     ])
     lines += ["", "## Items per stage", ""]
     lines += _table(["stage", "items"], [[k, v] for k, v in metrics["stages"].items()])
+    audit_thresholds = audit_thresholds or audit_checks.DEFAULT_THRESHOLDS
+    findings = rejected.loc[rejected["stage"] != "policy", "reason"].value_counts().to_dict()
+    for code, n in metrics.get("flags", {}).items():
+        if code in audit_checks.DEFAULT_ACTIONS:
+            findings[code] = findings.get(code, 0) + n
+    if findings:
+        lines += ["", "## Audit findings", ""]
+        for code in sorted(findings):
+            if code in audit_checks.DEFAULT_ACTIONS or code in schemas.DECODE_REASONS:
+                lines.append(f"- {audit_checks.describe(code, int(findings[code]), audit_thresholds)}")
+    lines += ["", "## Policy", ""]
+    excluded = metrics.get("excluded_by_rule", {})
+    if excluded:
+        lines += _table(["rule", "items excluded"], [[rule, n] for rule, n in excluded.items()])
+        lines.append("")
+        lines.append("Policy exclusions are shown as counts only; the rules that fired and the tags that triggered them are in the rejected manifest.")
+    else:
+        lines.append("No item was excluded by policy.")
+    lines.append("")
+    lines.append(f"{metrics.get('nsfw_flagged_kept', 0)} kept items are flagged NSFW; {metrics.get('untagged_raw', 0)} raw items have no tags and no rating.")
+    if cells is not None and len(cells):
+        lines += ["", "## Balance", ""]
+        under = cells[cells["status"] == "under_min"]
+        lines += _table(list(cells.columns), cells.values.tolist())
+        lines.append("")
+        lines.append(f"{len(under)} cells are under their minimum." if len(under) else "Every cell meets its minimum.")
     lines += ["", "## Rejected, by reason", ""]
     if len(rejected):
         grouped = rejected.groupby(["stage", "rule", "reason"], sort=True)
         rows = []
         for (stage, rule, reason), group in grouped:
-            examples = ", ".join(f"`{i}`" for i in group["item_id"].head(3))
+            examples = "" if stage == "policy" else ", ".join(f"`{i}`" for i in group["item_id"].head(3))
             rows.append([stage, rule, reason, len(group), examples, FIXES.get(reason, "")])
         lines += _table(["stage", "rule", "reason", "items", "examples", "fix"], rows)
         lines += ["", "Every rejected item, with its detail, is in `data/manifests/rejected.parquet`."]

@@ -1,0 +1,128 @@
+"""The content policy: minors always excluded, NSFW allow/flag/exclude, artists, licenses,
+annotations, quality, untagged and overrides."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trainset.config import ConfigError
+from trainset.policy import Policy, most_severe, shipped_lists
+from trainset.tags import TagDictionary
+
+TAGS = TagDictionary.load()
+
+
+def item(tags=(), rating="general", **over) -> dict:
+    base = {"tags": list(tags), "rating": rating, "license": "CC0-1.0", "artists": [], "nsfw_score": math.nan,
+            "harmony_score": math.nan}
+    base.update(over)
+    return base
+
+
+def policy(**params) -> Policy:
+    return Policy.from_params(params, TAGS)
+
+
+@pytest.mark.parametrize("rating", ["questionable", "explicit"])
+def test_minor_tag_with_sexual_rating_is_excluded(rating):
+    d = policy().decide(item(["loli", "smile"], rating))
+    assert d.exclusion.rule == "minors" and d.exclusion.reason == "minor_sexual"
+    assert "loli" in d.exclusion.triggered
+
+
+def test_minor_tag_with_explicit_tag_at_general_rating_is_excluded():
+    d = policy().decide(item(["child", "nude"], "general"))
+    assert d.exclusion.rule == "minors" and set(d.exclusion.triggered) == {"child", "nude"}
+
+
+def test_minor_tag_at_safe_rating_kept_unless_configured():
+    assert policy().decide(item(["child", "smile"], "general")).exclusion is None
+    d = policy(minors={"exclude_at_any_rating": True}).decide(item(["child"], "general"))
+    assert d.exclusion.reason == "minor_any_rating"
+
+
+def test_minors_rule_cannot_be_switched_off():
+    with pytest.raises(ConfigError, match="cannot be switched off"):
+        policy(minors={"enabled": False})
+
+
+def test_extra_minor_tags_from_params_canonicalized():
+    p = policy(minors={"extra_tags": ["Young Looking"]})
+    assert p.decide(item(["young_looking"], "explicit")).exclusion.rule == "minors"
+
+
+def test_override_cannot_readmit_minors():
+    d = policy().decide(item(["shota"], "explicit"), {"action": "keep"})
+    assert d.exclusion.rule == "minors"
+    assert "ignored" in d.override
+
+
+@pytest.mark.parametrize("action,excluded,flagged", [("allow", False, False), ("flag", False, True), ("exclude", True, False)])
+def test_nsfw_actions(action, excluded, flagged):
+    d = policy(nsfw={"action": action}).decide(item(["1girl"], "explicit"))
+    assert d.nsfw is True
+    assert (d.exclusion is not None) is excluded
+    assert ("nsfw" in d.flags) is flagged
+
+
+def test_nsfw_from_explicit_tags_and_model_score():
+    p = policy(nsfw={"action": "exclude", "score_threshold": 0.8})
+    assert p.decide(item(["nude"], "general")).exclusion.rule == "nsfw"
+    assert p.decide(item(["tree"], "general", nsfw_score=0.9)).exclusion.rule == "nsfw"
+    assert p.decide(item(["tree"], "general", nsfw_score=0.1)).exclusion is None
+    assert p.decide(item(["tree"], "general")).exclusion is None  # no score: nothing pretends to classify
+
+
+def test_license_artists_harmony_quality_untagged():
+    p = policy(license_allowlist=["CC0-1.0"], excluded_artists=["Some Artist"], min_harmony=2,
+               quality={"column": "score", "min": 8}, untagged="quarantine")
+    assert p.decide(item(["a"], license="CC-BY-NC-4.0")).exclusion.rule == "license"
+    assert p.decide(item(["a"], artists=["some_artist"])).exclusion.rule == "artists"
+    assert p.decide(item(["a"], harmony_score=1.0)).exclusion.reason == "low_harmony"
+    assert p.decide(item(["a"], harmony_score=2.0)).exclusion is None
+    assert p.decide(item(["a"], score=7.5)).exclusion.reason == "low_quality"
+    assert p.decide(item([], "unknown")).exclusion.reason == "untagged_quarantined"
+    assert "untagged" in policy(untagged="flag").decide(item([], "unknown")).flags
+
+
+def test_overrides_keep_and_exclude():
+    p = policy(nsfw={"action": "exclude"})
+    kept = p.decide(item(["a"], "explicit"), {"action": "keep", "note": "reviewed"})
+    assert kept.exclusion is None and any(f.startswith("override_kept") for f in kept.flags)
+    assert p.decide(item(["a"]), {"action": "exclude"}).exclusion.rule == "override"
+
+
+def test_bad_params_name_the_key():
+    with pytest.raises(ConfigError, match="nsfw.action"):
+        policy(nsfw={"action": "maybe"})
+    with pytest.raises(ConfigError, match="untagged"):
+        policy(untagged="hide")
+
+
+def test_most_severe():
+    assert most_severe(["general", "explicit", "unknown"]) == "explicit"
+    assert most_severe(["unknown"]) == "unknown"
+    assert most_severe([]) == "unknown"
+
+
+def _spellings(tag: str):
+    forms = sorted({tag, *TAGS.aliases_of(tag)})
+    return st.sampled_from(forms).flatmap(
+        lambda f: st.tuples(st.lists(st.booleans(), min_size=len(f), max_size=len(f)), st.booleans()).map(
+            lambda spec: "".join(c.upper() if up else c for c, up in zip(f, spec[0])).replace("_", " " if spec[1] else "_")
+        )
+    )
+
+
+MINOR_SPELLINGS = st.sampled_from(sorted(shipped_lists()["minor_tags"])).flatmap(_spellings)
+
+
+@settings(max_examples=300, deadline=None)
+@given(spelling=MINOR_SPELLINGS, rating=st.sampled_from(["questionable", "explicit"]), other=st.lists(st.sampled_from(["smile", "1girl", "outdoors"]), max_size=3))
+def test_any_spelling_of_a_minor_tag_with_sexual_rating_is_excluded(spelling, rating, other):
+    tags = TAGS.canonicalize([*other, spelling])
+    assert policy(nsfw={"action": "allow"}).decide(item(tags, rating)).exclusion.rule == "minors"
