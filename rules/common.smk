@@ -2,6 +2,7 @@
 
 M = "data/manifests"
 INGEST = f"{M}/ingest.parquet"
+UNMATCHED = f"{M}/unmatched_records.parquet"
 AUDIT = f"{M}/audit.parquet"
 FILTERED = f"{M}/filtered.parquet"
 GROUPS = f"{M}/groups.parquet"

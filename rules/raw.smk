@@ -1,5 +1,5 @@
 # raw: the demo source and the ingest manifest of every source.
-from trainset.sources.image_folder import source_fingerprint
+from trainset.sources import source_fingerprint
 
 
 rule demo:
@@ -16,7 +16,8 @@ rule ingest:
     input:
         ["data/raw/demo"] if DEMO else [],
     output:
-        INGEST,
+        ingest=INGEST,
+        unmatched=UNMATCHED,
     params:
         sources=[s.as_dict() for s in SOURCES],
         built=[s.name for s in SOURCES if s.built_by_workflow],

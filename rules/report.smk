@@ -1,6 +1,7 @@
 rule report:
     input:
         ingest=INGEST,
+        unmatched=UNMATCHED,
         audit=AUDIT,
         filtered=FILTERED,
         groups=GROUPS,

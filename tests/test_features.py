@@ -149,7 +149,7 @@ def _bomb_png(width: int, height: int) -> bytes:
 def test_decompression_bomb_refused_from_the_header_without_decoding(tmp_path, monkeypatch):
     path = _write(tmp_path / "bomb.png", _bomb_png(20_000, 20_000))
     assert path.stat().st_size < 200_000  # 400 million pixels in a small file
-    with pytest.raises(Image.DecompressionBombError):  # Pillow alone refuses to even open it...
+    with pytest.raises(Image.DecompressionBombError):  # Pillow alone refuses even the open: no size
         Image.open(path)
     loads = []
 
@@ -450,6 +450,13 @@ def test_animated_formats_count_frames_and_measure_the_first(tmp_path, fmt, suff
 def test_still_images_have_one_frame(tmp_path, fmt, suffix):
     result = extract(str(_write(tmp_path / f"still.{suffix}", _encode(_photo(size=(64, 48)), fmt))))
     assert (result["n_frames"], result["animated"]) == (1, False)
+
+
+def test_multi_picture_jpeg_is_not_animated(tmp_path):
+    photo = _photo(size=(64, 48))
+    path = _write(tmp_path / "camera.jpg", _encode(photo, "MPO", save_all=True, append_images=[photo.resize((32, 24))]))
+    result = extract(str(path))
+    assert (result["format"], result["n_frames"], result["animated"]) == ("MPO", 2, False)
 
 
 def _alpha_case(kind: str) -> tuple[Image.Image, dict]:

@@ -184,3 +184,69 @@ def test_bad_source_fails_with_its_name(project: Path, tmp_path: Path) -> None:
     proc = snakemake(project, check=False)
     assert proc.returncode != 0
     assert "nope" in proc.stdout + proc.stderr
+
+
+def test_policy_end_to_end(project: Path, tmp_path: Path) -> None:
+    """Minors excluded with every copy, NSFW flagged, annotations and overrides honoured,
+    booru records joined, and none of it reaching the export."""
+    import hashlib
+
+    folder = tmp_path / "art"
+    folder.mkdir()
+    photos = ["astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png", "coins.png"]
+    for i, name in enumerate(photos):
+        _photo(name, (320, 300), i).save(folder / f"p{i}.png")
+    (folder / "p0.json").write_text(json.dumps({"tags": ["Lolicon", "smile"], "rating": "e"}))
+    shutil.copy(folder / "p0.png", folder / "copy_of_p0.png")  # untagged exact copy
+    (folder / "p1.json").write_text(json.dumps({"tags": ["1girl", "nude"], "rating": "q"}))
+    (folder / "p2.txt").write_text("cat, whiskers")
+    (folder / "p3.txt").write_text("rocket, sky")
+    (folder / "p4.txt").write_text("motorcycle")
+    (folder / "p5.txt").write_text("coin")
+    notes = tmp_path / "notes.csv"
+    notes.write_text("filename,archetype,emotion,harmony_score,notes\np2.png,pet,calm,3,fine\np3.png,vehicle,calm,1,off-model\n")
+    sha5 = hashlib.sha256((folder / "p5.png").read_bytes()).hexdigest()
+    sha4 = hashlib.sha256((folder / "p4.png").read_bytes()).hexdigest()
+    sha0 = hashlib.sha256((folder / "p0.png").read_bytes()).hexdigest()
+    overrides = tmp_path / "overrides.csv"
+    overrides.write_text(
+        "sha256,action,add_tags,remove_tags,caption,note\n"
+        f"{sha5},exclude,,,,not ours\n{sha4},,red_motorcycle,,a red motorcycle,\n{sha0},keep,,,,trying to re-admit\n"
+    )
+    booru = tmp_path / "booru"
+    booru.mkdir()
+    _photo("moon.png", (300, 300), 1).save(booru / "m.png")
+    md5 = hashlib.md5((booru / "m.png").read_bytes()).hexdigest()
+    (tmp_path / "posts.json").write_text(json.dumps([
+        {"id": 7, "md5": md5, "rating": "s", "tag_string": "moon night_sky", "tag_string_artist": "", "score": 12,
+         "image_width": 300, "image_height": 300, "file_ext": "png", "source": "https://example.invalid/7"},
+        {"id": 8, "md5": "0" * 32, "rating": "g", "tag_string": "ghost", "file_ext": "png"},
+    ]))
+    set_params(project, demo=False, sources=[
+        {"name": "art", "kind": "image_folder", "path": str(folder), "license": "CC0-1.0"},
+        {"name": "dump", "kind": "booru", "path": str(booru), "metadata": str(tmp_path / "posts.json"), "site": "danbooru", "license": "CC-BY-4.0"},
+    ])
+    set_params(project, annotations=[str(notes)], overrides=str(overrides), report__min_kept=1,
+               balance={"columns": ["archetype", "emotion"], "default": {"min": 2, "target": 3, "ideal": 4}, "cells": []})
+    snakemake(project)
+
+    rejected = _read(project, "data/manifests/rejected.parquet", schemas.REJECTED).set_index("item_id")
+    kept = _read(project, "data/export/manifest.parquet", schemas.EXPORT).set_index("item_id")
+    for minor in ("art:p0.png", "art:copy_of_p0.png"):
+        assert rejected.loc[minor, "rule"] == "minors", minor
+        assert "loli" in rejected.loc[minor, "triggered_tags"]
+    assert rejected.loc["art:p3.png", "reason"] == "low_harmony"
+    assert rejected.loc["art:p5.png", "rule"] == "override"
+    assert kept.loc["art:p1.png", "nsfw_flag"] and "nsfw" in kept.loc["art:p1.png", "flags"]
+    assert kept.loc["art:p4.png", "caption"] == "a red motorcycle"
+    assert "red_motorcycle" in kept.loc["art:p4.png", "tags"]
+    assert kept.loc["dump:m.png", "rating"] == "sensitive" and "moon" in kept.loc["dump:m.png", "tags"]
+    exported = {p.name for p in (project / "data/export").rglob("*") if p.is_file()}
+    assert not any(name.startswith(("p0_", "copy_of_p0_")) for name in exported)
+
+    report = (project / "data/report/dataset-report.md").read_text()
+    assert "| minors | 2 |" in report
+    assert "## Balance" in report and "under_min" in report
+    assert "## Metadata records with no image" in report and f"| dump | 8 | {'0' * 32} |" in report
+    metrics = json.loads((project / "data/report/metrics.json").read_text())
+    assert metrics["excluded_by_rule"]["minors"] == 2 and metrics["unmatched_records"] == 1

@@ -9,7 +9,8 @@ Besides the identity fields (format, mode, upright size, EXIF orientation, pHash
 decode yields the measures the audit checks judge (``trainset.audit_checks``). They are
 stored per item, so a threshold can change later without decoding anything again:
 
-- ``n_frames`` / ``animated``: frame count (animated GIF/PNG/WebP, multi-page TIFF);
+- ``n_frames`` / ``animated``: frame count (animated GIF/PNG/WebP, multi-page TIFF; a
+  multi-picture JPEG, MPO, counts its pictures but is not animated);
 - ``has_alpha`` / ``alpha_min``: whether the image can be transparent (an alpha mode, or a
   ``transparency`` entry on P/L/RGB) and the lowest alpha it really uses (255: opaque);
 - ``bit_depth``: bits per channel of the stored mode (1, 8, 16 or 32);
@@ -218,7 +219,8 @@ def _extract(path: str, max_pixels: int | None) -> dict:
                 )
             try:
                 n_frames = max(1, int(getattr(im, "n_frames", 1) or 1))
-                animated = bool(getattr(im, "is_animated", n_frames > 1))
+                # a multi-picture JPEG (MPO) holds previews or depth maps, not an animation
+                animated = n_frames > 1 and fmt != "MPO"
                 if im.tell() != 0:
                     im.seek(0)
                 im.load()

@@ -28,11 +28,12 @@ def reject(rows: pd.DataFrame, stage, rule, reason, detail, triggered=None) -> p
         index=rows.index,
     )
     if triggered is None:
-        out["triggered_tags"] = [[] for _ in range(len(out))]
+        lists = [[] for _ in range(len(out))]
     elif isinstance(triggered, pd.Series):
-        out["triggered_tags"] = triggered.map(list)
+        lists = [list(t) for t in triggered]
     else:
-        out["triggered_tags"] = [list(triggered) for _ in range(len(out))]
+        lists = [list(triggered) for _ in range(len(out))]
+    out["triggered_tags"] = pd.Series(lists, index=out.index, dtype=object)
     for col in ("stage", "rule", "reason", "detail"):
         out[col] = out[col].astype(str)
     return manifest.with_version(out)

@@ -197,3 +197,13 @@ NSFW_SCORES_COLUMNS = {
     "nsfw_score": pa.Column("float64", pa.Check.in_range(0.0, 1.0), nullable=True),
 }
 NSFW_SCORES = _schema("nsfw_scores", NSFW_SCORES_COLUMNS)
+
+
+# metadata records (booru posts) that joined no image, or could not be read; not items
+UNMATCHED_COLUMNS = {
+    "source": _text(),
+    "record_id": _text(nullable=True),
+    "md5": _text(nullable=True),
+    "note": _text(),
+}
+UNMATCHED = _schema("unmatched", UNMATCHED_COLUMNS)

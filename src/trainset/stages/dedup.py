@@ -1,8 +1,8 @@
 """filtered -> deduped: one item kept per cluster among the items policy allowed.
 
 Clusters come from the group stage (exact copies and near-duplicates of every raw item). The
-kept item is an original over a generated copy, then the most pixels, the largest file, the
-most tags, then the smallest item id. The others are rejected as exact or near duplicates,
+kept item is an original over a generated copy, then the most pixels, the largest file, a
+copy with its own sidecar over a bare one, the most tags, then the smallest item id. The others are rejected as exact or near duplicates,
 naming the kept item.
 """
 
@@ -18,9 +18,11 @@ from .. import hashing, kernels, ledger, manifest, schemas
 
 def preference(df: pd.DataFrame) -> pd.DataFrame:
     """Sort so the item to keep comes first within any group."""
-    ranked = df.assign(_px=-(df["width"] * df["height"]), _size=-df["size"], _tags=-df["tags"].map(len))
-    keys = ["generated", "_px", "_size", "_tags", "item_id"]
-    return ranked.sort_values(keys, kind="stable").drop(columns=["_px", "_size", "_tags"])
+    ranked = df.assign(
+        _px=-(df["width"] * df["height"]), _size=-df["size"], _bare=df["sidecar"].isna(), _tags=-df["tags"].map(len)
+    )
+    keys = ["generated", "_px", "_size", "_bare", "_tags", "item_id"]
+    return ranked.sort_values(keys, kind="stable").drop(columns=["_px", "_size", "_bare", "_tags"])
 
 
 def run(filtered_path: str | Path, out: str | Path, clusters_out: str | Path, rejected_out: str | Path) -> pd.DataFrame:

@@ -42,15 +42,16 @@ def run(ingest_path: str | Path, audit_path: str | Path, out: str | Path, pairs_
     ii, jj, dd = kernels.hamming_pairs(hashing.from_hex(hashed["phash"]), max_distance) if len(hashed) else ([], [], [])
     idx = hashed.index.to_numpy()
     rep = contents["item_id"].to_numpy()
+    ii, jj = np.asarray(ii, dtype=np.int64), np.asarray(jj, dtype=np.int64)
     pairs = pd.DataFrame({
-        "a": rep[idx[ii]].astype(str) if len(ii) else [],
-        "b": rep[idx[jj]].astype(str) if len(jj) else [],
+        "a": pd.Series(rep[idx[ii]], dtype="str"),
+        "b": pd.Series(rep[idx[jj]], dtype="str"),
         "distance": np.asarray(dd, dtype=np.int64),
     })
     manifest.write(pairs, pairs_out, schemas.PAIRS, sort_by=["a", "b"])
 
     uf = UnionFind(len(contents))
-    for a, b in zip(idx[ii].tolist() if len(ii) else [], idx[jj].tolist() if len(jj) else []):
+    for a, b in zip(idx[ii].tolist(), idx[jj].tolist()):
         uf.union(a, b)
     root_of_sha = {sha: uf.find(i) for i, sha in enumerate(contents["sha256"])}
     merged["_root"] = merged["sha256"].map(root_of_sha)

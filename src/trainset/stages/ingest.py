@@ -9,7 +9,7 @@ import pandas as pd
 
 from .. import atomic, hashing, manifest, schemas
 from ..config import Source
-from ..sources import read_source
+from ..sources import booru, read_source
 
 _STAT_COLUMNS = ["rel_path", "size", "mtime_ns", "sha256"]
 
@@ -54,16 +54,28 @@ class StatCache:
             df.to_parquet(tmp, index=False)
 
 
-def run(sources: list[Source], out: str | Path, stat_cache_dir: str | Path, extensions: list[str], root: str | Path = ".") -> pd.DataFrame:
+def run(
+    sources: list[Source], out: str | Path, stat_cache_dir: str | Path, extensions: list[str], root: str | Path = ".",
+    unmatched_out: str | Path | None = None,
+) -> pd.DataFrame:
+    """Write the ingest manifest (and, when asked, the metadata records that matched no image)."""
     root = Path(root)
     exts = tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
     rows: list[dict] = []
+    unmatched: list[dict] = []
     for source in sources:
         cache = StatCache(Path(stat_cache_dir) / f"{source.name}.parquet")
         rows.extend(
             read_source(source, extensions=exts, digest=cache.digest, display_path=lambda p: display_path(p, root))
         )
         cache.save()
+        if source.kind == "booru":
+            unmatched.extend(booru.unmatched_records(source, exts))
+    if unmatched_out is not None:
+        orphans = pd.DataFrame(unmatched, columns=list(schemas.UNMATCHED.columns))
+        for col in ("record_id", "md5"):
+            orphans[col] = orphans[col].map(lambda v: None if v is None else str(v))
+        manifest.write(orphans, unmatched_out, schemas.UNMATCHED, sort_by=["source", "note"])
     rows = [{**schemas.INGEST_DEFAULTS, **row} for row in rows]
     for row in rows:
         row["artists"] = list(row["artists"])

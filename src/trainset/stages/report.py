@@ -115,11 +115,13 @@ def run(
         "sidecar_errors": int(raw["sidecar_error"].notna().sum()),
         "balance_cells_under_min": int((cells["status"] == "under_min").sum()),
     }
+    orphans = manifest.read(paths["unmatched"], schemas.UNMATCHED) if paths.get("unmatched") else manifest.empty(schemas.UNMATCHED)
+    metrics["unmatched_records"] = len(orphans)
     checks = decide(metrics, thresholds)
     metrics["go"] = all(c["ok"] for c in checks)
     thresholds_audit = {**audit_checks.DEFAULT_THRESHOLDS, **{k: v for k, v in (audit_params or {}).items() if k in audit_checks.DEFAULT_THRESHOLDS}}
     atomic.write_text(out_metrics, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    atomic.write_text(out_md, render(metrics, checks, rejected, moves, leaks, raw, cells, thresholds_audit))
+    atomic.write_text(out_md, render(metrics, checks, rejected, moves, leaks, raw, cells, thresholds_audit, orphans))
     return metrics
 
 
@@ -132,6 +134,7 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
 def render(
     metrics: dict, checks: list[dict], rejected: pd.DataFrame, moves: pd.DataFrame, leaks: list[dict],
     raw: pd.DataFrame, cells: pd.DataFrame | None = None, audit_thresholds: dict | None = None,
+    orphans: pd.DataFrame | None = None,
 ) -> str:
     verdict = "GO" if metrics["go"] else "NO-GO"
     lines = [f"# Dataset report: {verdict}", ""]
@@ -164,7 +167,11 @@ def render(
     else:
         lines.append("No item was excluded by policy.")
     lines.append("")
-    lines.append(f"{metrics.get('nsfw_flagged_kept', 0)} kept items are flagged NSFW; {metrics.get('untagged_raw', 0)} raw items have no tags and no rating.")
+    nsfw, untagged = metrics.get("nsfw_flagged_kept", 0), metrics.get("untagged_raw", 0)
+    lines.append(
+        f"{nsfw} kept {'item is' if nsfw == 1 else 'items are'} flagged NSFW; "
+        f"{untagged} raw {'item has' if untagged == 1 else 'items have'} no tags and no rating."
+    )
     if cells is not None and len(cells):
         lines += ["", "## Balance", ""]
         under = cells[cells["status"] == "under_min"]
@@ -186,6 +193,11 @@ def render(
     if len(errors):
         lines += ["", "## Unreadable sidecars (items kept without tags)", ""]
         lines += _table(["item", "error"], [[f"`{r.item_id}`", r.sidecar_error] for r in errors.itertuples()])
+    if orphans is not None and len(orphans):
+        lines += ["", "## Metadata records with no image", ""]
+        lines.append(f"{len(orphans)} metadata records matched no image file or could not be read (they are not items):")
+        lines.append("")
+        lines += _table(["source", "record", "md5", "note"], [[o.source, o.record_id or "", o.md5 or "", o.note] for o in orphans.head(50).itertuples()])
     lines += ["", "## Split", ""]
     lines.append(f"Leakage: {metrics['split_leakage']} duplicate pairs cross splits.")
     if leaks:
