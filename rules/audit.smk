@@ -6,6 +6,7 @@ rule audit:
     params:
         cache=f"{CACHE}/features",
         stats=f"{RUN}/audit-stats.json",
+        max_pixels=config["audit"]["max_pixels"],  # the one audit param that changes a decode
         code=CODE,
     threads: workflow.cores
     script:

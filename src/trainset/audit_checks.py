@@ -269,15 +269,15 @@ def _templates(t: dict) -> dict[str, str]:
         "exif_rotated": "{n} [is|are] rotated by EXIF orientation — exported upright; check [it looks|they look] right",
         "too_small": f"{{n}} [is|are] below {_fmt(t['min_side'])} px on the short side — upscale or remove [it|them]"
         if t.get("min_side") is not None else "{n} [is|are] too small — upscale or remove [it|them]",
-        "extreme_aspect": f"{{n}} [is|are] longer than {_fmt(t['max_aspect'])}:1 — crop [it|them] or check your aspect buckets cover [it|them]"
+        "extreme_aspect": f"{{n}} [is|are] more elongated than {_fmt(t['max_aspect'])}:1 — crop [it|them] or make sure your aspect-ratio buckets cover [it|them]"
         if t.get("max_aspect") is not None else "{n} [has|have] an extreme aspect ratio — crop [it|them]",
         "low_information": f"{{n}} [carries|carry] almost no information (entropy below {_fmt(t.get('min_entropy') or 0)} bits or contrast below "
-        f"{_fmt(t.get('min_std') or 0)}) — remove blank, flat or near-empty images",
+        f"{_fmt(t.get('min_std') or 0)}) — remove [it|them] if [it is|they are] blank or flat",
         "too_dark": f"{{n}} [is|are] very dark (mean brightness below {_fmt(t.get('min_luma') or 0)} of 255) — brighten or remove [it|them]",
         "too_bright": f"{{n}} [is|are] very bright (mean brightness above {_fmt(t.get('max_luma') or 255)} of 255) — darken or remove [it|them]",
-        "blurry": f"{{n}} [looks|look] blurry (Laplacian variance below {_fmt(t.get('min_laplacian_var') or 0)} at 512 px) — replace [it|them] with sharper versions or remove [it|them]",
+        "blurry": f"{{n}} [looks|look] blurry (Laplacian variance below {_fmt(t.get('min_laplacian_var') or 0)} at 512 px) — replace [it with a sharper version|them with sharper versions] or remove [it|them]",
         "zero_byte": "{nf} [is|are] empty (0 bytes) — re-copy or re-download [it|them], or remove [it|them]",
-        "not_image": "{nf} [is|are] not an image Pillow can read — remove [it|them] from the source folder or convert [it|them]",
+        "not_image": "{nf} [is not an image|are not images] Pillow can read — remove [it|them] from the source folder or convert [it|them]",
         "truncated": "{n} [is|are] truncated (the file ends early) — re-download or re-export [it|them]",
         "corrupt": "{n} [is|are] corrupt and cannot be decoded — re-download or re-export [it|them], or remove [it|them]",
         "decompression_bomb": f"{{n}} [exceeds|exceed] {limit} (possible decompression bomb) — downscale [it|them], "
