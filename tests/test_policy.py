@@ -126,3 +126,79 @@ MINOR_SPELLINGS = st.sampled_from(sorted(shipped_lists()["minor_tags"])).flatmap
 def test_any_spelling_of_a_minor_tag_with_sexual_rating_is_excluded(spelling, rating, other):
     tags = TAGS.canonicalize([*other, spelling])
     assert policy(nsfw={"action": "allow"}).decide(item(tags, rating)).exclusion.rule == "minors"
+
+
+# -- through the real stages: no spelling of a minor tag with a sexual rating reaches an export --
+
+import contextlib  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import skimage.data  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from trainset import manifest, schemas  # noqa: E402
+from trainset.config import Source  # noqa: E402
+from trainset.stages import audit, caption, dedup, export, group, ingest, nsfw, split  # noqa: E402
+from trainset.stages import filter as filter_stage  # noqa: E402
+
+COPIES = ("a.png", "copy_of_a.png", "a_small.png")
+
+
+def _photo(name: str, size: int) -> Image.Image:
+    with Image.open(Path(skimage.data.__file__).parent / name) as im:
+        return im.convert("RGB").resize((size, size))
+
+
+def _build_folder(root: Path) -> Path:
+    folder = root / "src"
+    folder.mkdir(parents=True)
+    _photo("astronaut.png", 320).save(folder / "a.png")
+    shutil.copy(folder / "a.png", folder / "copy_of_a.png")
+    _photo("astronaut.png", 260).save(folder / "a_small.png")
+    _photo("coffee.png", 300).save(folder / "b.png")
+    return folder
+
+
+def _chain(root: Path, folder: Path, cache: Path) -> "pd.DataFrame":  # noqa: F821
+    m = root / "m"
+    src = Source(name="s", kind="image_folder", path=folder, license="CC0-1.0")
+    ingest.run([src], m / "ingest.parquet", cache / "stat", [".png"], root=root)
+    audit.run(m / "ingest.parquet", m / "audit.parquet", cache / "features", m / "stats.json", params={})
+    nsfw.run(m / "ingest.parquet", m / "audit.parquet", m / "nsfw.parquet", None, cache / "nsfw")
+    group.run(m / "ingest.parquet", m / "audit.parquet", m / "groups.parquet", m / "pairs.parquet", 10)
+    paths = {"ingest": m / "ingest.parquet", "audit": m / "audit.parquet", "groups": m / "groups.parquet", "nsfw": m / "nsfw.parquet"}
+    filter_stage.run(paths, m / "filtered.parquet", m / "rej_filter.parquet", {"min_side": 64}, {"nsfw": {"action": "allow"}})
+    dedup.run(m / "filtered.parquet", m / "deduped.parquet", m / "clusters.parquet", m / "rej_dedup.parquet")
+    caption.run(m / "deduped.parquet", m / "captioned.parquet")
+    split.run(m / "captioned.parquet", m / "split.parquet", m / "moves.parquet", cache / "history.parquet", 1, {"train": 0.8, "val": 0.1, "test": 0.1})
+    export.run(m / "split.parquet", root / "export", {})
+    return manifest.read(root / "export" / "manifest.parquet", schemas.EXPORT)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("minors")
+    return root, _build_folder(root), root / "cache"
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    spelling=MINOR_SPELLINGS,
+    carrier=st.sampled_from(COPIES),
+    sexual=st.sampled_from([("e", []), ("q", []), ("g", ["Nude"]), ("safe", ["Cum"])]),
+)
+def test_minor_tag_on_any_copy_never_reaches_the_export(workspace, spelling, carrier, sexual):
+    root, folder, cache = workspace
+    for car in folder.glob("*.json"):
+        car.unlink()
+    rating, extra = sexual
+    (folder / Path(carrier).with_suffix(".json")).write_text(json.dumps({"tags": [spelling, "smile", *extra], "rating": rating}))
+    shutil.rmtree(root / "m", ignore_errors=True)
+    shutil.rmtree(root / "export", ignore_errors=True)
+    with contextlib.chdir(root):  # manifests store paths relative to the project root
+        exported = _chain(root, folder, cache)
+    assert set(exported["item_id"]) == {"s:b.png"}, (spelling, carrier, sexual)
+    rejected = manifest.read(root / "m" / "rej_filter.parquet", schemas.REJECTED).set_index("item_id")
+    assert all(rejected.loc[f"s:{c}", "rule"] == "minors" for c in COPIES)
