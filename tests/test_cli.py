@@ -36,3 +36,15 @@ def test_console_script_demo(tmp_path: Path) -> None:
     proc = subprocess.run([str(exe), "demo", str(tmp_path / "d")], capture_output=True, text=True, check=True)
     assert f"{len(demo.truth()['images'])} demo files" in proc.stdout
     assert sorted(p.relative_to(tmp_path / "d").as_posix() for p in (tmp_path / "d").rglob("*") if p.suffix not in (".txt", ".json") and p.is_file()) == demo.truth()["images"]
+
+
+def test_every_workflow_manifest_has_a_schema() -> None:
+    import re
+
+    repo = Path(__file__).resolve().parents[1]
+    text = (repo / "rules" / "common.smk").read_text()
+    names = set(re.findall(r'f"\{M\}/([a-z_]+)\.parquet"', text))
+    parts = re.search(r"for part in \(([^)]*)\)", text).group(1)
+    names |= set(re.findall(r'"([a-z_]+)"', parts))
+    assert {"ingest", "filtered", "rejected", "filter", "dedup"} <= names
+    assert names <= set(cli.SCHEMA_BY_NAME), names - set(cli.SCHEMA_BY_NAME)

@@ -11,9 +11,11 @@ from . import __version__, demo, manifest, schemas
 # manifest file name -> schema, for files the workflow writes
 SCHEMA_BY_NAME = {
     "ingest": schemas.INGEST,
+    "unmatched_records": schemas.UNMATCHED,
     "audit": schemas.AUDIT,
+    "nsfw_scores": schemas.NSFW_SCORES,
+    "groups": schemas.GROUPS,
     "filtered": schemas.FILTERED,
-    "exact": schemas.FILTERED,
     "deduped": schemas.DEDUPED,
     "captioned": schemas.CAPTIONED,
     "split": schemas.SPLIT,
@@ -22,7 +24,7 @@ SCHEMA_BY_NAME = {
     "clusters": schemas.MEMBERSHIP,
     "rejected": schemas.REJECTED,
     "filter": schemas.REJECTED,
-    "near": schemas.REJECTED,
+    "dedup": schemas.REJECTED,
     "manifest": schemas.EXPORT,
 }
 
