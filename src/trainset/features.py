@@ -274,6 +274,23 @@ class FeatureCache:
         atomic.write_text(self._path(sha256), json.dumps(features, sort_keys=True))
 
 
+def partition_by_cache(items: list[tuple[str, str]], lookup) -> tuple[dict, list[tuple[str, str]], int]:
+    """Split (sha256, path) items into cached results by sha256 and the distinct contents still
+    to compute (one path each); also returns the number of distinct contents."""
+    first_path: dict[str, str] = {}
+    for sha, path in items:
+        first_path.setdefault(sha, path)
+    result: dict = {}
+    todo: list[tuple[str, str]] = []
+    for sha, path in first_path.items():
+        hit = lookup(sha)
+        if hit is None:
+            todo.append((sha, path))
+        else:
+            result[sha] = hit
+    return result, todo, len(first_path)
+
+
 def compute(
     items: list[tuple[str, str]], cache: FeatureCache, threads: int = 1, max_pixels: int | None = DEFAULT_MAX_PIXELS
 ) -> tuple[dict[str, dict], FeatureStats]:
@@ -282,18 +299,7 @@ def compute(
     ``max_pixels`` is the decompression-bomb limit given to :func:`extract`; the cache's key
     must include it (``feature_key({"max_pixels": ...})``)."""
     stats = FeatureStats(items=len(items))
-    first_path: dict[str, str] = {}
-    for sha, path in items:
-        first_path.setdefault(sha, path)
-    stats.contents = len(first_path)
-    result: dict[str, dict] = {}
-    todo: list[tuple[str, str]] = []
-    for sha, path in first_path.items():
-        hit = cache.get(sha)
-        if hit is None:
-            todo.append((sha, path))
-        else:
-            result[sha] = hit
+    result, todo, stats.contents = partition_by_cache(items, cache.get)
     stats.cache_hits = len(result)
     paths = [p for _, p in todo]
     if threads > 1 and len(todo) > 8:

@@ -54,7 +54,7 @@ from urllib.parse import unquote, urlsplit
 from .. import hashing
 from ..config import Source
 from ..rating import RatingError, normalize_rating
-from .image_folder import SourceError, kohya_subset, walk
+from .image_folder import SourceError, file_row, walk
 
 log = logging.getLogger(__name__)
 
@@ -495,25 +495,13 @@ def read(
     """Yield one ingest row per image file, with the metadata of the post record joined to it."""
     joined = join_records(source, extensions)
     for rel, st in joined.listing:
-        full = source.path / rel
-        repeats, subset = kohya_subset(rel, source)
         match = joined.matches.get(rel)
         post = match.post if match else None
         row = {
-            "item_id": f"{source.name}:{rel}",
-            "sha256": digest(full, st, rel),
-            "source": source.name,
-            "rel_path": rel,
-            "path": display_path(full),
-            "size": int(st.st_size),
-            "license": source.license,
-            "original_name": full.name,
+            **file_row(source, rel, st, digest, display_path),
             "tags": list(post.tags) if post else [],
             "rating": post.rating if post else "unknown",
             "generated": source.generated,
-            "weight": float(source.weight),
-            "repeats": int(repeats),
-            "subset": subset,
             "sidecar": post.file if post else None,
             "sidecar_error": f"{post.where}: {post.error}" if post and post.error else None,
             "artists": list(post.artists) if post else [],

@@ -122,27 +122,34 @@ def read(
 ) -> Iterator[dict]:
     """Yield one ingest row per image file. ``digest`` returns the file's SHA-256 (cached)."""
     for rel, st in walk(source.path, extensions):
-        full = source.path / rel
-        repeats, subset = kohya_subset(rel, source)
-        car = read_sidecar(full, source)
+        car = read_sidecar(source.path / rel, source)
         yield {
-            "item_id": f"{source.name}:{rel}",
-            "sha256": digest(full, st, rel),
-            "source": source.name,
-            "rel_path": rel,
-            "path": display_path(full),
-            "size": int(st.st_size),
-            "license": source.license,
-            "original_name": full.name,
+            **file_row(source, rel, st, digest, display_path),
             "tags": car["tags"],
             "rating": car["rating"],
             "generated": car["generated"],
-            "weight": float(source.weight),
-            "repeats": int(repeats),
-            "subset": subset,
             "sidecar": car["sidecar"],
             "sidecar_error": car["sidecar_error"],
         }
+
+
+def file_row(source: Source, rel: str, st: os.stat_result, digest, display_path) -> dict:
+    """The ingest fields every source kind fills the same way for one image file."""
+    full = source.path / rel
+    repeats, subset = kohya_subset(rel, source)
+    return {
+        "item_id": f"{source.name}:{rel}",
+        "sha256": digest(full, st, rel),
+        "source": source.name,
+        "rel_path": rel,
+        "path": display_path(full),
+        "size": int(st.st_size),
+        "license": source.license,
+        "original_name": full.name,
+        "weight": float(source.weight),
+        "repeats": int(repeats),
+        "subset": subset,
+    }
 
 
 def source_fingerprint(source: Source, extensions: list[str]) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import manifest, nsfw_model, schemas
+from .. import features, manifest, nsfw_model, schemas
 from ..features import FeatureCache, MissingFile
 from ..nsfw_model import ModelSpec
 
@@ -63,18 +63,7 @@ def compute(
 ) -> tuple[dict[str, float], NSFWStats]:
     """Scores for decodable (sha256, path) items, keyed by sha256; decodes and scores only cache misses."""
     stats = NSFWStats(decodable=len(items))
-    first_path: dict[str, str] = {}
-    for sha, path in items:
-        first_path.setdefault(sha, path)
-    stats.contents = len(first_path)
-    result: dict[str, float] = {}
-    todo: list[tuple[str, str]] = []
-    for sha, path in first_path.items():
-        hit = cache.score(sha)
-        if hit is None:
-            todo.append((sha, path))
-        else:
-            result[sha] = hit
+    result, todo, stats.contents = features.partition_by_cache(items, cache.score)
     stats.cache_hits = len(result)
     if not todo:
         return result, stats
