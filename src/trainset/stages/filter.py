@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import annotations, audit_checks, ledger, manifest, overrides, schemas
+from ..config import ConfigError
 from ..policy import Policy, most_severe
 from ..tags import TagDictionary
 
@@ -83,6 +84,12 @@ def run(
     policy = Policy.from_params(policy_params, dictionary)
     thresholds = {**audit_checks.DEFAULT_THRESHOLDS, **{k: v for k, v in audit_params.items() if k in audit_checks.DEFAULT_THRESHOLDS}}
     actions = {**audit_checks.DEFAULT_ACTIONS, **(audit_params.get("actions") or {})}
+    for code, action in actions.items():
+        if code not in audit_checks.DEFAULT_ACTIONS or action not in ("reject", "flag", "off"):
+            raise ConfigError(f"params.yaml: audit.actions.{code}: expected a known check set to reject, flag or off, got {action!r}")
+    if not len(df):  # no items (e.g. no sources): empty manifests with the schemas' dtypes
+        manifest.write(ledger.no_rejections(), rejected_out, schemas.REJECTED)
+        return manifest.write(manifest.empty(schemas.FILTERED), out, schemas.FILTERED)
 
     verdicts = []  # (stage, rule, reason, detail, triggered) or None
     flags_col, nsfw_col, override_col, caption_col = [], [], [], []
