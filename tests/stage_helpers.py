@@ -12,6 +12,7 @@ stage from its own root folder.
 from __future__ import annotations
 
 import contextlib
+import csv
 import functools
 import hashlib
 import io
@@ -24,7 +25,7 @@ from PIL import Image
 
 from trainset import manifest, schemas
 from trainset.config import Source
-from trainset.stages import audit, caption, dedup, export, filter as filter_stage, ingest, rejected, split
+from trainset.stages import audit, caption, dedup, export, filter as filter_stage, group, ingest, nsfw, rejected, report, split
 
 EXTENSIONS = [".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"]
 SAMPLES = Path(skimage.data.__file__).parent
@@ -114,8 +115,9 @@ def _at_root(method):
 class Chain:
     """The stages in workflow order, writing manifests under ``root/data``.
 
-    Each method runs one real stage function (from ``root``, like the workflow) and returns
-    what it wrote; ``p`` holds the (absolute) paths.
+    ingest -> audit (+ nsfw) -> group -> filter -> dedup -> caption -> split -> rejected ->
+    export -> report. Each method runs one real stage function (from ``root``, like the
+    workflow) and returns what it wrote; ``p`` holds the (absolute) paths.
     """
 
     def __init__(self, root: Path, sources: list[Source]):
@@ -124,43 +126,74 @@ class Chain:
         m = self.root / "data" / "manifests"
         self.p = {
             "ingest": m / "ingest.parquet",
+            "unmatched": m / "unmatched_records.parquet",
             "audit": m / "audit.parquet",
-            "filtered": m / "filtered.parquet",
-            "exact": m / "exact.parquet",
-            "deduped": m / "deduped.parquet",
+            "nsfw": m / "nsfw_scores.parquet",
+            "groups": m / "groups.parquet",
             "pairs": m / "pairs.parquet",
+            "filtered": m / "filtered.parquet",
+            "deduped": m / "deduped.parquet",
             "clusters": m / "clusters.parquet",
             "captioned": m / "captioned.parquet",
             "split": m / "split.parquet",
             "moves": m / "split_moves.parquet",
             "rejected": m / "rejected.parquet",
             "rej_filter": m / "rejected" / "filter.parquet",
-            "rej_exact": m / "rejected" / "exact.parquet",
-            "rej_near": m / "rejected" / "near.parquet",
+            "rej_dedup": m / "rejected" / "dedup.parquet",
             "export": self.root / "data" / "export",
+            "report": self.root / "data" / "report" / "dataset-report.md",
+            "metrics": self.root / "data" / "report" / "metrics.json",
             "history": self.root / "data" / "cache" / "split-history.parquet",
             "cache": self.root / "data" / "cache",
         }
 
     @_at_root
     def ingest(self) -> pd.DataFrame:
-        return ingest.run(self.sources, self.p["ingest"], self.p["cache"] / "stat", EXTENSIONS, root=self.root)
+        return ingest.run(
+            self.sources, self.p["ingest"], self.p["cache"] / "stat", EXTENSIONS, root=self.root, unmatched_out=self.p["unmatched"]
+        )
 
     @_at_root
-    def audit(self) -> pd.DataFrame:
-        return audit.run(self.p["ingest"], self.p["audit"], self.p["cache"] / "features", self.root / "data" / "run" / "audit-stats.json", params={})
+    def audit(self, params: dict | None = None) -> pd.DataFrame:
+        return audit.run(
+            self.p["ingest"], self.p["audit"], self.p["cache"] / "features", self.root / "data" / "run" / "audit-stats.json",
+            params=params or {},
+        )
 
     @_at_root
-    def filter(self, min_side: int = 64) -> pd.DataFrame:
-        return filter_stage.run(self.p["ingest"], self.p["audit"], self.p["filtered"], self.p["rej_filter"], min_side)
+    def nsfw(self, model: dict | None = None) -> pd.DataFrame:
+        """NSFW scores; with no model (the default) every score is NaN and nothing is decoded."""
+        return nsfw.run(self.p["ingest"], self.p["audit"], self.p["nsfw"], model or {"backend": "none"}, self.p["cache"] / "nsfw")
 
     @_at_root
-    def exact(self) -> pd.DataFrame:
-        return dedup.run_exact(self.p["filtered"], self.p["exact"], self.p["rej_exact"])
+    def group(self, max_distance: int = 10) -> pd.DataFrame:
+        return group.run(self.p["ingest"], self.p["audit"], self.p["groups"], self.p["pairs"], max_distance)
 
     @_at_root
-    def near(self, max_distance: int = 10) -> pd.DataFrame:
-        return dedup.run_near(self.p["exact"], self.p["deduped"], self.p["pairs"], self.p["clusters"], self.p["rej_near"], max_distance)
+    def filter(
+        self,
+        min_side: int = 64,
+        policy: dict | None = None,
+        annotations: list[str | Path] | None = None,
+        overrides: str | Path | None = None,
+        dictionaries: list[str | Path] | None = None,
+        audit_params: dict | None = None,
+    ) -> pd.DataFrame:
+        """The filter stage; ``audit_params`` (thresholds, ``actions``) win over ``min_side``."""
+        return filter_stage.run(
+            {"ingest": self.p["ingest"], "audit": self.p["audit"], "groups": self.p["groups"], "nsfw": self.p["nsfw"]},
+            self.p["filtered"],
+            self.p["rej_filter"],
+            audit_params={"min_side": min_side, **(audit_params or {})},
+            policy_params=policy or {},
+            tag_dictionaries=[str(d) for d in dictionaries or []],
+            annotation_files=[str(a) for a in annotations or []],
+            overrides_file=str(overrides) if overrides else None,
+        )
+
+    @_at_root
+    def dedup(self) -> pd.DataFrame:
+        return dedup.run(self.p["filtered"], self.p["deduped"], self.p["clusters"], self.p["rej_dedup"])
 
     @_at_root
     def caption(self, **kw) -> pd.DataFrame:
@@ -173,19 +206,37 @@ class Chain:
 
     @_at_root
     def rejected(self) -> pd.DataFrame:
-        return rejected.run([self.p["rej_filter"], self.p["rej_exact"], self.p["rej_near"]], self.p["rejected"])
+        return rejected.run([self.p["rej_filter"], self.p["rej_dedup"]], self.p["rejected"])
 
     @_at_root
     def export(self, params: dict | None = None, out_dir: Path | str | None = None) -> pd.DataFrame:
         return export.run(self.p["split"], out_dir if out_dir is not None else self.p["export"], params or DEFAULT_EXPORT)
 
+    def report_paths(self, **over) -> dict:
+        """The inputs the report stage reads (as the workflow passes them), ``over`` replacing any."""
+        keys = ("ingest", "unmatched", "audit", "filtered", "groups", "deduped", "captioned", "split", "moves", "rejected")
+        return {**{k: self.p[k] for k in keys}, "export": self.p["export"] / "manifest.parquet", **over}
+
     @_at_root
-    def through_dedup(self, min_side: int = 64, max_distance: int = 10) -> pd.DataFrame:
+    def report(
+        self, thresholds: dict | None = None, max_distance: int = 10, balance_params: dict | None = None,
+        audit_params: dict | None = None, out_md: Path | None = None, out_metrics: Path | None = None, **paths,
+    ) -> dict:
+        thresholds = thresholds if thresholds is not None else {"min_kept": 1, "max_rejected_share": 1.0, "max_split_leakage": 0}
+        return report.run(
+            self.report_paths(**paths), out_md or self.p["report"], out_metrics or self.p["metrics"], thresholds, max_distance,
+            balance_params=balance_params, audit_params=audit_params,
+        )
+
+    @_at_root
+    def through_dedup(self, min_side: int = 64, max_distance: int = 10, **filter_kw) -> pd.DataFrame:
+        """ingest, audit, nsfw, group, filter (``filter_kw``: policy, annotations, ...) and dedup."""
         self.ingest()
         self.audit()
-        self.filter(min_side)
-        self.exact()
-        return self.near(max_distance)
+        self.nsfw()
+        self.group(max_distance)
+        self.filter(min_side, **filter_kw)
+        return self.dedup()
 
     def read(self, name: str, schema) -> pd.DataFrame:
         return manifest.read(self.p[name], schema)
@@ -199,7 +250,8 @@ def by_id(df: pd.DataFrame) -> dict[str, dict]:
 
 
 def item_row(item_id: str, sha: str | None = None, **over) -> dict:
-    """One row with every column a SPLIT manifest holds (take the subset a schema needs)."""
+    """One row with every column a SPLIT manifest holds (take the subset a schema needs): ingest,
+    image, cluster and policy columns (no flags, not NSFW, NaN scores, no annotation or override)."""
     sha = sha or fake_sha(item_id)
     row = {
         "item_id": item_id,
@@ -237,6 +289,15 @@ def item_row(item_id: str, sha: str | None = None, **over) -> dict:
         "cluster_key": sha,
         "cluster_id": sha[:16],
         "cluster_size": 1,
+        "flags": [],
+        "nsfw_flag": False,
+        "nsfw_score": float("nan"),
+        "archetype": None,
+        "emotion": None,
+        "harmony_score": float("nan"),
+        "annotation_notes": None,
+        "override": None,
+        "caption_override": None,
         "caption": "",
         "split": "train",
         "schema_version": schemas.SCHEMA_VERSION,
@@ -260,3 +321,13 @@ def frame(rows: list[dict], schema) -> pd.DataFrame:
 
 def write_manifest(rows: list[dict], path: Path, schema) -> pd.DataFrame:
     return manifest.write(frame(rows, schema), path, schema)
+
+
+def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
+    """A small CSV file (annotations, overrides), quoting as needed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path

@@ -109,3 +109,37 @@ def test_stage_on_real_sidecars(tmp_path):
         "src:a.png": "tok, space suit, 1girl",
         "src:b.png": "tok, coffee cup, table",
     }
+
+
+def test_stage_uses_caption_override(tmp_path):
+    rows = [
+        H.item_row("src:a.png", tags=["long_hair", "smile"], caption_override="a portrait, by hand"),
+        H.item_row("src:b.png", tags=["hat"]),
+    ]
+    path = tmp_path / "deduped.parquet"
+    H.write_manifest(rows, path, schemas.DEDUPED)
+    written = caption_stage.run(path, tmp_path / "captioned.parquet", trigger_word="sks")
+    got = dict(zip(written["item_id"], written["caption"]))
+    # the override text is used as it is: no trigger word, no tag processing
+    assert got == {"src:a.png": "a portrait, by hand", "src:b.png": "sks, hat"}
+    assert list(H.by_id(written)["src:a.png"]["tags"]) == ["long_hair", "smile"]
+
+
+def test_stage_on_tags_merged_across_copies_and_an_overrides_file(tmp_path):
+    raw = tmp_path / "raw"
+    H.sidecar(H.save(H.sample("astronaut.png", (128, 128)), raw / "a.png"), ["Space Suit", "smile"])
+    (raw / "copy.png").write_bytes((raw / "a.png").read_bytes())
+    (raw / "copy.txt").write_text("helmet\n")
+    H.save(H.sample("coffee.png", (128, 128)), raw / "b.png")
+    overrides = H.write_csv(tmp_path / "overrides.csv", ["sha256", "add_tags", "remove_tags", "caption"], [
+        [H.sha256(raw / "b.png"), "", "", "my coffee, on a table"],
+    ])
+    c = H.Chain(tmp_path, [H.source(raw)])
+    kept = c.through_dedup(min_side=64, overrides=overrides)
+    assert sorted(kept["item_id"]) == ["src:a.png", "src:b.png"]
+    written = c.caption(trigger_word="tok")
+    # tags are canonical and merged from the dropped copy's sidecar; b's caption comes from the overrides
+    assert dict(zip(written["item_id"], written["caption"])) == {
+        "src:a.png": "tok, space suit, smile, helmet",
+        "src:b.png": "my coffee, on a table",
+    }

@@ -1,119 +1,51 @@
-"""dedup stages: exact (SHA-256) and near (pHash) duplicates, keeper choice and clusters."""
+"""group and dedup stages: exact groups and near clusters over every raw item, then one keeper
+per cluster among the items the filter let through."""
 
 from __future__ import annotations
 
 import imagehash
+import pandas as pd
 import pytest
 from PIL import Image
 
 import stage_helpers as H
-from trainset import ledger, schemas
-from trainset.stages import dedup
+from trainset import ledger, manifest, schemas
+from trainset.stages import dedup, group
 
 MAX_DISTANCE = 10
-
-
-# --------------------------------------------------------------------------- exact
-
-
-@pytest.fixture(scope="module")
-def exact_chain(tmp_path_factory):
-    tmp_path = tmp_path_factory.mktemp("exact")
-    raw = tmp_path / "raw"
-    # group 1: an original (bare) and a generated copy that even has tags: the original wins
-    H.save(H.sample("astronaut.png", (200, 200)), raw / "astro.png")
-    (raw / "gen").mkdir()
-    (raw / "gen" / "astro_copy.png").write_bytes((raw / "astro.png").read_bytes())
-    H.sidecar(raw / "gen" / "astro_copy.png", ["astronaut", "space", "suit"], generated=True)
-    # group 2: three originals; the one with tags wins over the bare ones
-    H.save(H.sample("chelsea.png", (240, 160)), raw / "a_cat.png")
-    (raw / "b").mkdir()
-    (raw / "b" / "cat.png").write_bytes((raw / "a_cat.png").read_bytes())
-    (raw / "b" / "cat.txt").write_text("cat, tabby\n")
-    (raw / "z_cat.png").write_bytes((raw / "a_cat.png").read_bytes())
-    # group 3: two bare copies: the smaller item id wins (deterministic tie-break)
-    H.save(H.sample("coffee.png", (240, 160)), raw / "cup1.png")
-    (raw / "cup2.png").write_bytes((raw / "cup1.png").read_bytes())
-    # a unique image
-    H.save(H.sample("rocket.jpg", (240, 160)), raw / "rocket.jpg", quality=90)
-    c = H.Chain(tmp_path, [H.source(raw)])
-    c.ingest()
-    c.audit()
-    c.filter(64)
-    kept = c.exact()
-    return c, kept, c.read("rej_exact", schemas.REJECTED)
-
-
-def test_exact_keeps_one_per_sha256(exact_chain):
-    c, kept, rejected = exact_chain
-    filtered = c.read("filtered", schemas.FILTERED)
-    assert kept["sha256"].is_unique
-    assert set(kept["sha256"]) == set(filtered["sha256"])
-    assert len(kept) == 4
-    assert ledger.check(filtered, kept, rejected) == {"raw": 8, "kept": 4, "rejected": 4}
-    on_disk = c.read("exact", schemas.FILTERED)
-    assert on_disk["item_id"].tolist() == sorted(kept["item_id"])
-
-
-def test_exact_prefers_original_over_generated(exact_chain):
-    _, kept, rejected = exact_chain
-    assert "src:astro.png" in set(kept["item_id"])
-    row = H.by_id(rejected)["src:gen/astro_copy.png"]
-    assert (row["stage"], row["rule"], row["reason"]) == ("dedup", "exact", "exact_duplicate")
-    assert row["detail"] == "same bytes as src:astro.png (kept)"
-
-
-def test_exact_prefers_a_copy_with_tags(exact_chain):
-    _, kept, rejected = exact_chain
-    kept_rows = H.by_id(kept)
-    assert "src:b/cat.png" in kept_rows
-    assert kept_rows["src:b/cat.png"]["tags"] == ["cat", "tabby"]
-    rows = H.by_id(rejected)
-    for bare in ("src:a_cat.png", "src:z_cat.png"):
-        assert rows[bare]["detail"] == "same bytes as src:b/cat.png (kept)"
-
-
-def test_exact_tie_break_is_item_id(exact_chain):
-    _, kept, rejected = exact_chain
-    assert "src:cup1.png" in set(kept["item_id"])
-    assert H.by_id(rejected)["src:cup2.png"]["detail"] == "same bytes as src:cup1.png (kept)"
-    assert "src:rocket.jpg" in set(kept["item_id"])
-    assert "src:rocket.jpg" not in set(rejected["item_id"])
-
-
-def test_exact_rejected_detail_names_a_kept_item_with_same_bytes(exact_chain):
-    _, kept, rejected = exact_chain
-    kept_rows = H.by_id(kept)
-    for row in rejected.to_dict("records"):
-        kept_id = row["detail"].removeprefix("same bytes as ").removesuffix(" (kept)")
-        assert kept_rows[kept_id]["sha256"] == row["sha256"]
-
-
-def test_exact_is_deterministic(exact_chain):
-    c, kept, _ = exact_chain
-    first = c.p["exact"].read_bytes(), c.p["rej_exact"].read_bytes()
-    again = c.exact()
-    assert again["item_id"].tolist() == kept["item_id"].tolist()
-    assert (c.p["exact"].read_bytes(), c.p["rej_exact"].read_bytes()) == first
-
-
-# --------------------------------------------------------------------------- near
+PHOTO = ["src:photo.png", "src:gen/photo_copy.png", "src:copies/photo_small.png", "src:copies/photo_resaved.jpg", "src:copies/photo_cropped.png"]
+CATS = ["src:cat.png", "src:gen/cat_up.png"]
+MOTOS = ["src:a_moto.png", "src:b/moto.png", "src:z_moto.png"]
+ROCKETS = ["src:rocket.png", "src:rocket_copy.png"]
 
 
 @pytest.fixture(scope="module")
-def near_chain(tmp_path_factory):
-    tmp_path = tmp_path_factory.mktemp("near")
+def chain(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("dedup")
     raw = tmp_path / "raw"
     photo = H.sample("astronaut.png", (480, 480))
     H.save(photo, raw / "photo.png")
+    # an exact copy marked generated, with tags: the (bare) original still wins
+    H.write_bytes(raw / "gen" / "photo_copy.png", (raw / "photo.png").read_bytes())
+    H.sidecar(raw / "gen" / "photo_copy.png", ["astronaut", "space", "suit"], generated=True)
+    # near copies: fewer pixels, same pixels but a smaller lossy file, a slight crop
     H.save(photo.resize((300, 300), Image.Resampling.LANCZOS), raw / "copies" / "photo_small.png")
     H.save(photo, raw / "copies" / "photo_resaved.jpg", quality=40)
-    H.save(photo.crop((10, 10, 470, 470)), raw / "copies" / "photo_cropped.png")  # a few bits away
-    H.save(H.sample("coffee.png", (420, 280)), raw / "coffee.png")
+    H.save(photo.crop((10, 10, 470, 470)), raw / "copies" / "photo_cropped.png")
+    # a cat and an upscaled copy, larger but generated: the smaller original must win
     H.save(H.sample("chelsea.png", (451, 300)), raw / "cat.png")
-    # an upscaled copy of the cat, larger but generated: the smaller original must win
     up = H.save(H.sample("chelsea.png", (451, 300)).resize((902, 600), Image.Resampling.LANCZOS), raw / "gen" / "cat_up.png")
     H.sidecar(up, ["cat"], generated=True)
+    # three identical files: the one with its own sidecar wins over the bare ones
+    H.save(H.sample("motorcycle_left.png", (240, 160)), raw / "a_moto.png")
+    H.write_bytes(raw / "b" / "moto.png", (raw / "a_moto.png").read_bytes())
+    (raw / "b" / "moto.txt").write_text("motorcycle, red\n")
+    H.write_bytes(raw / "z_moto.png", (raw / "a_moto.png").read_bytes())
+    # two bare identical files: the smaller item id wins (deterministic tie-break)
+    H.save(H.sample("rocket.jpg", (240, 160)), raw / "rocket.png")
+    H.write_bytes(raw / "rocket_copy.png", (raw / "rocket.png").read_bytes())
+    # a unique photo
+    H.save(H.sample("coffee.png", (420, 280)), raw / "coffee.png")
     c = H.Chain(tmp_path, [H.source(raw)])
     kept = c.through_dedup(min_side=64, max_distance=MAX_DISTANCE)
     return c, kept
@@ -124,157 +56,325 @@ def _phash(path):
         return imagehash.phash(im)
 
 
-def test_near_duplicates_cluster_together(near_chain):
-    c, _ = near_chain
-    clusters = H.by_id(c.read("clusters", schemas.MEMBERSHIP))
-    photo = {"src:photo.png", "src:copies/photo_small.png", "src:copies/photo_resaved.jpg", "src:copies/photo_cropped.png"}
-    ids = {clusters[i]["cluster_id"] for i in photo}
-    assert len(ids) == 1
-    assert all(clusters[i]["cluster_key"] == clusters["src:photo.png"]["cluster_key"] for i in photo)
-    cats = {"src:cat.png", "src:gen/cat_up.png"}
-    assert len({clusters[i]["cluster_id"] for i in cats}) == 1
-    # distinct images are not merged
-    assert clusters["src:coffee.png"]["cluster_id"] not in ids
-    assert clusters["src:cat.png"]["cluster_id"] not in ids
-    assert clusters["src:coffee.png"]["cluster_id"] != clusters["src:cat.png"]["cluster_id"]
+def _groups(c):
+    return H.by_id(c.read("groups", schemas.GROUPS))
 
 
-def test_near_keeper_is_largest_resolution(near_chain):
-    c, kept = near_chain
-    filtered = H.by_id(c.read("filtered", schemas.FILTERED))
-    photo = ["src:photo.png", "src:copies/photo_small.png", "src:copies/photo_resaved.jpg", "src:copies/photo_cropped.png"]
-    assert "src:photo.png" in set(kept["item_id"])
-    assert not set(photo[1:]) & set(kept["item_id"])
-    px = {i: filtered[i]["width"] * filtered[i]["height"] for i in photo}
-    assert px["src:photo.png"] == max(px.values())
-    # the re-saved JPEG has as many pixels: the larger file (the lossless original) wins the tie
-    assert filtered["src:photo.png"]["size"] > filtered["src:copies/photo_resaved.jpg"]["size"]
+def _rejected(c):
+    return H.by_id(c.read("rej_dedup", schemas.REJECTED))
 
 
-def test_near_original_beats_larger_generated_copy(near_chain):
-    c, kept = near_chain
-    filtered = H.by_id(c.read("filtered", schemas.FILTERED))
-    assert bool(filtered["src:gen/cat_up.png"]["generated"]) is True
-    assert bool(filtered["src:cat.png"]["generated"]) is False
-    assert filtered["src:gen/cat_up.png"]["width"] > filtered["src:cat.png"]["width"]
-    assert "src:cat.png" in set(kept["item_id"])
-    rejected = H.by_id(c.read("rej_near", schemas.REJECTED))
-    row = rejected["src:gen/cat_up.png"]
-    assert (row["stage"], row["rule"], row["reason"]) == ("dedup", "near", "near_duplicate")
-    assert "src:cat.png (kept" in row["detail"]
+# --------------------------------------------------------------------------- group
 
 
-def test_pairs_manifest_lists_pairs_with_distance(near_chain):
-    c, _ = near_chain
+def test_groups_cover_every_raw_item(chain):
+    c, _ = chain
+    ingest = c.read("ingest", schemas.INGEST)
+    groups = c.read("groups", schemas.GROUPS)
+    assert groups["item_id"].tolist() == sorted(ingest["item_id"])
+    assert len(groups) == 13
+    sha = dict(zip(ingest["item_id"], ingest["sha256"]))
+    assert all(sha[r.item_id] == r.sha256 for r in groups.itertuples())
+
+
+def test_exact_copies_share_a_cluster(chain):
+    c, _ = chain
+    groups = _groups(c)
+    for members in (MOTOS, ROCKETS, ["src:photo.png", "src:gen/photo_copy.png"]):
+        assert len({groups[i]["sha256"] for i in members}) == 1, members
+        assert len({groups[i]["cluster_key"] for i in members}) == 1, members
+    assert groups["src:b/moto.png"]["cluster_size"] == 3
+    assert groups["src:rocket_copy.png"]["cluster_size"] == 2
+
+
+def test_near_duplicates_cluster_with_their_original(chain):
+    c, _ = chain
+    groups = _groups(c)
+    assert len({groups[i]["sha256"] for i in PHOTO}) == 4, "four distinct contents, one exact copy"
+    assert len({groups[i]["cluster_id"] for i in PHOTO}) == 1
+    assert all(groups[i]["cluster_size"] == 5 for i in PHOTO)
+    assert len({groups[i]["cluster_id"] for i in CATS}) == 1
+    assert groups["src:cat.png"]["cluster_size"] == 2
+
+
+def test_distinct_photos_do_not_cluster(chain):
+    c, _ = chain
+    groups = _groups(c)
+    heads = ["src:photo.png", "src:cat.png", "src:a_moto.png", "src:rocket.png", "src:coffee.png"]
+    assert len({groups[i]["cluster_id"] for i in heads}) == 5
+    assert groups["src:coffee.png"]["cluster_size"] == 1
+    assert groups["src:coffee.png"]["cluster_key"] == groups["src:coffee.png"]["sha256"]
+    raw = c.root / "raw"
+    names = ["photo.png", "cat.png", "a_moto.png", "rocket.png", "coffee.png"]
+    for k, a in enumerate(names):
+        for b in names[k + 1:]:
+            assert _phash(raw / a) - _phash(raw / b) > MAX_DISTANCE, (a, b)
+
+
+def test_cluster_key_is_the_smallest_sha256(chain):
+    c, _ = chain
+    groups = c.read("groups", schemas.GROUPS)
+    assert groups["cluster_key"].nunique() == 5
+    for key, members in groups.groupby("cluster_key"):
+        assert key == members["sha256"].min()
+        assert (members["cluster_id"] == key[:16]).all()
+        assert (members["cluster_size"] == len(members)).all()
+
+
+def test_pairs_manifest_distances_equal_imagehash(chain):
+    """One pair per two distinct contents within max_distance, named by each content's
+    smallest item id, with the real pHash distance."""
+    c, _ = chain
     pairs = c.read("pairs", schemas.PAIRS)
     got = {(r["a"], r["b"]): r["distance"] for r in pairs.to_dict("records")}
+    # the exact copy and the original share one content, named by the smaller id
+    photo = sorted(["src:gen/photo_copy.png", "src:copies/photo_small.png", "src:copies/photo_resaved.jpg", "src:copies/photo_cropped.png"])
+    expected = [(a, b) for k, a in enumerate(photo) for b in photo[k + 1:]] + [tuple(CATS)]
+    assert set(got) == set(expected)
+    assert any(d > 0 for d in got.values()), "the copies are near, not identical in pHash"
     raw = c.root / "raw"
-    photo = sorted(["src:photo.png", "src:copies/photo_small.png", "src:copies/photo_resaved.jpg", "src:copies/photo_cropped.png"])
-    expected_pairs = [(a, b) for i, a in enumerate(photo) for b in photo[i + 1:]] + [("src:cat.png", "src:gen/cat_up.png")]
-    assert set(got) == set(expected_pairs)
-    assert any(d > 0 for d in got.values()), "the cropped copy is near, not identical in pHash"
-    for a, b in expected_pairs:
+    for a, b in expected:
         assert a < b
-        # the stored distance is the real pHash distance (imagehash computes the same hash)
-        expected = _phash(raw / a.split(":", 1)[1]) - _phash(raw / b.split(":", 1)[1])
-        assert got[(a, b)] == expected <= MAX_DISTANCE
+        assert got[(a, b)] == _phash(raw / a.split(":", 1)[1]) - _phash(raw / b.split(":", 1)[1]) <= MAX_DISTANCE
     assert pairs[["a", "b"]].values.tolist() == sorted(pairs[["a", "b"]].values.tolist())
 
 
-def test_distinct_images_are_far_apart(near_chain):
-    raw = near_chain[0].root / "raw"
-    for a, b in [("coffee.png", "photo.png"), ("coffee.png", "cat.png"), ("cat.png", "photo.png")]:
-        assert _phash(raw / a) - _phash(raw / b) > MAX_DISTANCE
-
-
-def test_clusters_manifest_one_keeper_per_cluster(near_chain):
-    c, kept = near_chain
-    clusters = c.read("clusters", schemas.MEMBERSHIP)
-    exact = H.by_id(c.read("exact", schemas.FILTERED))
-    assert set(clusters["item_id"]) == set(exact)
-    for cluster_id, group in clusters.groupby("cluster_id"):
-        assert group["keeper"].sum() == 1, cluster_id
-        keeper = group[group["keeper"]].iloc[0]
-        assert keeper["distance_to_keeper"] == 0
-        members = group["item_id"].tolist()
-        assert keeper["cluster_key"] == min(exact[i]["sha256"] for i in members)
-        assert cluster_id == keeper["cluster_key"][:16]
-        for row in group.itertuples():
-            expected = imagehash.hex_to_hash(exact[row.item_id]["phash"]) - imagehash.hex_to_hash(exact[keeper["item_id"]]["phash"])
-            assert row.distance_to_keeper == expected
-    assert set(clusters.loc[clusters["keeper"], "item_id"]) == set(kept["item_id"])
-    assert clusters["cluster_id"].nunique() == 3
-
-
-def test_deduped_manifest_carries_cluster_columns(near_chain):
-    c, kept = near_chain
-    deduped = H.by_id(c.read("deduped", schemas.DEDUPED))
-    assert sorted(deduped) == ["src:cat.png", "src:coffee.png", "src:photo.png"]
-    assert deduped["src:photo.png"]["cluster_size"] == 4
-    assert deduped["src:cat.png"]["cluster_size"] == 2
-    assert deduped["src:coffee.png"]["cluster_size"] == 1
-    assert deduped["src:coffee.png"]["cluster_key"] == deduped["src:coffee.png"]["sha256"]
-
-
-def test_near_rejected_detail_and_conservation(near_chain):
-    c, kept = near_chain
-    exact = c.read("exact", schemas.FILTERED)
-    rejected = c.read("rej_near", schemas.REJECTED)
-    clusters = H.by_id(c.read("clusters", schemas.MEMBERSHIP))
-    assert ledger.check(exact, kept, rejected) == {"raw": 7, "kept": 3, "rejected": 4}
-    for row in rejected.to_dict("records"):
-        m = clusters[row["item_id"]]
-        assert row["detail"].startswith(f"pHash distance {m['distance_to_keeper']} to ")
-        assert f"cluster {m['cluster_id']} of " in row["detail"]
-    photo_rows = [r for r in rejected.to_dict("records") if "photo" in r["item_id"]]
-    assert all("src:photo.png (kept; cluster" in r["detail"] and r["detail"].endswith(" of 4)") for r in photo_rows)
-    assert len(photo_rows) == 3
-
-
-def test_max_distance_bounds_what_merges(near_chain, tmp_path):
-    """With max_distance 0 only identical hashes merge: the cropped copy (distance > 0) stays."""
-    c, _ = near_chain
+def test_max_distance_bounds_what_merges(chain, tmp_path):
+    """With max_distance 0 only identical hashes merge: copies a few bits away stay apart."""
+    c, _ = chain
     pairs = c.read("pairs", schemas.PAIRS)
-    out = {n: tmp_path / f"{n}.parquet" for n in ("deduped", "pairs", "clusters", "rejected")}
-    kept = dedup.run_near(c.p["exact"], out["deduped"], out["pairs"], out["clusters"], out["rejected"], max_distance=0)
-    pairs0 = H.manifest.read(out["pairs"], schemas.PAIRS)
-    zero_pairs = set(map(tuple, pairs[pairs["distance"] == 0][["a", "b"]].values.tolist()))
-    assert set(map(tuple, pairs0[["a", "b"]].values.tolist())) == zero_pairs
-    assert "src:copies/photo_cropped.png" in set(kept["item_id"])
-    assert len(kept) == 4
+    groups = group.run(c.p["ingest"], c.p["audit"], tmp_path / "groups.parquet", tmp_path / "pairs.parquet", 0)
+    pairs0 = manifest.read(tmp_path / "pairs.parquet", schemas.PAIRS)
+    zero = set(map(tuple, pairs[pairs["distance"] == 0][["a", "b"]].values.tolist()))
+    assert set(map(tuple, pairs0[["a", "b"]].values.tolist())) == zero
+    by = H.by_id(groups)
+    assert by["src:copies/photo_cropped.png"]["cluster_id"] != by["src:photo.png"]["cluster_id"]
+    # exact copies still share a cluster whatever the distance
+    assert by["src:gen/photo_copy.png"]["cluster_id"] == by["src:photo.png"]["cluster_id"]
+    assert len({by[i]["cluster_id"] for i in MOTOS}) == 1
+
+
+def test_undecodable_items_are_grouped_by_bytes_only(tmp_path):
+    raw = tmp_path / "raw"
+    H.save(H.sample("astronaut.png", (200, 200)), raw / "a.png")
+    H.write_bytes(raw / "broken1.png", b"not an image at all")
+    H.write_bytes(raw / "broken2.png", b"not an image at all")
+    H.write_bytes(raw / "empty.png", b"")
+    c = H.Chain(tmp_path, [H.source(raw)])
+    c.ingest()
+    c.audit()
+    groups = H.by_id(c.group())
+    assert len(groups) == 4
+    assert groups["src:broken1.png"]["cluster_key"] == groups["src:broken2.png"]["cluster_key"]
+    assert groups["src:broken1.png"]["cluster_size"] == 2
+    assert groups["src:empty.png"]["cluster_size"] == 1 and groups["src:a.png"]["cluster_size"] == 1
+    assert len(c.read("pairs", schemas.PAIRS)) == 0
+
+
+def _audit_row(item_id: str, phash: str, **over) -> dict:
+    return H.item_row(item_id, phash=phash, decoded=True, reason=None, detail=None, **over)
 
 
 def test_bridging_item_joins_clusters_transitively(tmp_path):
     """a~b and b~c within max_distance but a and c farther apart: one cluster of three."""
     rows = [
-        H.item_row("src:a.png", phash="0000000000000000", width=100, height=100),
-        H.item_row("src:b.png", phash="00000000000000ff", width=300, height=300),
-        H.item_row("src:c.png", phash="000000000000ffff", width=200, height=200),
-        H.item_row("src:d.png", phash="ffffffffffffffff", width=100, height=100),
+        _audit_row("src:a.png", "0000000000000000"),
+        _audit_row("src:b.png", "00000000000000ff"),
+        _audit_row("src:c.png", "000000000000ffff"),
+        _audit_row("src:d.png", "ffffffffffffffff"),
     ]
-    exact = tmp_path / "exact.parquet"
-    H.write_manifest(rows, exact, schemas.FILTERED)
-    out = {n: tmp_path / f"{n}.parquet" for n in ("deduped", "pairs", "clusters", "rejected")}
-    kept = dedup.run_near(exact, out["deduped"], out["pairs"], out["clusters"], out["rejected"], max_distance=8)
-    pairs = H.manifest.read(out["pairs"], schemas.PAIRS)
+    H.write_manifest(rows, tmp_path / "ingest.parquet", schemas.INGEST)
+    H.write_manifest(rows, tmp_path / "audit.parquet", schemas.AUDIT)
+    groups = H.by_id(group.run(tmp_path / "ingest.parquet", tmp_path / "audit.parquet", tmp_path / "g.parquet", tmp_path / "p.parquet", 8))
+    pairs = manifest.read(tmp_path / "p.parquet", schemas.PAIRS)
     assert pairs[["a", "b", "distance"]].values.tolist() == [["src:a.png", "src:b.png", 8], ["src:b.png", "src:c.png", 8]]
-    clusters = H.by_id(H.manifest.read(out["clusters"], schemas.MEMBERSHIP))
-    assert clusters["src:a.png"]["cluster_id"] == clusters["src:b.png"]["cluster_id"] == clusters["src:c.png"]["cluster_id"]
-    assert clusters["src:d.png"]["cluster_id"] != clusters["src:a.png"]["cluster_id"]
-    assert clusters["src:b.png"]["keeper"]
-    assert clusters["src:a.png"]["distance_to_keeper"] == 8
-    assert clusters["src:c.png"]["distance_to_keeper"] == 8
-    key = min(r["sha256"] for r in rows[:3])
-    assert clusters["src:c.png"]["cluster_key"] == key
-    assert sorted(kept["item_id"]) == ["src:b.png", "src:d.png"]
-    assert H.by_id(kept)["src:b.png"]["cluster_size"] == 3
+    abc = ["src:a.png", "src:b.png", "src:c.png"]
+    assert len({groups[i]["cluster_id"] for i in abc}) == 1
+    assert groups["src:d.png"]["cluster_id"] != groups["src:a.png"]["cluster_id"]
+    assert groups["src:c.png"]["cluster_key"] == min(r["sha256"] for r in rows[:3])
+    assert [groups[i]["cluster_size"] for i in abc] == [3, 3, 3]
 
 
-def test_near_on_empty_input(tmp_path):
-    exact = tmp_path / "exact.parquet"
-    H.write_manifest([], exact, schemas.FILTERED)
-    out = {n: tmp_path / f"{n}.parquet" for n in ("deduped", "pairs", "clusters", "rejected")}
-    kept = dedup.run_near(exact, out["deduped"], out["pairs"], out["clusters"], out["rejected"], max_distance=10)
+def test_group_on_empty_input(tmp_path):
+    H.write_manifest([], tmp_path / "ingest.parquet", schemas.INGEST)
+    H.write_manifest([], tmp_path / "audit.parquet", schemas.AUDIT)
+    out = group.run(tmp_path / "ingest.parquet", tmp_path / "audit.parquet", tmp_path / "g.parquet", tmp_path / "p.parquet", MAX_DISTANCE)
+    assert len(out) == 0
+    assert len(manifest.read(tmp_path / "g.parquet", schemas.GROUPS)) == 0
+    assert len(manifest.read(tmp_path / "p.parquet", schemas.PAIRS)) == 0
+
+
+# --------------------------------------------------------------------------- dedup
+
+
+def test_one_item_kept_per_cluster(chain):
+    c, kept = chain
+    assert sorted(kept["item_id"]) == sorted(["src:photo.png", "src:cat.png", "src:b/moto.png", "src:rocket.png", "src:coffee.png"])
+    assert kept["cluster_key"].is_unique
+    on_disk = c.read("deduped", schemas.DEDUPED)
+    assert on_disk["item_id"].tolist() == sorted(kept["item_id"])
+    filtered = c.read("filtered", schemas.FILTERED)
+    assert len(filtered) == 13, "nothing here is filtered out"
+    assert ledger.check(filtered, kept, c.read("rej_dedup", schemas.REJECTED)) == {"raw": 13, "kept": 5, "rejected": 8}
+
+
+def test_keeper_original_over_larger_generated_copy(chain):
+    c, kept = chain
+    filtered = H.by_id(c.read("filtered", schemas.FILTERED))
+    assert bool(filtered["src:gen/cat_up.png"]["generated"]) and not bool(filtered["src:cat.png"]["generated"])
+    assert filtered["src:gen/cat_up.png"]["width"] > filtered["src:cat.png"]["width"]
+    assert "src:cat.png" in set(kept["item_id"])
+    row = _rejected(c)["src:gen/cat_up.png"]
+    assert (row["stage"], row["rule"], row["reason"]) == ("dedup", "near", "near_duplicate")
+    assert "to src:cat.png (kept; cluster " in row["detail"]
+    # the exact generated copy of the photo, tagged, loses to the bare original too
+    row = _rejected(c)["src:gen/photo_copy.png"]
+    assert (row["stage"], row["rule"], row["reason"]) == ("dedup", "exact", "exact_duplicate")
+    assert row["detail"] == "same bytes as src:photo.png (kept)"
+
+
+def test_keeper_has_the_most_pixels(chain):
+    c, kept = chain
+    filtered = H.by_id(c.read("filtered", schemas.FILTERED))
+    assert "src:photo.png" in set(kept["item_id"])
+    assert not set(PHOTO[1:]) & set(kept["item_id"])
+    px = {i: filtered[i]["width"] * filtered[i]["height"] for i in PHOTO}
+    assert px["src:photo.png"] == max(px.values()) > px["src:copies/photo_small.png"]
+    # the re-saved JPEG has as many pixels: the larger file (the lossless original) wins the tie
+    assert px["src:copies/photo_resaved.jpg"] == px["src:photo.png"]
+    assert filtered["src:photo.png"]["size"] > filtered["src:copies/photo_resaved.jpg"]["size"]
+    for loser in ("src:copies/photo_small.png", "src:copies/photo_resaved.jpg", "src:copies/photo_cropped.png"):
+        assert _rejected(c)[loser]["reason"] == "near_duplicate"
+
+
+def test_keeper_copy_with_sidecar_over_bare_copies(chain):
+    c, kept = chain
+    kept_rows = H.by_id(kept)
+    assert kept_rows["src:b/moto.png"]["tags"] == ["motorcycle", "red"]
+    assert kept_rows["src:b/moto.png"]["sidecar"] == "moto.txt"
+    rows = _rejected(c)
+    for bare in ("src:a_moto.png", "src:z_moto.png"):
+        assert (rows[bare]["rule"], rows[bare]["reason"]) == ("exact", "exact_duplicate")
+        assert rows[bare]["detail"] == "same bytes as src:b/moto.png (kept)"
+
+
+def test_tie_break_is_item_id(chain):
+    c, kept = chain
+    assert "src:rocket.png" in set(kept["item_id"])
+    assert _rejected(c)["src:rocket_copy.png"]["detail"] == "same bytes as src:rocket.png (kept)"
+    assert "src:coffee.png" in set(kept["item_id"]) and "src:coffee.png" not in _rejected(c)
+
+
+def test_rejected_detail_names_the_kept_item(chain):
+    c, kept = chain
+    kept_rows = H.by_id(kept)
+    clusters = H.by_id(c.read("clusters", schemas.MEMBERSHIP))
+    rejected = c.read("rej_dedup", schemas.REJECTED)
+    assert len(rejected) == 8
+    for row in rejected.to_dict("records"):
+        assert row["stage"] == "dedup" and list(row["triggered_tags"]) == []
+        member = clusters[row["item_id"]]
+        if row["rule"] == "exact":
+            kept_id = row["detail"].removeprefix("same bytes as ").removesuffix(" (kept)")
+            assert kept_rows[kept_id]["sha256"] == row["sha256"]
+        else:
+            assert row["rule"] == "near" and row["reason"] == "near_duplicate"
+            assert row["detail"].startswith(f"pHash distance {member['distance_to_keeper']} to ")
+            kept_id = row["detail"].split(" to ", 1)[1].split(" ", 1)[0]
+            assert kept_rows[kept_id]["sha256"] != row["sha256"]
+            assert row["detail"].endswith(f"(kept; cluster {member['cluster_id']} of {kept_rows[kept_id]['cluster_size']})")
+        assert kept_rows[kept_id]["cluster_key"] == member["cluster_key"]
+    photo_rows = [r for r in rejected.to_dict("records") if r["item_id"] in PHOTO and r["rule"] == "near"]
+    assert len(photo_rows) == 3 and all(r["detail"].endswith(" of 5)") for r in photo_rows)
+
+
+def test_clusters_manifest_one_keeper_per_cluster(chain):
+    c, kept = chain
+    clusters = c.read("clusters", schemas.MEMBERSHIP)
+    filtered = H.by_id(c.read("filtered", schemas.FILTERED))
+    groups = _groups(c)
+    assert set(clusters["item_id"]) == set(filtered)
+    assert clusters["cluster_id"].nunique() == 5
+    for cluster_id, members in clusters.groupby("cluster_id"):
+        assert members["keeper"].sum() == 1, cluster_id
+        keeper = members[members["keeper"]].iloc[0]
+        assert keeper["distance_to_keeper"] == 0
+        assert cluster_id == keeper["cluster_key"][:16]
+        for row in members.itertuples():
+            assert row.cluster_key == groups[row.item_id]["cluster_key"]
+            expected = imagehash.hex_to_hash(filtered[row.item_id]["phash"]) - imagehash.hex_to_hash(filtered[keeper["item_id"]]["phash"])
+            assert row.distance_to_keeper == expected
+    assert set(clusters.loc[clusters["keeper"], "item_id"]) == set(kept["item_id"])
+
+
+def test_deduped_manifest_carries_cluster_and_policy_columns(chain):
+    c, _ = chain
+    deduped = H.by_id(c.read("deduped", schemas.DEDUPED))
+    assert deduped["src:photo.png"]["cluster_size"] == 5
+    assert deduped["src:cat.png"]["cluster_size"] == 2
+    assert deduped["src:coffee.png"]["cluster_size"] == 1
+    assert deduped["src:coffee.png"]["cluster_key"] == deduped["src:coffee.png"]["sha256"]
+    for row in deduped.values():
+        assert not row["nsfw_flag"] and list(row["flags"]) == []
+        assert pd.isna(row["caption_override"]) and pd.isna(row["override"])
+    # tags merged across copies reach the keeper: the generated copy's tags are on the original
+    assert deduped["src:photo.png"]["tags"] == ["astronaut", "space", "suit"]
+    assert deduped["src:cat.png"]["tags"] == ["cat"]
+
+
+def test_dedup_is_deterministic(chain):
+    c, kept = chain
+    first = [c.p[k].read_bytes() for k in ("deduped", "clusters", "rej_dedup")]
+    again = c.dedup()
+    assert again["item_id"].tolist() == kept["item_id"].tolist()
+    assert [c.p[k].read_bytes() for k in ("deduped", "clusters", "rej_dedup")] == first
+
+
+def _filtered(rows, path):
+    return H.write_manifest(rows, path, schemas.FILTERED)
+
+
+def test_keeper_is_chosen_among_survivors_only(tmp_path):
+    """The group's best member was filtered out: the best one left is kept, alone."""
+    key = H.fake_sha("0-cluster")
+    common = {"cluster_key": key, "cluster_id": key[:16], "cluster_size": 3}
+    path = tmp_path / "filtered.parquet"
+    # src:big.png (the preferred one) is not in the filtered manifest
+    _filtered([
+        H.item_row("src:mid.png", width=400, height=400, phash="0000000000000003", **common),
+        H.item_row("src:small.png", width=200, height=200, phash="0000000000000000", **common),
+    ], path)
+    out = {n: tmp_path / f"{n}.parquet" for n in ("deduped", "clusters", "rejected")}
+    kept = dedup.run(path, out["deduped"], out["clusters"], out["rejected"])
+    assert kept["item_id"].tolist() == ["src:mid.png"]
+    assert kept["cluster_size"].tolist() == [3]
+    row = manifest.read(out["rejected"], schemas.REJECTED).iloc[0]
+    assert (row["item_id"], row["rule"]) == ("src:small.png", "near")
+    assert row["detail"] == f"pHash distance 2 to src:mid.png (kept; cluster {key[:16]} of 3)"
+
+
+def test_preference_order(tmp_path):
+    """original > most pixels > largest file > own sidecar > most tags > smallest item id."""
+    key = H.fake_sha("k")
+    base = {"cluster_key": key, "cluster_id": key[:16], "cluster_size": 2}
+    cases = [
+        (H.item_row("src:z.png", generated=False, width=10, height=10, **base), H.item_row("src:a.png", generated=True, width=99, height=99, **base)),
+        (H.item_row("src:z.png", width=20, height=20, **base), H.item_row("src:a.png", width=10, height=10, size=10**6, **base)),
+        (H.item_row("src:z.png", size=2000, **base), H.item_row("src:a.png", size=1000, sidecar="a.txt", tags=["x", "y"], **base)),
+        (H.item_row("src:z.png", sidecar="z.json", **base), H.item_row("src:a.png", tags=["x"], **base)),
+        (H.item_row("src:z.png", tags=["x", "y"], **base), H.item_row("src:a.png", tags=["x"], **base)),
+        (H.item_row("src:a.png", **base), H.item_row("src:z.png", **base)),
+    ]
+    for winner, loser in cases:
+        ranked = dedup.preference(H.frame([loser, winner], schemas.FILTERED))
+        assert ranked["item_id"].iloc[0] == winner["item_id"], (winner, loser)
+
+
+def test_dedup_on_empty_input(tmp_path):
+    path = tmp_path / "filtered.parquet"
+    _filtered([], path)
+    out = {n: tmp_path / f"{n}.parquet" for n in ("deduped", "clusters", "rejected")}
+    kept = dedup.run(path, out["deduped"], out["clusters"], out["rejected"])
     assert len(kept) == 0
-    for name, schema in [("pairs", schemas.PAIRS), ("clusters", schemas.MEMBERSHIP), ("rejected", schemas.REJECTED)]:
-        assert len(H.manifest.read(out[name], schema)) == 0
+    for name, schema in [("deduped", schemas.DEDUPED), ("clusters", schemas.MEMBERSHIP), ("rejected", schemas.REJECTED)]:
+        assert len(manifest.read(out[name], schema)) == 0

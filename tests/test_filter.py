@@ -1,11 +1,24 @@
-"""filter stage: undecodable and too-small items are rejected with a reason; nothing is lost."""
+"""filter stage: audit checks and content policy, on tags and ratings merged across copies.
+
+Undecodable files are rejected by the ``decode`` rule and too-small ones by the ``audit`` rule
+(stage ``filter``); policy exclusions are stage ``policy`` with the rule that fired and the
+tags that triggered it. Nothing is lost: every ingest row is kept or rejected once.
+"""
 
 from __future__ import annotations
 
+import math
+
+import pandas as pd
 import pytest
+import yaml
+from PIL import ImageFilter
 
 import stage_helpers as H
 from trainset import ledger, manifest, schemas
+from trainset.annotations import AnnotationError
+from trainset.config import ConfigError
+from trainset.overrides import OverridesError
 from trainset.stages import filter as filter_stage
 
 MIN_SIDE = 128
@@ -18,6 +31,18 @@ def _garbled_png() -> bytes:
     for k in range(start, start + 400):
         data[k] ^= 0x5A
     return bytes(data)
+
+
+def _prepare(c: H.Chain) -> H.Chain:
+    """Every stage the filter reads: ingest, audit, nsfw scores (no model) and groups."""
+    c.ingest()
+    c.audit()
+    c.nsfw()
+    c.group()
+    return c
+
+
+# --------------------------------------------------------------------------- decode and too small
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +58,7 @@ def chain(tmp_path_factory):
     H.write_bytes(raw / "garbled.png", _garbled_png())
     H.save(H.sample("rocket.jpg", (100, 50)), raw / "small.png")
     H.save(H.sample("camera.png", (300, MIN_SIDE - 1), mode="L"), raw / "thin.png")
-    c = H.Chain(tmp_path, [H.source(raw)])
-    c.ingest()
-    c.audit()
+    c = _prepare(H.Chain(tmp_path, [H.source(raw)]))
     kept = c.filter(MIN_SIDE)
     return c, kept, c.read("rej_filter", schemas.REJECTED)
 
@@ -55,6 +78,7 @@ def test_undecodable_items_rejected_by_decode_rule(chain):
         assert row["rule"] == "decode"
         assert row["reason"] == reason
         assert row["detail"]
+        assert list(row["triggered_tags"]) == []
     assert "0 bytes" in rows["src:zero.png"]["detail"]
     assert "truncated" in rows["src:cut.jpg"]["detail"]
     assert "JPEG" in rows["src:cut.jpg"]["detail"]
@@ -62,16 +86,16 @@ def test_undecodable_items_rejected_by_decode_rule(chain):
     assert "PNG decode failed" in rows["src:garbled.png"]["detail"]
 
 
-def test_too_small_rejected_with_size_and_min_side(chain):
+def test_too_small_rejected_by_the_audit_rule_with_size_and_min_side(chain):
     _, _, rejected = chain
     rows = H.by_id(rejected)
     small = rows["src:small.png"]
-    assert (small["stage"], small["rule"], small["reason"]) == ("filter", "min_side", "too_small")
+    assert (small["stage"], small["rule"], small["reason"]) == ("filter", "audit", "too_small")
     assert "100x50" in small["detail"]
     assert f"< {MIN_SIDE}" in small["detail"]
     assert "short side 50" in small["detail"]
     thin = rows["src:thin.png"]
-    assert thin["reason"] == "too_small"
+    assert (thin["rule"], thin["reason"]) == ("audit", "too_small")
     assert f"300x{MIN_SIDE - 1}" in thin["detail"] and str(MIN_SIDE) in thin["detail"]
 
 
@@ -86,11 +110,17 @@ def test_kept_items_are_the_decodable_large_enough_ones(chain):
     # the written manifest is what was returned, and validates as FILTERED
     on_disk = c.read("filtered", schemas.FILTERED)
     assert on_disk["item_id"].tolist() == kept["item_id"].tolist()
-    # ingest columns are carried through unchanged
+    assert list(on_disk.columns) == list(schemas.FILTERED.columns)
+    # ingest columns are carried through unchanged, cluster columns come from the groups
     ingest = H.by_id(c.read("ingest", schemas.INGEST))
+    groups = H.by_id(c.read("groups", schemas.GROUPS))
     for item_id, row in rows.items():
         assert row["sha256"] == ingest[item_id]["sha256"]
         assert row["path"] == ingest[item_id]["path"]
+        assert row["cluster_key"] == groups[item_id]["cluster_key"]
+        # no NSFW model: no score; nothing flagged NSFW without tags or rating
+        assert math.isnan(row["nsfw_score"]) and not row["nsfw_flag"]
+        assert pd.isna(row["override"]) and pd.isna(row["caption_override"])
 
 
 def test_every_ingest_row_ends_in_exactly_one_place(chain):
@@ -104,6 +134,7 @@ def test_every_ingest_row_ends_in_exactly_one_place(chain):
     assert ledger.check(raw, kept, rejected) == {"raw": 9, "kept": 3, "rejected": 6}
     assert set(rejected["path"]) <= set(raw["path"])
     assert set(rejected["source"]) == {"src"}
+    assert set(rejected["stage"]) == {"filter"}
 
 
 def test_rejected_sha_and_paths_match_ingest(chain):
@@ -118,9 +149,7 @@ def test_nothing_rejected_writes_an_empty_valid_manifest(tmp_path):
     raw = tmp_path / "raw"
     H.save(H.sample("astronaut.png", (200, 200)), raw / "a.png")
     H.save(H.sample("coffee.png", (240, 160)), raw / "b.png")
-    c = H.Chain(tmp_path, [H.source(raw)])
-    c.ingest()
-    c.audit()
+    c = _prepare(H.Chain(tmp_path, [H.source(raw)]))
     kept = c.filter(MIN_SIDE)
     assert sorted(kept["item_id"]) == ["src:a.png", "src:b.png"]
     rejected = c.read("rej_filter", schemas.REJECTED)
@@ -132,9 +161,7 @@ def test_everything_rejected_writes_an_empty_valid_kept_manifest(tmp_path):
     raw = tmp_path / "raw"
     H.write_bytes(raw / "zero.png", b"")
     H.save(H.sample("astronaut.png", (40, 40)), raw / "tiny.png")
-    c = H.Chain(tmp_path, [H.source(raw)])
-    c.ingest()
-    c.audit()
+    c = _prepare(H.Chain(tmp_path, [H.source(raw)]))
     kept = c.filter(MIN_SIDE)
     assert len(kept) == 0
     assert len(c.read("filtered", schemas.FILTERED)) == 0
@@ -145,27 +172,53 @@ def test_everything_rejected_writes_an_empty_valid_kept_manifest(tmp_path):
 def test_min_side_is_a_parameter(tmp_path):
     raw = tmp_path / "raw"
     H.save(H.sample("astronaut.png", (200, 150)), raw / "a.png")
-    c = H.Chain(tmp_path, [H.source(raw)])
-    c.ingest()
-    c.audit()
+    c = _prepare(H.Chain(tmp_path, [H.source(raw)]))
     assert c.filter(150)["item_id"].tolist() == ["src:a.png"]
     assert len(c.filter(151)) == 0
     detail = c.read("rej_filter", schemas.REJECTED)["detail"].iloc[0]
     assert "200x150" in detail and "151" in detail
+    # audit_params["min_side"] is where the workflow sets it (params.yaml audit.min_side)
+    assert len(c.filter(64, audit_params={"min_side": 151})) == 0
+    assert len(c.filter(151, audit_params={"min_side": 150})) == 1
+
+
+def _paths(c: H.Chain, **over) -> dict:
+    return {"ingest": c.p["ingest"], "audit": c.p["audit"], "groups": c.p["groups"], "nsfw": c.p["nsfw"], **over}
 
 
 def test_missing_audit_row_fails_loudly(tmp_path):
     raw = tmp_path / "raw"
     H.save(H.sample("astronaut.png", (200, 200)), raw / "a.png")
     H.save(H.sample("coffee.png", (200, 200)), raw / "b.png")
-    c = H.Chain(tmp_path, [H.source(raw)])
-    c.ingest()
-    audit = c.audit()
+    c = _prepare(H.Chain(tmp_path, [H.source(raw)]))
+    audit = c.read("audit", schemas.AUDIT)
     partial = tmp_path / "partial-audit.parquet"
     manifest.write(audit[audit["item_id"] != "src:b.png"], partial, schemas.AUDIT)
     with pytest.raises(ValueError, match="no audit row for src:b.png"):
-        filter_stage.run(c.p["ingest"], partial, tmp_path / "f.parquet", tmp_path / "r.parquet", MIN_SIDE)
+        filter_stage.run(_paths(c, audit=partial), tmp_path / "f.parquet", tmp_path / "r.parquet", {"min_side": MIN_SIDE}, {})
     assert not (tmp_path / "f.parquet").exists()
+
+
+def test_missing_group_row_fails_loudly(tmp_path):
+    raw = tmp_path / "raw"
+    H.save(H.sample("astronaut.png", (200, 200)), raw / "a.png")
+    H.save(H.sample("coffee.png", (200, 200)), raw / "b.png")
+    c = _prepare(H.Chain(tmp_path, [H.source(raw)]))
+    groups = c.read("groups", schemas.GROUPS)
+    partial = tmp_path / "partial-groups.parquet"
+    manifest.write(groups[groups["item_id"] != "src:a.png"], partial, schemas.GROUPS)
+    with pytest.raises(ValueError, match="no group row for src:a.png"):
+        filter_stage.run(_paths(c, groups=partial), tmp_path / "f.parquet", tmp_path / "r.parquet", {"min_side": MIN_SIDE}, {})
+    assert not (tmp_path / "f.parquet").exists()
+
+
+def test_nsfw_scores_are_optional(tmp_path):
+    raw = tmp_path / "raw"
+    H.save(H.sample("astronaut.png", (200, 200)), raw / "a.png")
+    c = _prepare(H.Chain(tmp_path, [H.source(raw)]))
+    kept = filter_stage.run(_paths(c, nsfw=None), tmp_path / "f.parquet", tmp_path / "r.parquet", {"min_side": MIN_SIDE}, None)
+    assert kept["item_id"].tolist() == ["src:a.png"]
+    assert math.isnan(kept["nsfw_score"].iloc[0])
 
 
 def test_duplicate_contents_share_one_audit_decision(tmp_path):
@@ -173,10 +226,314 @@ def test_duplicate_contents_share_one_audit_decision(tmp_path):
     raw = tmp_path / "raw"
     H.write_bytes(raw / "a.png", b"not an image at all")
     H.write_bytes(raw / "sub" / "b.png", b"not an image at all")
-    c = H.Chain(tmp_path, [H.source(raw)])
-    c.ingest()
-    c.audit()
+    c = _prepare(H.Chain(tmp_path, [H.source(raw)]))
     c.filter(MIN_SIDE)
     rejected = c.read("rej_filter", schemas.REJECTED)
     assert sorted(rejected["item_id"]) == ["src:a.png", "src:sub/b.png"]
     assert set(rejected["reason"]) == {"not_image"}
+
+
+# --------------------------------------------------------------------------- policy, end to end
+
+
+@pytest.fixture(scope="module")
+def policy_chain(tmp_path_factory):
+    """One raw tree for the policy cases; each test runs the real filter with its own params."""
+    tmp_path = tmp_path_factory.mktemp("policy")
+    raw, other = tmp_path / "raw", tmp_path / "other"
+    size = (160, 160)
+    # a minor tag with a sexual rating, and an untagged exact copy of it
+    tagged = H.save(H.sample("astronaut.png", size), raw / "minors" / "tagged.png")
+    H.sidecar(tagged, ["loli", "smile"], rating="q")
+    H.write_bytes(raw / "minors" / "exact_copy.png", tagged.read_bytes())
+    # the same with an untagged near-duplicate (smaller, re-encoded) instead
+    cat = H.sample("chelsea.png", (240, 160))
+    H.sidecar(H.save(cat, raw / "minors2" / "cat.png"), ["child"], rating="explicit")
+    H.save(cat.resize((180, 120)), raw / "minors2" / "cat_small.jpg", quality=85)
+    # broken files: one whose sidecar has a minor tag and a sexual rating, one without
+    H.sidecar(H.write_bytes(raw / "broken" / "zero.png", b""), ["loli"], rating="q")
+    H.write_bytes(raw / "broken" / "notes.png", b"not a picture")
+    # a spelling the dictionary resolves to a minor tag
+    H.sidecar(H.save(H.sample("ihc.png", size), raw / "spelling" / "lolicon.png"), ["Lolicon", "Blue Sky"], rating="explicit")
+    # NSFW by rating, and by an explicit tag (alias "Naked" -> nude) at a general rating
+    H.sidecar(H.save(H.sample("coffee.png", (240, 160)), raw / "nsfw" / "rated.png"), ["1girl"], rating="e")
+    H.sidecar(H.save(H.sample("coins.png", size), raw / "nsfw" / "naked.png"), ["Naked", "beach"], rating="g")
+    # tags to canonicalize and edit; an artist tag
+    H.sidecar(H.save(H.sample("rocket.jpg", (240, 160)), raw / "tags" / "plain.png"), ["Long Hair", "smile"], rating="g")
+    H.sidecar(H.save(H.sample("brick.png", size), raw / "tags" / "by_artist.png"), ["Some Artist", "wall"], rating="g")
+    # tagged, and an untagged exact copy of it: the copy is not "untagged" (decisions follow copies)
+    tree = H.save(H.sample("color.png", size), raw / "tags" / "tree.png")
+    H.sidecar(tree, ["tree"], rating="g")
+    H.write_bytes(raw / "untagged" / "tree_copy.png", tree.read_bytes())
+    # untagged, unrated images
+    H.save(H.sample("grass.png", size), raw / "untagged" / "bare.png")
+    H.save(H.sample("hubble_deep_field.jpg", (60, 60)), raw / "untagged" / "small.png")  # too small
+    H.save(H.sample("camera.png", size, mode="L"), raw / "untagged" / "gray.png")  # grayscale
+    H.save(H.sample("motorcycle_left.png", (240, 160)).filter(ImageFilter.GaussianBlur(5)), raw / "untagged" / "blurry.png")
+    # annotated images (matched by path with a folder, or by file name)
+    H.sidecar(H.save(H.sample("gravel.png", size), raw / "annotated" / "hi.png"), ["rocks"], rating="g")
+    H.sidecar(H.save(H.sample("retina.jpg", size), raw / "annotated" / "lo.png"), ["eye"], rating="g")
+    # another source with another license
+    H.sidecar(H.save(H.sample("moon.png", size), other / "moon.png"), ["moon"], rating="g")
+    c = _prepare(H.Chain(tmp_path, [H.source(raw), H.source(other, name="other", license="proprietary")]))
+    groups = H.by_id(c.read("groups", schemas.GROUPS))
+    # the fixture's own premise: copies cluster with their originals, nothing else clusters
+    together = [("src:minors/tagged.png", "src:minors/exact_copy.png"), ("src:minors2/cat.png", "src:minors2/cat_small.jpg"),
+                ("src:tags/tree.png", "src:untagged/tree_copy.png")]
+    for a, b in together:
+        assert groups[a]["cluster_key"] == groups[b]["cluster_key"], (a, b)
+    assert sum(g["cluster_size"] == 2 for g in groups.values()) == 6
+    assert sum(g["cluster_size"] == 1 for g in groups.values()) == len(groups) - 6
+    return c
+
+
+def _run(c: H.Chain, **kw) -> tuple[dict, dict]:
+    """The filter with ``kw``; (kept, rejected) by item id, after checking the ledger balances."""
+    kw.setdefault("min_side", 64)
+    kept = c.filter(**kw)
+    rejected = c.read("rej_filter", schemas.REJECTED)
+    ledger.check(c.read("ingest", schemas.INGEST), kept, rejected)
+    return H.by_id(kept), H.by_id(rejected)
+
+
+def _verdict(row: dict) -> tuple:
+    return row["stage"], row["rule"], row["reason"]
+
+
+def test_untagged_exact_copy_of_a_minor_image_is_excluded(policy_chain):
+    kept, rejected = _run(policy_chain, policy={"nsfw": {"action": "allow"}})
+    for item_id in ("src:minors/tagged.png", "src:minors/exact_copy.png"):
+        row = rejected[item_id]
+        assert _verdict(row) == ("policy", "minors", "minor_sexual")
+        assert list(row["triggered_tags"]) == ["loli"]
+        assert row["detail"] == "minor-indicating tags loli with rating questionable"
+
+
+def test_untagged_near_copy_of_a_minor_image_is_excluded(policy_chain):
+    kept, rejected = _run(policy_chain)
+    for item_id in ("src:minors2/cat.png", "src:minors2/cat_small.jpg"):
+        assert _verdict(rejected[item_id]) == ("policy", "minors", "minor_sexual")
+        assert list(rejected[item_id]["triggered_tags"]) == ["child"]
+        assert "rating explicit" in rejected[item_id]["detail"]
+
+
+def test_broken_file_with_minor_tags_is_excluded_by_minors_not_decode(policy_chain):
+    _, rejected = _run(policy_chain)
+    assert _verdict(rejected["src:broken/zero.png"]) == ("policy", "minors", "minor_sexual")
+    assert list(rejected["src:broken/zero.png"]["triggered_tags"]) == ["loli"]
+    # without such tags a broken file is a decode failure, whatever else the policy says
+    assert _verdict(rejected["src:broken/notes.png"]) == ("filter", "decode", "not_image")
+    _, rejected = _run(policy_chain, policy={"untagged": "quarantine"})
+    assert _verdict(rejected["src:broken/notes.png"]) == ("filter", "decode", "not_image")
+
+
+def test_tag_dictionary_canonicalizes_before_policy(policy_chain, tmp_path):
+    kept, rejected = _run(policy_chain)
+    row = rejected["src:spelling/lolicon.png"]
+    assert _verdict(row) == ("policy", "minors", "minor_sexual")
+    assert list(row["triggered_tags"]) == ["loli"]
+    # kept tags are canonical spellings
+    assert kept["src:tags/plain.png"]["tags"] == ["long_hair", "smile"]
+    assert kept["src:nsfw/naked.png"]["tags"] == ["nude", "beach"]
+    assert "src:tags/by_artist.png" in kept
+    # a user dictionary adds an alias to a minor tag: "Rocks" now reads as "child"
+    extra = tmp_path / "extra.csv"
+    extra.write_text('child,0,0,"rocks"\n', encoding="utf-8")
+    kept, rejected = _run(policy_chain, dictionaries=[extra])
+    assert "src:annotated/hi.png" in kept, "a general rating and no explicit tag: minors does not fire"
+    assert kept["src:annotated/hi.png"]["tags"] == ["child"]
+    kept, rejected = _run(policy_chain, dictionaries=[extra], policy={"minors": {"exclude_at_any_rating": True}})
+    assert _verdict(rejected["src:annotated/hi.png"]) == ("policy", "minors", "minor_any_rating")
+
+
+def test_nsfw_is_flagged_by_default(policy_chain):
+    kept, rejected = _run(policy_chain)
+    for item_id in ("src:nsfw/rated.png", "src:nsfw/naked.png"):
+        assert kept[item_id]["nsfw_flag"]
+        assert "nsfw" in list(kept[item_id]["flags"])
+    assert kept["src:nsfw/rated.png"]["rating"] == "explicit"
+    assert not kept["src:tags/plain.png"]["nsfw_flag"] and "nsfw" not in list(kept["src:tags/plain.png"]["flags"])
+
+
+def test_nsfw_exclude_and_allow(policy_chain):
+    kept, rejected = _run(policy_chain, policy={"nsfw": {"action": "exclude"}})
+    assert _verdict(rejected["src:nsfw/rated.png"]) == ("policy", "nsfw", "nsfw")
+    assert "rating explicit" in rejected["src:nsfw/rated.png"]["detail"]
+    assert _verdict(rejected["src:nsfw/naked.png"]) == ("policy", "nsfw", "nsfw")
+    assert list(rejected["src:nsfw/naked.png"]["triggered_tags"]) == ["nude"]
+    assert "src:tags/plain.png" in kept
+    kept, _ = _run(policy_chain, policy={"nsfw": {"action": "allow"}})
+    assert kept["src:nsfw/rated.png"]["nsfw_flag"] and "nsfw" not in list(kept["src:nsfw/rated.png"]["flags"])
+    kept, rejected = _run(policy_chain, policy={"nsfw": {"action": "exclude", "ratings": ["explicit"]}})
+    assert "src:nsfw/rated.png" in rejected and "src:nsfw/naked.png" in rejected
+
+
+def test_annotations_join_and_low_harmony_is_excluded(policy_chain, tmp_path):
+    notes = H.write_csv(tmp_path / "notes.csv", ["filename", "archetype", "emotion", "harmony_score", "notes"], [
+        ["annotated/hi.png", "hero", "joy", "3.5", "nice"],
+        ["lo.png", "villain", "anger", "1.5", ""],
+    ])
+    kept, rejected = _run(policy_chain, annotations=[notes])
+    hi = kept["src:annotated/hi.png"]
+    assert (hi["archetype"], hi["emotion"], hi["harmony_score"], hi["annotation_notes"]) == ("hero", "joy", 3.5, "nice")
+    row = rejected["src:annotated/lo.png"]
+    assert _verdict(row) == ("policy", "annotations", "low_harmony")
+    assert row["detail"] == "harmony score 1.5 < 2"
+    assert pd.isna(kept["src:tags/plain.png"]["archetype"]) and math.isnan(kept["src:tags/plain.png"]["harmony_score"])
+    # the threshold is a policy param (null: off); quality can use any numeric column
+    kept, _ = _run(policy_chain, annotations=[notes], policy={"min_harmony": None})
+    assert "src:annotated/lo.png" in kept
+    _, rejected = _run(policy_chain, annotations=[notes], policy={"min_harmony": None, "quality": {"column": "harmony_score", "min": 4}})
+    assert _verdict(rejected["src:annotated/hi.png"]) == ("policy", "quality", "low_quality")
+
+
+def test_bad_annotation_file_fails_naming_the_line(policy_chain, tmp_path):
+    bad = H.write_csv(tmp_path / "bad.csv", ["filename", "harmony_score"], [["hi.png", "3"], ["lo.png", "high"]])
+    with pytest.raises(AnnotationError, match="line 3"):
+        policy_chain.filter(64, annotations=[bad])
+
+
+def _overrides(path, rows):
+    return H.write_csv(path, ["sha256", "action", "add_tags", "remove_tags", "caption", "note"], rows)
+
+
+def test_overrides_exclude_add_remove_tags_and_caption(policy_chain, tmp_path):
+    sha = H.by_id(policy_chain.read("ingest", schemas.INGEST))
+    edits = _overrides(tmp_path / "overrides.csv", [
+        [sha["src:tags/plain.png"]["sha256"], "", "Blue Eyes, outdoors", "smile", "a rocket on a pad", "retagged"],
+        [sha["src:tags/by_artist.png"]["sha256"], "exclude", "", "", "", "not ours to use"],
+    ])
+    kept, rejected = _run(policy_chain, overrides=edits)
+    plain = kept["src:tags/plain.png"]
+    assert plain["tags"] == ["long_hair", "blue_eyes", "outdoors"]
+    assert plain["caption_override"] == "a rocket on a pad"
+    assert "note=retagged" in plain["override"] and "caption=a rocket on a pad" in plain["override"]
+    row = rejected["src:tags/by_artist.png"]
+    assert _verdict(row) == ("policy", "override", "manual_exclude")
+    assert row["detail"] == "not ours to use"
+    assert pd.isna(kept["src:nsfw/rated.png"]["override"]) and pd.isna(kept["src:nsfw/rated.png"]["caption_override"])
+
+
+def test_keep_override_readmits_nsfw_and_too_small_but_not_minors(policy_chain, tmp_path):
+    sha = H.by_id(policy_chain.read("ingest", schemas.INGEST))
+    edits = tmp_path / "overrides.yaml"  # the YAML form of the same file
+    edits.write_text(yaml.safe_dump([
+        {"sha256": sha["src:nsfw/rated.png"]["sha256"], "action": "keep", "note": "reviewed"},
+        {"sha256": sha["src:minors/tagged.png"]["sha256"], "action": "keep", "note": "reviewed"},
+        {"sha256": sha["src:untagged/small.png"]["sha256"], "action": "keep"},
+    ]), encoding="utf-8")
+    kept, rejected = _run(policy_chain, overrides=edits, policy={"nsfw": {"action": "exclude"}})
+    rated = kept["src:nsfw/rated.png"]
+    assert "override_kept:nsfw" in list(rated["flags"]) and rated["nsfw_flag"]
+    assert rated["override"].startswith("action=keep")
+    assert _verdict(rejected["src:nsfw/naked.png"]) == ("policy", "nsfw", "nsfw")  # no override for this one
+    for item_id in ("src:minors/tagged.png", "src:minors/exact_copy.png"):
+        assert _verdict(rejected[item_id]) == ("policy", "minors", "minor_sexual")
+    # an audit rejection is lifted too, the finding kept as a flag
+    assert "too_small" in list(kept["src:untagged/small.png"]["flags"])
+
+
+def test_bad_overrides_file_fails(policy_chain, tmp_path):
+    edits = _overrides(tmp_path / "overrides.csv", [["not-a-sha", "keep", "", "", "", ""]])
+    with pytest.raises(OverridesError, match="line 2"):
+        policy_chain.filter(64, overrides=edits)
+    with pytest.raises(OverridesError, match="not found"):
+        policy_chain.filter(64, overrides=tmp_path / "missing.csv")
+
+
+def test_untagged_quarantine_and_flag(policy_chain):
+    untagged = ["src:untagged/bare.png", "src:untagged/gray.png", "src:untagged/blurry.png"]
+    kept, rejected = _run(policy_chain, policy={"untagged": "quarantine"})
+    for item_id in untagged:
+        assert _verdict(rejected[item_id]) == ("policy", "untagged", "untagged_quarantined")
+    # an untagged exact copy of a tagged image has the copy's tags: not untagged
+    assert kept["src:untagged/tree_copy.png"]["tags"] == ["tree"]
+    assert kept["src:untagged/tree_copy.png"]["rating"] == "general"
+    kept, _ = _run(policy_chain, policy={"untagged": "flag"})
+    assert all("untagged" in list(kept[i]["flags"]) for i in untagged)
+    assert "untagged" not in list(kept["src:untagged/tree_copy.png"]["flags"])
+    kept, _ = _run(policy_chain)
+    assert all(i in kept and "untagged" not in list(kept[i]["flags"]) for i in untagged)
+
+
+def test_license_allowlist(policy_chain):
+    kept, rejected = _run(policy_chain, policy={"license_allowlist": ["CC0-1.0"]})
+    row = rejected["other:moon.png"]
+    assert _verdict(row) == ("policy", "license", "license_not_allowed")
+    assert "'proprietary'" in row["detail"]
+    assert all(r["rule"] != "license" for i, r in rejected.items() if i != "other:moon.png")
+    kept, _ = _run(policy_chain, policy={"license_allowlist": ["CC0-1.0", "proprietary"]})
+    assert "other:moon.png" in kept
+
+
+def test_excluded_artists(policy_chain):
+    _, rejected = _run(policy_chain, policy={"excluded_artists": ["SOME ARTIST"]})
+    row = rejected["src:tags/by_artist.png"]
+    assert _verdict(row) == ("policy", "artists", "excluded_artist")
+    assert list(row["triggered_tags"]) == ["some_artist"]
+    assert sum(r["rule"] == "artists" for r in rejected.values()) == 1
+
+
+def test_audit_findings_are_flags_by_default(policy_chain):
+    kept, rejected = _run(policy_chain)
+    assert "blurry" in list(kept["src:untagged/blurry.png"]["flags"])
+    assert "grayscale" in list(kept["src:untagged/gray.png"]["flags"])
+    assert _verdict(rejected["src:untagged/small.png"]) == ("filter", "audit", "too_small")
+
+
+def test_audit_actions_param(policy_chain):
+    kept, rejected = _run(policy_chain, audit_params={"actions": {"blurry": "reject", "grayscale": "off"}})
+    row = rejected["src:untagged/blurry.png"]
+    assert _verdict(row) == ("filter", "audit", "blurry")
+    assert "Laplacian variance" in row["detail"] and "< 25" in row["detail"]
+    assert "grayscale" not in list(kept["src:untagged/gray.png"]["flags"])
+    # too_small can be turned into a flag, and a threshold moved
+    kept, rejected = _run(policy_chain, audit_params={"actions": {"too_small": "flag"}, "min_laplacian_var": 0})
+    assert "too_small" in list(kept["src:untagged/small.png"]["flags"])
+    assert "blurry" not in list(kept["src:untagged/blurry.png"]["flags"])
+
+
+def test_bad_audit_actions_and_policy_params_fail_naming_the_key(policy_chain):
+    with pytest.raises(ConfigError, match="audit.actions.blurry"):
+        policy_chain.filter(64, audit_params={"actions": {"blurry": "maybe"}})
+    with pytest.raises(ConfigError, match="audit.actions.no_such_check"):
+        policy_chain.filter(64, audit_params={"actions": {"no_such_check": "flag"}})
+    with pytest.raises(ConfigError, match="policy.nsfw.action"):
+        policy_chain.filter(64, policy={"nsfw": {"action": "sometimes"}})
+    with pytest.raises(ConfigError, match="cannot be switched off"):
+        policy_chain.filter(64, policy={"minors": {"enabled": False}})
+
+
+def test_empty_ingest_writes_empty_manifests(tmp_path):
+    (tmp_path / "raw").mkdir()
+    c = _prepare(H.Chain(tmp_path, [H.source(tmp_path / "raw")]))
+    kept = c.filter(MIN_SIDE, policy={"untagged": "quarantine"})
+    assert len(kept) == 0
+    assert list(c.read("filtered", schemas.FILTERED).columns) == list(schemas.FILTERED.columns)
+    assert len(c.read("rej_filter", schemas.REJECTED)) == 0
+
+
+def test_policy_rejections_and_filter_rejections_together(policy_chain):
+    """Every rule in one run: the ledger balances and each item is rejected once, by one rule."""
+    kept, rejected = _run(
+        policy_chain, policy={"nsfw": {"action": "exclude"}, "license_allowlist": ["CC0-1.0"], "untagged": "quarantine"}
+    )
+    rules = {i: (r["stage"], r["rule"]) for i, r in rejected.items()}
+    assert rules == {
+        "src:minors/tagged.png": ("policy", "minors"),
+        "src:minors/exact_copy.png": ("policy", "minors"),
+        "src:minors2/cat.png": ("policy", "minors"),
+        "src:minors2/cat_small.jpg": ("policy", "minors"),
+        "src:broken/zero.png": ("policy", "minors"),
+        "src:broken/notes.png": ("filter", "decode"),
+        "src:spelling/lolicon.png": ("policy", "minors"),
+        "src:nsfw/rated.png": ("policy", "nsfw"),
+        "src:nsfw/naked.png": ("policy", "nsfw"),
+        "src:untagged/bare.png": ("policy", "untagged"),
+        "src:untagged/small.png": ("policy", "untagged"),
+        "src:untagged/gray.png": ("policy", "untagged"),
+        "src:untagged/blurry.png": ("policy", "untagged"),
+        "other:moon.png": ("policy", "license"),
+    }
+    assert sorted(kept) == ["src:annotated/hi.png", "src:annotated/lo.png", "src:tags/by_artist.png", "src:tags/plain.png",
+                            "src:tags/tree.png", "src:untagged/tree_copy.png"]

@@ -111,11 +111,23 @@ def _rejected_part(path, ids, stage="filter"):
     return path
 
 
+def test_reject_records_triggered_tags(tmp_path):
+    rows = pd.DataFrame([H.item_row("src:a.png"), H.item_row("src:b.png")], index=[3, 4])
+    per_row = ledger.reject(rows, "policy", "minors", "minor_sexual", "why", pd.Series([["loli"], ["child", "nude"]], index=[3, 4]))
+    assert [list(t) for t in per_row["triggered_tags"]] == [["loli"], ["child", "nude"]]
+    same = ledger.reject(rows, "policy", "artists", "excluded_artist", "why", ["someone"])
+    assert [list(t) for t in same["triggered_tags"]] == [["someone"], ["someone"]]
+    none = ledger.reject(rows, "filter", "decode", "zero_byte", "why")
+    assert [list(t) for t in none["triggered_tags"]] == [[], []]
+    written = manifest.write(per_row, tmp_path / "r.parquet", schemas.REJECTED)
+    assert [list(t) for t in manifest.read(tmp_path / "r.parquet", schemas.REJECTED)["triggered_tags"]] == [["loli"], ["child", "nude"]]
+    assert len(written) == 2
+
+
 def test_rejected_stage_merges_parts(tmp_path):
     parts = [
         _rejected_part(tmp_path / "filter.parquet", ["s:b", "s:a"]),
-        _rejected_part(tmp_path / "exact.parquet", ["s:c"], stage="dedup"),
-        _rejected_part(tmp_path / "near.parquet", [], stage="dedup"),
+        _rejected_part(tmp_path / "dedup.parquet", ["s:c"], stage="dedup"),
     ]
     merged = rejected_stage.run(parts, tmp_path / "rejected.parquet")
     assert merged["item_id"].tolist() == ["s:a", "s:b", "s:c"]
@@ -126,11 +138,18 @@ def test_rejected_stage_merges_parts(tmp_path):
 def test_rejected_stage_refuses_an_item_rejected_twice(tmp_path):
     parts = [
         _rejected_part(tmp_path / "filter.parquet", ["s:a", "s:b"]),
-        _rejected_part(tmp_path / "exact.parquet", ["s:b"], stage="dedup"),
+        _rejected_part(tmp_path / "dedup.parquet", ["s:b"], stage="dedup"),
     ]
     with pytest.raises(ValueError, match="more than one stage: s:b"):
         rejected_stage.run(parts, tmp_path / "rejected.parquet")
     assert not (tmp_path / "rejected.parquet").exists()
+
+
+def test_rejected_stage_with_nothing_rejected(tmp_path):
+    parts = [_rejected_part(tmp_path / "filter.parquet", []), _rejected_part(tmp_path / "dedup.parquet", [], stage="dedup")]
+    merged = rejected_stage.run(parts, tmp_path / "rejected.parquet")
+    assert len(merged) == 0
+    assert list(manifest.read(tmp_path / "rejected.parquet", schemas.REJECTED).columns) == list(schemas.REJECTED.columns)
 
 
 def test_real_chain_balances(tmp_path):
@@ -141,16 +160,29 @@ def test_real_chain_balances(tmp_path):
     H.save(H.sample("coffee.png", (150, 150)), raw / "b_small.png")
     H.write_bytes(raw / "zero.png", b"")
     H.save(H.sample("chelsea.png", (30, 30)), raw / "tiny.png")
+    # a minor tag with a sexual rating, and an untagged copy that follows it out
+    H.sidecar(H.save(H.sample("rocket.jpg", (200, 200)), raw / "minor.png"), ["shota"], rating="explicit")
+    (raw / "minor_copy.png").write_bytes((raw / "minor.png").read_bytes())
     c = H.Chain(tmp_path, [H.source(raw)])
     kept = c.through_dedup(min_side=64, max_distance=10)
     rejected = c.rejected()
     ingest = c.read("ingest", schemas.INGEST)
-    assert ledger.check(ingest, kept, rejected) == {"raw": 6, "kept": 2, "rejected": 4}
+    assert ledger.check(ingest, kept, rejected) == {"raw": 8, "kept": 2, "rejected": 6}
     assert dict(zip(rejected["item_id"], rejected["reason"])) == {
         "src:copy.png": "exact_duplicate",
         "src:b_small.png": "near_duplicate",
         "src:zero.png": "zero_byte",
         "src:tiny.png": "too_small",
+        "src:minor.png": "minor_sexual",
+        "src:minor_copy.png": "minor_sexual",
     }
+    stages = dict(zip(rejected["item_id"], zip(rejected["stage"], rejected["rule"])))
+    assert stages["src:zero.png"] == ("filter", "decode")
+    assert stages["src:tiny.png"] == ("filter", "audit")
+    assert stages["src:minor_copy.png"] == ("policy", "minors")
+    assert stages["src:copy.png"] == ("dedup", "exact") and stages["src:b_small.png"] == ("dedup", "near")
+    # the merged manifest is the two parts together
+    parts = [c.read("rej_filter", schemas.REJECTED), c.read("rej_dedup", schemas.REJECTED)]
+    assert sorted(rejected["item_id"]) == sorted(pd.concat(parts)["item_id"])
     with pytest.raises(ConservationError, match="lost.*src:zero.png"):
         ledger.check(ingest, kept, rejected[rejected["item_id"] != "src:zero.png"])

@@ -294,7 +294,7 @@ def test_manifest_error_is_value_error():
 
 def test_all_expected_schemas_are_present():
     assert set(ALL_SCHEMAS) == {
-        "INGEST", "AUDIT", "FILTERED", "DEDUPED", "CAPTIONED", "SPLIT",
+        "INGEST", "UNMATCHED", "AUDIT", "NSFW_SCORES", "GROUPS", "FILTERED", "DEDUPED", "CAPTIONED", "SPLIT",
         "REJECTED", "PAIRS", "MEMBERSHIP", "MOVES", "EXPORT",
     }
 
@@ -326,6 +326,42 @@ def test_stage_schemas_extend_each_other():
     assert set(schemas.DEDUPED.columns) >= set(filtered) | {"cluster_id", "cluster_key", "cluster_size"}
     assert set(schemas.CAPTIONED.columns) == set(schemas.DEDUPED.columns) | {"caption"}
     assert set(schemas.SPLIT.columns) == set(schemas.CAPTIONED.columns) | {"split"}
+    # filtered carries the audit measures, the groups' cluster columns and the policy's decision
+    assert set(filtered) == set(ingest) | set(schemas.IMAGE_COLUMNS) | set(schemas.CLUSTER_COLUMNS) | set(schemas.POLICY_COLUMNS)
+    assert {"flags", "nsfw_flag", "nsfw_score", "archetype", "emotion", "harmony_score", "annotation_notes", "override",
+            "caption_override"} == set(schemas.POLICY_COLUMNS)
+    assert list(schemas.DEDUPED.columns) == filtered
+    assert list(schemas.GROUPS.columns) == ["item_id", "sha256", "cluster_id", "cluster_key", "cluster_size"]
+    assert list(schemas.NSFW_SCORES.columns) == ["item_id", "sha256", "nsfw_score"]
+    assert list(schemas.UNMATCHED.columns) == ["source", "record_id", "md5", "note"]
+    assert {"nsfw_flag", "flags", "cluster_id"} <= set(schemas.EXPORT.columns)
+    assert "triggered_tags" in schemas.REJECTED.columns
+
+
+def _rejected_row(**over) -> dict:
+    row = {
+        "item_id": "s:a.png", "sha256": "a" * 64, "source": "s", "path": "raw/a.png", "stage": "policy", "rule": "minors",
+        "reason": "minor_sexual", "detail": "why", "triggered_tags": ["loli"], "schema_version": schemas.SCHEMA_VERSION,
+    }
+    row.update(over)
+    return row
+
+
+def test_rejected_triggered_tags_round_trip_and_must_be_strings(tmp_path):
+    path = tmp_path / "rejected.parquet"
+    manifest.write(pd.DataFrame([_rejected_row(), _rejected_row(item_id="s:b.png", triggered_tags=[])]), path, schemas.REJECTED)
+    back = manifest.read(path, schemas.REJECTED)
+    assert [list(t) for t in back["triggered_tags"]] == [["loli"], []]
+    with pytest.raises(ManifestError, match="triggered_tags"):
+        manifest.write(pd.DataFrame([_rejected_row(triggered_tags=["loli", 3])]), tmp_path / "bad.parquet", schemas.REJECTED)
+
+
+def test_nsfw_scores_are_probabilities_or_nan(tmp_path):
+    ok = pd.DataFrame({"item_id": ["s:a", "s:b"], "sha256": ["a" * 64, "b" * 64], "nsfw_score": [0.25, float("nan")]})
+    manifest.write(ok, tmp_path / "n.parquet", schemas.NSFW_SCORES)
+    bad = ok.assign(nsfw_score=[1.5, 0.0])
+    with pytest.raises(ManifestError, match="nsfw_score"):
+        manifest.write(bad, tmp_path / "bad.parquet", schemas.NSFW_SCORES)
 
 
 def _audit_row(**over) -> dict:

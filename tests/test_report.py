@@ -1,4 +1,5 @@
-"""report stage: counts per stage and reason, GO/NO-GO with fixes, deterministic metrics, leakage."""
+"""report stage: counts per stage and reason, GO/NO-GO with fixes, deterministic metrics, leakage,
+and the audit, policy, balance and unmatched-records sections."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 from PIL import Image
 
 import stage_helpers as H
-from trainset import manifest, schemas
+from trainset import audit_checks, manifest, schemas
 from trainset.ledger import ConservationError
 from trainset.stages import report
 
@@ -42,14 +43,9 @@ def _build(root):
     return c
 
 
-def _paths(c) -> dict:
-    keys = ("ingest", "audit", "filtered", "exact", "deduped", "captioned", "split", "moves", "rejected")
-    return {**{k: c.p[k] for k in keys}, "export": c.p["export"] / "manifest.parquet"}
-
-
-def _report(c, out, thresholds=PASSING, **over):
+def _report(c, out, thresholds=PASSING, balance=None, audit=None, **over):
     md, metrics = out / "dataset-report.md", out / "metrics.json"
-    result = report.run({**_paths(c), **over}, md, metrics, thresholds, MAX_DISTANCE)
+    result = report.run(c.report_paths(**over), md, metrics, thresholds, MAX_DISTANCE, balance_params=balance, audit_params=audit)
     return result, md.read_text(encoding="utf-8"), metrics
 
 
@@ -64,8 +60,7 @@ def test_go_report_has_counts_and_reasons(chain, tmp_path):
     assert metrics["go"] is True
     assert (metrics["raw"], metrics["kept"], metrics["rejected"]) == (12, 6, 6)
     assert metrics["stages"] == {
-        "raw": 12, "audited": 12, "filtered": 10, "exact_deduped": 7,
-        "near_deduped": 6, "captioned": 6, "split": 6, "exported": 6,
+        "raw": 12, "audited": 12, "filtered": 10, "deduped": 6, "captioned": 6, "split": 6, "exported": 6,
     }
     for stage, n in metrics["stages"].items():
         assert f"| {stage} | {n} |" in md
@@ -73,7 +68,7 @@ def test_go_report_has_counts_and_reasons(chain, tmp_path):
     assert "| dedup | exact | exact_duplicate | 3 |" in md
     assert "| dedup | near | near_duplicate | 1 | `photos:coffee_small.png` |" in md
     assert "| filter | decode | zero_byte | 1 | `photos:empty.png` |" in md
-    assert "| filter | min_side | too_small | 1 | `photos:tiny.png` |" in md
+    assert "| filter | audit | too_small | 1 | `photos:tiny.png` |" in md
     assert report.FIXES["exact_duplicate"] in md
     assert "12 raw items: 6 kept" in md and "6 rejected" in md
     assert "**NO-GO**" not in md
@@ -96,6 +91,13 @@ def test_metrics_values(chain, tmp_path):
     assert "No item changed split since the last build." in md
     assert "Leakage: 0 duplicate pairs cross splits." in md
     assert "0 items were converted for export" in md
+    # nothing policy-related happened, and there are no orphan metadata records
+    assert metrics["excluded_by_rule"] == {} and metrics["nsfw_flagged_kept"] == 0
+    assert "No item was excluded by policy." in md
+    assert metrics["untagged_raw"] == 12  # no sidecar here gives tags (the horse's is unreadable)
+    assert "0 kept items are flagged NSFW; 12 raw items have no tags and no rating." in md
+    assert metrics["unmatched_records"] == 0 and "## Metadata records with no image" not in md
+    assert metrics["balance_cells_under_min"] == 0 and "## Balance" not in md
 
 
 def test_min_kept_too_high_is_no_go(chain, tmp_path):
@@ -209,7 +211,7 @@ def test_leakage_by_sha_names_members_in_different_splits():
 def test_leakage_on_real_near_duplicates_placed_apart(chain):
     """Take the real near-duplicate pair dedup found and put its members in different splits."""
     pairs = manifest.read(chain.p["pairs"], schemas.PAIRS)
-    exact = H.by_id(manifest.read(chain.p["exact"], schemas.FILTERED))
+    exact = H.by_id(manifest.read(chain.p["filtered"], schemas.FILTERED))
     pair = pairs[pairs["a"].str.contains("coffee") & pairs["b"].str.contains("coffee")].iloc[0]
     rows = [
         H.item_row(pair["a"], exact[pair["a"]]["sha256"], phash=exact[pair["a"]]["phash"], split="train"),
@@ -233,3 +235,171 @@ def test_decide_without_rejections():
     checks = report.decide(metrics, {"min_kept": 3, "max_rejected_share": 0.0})
     assert all(c["ok"] for c in checks)
     assert checks[1]["fix"] == "inspect the rejected manifest"
+
+
+# --------------------------------------------------------------------------- audit findings
+
+
+def _section(md: str, title: str) -> list[str]:
+    """The lines of one ``## title`` section (without the heading)."""
+    lines = md.splitlines()
+    start = lines.index(f"## {title}") + 1
+    end = next((k for k in range(start, len(lines)) if lines[k].startswith("## ")), len(lines))
+    return [line for line in lines[start:end] if line]
+
+
+def test_audit_findings_lines(chain, tmp_path):
+    metrics, md, _ = _report(chain, tmp_path, audit={"min_side": 64})
+    lines = _section(md, "Audit findings")
+    # the rejected ones (too small, empty), quoting the thresholds the filter used
+    assert f"- {audit_checks.describe('too_small', 1, {'min_side': 64})}" in lines
+    assert "- 1 image is below 64 px on the short side — upscale or remove it" in lines
+    assert f"- {audit_checks.describe('zero_byte', 1)}" in lines
+    # and every audit flag on a kept item, counted
+    flagged = {code: n for code, n in metrics["flags"].items() if code in audit_checks.CODES}
+    for code, n in flagged.items():
+        assert f"- {audit_checks.describe(code, n, {'min_side': 64})}" in lines
+    assert len(lines) == 2 + len(flagged)
+    assert not any("duplicate" in line for line in lines)
+    # without audit params the report quotes the default threshold
+    _, md, _ = _report(chain, tmp_path / "defaults")
+    assert f"below {audit_checks.DEFAULT_THRESHOLDS['min_side']} px" in md
+
+
+def test_no_audit_findings_section_when_only_duplicates_were_rejected(tmp_path):
+    raw = tmp_path / "raw"
+    H.sidecar(H.save(H.sample("astronaut.png", (300, 300)), raw / "a.png"), ["space"], rating="g")
+    H.write_bytes(raw / "b.png", (raw / "a.png").read_bytes())
+    c = H.Chain(tmp_path, [H.source(raw)])
+    c.through_dedup()
+    c.caption()
+    c.split()
+    c.rejected()
+    c.export()
+    metrics = c.report()
+    md = c.p["report"].read_text(encoding="utf-8")
+    assert metrics["rejected_by_reason"] == {"exact_duplicate": 1}
+    assert ("## Audit findings" in md) == any(code in audit_checks.CODES for code in metrics["flags"])
+
+
+# --------------------------------------------------------------------------- policy, balance, unmatched
+
+
+BALANCE = {
+    "columns": ["archetype", "emotion"],
+    "default": {"min": 1, "target": 2, "ideal": 3},
+    "cells": [
+        {"archetype": "villain", "emotion": "anger", "min": 2, "target": 3, "ideal": 4},
+        {"archetype": "hero", "emotion": "sad"},
+    ],
+}
+POLICY_IDS = ["src:minor.png", "src:minor_copy.png", "src:by_artist.png", "src:low.png", "other:moon.png"]
+
+
+@pytest.fixture(scope="module")
+def policy_chain(tmp_path_factory):
+    """Items excluded by four policy rules, annotated items for the balance table, an NSFW flag."""
+    root = tmp_path_factory.mktemp("report-policy")
+    raw, other = root / "raw", root / "other"
+    size = (200, 160)
+    minor = H.save(H.sample("astronaut.png", size), raw / "minor.png")
+    H.sidecar(minor, ["loli"], rating="q")
+    H.write_bytes(raw / "minor_copy.png", minor.read_bytes())  # untagged: excluded with its copy
+    H.sidecar(H.save(H.sample("brick.png", size), raw / "by_artist.png"), ["bad_artist", "wall"], rating="g")
+    H.sidecar(H.save(H.sample("retina.jpg", size), raw / "low.png"), ["eye"], rating="g")
+    H.sidecar(H.save(H.sample("chelsea.png", size), raw / "cat.png"), ["cat"], rating="g")
+    H.sidecar(H.save(H.sample("rocket.jpg", size), raw / "rocket.png"), ["rocket"], rating="g")
+    H.sidecar(H.save(H.sample("coffee.png", size), raw / "coffee.png"), ["cup"], rating="explicit")  # kept, NSFW flag
+    H.save(H.sample("grass.png", size), raw / "grass.png")  # untagged, kept
+    H.sidecar(H.save(H.sample("moon.png", size), other / "moon.png"), ["moon"], rating="g")
+    notes = H.write_csv(root / "notes.csv", ["filename", "archetype", "emotion", "harmony_score", "notes"], [
+        ["cat.png", "hero", "joy", "4", ""],
+        ["rocket.png", "hero", "joy", "3", ""],
+        ["coffee.png", "villain", "anger", "3", ""],
+        ["low.png", "villain", "anger", "1", "off model"],
+    ])
+    c = H.Chain(root, [H.source(raw), H.source(other, name="other", license="proprietary")])
+    c.through_dedup(policy={"excluded_artists": ["Bad Artist"], "license_allowlist": ["CC0-1.0"]}, annotations=[notes])
+    c.caption()
+    c.split()
+    c.rejected()
+    c.export()
+    return c
+
+
+def test_policy_section_counts_per_rule_without_item_ids(policy_chain, tmp_path):
+    metrics, md, _ = _report(policy_chain, tmp_path)
+    assert metrics["excluded_by_rule"] == {"annotations": 1, "artists": 1, "license": 1, "minors": 2}
+    lines = _section(md, "Policy")
+    assert lines[:2] == ["| rule | items excluded |", "|---|---|"]
+    assert lines[2:6] == ["| annotations | 1 |", "| artists | 1 |", "| license | 1 |", "| minors | 2 |"]
+    assert any(line.startswith("Policy exclusions are shown as counts only") for line in lines)
+    assert lines[-1] == "1 kept item is flagged NSFW; 2 raw items have no tags and no rating."
+    assert (metrics["nsfw_flagged_kept"], metrics["untagged_raw"]) == (1, 2)
+    # policy rows in the rejected table carry no examples; no excluded item is named anywhere
+    assert "| policy | minors | minor_sexual | 2 |  |" in md
+    assert "| policy | license | license_not_allowed | 1 |  |" in md
+    for item_id in POLICY_IDS:
+        assert item_id not in md
+        assert item_id.split(":", 1)[1] not in md
+    assert metrics["rejected_by_reason"] == {"excluded_artist": 1, "license_not_allowed": 1, "low_harmony": 1, "minor_sexual": 2}
+    assert (metrics["raw"], metrics["kept"], metrics["rejected"]) == (9, 4, 5)
+    assert metrics["flags"].get("nsfw") == 1
+
+
+def test_balance_table_flags_cells_under_min(policy_chain, tmp_path):
+    metrics, md, _ = _report(policy_chain, tmp_path, balance=BALANCE)
+    lines = _section(md, "Balance")
+    assert lines[:2] == ["| archetype | emotion | count | min | target | ideal | status |", "|---|---|---|---|---|---|---|"]
+    assert lines[2:5] == [
+        "| hero | joy | 2 | 1 | 2 | 3 | on_target |",
+        "| hero | sad | 0 | 1 | 2 | 3 | under_min |",
+        "| villain | anger | 1 | 2 | 3 | 4 | under_min |",  # the low-harmony villain was excluded
+    ]
+    assert lines[-1] == "2 cells are under their minimum."
+    assert metrics["balance_cells_under_min"] == 2
+    # targets met: no cell flagged
+    easy = {"columns": ["archetype", "emotion"], "default": {"min": 1, "target": 1, "ideal": 0}}
+    metrics, md, _ = _report(policy_chain, tmp_path / "easy", balance=easy)
+    assert metrics["balance_cells_under_min"] == 0
+    assert _section(md, "Balance")[-1] == "Every cell meets its minimum."
+
+
+def test_unknown_balance_column_fails(policy_chain, tmp_path):
+    with pytest.raises(ValueError, match="balance.columns names unknown column"):
+        _report(policy_chain, tmp_path, balance={"columns": ["mood"]})
+
+
+def test_unmatched_records_section(policy_chain, tmp_path):
+    orphans = tmp_path / "unmatched.parquet"
+    manifest.write(H.frame([
+        {"source": "booru", "record_id": "123", "md5": "a" * 32, "note": "no image file with this md5"},
+        {"source": "booru", "record_id": None, "md5": None, "note": "posts.json line 7: not JSON"},
+    ], schemas.UNMATCHED), orphans, schemas.UNMATCHED, sort_by=["source", "note"])
+    metrics, md, _ = _report(policy_chain, tmp_path, unmatched=orphans)
+    assert metrics["unmatched_records"] == 2
+    lines = _section(md, "Metadata records with no image")
+    assert lines[0] == "2 metadata records matched no image file or could not be read (they are not items):"
+    assert lines[1:3] == ["| source | record | md5 | note |", "|---|---|---|---|"]
+    assert "| booru | 123 | " + "a" * 32 + " | no image file with this md5 |" in lines
+    assert "| booru |  |  | posts.json line 7: not JSON |" in lines
+    # the ledger is about items: orphan records change no count
+    assert (metrics["raw"], metrics["kept"], metrics["rejected"]) == (9, 4, 5)
+    # the unmatched manifest is optional
+    metrics, md, _ = _report(policy_chain, tmp_path / "none", unmatched=None)
+    assert metrics["unmatched_records"] == 0 and "## Metadata records with no image" not in md
+
+
+def test_report_on_an_empty_source(tmp_path):
+    (tmp_path / "raw").mkdir()
+    c = H.Chain(tmp_path, [H.source(tmp_path / "raw")])
+    assert len(c.through_dedup()) == 0
+    c.caption()
+    c.split()
+    c.rejected()
+    c.export()
+    metrics = c.report(thresholds={"min_kept": 1})
+    assert (metrics["raw"], metrics["kept"], metrics["rejected"], metrics["go"]) == (0, 0, 0, False)
+    md = c.p["report"].read_text(encoding="utf-8")
+    assert md.startswith("# Dataset report: NO-GO\n")
+    assert "Nothing was rejected." in md and "No item was excluded by policy." in md

@@ -274,14 +274,51 @@ def test_run_on_real_chain_never_straddles(tmp_path):
         H.save(photo.resize((160, 133), Image.Resampling.LANCZOS), raw / "small" / f"{stem}.png")
     c = H.Chain(tmp_path, [H.source(raw)])
     c.through_dedup(min_side=64, max_distance=10)
-    c.caption()
-    # keep every member: rebuild the captioned manifest from the clusters so copies are split too
-    clusters = c.read("clusters", schemas.MEMBERSHIP)
-    exact = c.read("exact", schemas.FILTERED).merge(clusters[["item_id", "cluster_id", "cluster_key"]], on="item_id")
-    exact["cluster_size"] = exact.groupby("cluster_key")["item_id"].transform("size").astype("int64")
-    exact["caption"] = ""
-    manifest.write(exact, c.p["captioned"], schemas.CAPTIONED)
+    # keep every member: the filtered manifest holds every copy, each with its group's cluster
+    filtered = c.read("filtered", schemas.FILTERED)
+    assert len(filtered) == 10
+    filtered["caption"] = ""
+    manifest.write(filtered, c.p["captioned"], schemas.CAPTIONED)
     written = c.split(fractions={"train": 0.4, "val": 0.3, "test": 0.3})
     assert len(written) == 10
     assert (written.groupby("cluster_key")["split"].nunique() == 1).all()
     assert written["cluster_key"].nunique() == 5
+    assert (written["cluster_size"] == 2).all()
+    groups = H.by_id(c.read("groups", schemas.GROUPS))
+    assert all(groups[r.item_id]["cluster_key"] == r.cluster_key for r in written.itertuples())
+
+
+def test_copies_rejected_by_policy_do_not_change_the_cluster_key(tmp_path):
+    """Clusters are formed before the filter: the key is the smallest sha256 over every raw copy,
+    so a kept item's split does not depend on which of its copies policy or dedup removed."""
+    raw = tmp_path / "raw"
+    photo = H.sample("astronaut.png", (240, 200))
+    H.sidecar(H.save(photo, raw / "a.png"), ["space"], rating="g")
+    H.save(photo.resize((160, 133), Image.Resampling.LANCZOS), raw / "b.png")
+    H.save(H.sample("coffee.png", (240, 200)), raw / "c.png")
+    c = H.Chain(tmp_path, [H.source(raw)])
+    ingest = H.by_id(c.ingest())
+    c.audit()
+    c.nsfw()
+    c.group()
+    sha = {i: r["sha256"] for i, r in ingest.items()}
+    overrides = H.write_csv(tmp_path / "overrides.csv", ["sha256", "action"], [[sha["src:a.png"], "exclude"]])
+    c.filter(overrides=overrides)
+    c.dedup()
+    c.caption()
+    written = H.by_id(c.split())
+    assert sorted(written) == ["src:b.png", "src:c.png"]
+    key = min(sha["src:a.png"], sha["src:b.png"])
+    assert written["src:b.png"]["cluster_key"] == key
+    assert written["src:b.png"]["split"] == assign(key, SEED, FRACTIONS)
+    assert written["src:c.png"]["cluster_key"] == sha["src:c.png"]
+
+
+def test_split_keeps_policy_columns(tmp_path):
+    rows = [H.item_row("src:a.png", flags=["nsfw", "blurry"], nsfw_flag=True, nsfw_score=0.75, archetype="hero",
+                       emotion="joy", harmony_score=3.0, override="action=keep", caption_override="fixed")]
+    written, _ = Run(tmp_path)(rows)
+    row = H.by_id(manifest.read(tmp_path / "split1.parquet", schemas.SPLIT))["src:a.png"]
+    assert list(row["flags"]) == ["nsfw", "blurry"]
+    assert (row["nsfw_flag"], row["nsfw_score"], row["archetype"], row["emotion"]) == (True, 0.75, "hero", "joy")
+    assert (row["harmony_score"], row["override"], row["caption_override"]) == (3.0, "action=keep", "fixed")

@@ -153,11 +153,12 @@ def render(
     for code, n in metrics.get("flags", {}).items():
         if code in audit_checks.DEFAULT_ACTIONS:
             findings[code] = findings.get(code, 0) + n
+    # audit codes only: duplicates and ingest problems have no finding line (and no empty section)
+    findings = {c: n for c, n in findings.items() if c in audit_checks.DEFAULT_ACTIONS or c in schemas.DECODE_REASONS}
     if findings:
         lines += ["", "## Audit findings", ""]
         for code in sorted(findings):
-            if code in audit_checks.DEFAULT_ACTIONS or code in schemas.DECODE_REASONS:
-                lines.append(f"- {audit_checks.describe(code, int(findings[code]), audit_thresholds)}")
+            lines.append(f"- {audit_checks.describe(code, int(findings[code]), audit_thresholds)}")
     lines += ["", "## Policy", ""]
     excluded = metrics.get("excluded_by_rule", {})
     if excluded:
@@ -197,7 +198,7 @@ def render(
         lines += ["", "## Metadata records with no image", ""]
         lines.append(f"{len(orphans)} metadata records matched no image file or could not be read (they are not items):")
         lines.append("")
-        lines += _table(["source", "record", "md5", "note"], [[o.source, o.record_id or "", o.md5 or "", o.note] for o in orphans.head(50).itertuples()])
+        lines += _table(["source", "record", "md5", "note"], [[o.source, "" if pd.isna(o.record_id) else o.record_id, "" if pd.isna(o.md5) else o.md5, o.note] for o in orphans.head(50).itertuples()])
     lines += ["", "## Split", ""]
     lines.append(f"Leakage: {metrics['split_leakage']} duplicate pairs cross splits.")
     if leaks:
