@@ -277,6 +277,7 @@ def item_row(item_id: str, sha: str | None = None, **over) -> dict:
         "height": 512,
         "exif_orientation": 1,
         "phash": "0" * 16,
+        "dhash": "0" * 16,
         "n_frames": 1,
         "animated": False,
         "has_alpha": False,

@@ -22,7 +22,7 @@ from trainset.features import FeatureCache, FeatureStats, compute, extract, feat
 
 SAMPLES = Path(skimage.data.__file__).parent
 MEASURES = {"n_frames", "animated", "has_alpha", "alpha_min", "bit_depth", "luma_mean", "luma_std", "entropy", "laplacian_var"}
-FIELDS = {"decoded", "reason", "detail", "format", "mode", "width", "height", "exif_orientation", "phash", *MEASURES}
+FIELDS = {"decoded", "reason", "detail", "format", "mode", "width", "height", "exif_orientation", "phash", "dhash", *MEASURES}
 
 
 def _photo(name: str = "chelsea.png", size: tuple[int, int] | None = None) -> Image.Image:
@@ -65,7 +65,7 @@ def _assert_failed(result: dict, reason: str, size: tuple[int, int] = (0, 0)) ->
     assert result["decoded"] is False
     assert result["reason"] == reason
     assert isinstance(result["detail"], str) and result["detail"]
-    assert result["mode"] is None and result["phash"] is None
+    assert result["mode"] is None and result["phash"] is None and result["dhash"] is None
     assert (result["width"], result["height"]) == size
     assert result["exif_orientation"] == 1
     # the measures' defaults: one frame, no alpha, unknown depth, no pixel statistics
@@ -204,6 +204,7 @@ def test_decodes_formats(tmp_path, fmt, suffix, mode):
     assert result["exif_orientation"] == 1
     with Image.open(path) as im:
         assert result["phash"] == str(imagehash.phash(im))
+        assert result["dhash"] == str(imagehash.dhash(im))
 
 
 @pytest.mark.parametrize("name", ["astronaut.png", "camera.png", "horse.png", "logo.png", "rocket.jpg", "coffee.png"])
@@ -215,6 +216,7 @@ def test_bundled_photos_decode_and_match_imagehash(name):
         assert result["mode"] == im.mode
         assert (result["width"], result["height"]) == im.size
         assert result["phash"] == str(imagehash.phash(im))
+        assert result["dhash"] == str(imagehash.dhash(im))
 
 
 @pytest.mark.parametrize("mode", ["RGBA", "L", "LA", "I;16", "1"])
@@ -230,6 +232,7 @@ def test_modes_are_reported(tmp_path, mode):
     assert result["mode"] == mode
     with Image.open(path) as im:
         assert result["phash"] == str(imagehash.phash(im))
+        assert result["dhash"] == str(imagehash.dhash(im))
 
 
 def _jpeg_with_orientation(path: Path, orientation: int, size=(96, 64)) -> Path:
@@ -248,8 +251,10 @@ def test_exif_orientation_6_swaps_sides_and_hashes_upright(tmp_path):
         assert im.size == (96, 64)
         upright = ImageOps.exif_transpose(im)
         assert result["phash"] == str(imagehash.phash(upright))
+        assert result["dhash"] == str(imagehash.dhash(upright))
         # and it is not simply the hash of the stored (sideways) pixels
         assert result["phash"] != str(imagehash.phash(im))
+        assert result["dhash"] != str(imagehash.dhash(im))
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
@@ -261,6 +266,7 @@ def test_every_exif_orientation(tmp_path, orientation):
     assert (result["width"], result["height"]) == expected
     with Image.open(path) as im:
         assert result["phash"] == str(imagehash.phash(ImageOps.exif_transpose(im)))
+        assert result["dhash"] == str(imagehash.dhash(ImageOps.exif_transpose(im)))
 
 
 @pytest.mark.parametrize("orientation", [0, 9, 42])
@@ -272,6 +278,65 @@ def test_out_of_range_orientation_reads_as_1(tmp_path, orientation):
     assert (result["width"], result["height"]) == (96, 64)
     with Image.open(path) as im:
         assert result["phash"] == str(imagehash.phash(im))
+        assert result["dhash"] == str(imagehash.dhash(im))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_dhash_is_of_the_exif_upright_image(tmp_path, orientation):
+    path = _jpeg_with_orientation(tmp_path / f"d{orientation}.jpg", orientation, size=(120, 80))
+    result = extract(str(path))
+    assert result["decoded"] is True
+    assert len(result["dhash"]) == 16 and int(result["dhash"], 16) >= 0
+    with Image.open(path) as im:
+        upright = ImageOps.exif_transpose(im)
+        assert result["dhash"] == str(imagehash.dhash(upright))
+        assert result["dhash"] == hashing.to_hex(hashing.dhash(upright))
+        if orientation != 1:  # a turned or mirrored photo has another dHash
+            assert result["dhash"] != str(imagehash.dhash(im))
+
+
+def test_dhash_and_phash_come_from_one_decode_of_the_same_image(tmp_path, monkeypatch):
+    path = _jpeg_with_orientation(tmp_path / "one.jpg", 6)
+    opened, seen = [], {}
+    real_open, real_phash, real_dhash = Image.open, hashing.phash, hashing.dhash
+    monkeypatch.setattr(Image, "open", lambda *a, **kw: opened.append(a) or real_open(*a, **kw))
+
+    def spy(name, real):
+        def wrapped(im):
+            seen[name] = im
+            return real(im)
+        return wrapped
+
+    monkeypatch.setattr(hashing, "phash", spy("phash", real_phash))
+    monkeypatch.setattr(hashing, "dhash", spy("dhash", real_dhash))
+    result = extract(str(path))
+    assert len(opened) == 1
+    assert seen["phash"] is seen["dhash"]
+    assert seen["dhash"].size == (result["width"], result["height"]) == (64, 96)
+
+
+@pytest.mark.parametrize("name", ["rocket.jpg", "chelsea.png", "coins.png", "logo.png"])
+def test_dhash_matches_imagehash_on_photos(name):
+    path = SAMPLES / name
+    result = extract(str(path))
+    with Image.open(path) as im:
+        assert result["dhash"] == str(imagehash.dhash(im))
+    assert result["dhash"] != result["phash"]
+
+
+def test_dhash_none_for_every_failed_decode(tmp_path):
+    big = _write(tmp_path / "big.png", _encode(_photo(size=(60, 50)), "PNG"))
+    cases = {
+        "zero_byte": extract(str(_write(tmp_path / "empty.png", b""))),
+        "not_image": extract(str(_write(tmp_path / "text.png", b"hello, not an image"))),
+        "corrupt": extract(str(_write(tmp_path / "garbled.png", _garbled_png(_photo(size=(60, 50)))))),
+        "decompression_bomb": extract(str(big), max_pixels=100),
+    }
+    for reason, result in cases.items():
+        assert result["decoded"] is False
+        assert result["reason"] == reason
+        assert result["dhash"] is None and result["phash"] is None
+    assert extract(str(big))["dhash"] is not None
 
 
 def test_extract_result_is_json_round_trippable(tmp_path):
@@ -403,7 +468,9 @@ def test_compute_results_match_extract_and_imagehash(tmp_path, corpus):
             continue
         with Image.open(path) as im:
             assert result[sha]["phash"] == str(imagehash.phash(im))
+            assert result[sha]["dhash"] == str(imagehash.dhash(im))
             assert result[sha]["phash"] == hashing.to_hex(hashing.phash(im))
+            assert result[sha]["dhash"] == hashing.to_hex(hashing.dhash(im))
 
 
 def test_compute_empty(tmp_path):
@@ -444,6 +511,7 @@ def test_animated_formats_count_frames_and_measure_the_first(tmp_path, fmt, suff
     assert result["luma_mean"] == pytest.approx(0, abs=1)  # the first (black) frame, not a later one
     with Image.open(path) as im:
         assert result["phash"] == str(imagehash.phash(im))
+        assert result["dhash"] == str(imagehash.dhash(im))
 
 
 @pytest.mark.parametrize(("fmt", "suffix"), [("GIF", "gif"), ("PNG", "png"), ("WEBP", "webp"), ("JPEG", "jpg")])

@@ -1,4 +1,4 @@
-"""trainset.hashing: SHA-256 and a pHash identical to imagehash.phash."""
+"""trainset.hashing: SHA-256, and pHash and dHash identical to imagehash.phash and imagehash.dhash."""
 
 from __future__ import annotations
 
@@ -38,6 +38,13 @@ BUNDLED = _bundled_images()
 def _same(image: Image.Image) -> None:
     ours = hashing.to_hex(hashing.phash(image))
     theirs = str(imagehash.phash(image))
+    assert ours == theirs, (image.mode, image.size)
+    assert len(ours) == 16
+
+
+def _same_dhash(image: Image.Image) -> None:
+    ours = hashing.to_hex(hashing.dhash(image))
+    theirs = str(imagehash.dhash(image))
     assert ours == theirs, (image.mode, image.size)
     assert len(ours) == 16
 
@@ -88,6 +95,8 @@ def _synthetic() -> dict[str, Image.Image]:
     images["flat_L_0"] = Image.new("L", (40, 40), 0)
     images["flat_L_255"] = Image.new("L", (7, 300), 255)
     images["tiny_1x1"] = Image.new("RGB", (1, 1), (10, 200, 30))
+    images["tiny_3x2"] = Image.fromarray(np.array([[[0, 0, 0], [128, 128, 128], [255, 255, 255]],
+                                                   [[255, 0, 0], [0, 255, 0], [0, 0, 255]]], dtype=np.uint8), "RGB")
     for name, (w, h), box in [
         ("split_lr", (100, 100), (0, 0, 50, 100)),
         ("split_tb", (100, 100), (0, 0, 100, 50)),
@@ -178,6 +187,82 @@ def test_phash_all_black_image_is_zero():
     # Every DCT coefficient of an all-zero thumbnail is 0, so none exceeds the median.
     assert hashing.phash(Image.new("L", (32, 32), 0)) == 0
     assert str(imagehash.phash(Image.new("L", (32, 32), 0))) == "0" * 16
+
+
+# --- dHash ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", BUNDLED, ids=[p.name for p in BUNDLED])
+def test_dhash_matches_imagehash_on_bundled_photos(path):
+    with Image.open(path) as im:
+        im.load()
+        _same_dhash(im)
+        _same_dhash(im.convert("RGB"))
+        _same_dhash(im.convert("L"))
+        _same_dhash(im.transpose(Image.Transpose.ROTATE_90))
+        _same_dhash(im.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
+
+
+@pytest.mark.parametrize("name", sorted(SYNTHETIC))
+def test_dhash_matches_imagehash_on_synthetic(name):
+    _same_dhash(SYNTHETIC[name])
+
+
+@pytest.mark.parametrize("name", ["palette_P", "rgba", "cmyk", "i16_gradient", "pixelart_0_x16", "tiny_3x2"])
+def test_dhash_matches_after_file_round_trip(name, tmp_path):
+    image = SYNTHETIC[name]
+    fmt = {"cmyk": "JPEG"}.get(name, "TIFF" if image.mode.startswith("I") else "PNG")
+    path = tmp_path / f"img.{fmt.lower()}"
+    image.save(path, format=fmt)
+    with Image.open(path) as im:
+        im.load()
+        _same_dhash(im)
+
+
+def test_dhash_differs_between_different_photos():
+    values = set()
+    for path in BUNDLED:
+        with Image.open(path) as im:
+            values.add(hashing.to_hex(hashing.dhash(im)))
+    assert len(values) >= len(BUNDLED) - 2
+
+
+def test_dhash_pixels_is_8_rows_of_9_grayscale():
+    px = hashing.dhash_pixels(SYNTHETIC["noise_rgb_0"])
+    assert px.shape == (8, 9)
+    assert px.dtype == np.uint8
+
+
+def test_dhash_from_pixels_bit_order():
+    # Row 0's left-most comparison is the most significant bit, as in imagehash's hex.
+    pixels = np.zeros((8, 9), dtype=np.uint8)
+    pixels[0, 1] = 1  # only (row 0, column 1) is brighter than its left neighbour
+    assert hashing.dhash_from_pixels(pixels) == 1 << 63
+    pixels = np.zeros((8, 9), dtype=np.uint8)
+    pixels[7, 8] = 1  # only the last comparison
+    assert hashing.dhash_from_pixels(pixels) == 1
+    for name in ("split_lr", "noise_rgb_1", "pixelart_2_x7"):
+        value = hashing.dhash_from_pixels(hashing.dhash_pixels(SYNTHETIC[name]))
+        assert 0 <= value < 2**64
+        bits = imagehash.dhash(SYNTHETIC[name]).hash.flatten()
+        assert value == int("".join("1" if b else "0" for b in bits), 2)
+
+
+def test_dhash_of_known_images():
+    # flat: no pixel is brighter than its neighbour; a left-to-right ramp: every one is
+    for image in (Image.new("L", (32, 32), 0), Image.new("RGB", (50, 20), (90, 90, 90)), SYNTHETIC["tiny_1x1"]):
+        assert hashing.dhash(image) == 0
+        assert str(imagehash.dhash(image)) == "0" * 16
+    assert hashing.to_hex(hashing.dhash(SYNTHETIC["gradient_L"])) == "f" * 16
+    assert str(imagehash.dhash(SYNTHETIC["gradient_L"])) == "f" * 16
+    # mirroring a ramp turns every comparison around
+    mirrored = SYNTHETIC["gradient_L"].transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    assert hashing.dhash(mirrored) == 0
+
+
+def test_dhash_and_phash_are_different_hashes():
+    image = SYNTHETIC["noise_rgb_2"]
+    assert hashing.dhash(image) != hashing.phash(image)
 
 
 # --- sha256 -----------------------------------------------------------------------------

@@ -368,6 +368,7 @@ def _audit_row(**over) -> dict:
     row = {
         "item_id": "s:a.png", "sha256": "a" * 64, "decoded": True, "reason": None, "detail": None,
         "format": "PNG", "mode": "RGB", "width": 10, "height": 12, "exif_orientation": 1, "phash": "0123456789abcdef",
+        "dhash": "fedcba9876543210",
         "n_frames": 1, "animated": False, "has_alpha": False, "alpha_min": 255, "bit_depth": 8,
         "luma_mean": 120.5, "luma_std": 40.0, "entropy": 7.1, "laplacian_var": 310.0,
     }
@@ -379,16 +380,17 @@ def test_audit_schema_accepts_failed_decode(tmp_path):
     df = manifest.with_version(pd.DataFrame([
         _audit_row(),
         _audit_row(item_id="s:b.png", decoded=False, reason="truncated", detail="cut", format=None,
-                   mode=None, width=0, height=0, phash=None, bit_depth=0,
+                   mode=None, width=0, height=0, phash=None, dhash=None, bit_depth=0,
                    luma_mean=float("nan"), luma_std=float("nan"), entropy=float("nan"), laplacian_var=float("nan")),
         _audit_row(item_id="s:c.png", decoded=False, reason="decompression_bomb", detail="too big", mode=None,
-                   width=20000, height=20000, phash=None, bit_depth=0,
+                   width=20000, height=20000, phash=None, dhash=None, bit_depth=0,
                    luma_mean=float("nan"), luma_std=float("nan"), entropy=float("nan"), laplacian_var=float("nan")),
     ]))
     manifest.write(df, tmp_path / "audit.parquet", schemas.AUDIT)
     back = manifest.read(tmp_path / "audit.parquet", schemas.AUDIT)
     assert list(back["reason"].fillna("-")) == ["-", "truncated", "decompression_bomb"]
     assert back["luma_mean"].isna().tolist() == [False, True, True]
+    assert back["dhash"].tolist()[0] == "fedcba9876543210" and back["dhash"].isna().tolist() == [False, True, True]
 
 
 @pytest.mark.parametrize(
@@ -397,6 +399,9 @@ def test_audit_schema_accepts_failed_decode(tmp_path):
         ({"reason": "exploded"}, "reason"),
         ({"phash": "0123456789ABCDEF"}, "phash"),
         ({"phash": "0123"}, "phash"),
+        ({"dhash": "FEDCBA9876543210"}, "dhash"),
+        ({"dhash": "fedcba98765432100"}, "dhash"),
+        ({"dhash": "not-hex-at-all!!"}, "dhash"),
         ({"exif_orientation": 9}, "exif_orientation"),
         ({"exif_orientation": 0}, "exif_orientation"),
         ({"width": -1}, "width"),

@@ -5,7 +5,7 @@ params (including the decompression-bomb pixel limit), this module's and the has
 module's code, and the trainset and Pillow versions. Adding one image to a source
 therefore decodes that image only.
 
-Besides the identity fields (format, mode, upright size, EXIF orientation, pHash) one
+Besides the identity fields (format, mode, upright size, EXIF orientation, pHash, dHash) one
 decode yields the measures the audit checks judge (``trainset.audit_checks``). They are
 stored per item, so a threshold can change later without decoding anything again:
 
@@ -64,7 +64,7 @@ def _failed(reason: str, detail: str, fmt: str | None = None, width: int = 0, he
     return {
         "decoded": False, "reason": reason, "detail": detail, "format": fmt, "mode": None,
         "width": int(width), "height": int(height), "exif_orientation": 1, "phash": None,
-        "n_frames": 1, "animated": False, "has_alpha": False, "alpha_min": 255, "bit_depth": 0,
+        "dhash": None, "n_frames": 1, "animated": False, "has_alpha": False, "alpha_min": 255, "bit_depth": 0,
         "luma_mean": None, "luma_std": None, "entropy": None, "laplacian_var": None,
     }
 
@@ -233,6 +233,7 @@ def _extract(path: str, max_pixels: int | None) -> dict:
             upright = ImageOps.exif_transpose(im) if orientation != 1 else im
             width, height = upright.size
             value = hashing.phash(upright)
+            dvalue = hashing.dhash(upright)
             measures = measure(upright)
     except UnidentifiedImageError:
         return _failed("not_image", "not a recognised image format (content does not match any decoder)")
@@ -243,7 +244,7 @@ def _extract(path: str, max_pixels: int | None) -> dict:
     return {
         "decoded": True, "reason": None, "detail": None, "format": fmt, "mode": mode,
         "width": int(width), "height": int(height), "exif_orientation": orientation,
-        "phash": hashing.to_hex(value), "n_frames": n_frames, "animated": animated, **measures,
+        "phash": hashing.to_hex(value), "dhash": hashing.to_hex(dvalue), "n_frames": n_frames, "animated": animated, **measures,
     }
 
 

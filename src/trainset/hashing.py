@@ -3,6 +3,9 @@
 pHash follows ``imagehash.phash`` arithmetic exactly (grayscale, 32x32 Lanczos, scipy's
 DCT-II along rows then columns, top-left 8x8 compared with its median), so stored values
 equal ``str(imagehash.phash(img))`` for the same decoded image.
+
+dHash follows ``imagehash.dhash`` the same way (grayscale, 9x8 Lanczos, each pixel compared
+with its left neighbour, row by row), so stored values equal ``str(imagehash.dhash(img))``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from PIL import Image
 
 PHASH_SIZE = 8
 PHASH_HIGHFREQ = 4
+DHASH_SIZE = 8
 _CHUNK = 1 << 20
 
 
@@ -59,6 +63,25 @@ def phash_from_pixels(pixels: np.ndarray) -> int:
 
 def phash(image: Image.Image) -> int:
     return phash_from_pixels(phash_pixels(image))
+
+
+def dhash_pixels(image: Image.Image) -> np.ndarray:
+    """The 8-row, 9-column grayscale thumbnail dHash works on (as imagehash makes it)."""
+    return np.asarray(image.convert("L").resize((DHASH_SIZE + 1, DHASH_SIZE), Image.Resampling.LANCZOS))
+
+
+def dhash_from_pixels(pixels: np.ndarray) -> int:
+    """64-bit dHash of one 8x9 thumbnail: bit set where a pixel is brighter than its left
+    neighbour, rows top to bottom, first bit most significant (imagehash's hex order)."""
+    bits = (pixels[:, 1:] > pixels[:, :-1]).flatten()
+    value = 0
+    for bit in bits:
+        value = (value << 1) | int(bit)
+    return value
+
+
+def dhash(image: Image.Image) -> int:
+    return dhash_from_pixels(dhash_pixels(image))
 
 
 def to_hex(value: int) -> str:

@@ -70,6 +70,7 @@ IMAGE_COLUMNS = {
     "height": pa.Column("int64", pa.Check.ge(0)),
     "exif_orientation": pa.Column("int64", pa.Check.in_range(1, 8)),
     "phash": _text(nullable=True, checks=pa.Check.str_matches(_HEX16)),
+    "dhash": _text(nullable=True, checks=pa.Check.str_matches(_HEX16)),
     # measures from the same decode (trainset.features), judged by trainset.audit_checks;
     # a failed decode has n_frames 1, no alpha (alpha_min 255), bit_depth 0 and NaN floats
     "n_frames": pa.Column("int64", pa.Check.ge(1)),
