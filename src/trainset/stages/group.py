@@ -39,7 +39,7 @@ def run(ingest_path: str | Path, audit_path: str | Path, out: str | Path, pairs_
 
     contents = merged.sort_values("item_id").drop_duplicates("sha256").reset_index(drop=True)
     hashed = contents[contents["phash"].notna()]
-    ii, jj, dd = kernels.hamming_pairs(hashing.from_hex(hashed["phash"]), max_distance) if len(hashed) else ([], [], [])
+    ii, jj, dd = kernels.near_pairs(hashing.from_hex(hashed["phash"]), max_distance) if len(hashed) else ([], [], [])
     idx = hashed.index.to_numpy()
     rep = contents["item_id"].to_numpy()
     ii, jj = np.asarray(ii, dtype=np.int64), np.asarray(jj, dtype=np.int64)

@@ -30,7 +30,7 @@ def leakage(split: pd.DataFrame, max_distance: int) -> list[dict]:
         return []
     ids = split["item_id"].to_numpy()
     splits = split["split"].to_numpy()
-    i, j, d = kernels.hamming_pairs(hashing.from_hex(split["phash"]), max_distance)
+    i, j, d = kernels.near_pairs(hashing.from_hex(split["phash"]), max_distance)
     found = [
         {"a": str(ids[a]), "b": str(ids[b]), "distance": int(dist), "splits": f"{splits[a]}/{splits[b]}"}
         for a, b, dist in zip(i, j, d) if splits[a] != splits[b]
