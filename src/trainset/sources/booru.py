@@ -74,6 +74,16 @@ _BY_MD5, _BY_NAME, _BY_STEM, _BY_MD5_IN_NAME = 0, 1, 2, 3
 _HOW = {_BY_MD5: "md5", _BY_NAME: "file name", _BY_STEM: "file stem", _BY_MD5_IN_NAME: "md5 in file name"}
 
 
+def _where(file: str, line: int | None, index: int | None) -> str:
+    """``file:line[index]``: where in the metadata a post or a problem sits."""
+    out = file
+    if line is not None:
+        out += f":{line}"
+    if index is not None:
+        out += f"[{index}]"
+    return out
+
+
 @dataclass
 class Post:
     """One post record, read leniently: identity always, content unless ``error`` says why not."""
@@ -94,12 +104,7 @@ class Post:
 
     @property
     def where(self) -> str:
-        out = self.file
-        if self.line is not None:
-            out += f":{self.line}"
-        if self.index is not None:
-            out += f"[{self.index}]"
-        return out
+        return _where(self.file, self.line, self.index)
 
     @property
     def stems(self) -> tuple[str, ...]:
@@ -117,12 +122,7 @@ class Problem:
 
     @property
     def where(self) -> str:
-        out = self.file
-        if self.line is not None:
-            out += f":{self.line}"
-        if self.index is not None:
-            out += f"[{self.index}]"
-        return out
+        return _where(self.file, self.line, self.index)
 
 
 # --- reading records --------------------------------------------------------------------
