@@ -72,6 +72,11 @@ def as_flag(value: Any, where: str) -> bool:
     raise ConfigError(f"{where} must be true or false, got {value!r}")
 
 
+def _choice(value: str, allowed, key: str, where: str) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{where}: unknown {key} {value!r}; expected one of {', '.join(allowed)}")
+
+
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     with open(path, encoding="utf-8") as fh:
         params = yaml.safe_load(fh) or {}
@@ -124,8 +129,7 @@ def _parse_source(entry: Any, index: int, root: Path) -> Source:
     if kind not in SOURCE_KINDS:
         raise ConfigError(f"{where}: unknown kind {kind!r}; known kinds: {', '.join(SOURCE_KINDS)}")
     scheme = str(entry.get("rating_scheme", "danbooru"))
-    if scheme not in SCHEMES:
-        raise ConfigError(f"{where}: unknown rating_scheme {scheme!r}; expected one of {', '.join(SCHEMES)}")
+    _choice(scheme, SCHEMES, "rating_scheme", where)
     try:
         weight = float(entry.get("weight", 1.0))
         raw_repeats = entry.get("repeats", 1)
@@ -171,11 +175,9 @@ def _parse_booru(entry: dict, kind: str, scheme: str, where: str, root: Path) ->
     if not entry.get("site"):
         raise ConfigError(f"{where}: kind 'booru' needs 'site', one of {', '.join(BOORU_SITES)}")
     site = str(entry["site"])
-    if site not in BOORU_SITES:
-        raise ConfigError(f"{where}: unknown site {site!r}; expected one of {', '.join(BOORU_SITES)}")
+    _choice(site, BOORU_SITES, "site", where)
     join = str(entry.get("join", "auto"))
-    if join not in BOORU_JOINS:
-        raise ConfigError(f"{where}: unknown join {join!r}; expected one of {', '.join(BOORU_JOINS)}")
+    _choice(join, BOORU_JOINS, "join", where)
     if "rating_scheme" in entry and scheme != site:
         raise ConfigError(f"{where}: rating_scheme {scheme!r} contradicts site {site!r}; for booru sources the site sets the rating scheme, so leave rating_scheme out")
     return {"metadata": _resolve(entry["metadata"], root), "site": site, "join": join}

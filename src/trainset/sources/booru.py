@@ -54,7 +54,7 @@ from urllib.parse import unquote, urlsplit
 from .. import hashing
 from ..config import Source
 from ..rating import RatingError, normalize_rating
-from .image_folder import SourceError, file_row, walk
+from .image_folder import SourceError, file_row, normalize_extensions, walk
 
 log = logging.getLogger(__name__)
 
@@ -482,7 +482,7 @@ def unmatched_records(source: Source, extensions: Iterable[str] | None = None) -
     process, or read afresh (images with ``extensions``, default :data:`DEFAULT_EXTENSIONS`)."""
     if source.name in _LAST:
         return [dict(entry) for entry in _LAST[source.name]]
-    exts = tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in (extensions or DEFAULT_EXTENSIONS))
+    exts = normalize_extensions(extensions or DEFAULT_EXTENSIONS)
     return [dict(entry) for entry in join_records(source, exts).unmatched]
 
 
@@ -523,7 +523,7 @@ def read(
 def source_fingerprint(source: Source, extensions: list[str]) -> str:
     """Digest of the image listing and the metadata files (paths, sizes, mtimes): changes when
     an image or a record file is added, removed or rewritten."""
-    exts = tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
+    exts = normalize_extensions(extensions)
     h = hashlib.sha256()
     try:
         listing = walk(source.path, exts)

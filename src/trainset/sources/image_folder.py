@@ -30,6 +30,11 @@ class SourceError(OSError):
     """A source folder that cannot be read at all."""
 
 
+def normalize_extensions(extensions) -> tuple[str, ...]:
+    """Extensions as params may spell them (``png``, ``.PNG``) in the form ``walk`` matches."""
+    return tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
+
+
 def walk(root: Path, extensions: tuple[str, ...]) -> list[tuple[str, os.stat_result]]:
     """Image files under ``root`` as sorted (relative POSIX path, stat) pairs."""
     if not root.is_dir():
@@ -157,7 +162,7 @@ def source_fingerprint(source: Source, extensions: list[str]) -> str:
     is added, removed or rewritten, so the workflow knows to ingest again."""
     import hashlib
 
-    exts = tuple(e.lower() for e in extensions) + SIDE_CAR_SUFFIXES
+    exts = normalize_extensions(extensions) + SIDE_CAR_SUFFIXES
     h = hashlib.sha256()
     try:
         listing = walk(source.path, exts)

@@ -10,6 +10,7 @@ import pandas as pd
 from .. import atomic, hashing, manifest, schemas
 from ..config import Source
 from ..sources import booru, read_source
+from ..sources.image_folder import normalize_extensions
 
 _STAT_COLUMNS = ["rel_path", "size", "mtime_ns", "sha256"]
 
@@ -60,7 +61,7 @@ def run(
 ) -> pd.DataFrame:
     """Write the ingest manifest (and, when asked, the metadata records that matched no image)."""
     root = Path(root)
-    exts = tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
+    exts = normalize_extensions(extensions)
     rows: list[dict] = []
     unmatched: list[dict] = []
     for source in sources:
