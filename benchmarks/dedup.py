@@ -1,0 +1,637 @@
+"""Near-duplicate engine vs its peers: hashing throughput, pair search, quality on real images.
+
+    python benchmarks/dedup.py --quick   # ~5 min on a 2-core CPU: N = 10k, 100k; a few hundred images
+    python benchmarks/dedup.py           # adds N = 1M and larger image sets (an hour or more on 2 cores)
+
+One command measures everything in the same run, prints Markdown tables of ratios and writes the
+tables of this run into ``benchmarks/RESULTS.md`` (only between its own markers; ``--out ''``
+writes nothing). Install and peers: ``benchmarks/README.md``.
+
+1. Hashing throughput, one process each, on the same 512 px JPEGs (made here in a temp dir from the
+   real face corpora): trainset's per-item features (``features.extract`` + ``hashing.sha256_file``),
+   ``imagehash.phash(Image.open(p))``, and the decode floor (open + ``draft('L', (32, 32))`` + 32x32
+   Lanczos, no hash); then ``features.compute`` on ``--threads`` processes.
+2. Pair search on planted 64-bit hashes (random, plus copies of 10 % of them with 0..t bits
+   flipped): ``kernels.near_pairs`` vs FAISS ``IndexBinaryFlat`` range search (same thread count)
+   vs imagededup ``PHash().find_duplicates(encoding_map=...)`` (N = 10k only). Pair sets (and
+   distances) must be identical; exits 1 if not.
+3. Quality on near-duplicates made here from a few hundred real originals (seeded transforms):
+   pair precision / recall of pHash alone (``near_dup.max_distance`` from params.yaml) and of
+   ``trainset.neardup.detect`` with the shipped ``near_dup`` params, without and with ``mirror``.
+
+Corpora: ``$TRAINSET_CORPORA`` (default ``/work/shared/corpora``), read only; everything generated
+goes to a temp dir that is removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import logging
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+SHIM = HERE / "_imagededup_shim"
+CORPORA = Path(os.environ.get("TRAINSET_CORPORA", "/work/shared/corpora"))
+ANIME = CORPORA / "anime-faces-moeimouto-jonathonyan"
+FACES = CORPORA / "facial-expressions-muxspace" / "images"
+BEGIN = "<!-- benchmarks/dedup.py: begin (this section is rewritten by every run) -->"
+END = "<!-- benchmarks/dedup.py: end -->"
+
+TRANSFORMS = ("resize50", "jpeg40", "crop", "pad", "brightness", "watermark", "mirror")
+MIRROR = TRANSFORMS.index("mirror") + 1  # kind 0 is the original
+PER_GROUP = len(TRANSFORMS) + 1
+MIN_SIDE = 96  # originals smaller than this are skipped (a 50 % copy would be tiny)
+
+
+@dataclass
+class Report:
+    """Markdown lines printed as they come, the targets checked, and whether every pair set agreed."""
+
+    lines: list[str] = field(default_factory=list)
+    targets: list[tuple[str, str, str, bool | None]] = field(default_factory=list)
+    identical: bool = True
+
+    def __call__(self, line: str = "") -> None:
+        self.lines.append(line)
+        print(line, flush=True)
+
+    def target(self, what: str, measured: str, goal: str, met: bool | None) -> None:
+        self.targets.append((what, measured, goal, met))
+
+
+def ratio(x: float | None, y: float | None) -> str:
+    if not x or not y:
+        return "—"
+    r = x / y
+    return f"{r:.2f}x" if r < 10 else f"{r:.1f}x" if r < 100 else f"{r:,.0f}x"
+
+
+def timed(fn, *args, **kwargs):
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - start
+
+
+# --- machine ---------------------------------------------------------------------------------
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def version(module: str) -> str:
+    try:
+        return getattr(importlib.import_module(module), "__version__", "?")
+    except Exception as exc:  # noqa: BLE001 - a peer that does not import is reported, not fatal
+        return f"not importable ({type(exc).__name__})"
+
+
+def machine_lines(argv: list[str]) -> list[str]:
+    commit = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+                            capture_output=True, text=True).stdout.strip() or "?"
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    return [
+        f"`{shlex.join(['python', 'benchmarks/dedup.py', *argv])}` — "
+        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, trainset `{commit}`",
+        "",
+        f"- Machine: {cpu_name()}, {os.cpu_count()} logical CPU(s), load average at start {load} "
+        "(1 / 5 / 15 min; a shared VM: other jobs may run at the same time)",
+        f"- Python {platform.python_version()}, NumPy {np.__version__}, Pillow {Image.__version__}, "
+        f"imagehash {version('imagehash')}, faiss-cpu {version('faiss')}, imagededup {version('imagededup')}, "
+        f"torchvision {version('torchvision')}",
+    ]
+
+
+# --- corpora ---------------------------------------------------------------------------------
+
+
+def corpus(min_side: int = MIN_SIDE) -> list[tuple[Path, str]]:
+    """Real face images as ``(path, character)``: the anime faces (character from the folder name)
+    and the facial-expressions photos (person from the file name), smallest side >= ``min_side``."""
+    anime = sorted(ANIME.glob("datasets/recognition/*/*/*.png")) + sorted(ANIME.glob("label_data/**/*.png"))
+    out = [(p, "anime:" + re.sub(r"^\d+_", "", p.parent.name)) for p in anime]
+    out += [(p, "photo:" + re.sub(r"_?\d+k?$", "", p.stem)) for p in sorted(FACES.glob("*.jpg"))]
+    if not out:
+        raise SystemExit(f"no images under {ANIME} or {FACES} (set TRAINSET_CORPORA)")
+    keep = []
+    for path, char in out:
+        with Image.open(path) as im:
+            if min(im.size) >= min_side:
+                keep.append((path, char))
+    return keep
+
+
+def imagehash_phash(path: str) -> str:
+    """The peer: ``imagehash.phash`` of the file as Pillow opens it."""
+    import imagehash
+
+    with Image.open(path) as im:
+        return str(imagehash.phash(im))
+
+
+def rgb(path: Path) -> Image.Image:
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+# --- 1. hashing throughput -------------------------------------------------------------------
+
+
+def make_jpegs(folder: Path, count: int, sources: list[Path], rng: np.random.Generator) -> list[str]:
+    """``count`` distinct 512x512 JPEGs (quality 90): random crops of the sources, upscaled, jittered."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k, s in enumerate(rng.choice(len(sources), size=count, replace=count > len(sources))):
+        im = rgb(sources[s])
+        w, h = im.size
+        f = rng.uniform(0.7, 1.0)
+        cw, ch = max(8, int(w * f)), max(8, int(h * f))
+        x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        im = im.crop((x0, y0, x0 + cw, y0 + ch)).resize((512, 512), Image.Resampling.BICUBIC)
+        if rng.random() < 0.5:
+            im = ImageOps.mirror(im)
+        im = ImageEnhance.Contrast(ImageEnhance.Color(im).enhance(rng.uniform(0.6, 1.4))).enhance(rng.uniform(0.8, 1.2))
+        path = folder / f"{k:05d}.jpg"
+        im.save(path, quality=90)
+        paths.append(str(path))
+    return paths
+
+
+def best_rate(fn, paths: list[str], repeats: int) -> tuple[float, list]:
+    """Images per second, best of ``repeats`` passes (after a 3-file warm-up), and the first pass's results."""
+    for p in paths[:3]:
+        fn(p)
+    best, first = 0.0, None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = [fn(p) for p in paths]
+        best = max(best, len(paths) / (time.perf_counter() - start))
+        first = out if first is None else first
+    return best, first
+
+
+def section_hashing(report: Report, args, work: Path, sources: list[Path]) -> None:
+    from trainset import features, hashing
+
+    count = args.images or (300 if args.quick else 1200)
+    repeats = 2 if args.quick else 3
+    paths = make_jpegs(work / "jpeg512", count, sources, np.random.default_rng(args.seed))
+    mb = sum(os.path.getsize(p) for p in paths) / 1e6
+
+    def ours(p):
+        return features.extract(p)["phash"], hashing.sha256_file(p)
+
+    def floor(p):
+        with Image.open(p) as im:
+            im.draft("L", (32, 32))
+            return im.convert("L").resize((32, 32), Image.Resampling.LANCZOS)
+
+    ours_rate, ours_out = best_rate(ours, paths, repeats)
+    peer_rate, peer_out = best_rate(imagehash_phash, paths, repeats)
+    floor_rate, _ = best_rate(floor, paths, 1 + repeats)
+    procs_rate = 0.0
+    for r in range(repeats):  # a fresh cache each pass: every file is decoded
+        cache = features.FeatureCache(work / f"cache{r}", features.feature_key())
+        start = time.perf_counter()
+        features.compute([(hashing.sha256_file(p), p) for p in paths], cache, threads=args.threads)
+        procs_rate = max(procs_rate, count / (time.perf_counter() - start))
+    same = sum(a[0] == b for a, b in zip(ours_out, peer_out))
+
+    report(f"## 1. Hashing throughput ({count:,} JPEGs, 512x512, quality 90, {mb:.0f} MB; best of {repeats} passes)")
+    report()
+    report("| method | processes | images/s | vs imagehash | vs decode floor |")
+    report("|---|---:|---:|---:|---:|")
+    report(f"| trainset `features.extract` (pHash, dHash, audit measures) + `sha256_file` | 1 | {ours_rate:,.0f} "
+           f"| {ratio(ours_rate, peer_rate)} | {ratio(ours_rate, floor_rate)} |")
+    report(f"| `imagehash.phash(Image.open(p))` | 1 | {peer_rate:,.0f} | 1.00x | {ratio(peer_rate, floor_rate)} |")
+    report(f"| decode floor: open + `draft('L', (32, 32))` + 32x32 Lanczos, no hash | 1 | {floor_rate:,.0f} "
+           f"| {ratio(floor_rate, peer_rate)} | 1.00x |")
+    report(f"| trainset `features.compute` (sha256 + extract, fresh cache) | {args.threads} | {procs_rate:,.0f} "
+           f"| {ratio(procs_rate, peer_rate)} | {ratio(procs_rate, floor_rate)} |")
+    report()
+    report(f"trainset's stored pHash equals `imagehash.phash` on {same:,} of {count:,} files.")
+    report()
+    report.target("hashing: trainset (1 process) vs decode floor", ratio(ours_rate, floor_rate), ">= 0.8x",
+                  ours_rate >= 0.8 * floor_rate)
+    report.target("hashing: trainset (1 process) vs imagehash", ratio(ours_rate, peer_rate), ">= 2.5x",
+                  ours_rate >= 2.5 * peer_rate)
+
+
+# --- 2. pair search --------------------------------------------------------------------------
+
+
+def planted(n: int, t: int, seed: int) -> np.ndarray:
+    """``n`` random 64-bit hashes; 10 % of them overwritten by copies of other ones with 0..t
+    distinct random bits flipped (sources and copies are disjoint)."""
+    rng = np.random.default_rng(seed)
+    h = rng.integers(0, 2**64, size=n, dtype=np.uint64)
+    m = n // 10
+    perm = rng.permutation(n)
+    src, dst = perm[:m], perm[m : 2 * m]
+    flips_wanted = rng.integers(0, t + 1, size=m)
+    bit_order = np.argsort(rng.random((m, 64)), axis=1)[:, :t].astype(np.uint64)  # t distinct bits per copy
+    bits = np.uint64(1) << bit_order
+    bits[np.arange(t)[None, :] >= flips_wanted[:, None]] = 0
+    h[dst] = h[src] ^ np.bitwise_or.reduce(bits, axis=1)
+    return h
+
+
+def pair_keys(n: int, i, j, d=None):
+    """Pairs as sorted int64 keys ``i * n + j`` (and their distances in the same order)."""
+    keys = np.asarray(i, dtype=np.int64) * n + np.asarray(j, dtype=np.int64)
+    order = np.argsort(keys, kind="stable")
+    return keys[order], (None if d is None else np.asarray(d, dtype=np.int64)[order])
+
+
+def faiss_pairs(h: np.ndarray, t: int, threads: int):
+    """Pairs within ``t`` bits by exhaustive FAISS range search (``IndexBinaryFlat``)."""
+    import faiss
+
+    faiss.omp_set_num_threads(threads)
+    # Big-endian bytes: byte 0 is the hash's first two hex digits, as imagehash writes it.
+    x = np.ascontiguousarray(h.astype(">u8").view(np.uint8).reshape(len(h), 8))
+    index = faiss.IndexBinaryFlat(64)
+    index.add(x)
+    lims, dist, ids = index.range_search(x, t + 1)  # FAISS keeps distances strictly below the radius
+    q = np.repeat(np.arange(len(h), dtype=np.int64), np.diff(lims).astype(np.int64))
+    keep = ids > q
+    return q[keep], ids[keep], dist[keep]
+
+
+def load_imagededup():
+    """imagededup's PHash; its import needs torchvision, replaced by the placeholder when missing."""
+    try:
+        import torchvision  # noqa: F401
+    except Exception:  # noqa: BLE001 - absent, or a CUDA build that fails to load
+        sys.modules.pop("torchvision", None)
+        sys.path.insert(0, str(SHIM))
+    warnings.filterwarnings("ignore", message="Parameter num_enc_workers has no effect")
+    from imagededup.methods import PHash
+
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("imagededup"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    return PHash
+
+
+def imagededup_pairs(h: np.ndarray, t: int, threads: int, phash_cls):
+    """Pairs from ``find_duplicates`` on hex encodings (untimed: building the map)."""
+    encodings = {str(k): f"{int(v):016x}" for k, v in enumerate(h.tolist())}
+    found, seconds = timed(phash_cls(verbose=False).find_duplicates, encoding_map=encodings,
+                           max_distance_threshold=t, num_dist_workers=threads)
+    pairs = np.array([(int(a), int(b)) for a, dups in found.items() for b in dups if int(a) < int(b)],
+                     dtype=np.int64).reshape(-1, 2)
+    return pairs[:, 0], pairs[:, 1], seconds
+
+
+def section_pairs(report: Report, args) -> None:
+    from trainset import kernels
+
+    sizes = [10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000]
+    budget = args.peer_budget or (300 if args.quick else 1800)
+    try:
+        phash_cls, idd_error = load_imagededup(), None
+    except Exception as exc:  # noqa: BLE001
+        phash_cls, idd_error = None, f"{type(exc).__name__}: {exc}"
+    report(f"## 2. Pair search on planted 64-bit hashes ({args.threads} threads for FAISS; peer runs "
+           f"estimated over {budget:,} s are skipped)")
+    report()
+    report("| N | t | pairs | trainset s | kernel | FAISS s | FAISS / trainset | same as FAISS "
+           "| imagededup s | imagededup / trainset | same as imagededup |")
+    report("|---:|---:|---:|---:|:---:|---:|---:|:---:|---:|---:|:---:|")
+    faiss_seconds: dict[int, tuple[int, float]] = {}  # t -> (n, seconds) of the last FAISS run
+    for n in sizes:
+        for t in (4, 10):
+            h = planted(n, t, args.seed + n + t)
+            (i, j, d), ours_s = timed(kernels.near_pairs, h, t)
+            ours, ours_d = pair_keys(n, i, j, d)
+            method = kernels.pair_method(h, t) if hasattr(kernels, "pair_method") else "?"
+            cells = []
+            last = faiss_seconds.get(t)
+            estimate = last[1] * (n / last[0]) ** 2 if last else 0.0
+            if estimate > budget:
+                cells += [f"not run (~{estimate:,.0f} s est.)", "—", "—"]
+            else:
+                (fi, fj, fd), faiss_s = timed(faiss_pairs, h, t, args.threads)
+                faiss_seconds[t] = (n, faiss_s)
+                keys, dist = pair_keys(n, fi, fj, fd)
+                same = np.array_equal(keys, ours) and np.array_equal(dist, ours_d)
+                report.identical &= same
+                cells += [f"{faiss_s:.2f}", ratio(faiss_s, ours_s), "yes" if same else "NO"]
+                goal = 20.0 if (t == 4 and n == 1_000_000) else 1.0 if t == 10 else None
+                if goal:
+                    report.target(f"pairs: trainset vs FAISS, N = {n:,}, t = {t}", ratio(faiss_s, ours_s),
+                                  f">= {goal:g}x", faiss_s >= goal * ours_s)
+            if phash_cls is None:
+                cells += [f"not run ({idd_error})", "—", "—"]
+            elif n > args.imagededup_max_n:
+                cells += [f"not run (N > {args.imagededup_max_n:,}: O(N²) Python search)", "—", "—"]
+            else:
+                ii, ij, idd_s = imagededup_pairs(h, t, args.threads, phash_cls)
+                same = np.array_equal(pair_keys(n, ii, ij)[0], ours)
+                report.identical &= same
+                cells += [f"{idd_s:.2f}", ratio(idd_s, ours_s), "yes" if same else "NO"]
+                report.target(f"pairs: trainset vs imagededup, N = {n:,}, t = {t}", ratio(idd_s, ours_s),
+                              ">= 20x", idd_s >= 20 * ours_s)
+            report(f"| {n:,} | {t} | {len(ours):,} | {ours_s:.2f} | {method} | " + " | ".join(cells) + " |")
+    report()
+    report("Identical = the same (i, j) pairs and, for FAISS, the same distances. trainset's kernels are "
+           "NumPy (single-threaded unless `near_pairs` itself parallelises); FAISS and imagededup get "
+           f"{args.threads} threads / processes. One timed run each.")
+    report()
+
+
+# --- 3. quality ------------------------------------------------------------------------------
+
+
+def watermark(im: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A semi-transparent text + logo mark (~8 % of the height) in a random corner."""
+    w, h = im.size
+    size = max(10, int(h * rng.uniform(0.07, 0.10)))
+    text = ["© studio", "@artist_", "sample", "preview"][int(rng.integers(4))] + str(int(rng.integers(10, 99)))
+    font = ImageFont.load_default(size=size)
+    layer = Image.new("RGBA", im.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+    tw = int(draw.textlength(text, font=font)) + size + 4
+    x = 4 if rng.random() < 0.5 else max(0, w - tw - 4)
+    y = 4 if rng.random() < 0.5 else max(0, h - size - 8)
+    shade = 255 if rng.random() < 0.5 else 0
+    alpha = int(rng.integers(150, 230))
+    draw.ellipse((x, y, x + size, y + size), fill=(shade, 255 - shade, 255 - shade, alpha))
+    draw.text((x + size + 4, y), text, font=font, fill=(shade, shade, shade, alpha))
+    return Image.alpha_composite(im.convert("RGBA"), layer).convert("RGB")
+
+
+def transformed(im: Image.Image, name: str, rng: np.random.Generator) -> tuple[Image.Image, dict]:
+    """One seeded near-duplicate of ``im`` (RGB) and the save options it needs."""
+    w, h = im.size
+    if name == "resize50":
+        return im.resize((max(1, w // 2), max(1, h // 2)), Image.Resampling.LANCZOS), {}
+    if name == "jpeg40":
+        return im, {"format": "JPEG", "quality": 40}
+    if name == "crop":  # 5-12 % off each of 1-4 random sides
+        sides = rng.random(4) < 0.5
+        sides[int(rng.integers(4))] = True
+        cut = np.where(sides, rng.uniform(0.05, 0.12, 4), 0.0) * np.array([w, h, w, h])
+        return im.crop((int(cut[0]), int(cut[1]), w - int(cut[2]), h - int(cut[3]))), {}
+    if name == "pad":  # a uniform border 5-15 % of the longer side, random colour
+        border = max(1, int(max(w, h) * rng.uniform(0.05, 0.15)))
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        return ImageOps.expand(im, border=border, fill=colour), {}
+    if name == "brightness":  # 15-25 % brighter or darker
+        return ImageEnhance.Brightness(im).enhance(1 + rng.choice([-1, 1]) * rng.uniform(0.15, 0.25)), {}
+    if name == "watermark":
+        return watermark(im, rng), {}
+    if name == "mirror":
+        return ImageOps.mirror(im), {}
+    raise ValueError(name)
+
+
+def pick_originals(items: list[tuple[Path, str]], count: int, rng: np.random.Generator) -> list[tuple[Path, str]]:
+    """Distinct contents (SHA-256), half anime and half photos, spread over characters (at least 4
+    each where there are enough) so that other originals of the same character are there as hard
+    negatives."""
+    from trainset import hashing
+
+    seen, chosen = set(), []
+    for prefix, want in (("anime:", count // 2), ("photo:", count - count // 2)):
+        by_char: dict[str, list[Path]] = {}
+        for path, char in items:
+            if char.startswith(prefix):
+                by_char.setdefault(char, []).append(path)
+        names = sorted(by_char)
+        cap, picked = max(4, -(-want // max(1, len(names)))), 0
+        for c in rng.permutation(len(names)):
+            paths = by_char[names[c]]
+            for k in rng.permutation(len(paths))[:cap]:
+                sha = hashing.sha256_file(paths[k])
+                if sha not in seen and picked < want:
+                    seen.add(sha)
+                    chosen.append((paths[k], names[c]))
+                    picked += 1
+    return chosen
+
+
+def make_copies(folder: Path, originals: list[tuple[Path, str]], seed: int) -> list[str]:
+    """Per original: the original's own path, then one file per transform (``PER_GROUP`` files)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for g, (path, _) in enumerate(originals):
+        rng = np.random.default_rng([seed, g])
+        im = rgb(path)
+        paths.append(str(path))
+        for name in TRANSFORMS:
+            copy, opts = transformed(im, name, rng)
+            out = folder / f"{g:04d}_{name}.{'jpg' if opts.get('format') == 'JPEG' else 'png'}"
+            copy.save(out, **opts)
+            paths.append(str(out))
+    return paths
+
+
+def row_masks(ka: np.ndarray, kb: np.ndarray) -> dict[str, np.ndarray]:
+    """Which pairs (by the transform kind of each side; 0 = original) each table row counts."""
+    plain = (ka != MIRROR) & (kb != MIRROR)
+    rows = {name: plain & ((ka == k) | (kb == k)) for k, name in enumerate(TRANSFORMS[:-1], start=1)}
+    rows["all non-mirrored"] = plain
+    rows["mirrored (pairs with a mirror copy)"] = ~plain
+    return rows
+
+
+def metrics(a: np.ndarray, b: np.ndarray, n_groups: int) -> dict[str, tuple[int, int, int, int, int]]:
+    """Per row: (positives, true positives found, pairs found, original-copy positives, of them found)."""
+    iu, iv = np.triu_indices(PER_GROUP, 1)
+    with_orig = iu == 0
+    positives = {k: (int(m.sum()) * n_groups, int((m & with_orig).sum()) * n_groups)
+                 for k, m in row_masks(iu, iv).items()}
+    a, b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
+    ka, kb = a % PER_GROUP, b % PER_GROUP
+    hit = a // PER_GROUP == b // PER_GROUP
+    hit_orig = hit & ((ka == 0) | (kb == 0))
+    return {k: (positives[k][0], int((m & hit).sum()), int(m.sum()), positives[k][1], int((m & hit_orig).sum()))
+            for k, m in row_masks(ka, kb).items()}
+
+
+def pr_cells(m: tuple[int, int, int, int, int] | None) -> list[str]:
+    if m is None:
+        return ["—", "—", "—"]
+    pos, tp, found, pos_orig, tp_orig = m
+    return [f"{tp / found:.3f}" if found else "—", f"{tp / pos:.3f}" if pos else "—",
+            f"{tp_orig / pos_orig:.3f}" if pos_orig else "—"]
+
+
+def false_positives(a, b, chars: np.ndarray) -> str:
+    a, b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
+    wrong = a // PER_GROUP != b // PER_GROUP
+    same = int((chars[a[wrong] // PER_GROUP] == chars[b[wrong] // PER_GROUP]).sum())
+    orig = int(((a[wrong] % PER_GROUP == 0) & (b[wrong] % PER_GROUP == 0)).sum())
+    return f"{int(wrong.sum()):,} false-positive pairs ({same:,} within one character or person; {orig:,} original-original)"
+
+
+def run_detect(paths: list[str], params: dict, cache_dir: Path):
+    """``trainset.neardup.detect`` -> ((a, b), rule counts, seconds), or the reason it could not run."""
+    try:
+        from trainset import neardup
+
+        detect = neardup.detect
+    except (ImportError, AttributeError) as exc:
+        return f"trainset.neardup not available ({type(exc).__name__}: {exc})"
+    try:
+        df, seconds = timed(detect, paths, params, str(cache_dir))
+    except Exception as exc:  # noqa: BLE001 - report a failing rule, keep measuring the rest
+        return f"trainset.neardup.detect failed ({type(exc).__name__}: {exc})"
+    a, b = df["a"].to_numpy(np.int64), df["b"].to_numpy(np.int64)
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    rules = df["rule"].astype(str).value_counts().to_dict() if "rule" in df.columns else {}
+    return (lo, hi), rules, seconds
+
+
+def section_quality(report: Report, args, work: Path, items: list[tuple[Path, str]]) -> None:
+    from trainset import hashing, kernels
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())["near_dup"]
+    t = int(params["max_distance"])
+    originals = pick_originals(items, args.originals or (200 if args.quick else 600), np.random.default_rng(args.seed))
+    paths, make_s = timed(make_copies, work / "copies", originals, args.seed)
+    chars = np.array([c for _, c in originals])
+    n_groups = len(originals)
+
+    hashes, phash_s = timed(lambda: hashing.from_hex([imagehash_phash(p) for p in paths]))
+    (pa, pb, _), pair_s = timed(kernels.near_pairs, hashes, t)
+    runs = {"pHash only": ((pa, pb), {}, phash_s + pair_s)}
+    notes = []
+    for label, extra in (("default rule", {}), ("mirror on", {"mirror": True})):
+        got = run_detect(paths, {**params, **extra}, work / "neardup-cache")
+        if isinstance(got, str):
+            notes.append(f"{label}: {got}")
+        else:
+            runs[label] = got
+    results = {label: metrics(*run[0], n_groups) for label, run in runs.items()}
+
+    n_anime = int(sum(c.startswith("anime:") for c in chars))
+    report(f"## 3. Quality on real images ({n_groups} originals: {n_anime} anime faces, {n_groups - n_anime} photos; "
+           f"{len(set(chars))} characters / people; {len(paths):,} files)")
+    report()
+    report(f"Each original (distinct SHA-256, up to 4 per character or person) gets one seeded copy per transform "
+           f"(made in {make_s:.0f} s): {', '.join(TRANSFORMS)}. Positives: every pair of files from the same original "
+           f"(original-copy and copy-copy); every other pair is a negative. pHash only: `imagehash.phash` within "
+           f"`near_dup.max_distance` = {t} (params.yaml). Default rule: `trainset.neardup.detect` with params.yaml's "
+           f"`near_dup` {params}; mirror on: the same with `mirror: true`. Counts are pairs, not clusters.")
+    report()
+    labels = ["pHash only", "default rule", "mirror on"]
+    report("| pairs | positives | " + " | ".join(f"{lab} P | {lab} R | {lab} R orig" for lab in labels) + " |")
+    report("|---|---:|" + "---:|---:|---:|" * len(labels))
+    for row, (pos, *_) in results["pHash only"].items():
+        cells = [c for lab in labels for c in pr_cells(results.get(lab, {}).get(row))]
+        report(f"| {row} | {pos:,} | " + " | ".join(cells) + " |")
+    report()
+    for label, (pairs, rules, seconds) in runs.items():
+        by_rule = ", ".join(f"{k}: {v:,}" for k, v in sorted(rules.items())) or "—"
+        report(f"- {label}: {len(pairs[0]):,} pairs in {seconds:.1f} s (by rule: {by_rule}); "
+               f"{false_positives(*pairs, chars)}")
+    for note in notes:
+        report(f"- {note}")
+    report()
+    report("P = precision, R = recall of the pairs in that row (a row per transform: pairs of that copy with the "
+           "original or another non-mirrored copy); R orig = recall of the original-copy pairs alone. The mirror-on "
+           "run reuses the feature cache of the default run.")
+    report()
+    plain, mirrored = "all non-mirrored", "mirrored (pairs with a mirror copy)"
+    for label, row, what in (("default rule", plain, "default rule, non-mirrored copies"),
+                             ("mirror on", mirrored, "mirror on, mirrored copies")):
+        m = results.get(label, {}).get(row)
+        if m is None:
+            report.target(f"quality: {what}", "not run", "R >= 0.95 at P >= 0.99", None)
+            continue
+        p, r = (m[1] / m[2] if m[2] else 0.0), (m[1] / m[0] if m[0] else 0.0)  # all pairs of the row
+        report.target(f"quality: {what}", f"P {p:.3f}, R {r:.3f}", "R >= 0.95 at P >= 0.99", p >= 0.99 and r >= 0.95)
+
+
+# --- output ----------------------------------------------------------------------------------
+
+
+def write_section(out: Path, lines: list[str]) -> None:
+    """Replace this benchmark's section of ``out`` (between the markers), or append it."""
+    text = out.read_text() if out.exists() else ""
+    block = "\n".join([BEGIN, *lines, END]) + "\n"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + block + rest.split(END, 1)[1].lstrip("\n")
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text else "") + block
+    out.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="N = 10k, 100k; 300 JPEGs; 200 originals (~5 min)")
+    parser.add_argument("--out", default=str(HERE / "RESULTS.md"), help="file whose dedup section is rewritten ('' : none)")
+    parser.add_argument("--only", default="hashing,pairs,quality", help="comma-separated sections (not written unless all)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads / processes for the parallel runs")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--images", type=int, default=0, help="JPEGs for section 1 (default 300 quick, 1200 full)")
+    parser.add_argument("--originals", type=int, default=0, help="originals for section 3 (default 200 quick, 600 full)")
+    parser.add_argument("--peer-budget", type=int, default=0, help="skip a FAISS run estimated over this (s)")
+    parser.add_argument("--imagededup-max-n", type=int, default=10_000)
+    args = parser.parse_args(argv)
+    sections = [s.strip() for s in args.only.split(",") if s.strip()]
+    os.environ.setdefault("NUMBA_NUM_THREADS", str(args.threads))
+
+    report = Report()
+    report("# Near-duplicate engine vs peers (`benchmarks/dedup.py`)")
+    report()
+    for line in machine_lines(argv):
+        report(line)
+    report()
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="trainset-bench-") as tmp:
+        work = Path(tmp)
+        items = corpus() if {"hashing", "quality"} & set(sections) else []
+        if "hashing" in sections:
+            section_hashing(report, args, work, [p for p, _ in items])
+        if "pairs" in sections:
+            section_pairs(report, args)
+        if "quality" in sections:
+            section_quality(report, args, work, items)
+    report("## Targets")
+    report()
+    report("| target | measured | goal | met |")
+    report("|---|---:|---:|:---:|")
+    for what, measured, goal, met in report.targets:
+        report(f"| {what} | {measured} | {goal} | {'—' if met is None else 'yes' if met else '**missed**'} |")
+    report()
+    report(f"Whole run: {time.perf_counter() - started:.0f} s. Single runs on a shared VM: read ratios as "
+           "orders of magnitude; the pair sets, not the timings, are exact.")
+    if args.out and set(sections) >= {"hashing", "pairs", "quality"}:
+        write_section(Path(args.out), report.lines)
+        print(f"\nwrote the dedup section of {args.out}", file=sys.stderr)
+    if not report.identical:
+        print("pair sets differ between trainset and a peer (see 'same as' columns)", file=sys.stderr)
+    return 0 if report.identical else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
