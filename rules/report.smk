@@ -5,6 +5,8 @@ rule report:
         audit=AUDIT,
         filtered=FILTERED,
         groups=GROUPS,
+        pairs=PAIRS,
+        reference_pairs=REFERENCE_PAIRS,
         deduped=DEDUPED,
         captioned=CAPTIONED,
         split=SPLIT,
@@ -18,7 +20,6 @@ rule report:
         thresholds=config["report"],
         balance=config["balance"],
         audit=config["audit"],
-        max_distance=config["near_dup"]["max_distance"],
         code=CODE,
     script:
         "../scripts/report.py"

@@ -1,5 +1,5 @@
-"""Snakemake entry: one item kept per cluster among the items policy allowed."""
+"""Snakemake entry: one copy kept per near-duplicate cluster among the items policy allowed."""
 from trainset.stages import dedup
 
-o = snakemake.output
-dedup.run(snakemake.input[0], o.kept, o.clusters, o.rejected)
+i, o = snakemake.input, snakemake.output
+dedup.run(i.filtered, i.pairs, i.reference, o.kept, o.clusters, o.rejected, dict(snakemake.params.near_dup))

@@ -5,7 +5,8 @@ params (including the decompression-bomb pixel limit), this module's and the has
 module's code, and the trainset and Pillow versions. Adding one image to a source
 therefore decodes that image only.
 
-Besides the identity fields (format, mode, upright size, EXIF orientation, pHash, dHash) one
+Besides the identity fields (format, mode, upright size, EXIF orientation, pHash, dHash, and the
+pHashes of the trimmed, centre and mirrored views of ``trainset.views``) one
 decode yields the measures the audit checks judge (``trainset.audit_checks``). They are
 stored per item, so a threshold can change later without decoding anything again:
 
@@ -37,7 +38,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from . import atomic, hashing
+from . import atomic, hashing, views
 from .provenance import code_digest, params_digest, versions
 
 _ORIENTATION_TAG = 0x0112
@@ -57,14 +58,14 @@ def feature_key(params: dict | None = None) -> str:
     """Cache key for ``params`` (the decode-affecting settings; ``max_pixels`` defaults to
     :data:`DEFAULT_MAX_PIXELS`, so leaving it out and giving the default are the same key)."""
     params = {"max_pixels": DEFAULT_MAX_PIXELS, **(params or {})}
-    return params_digest({"params": params, "code": code_digest("features", "hashing"), "versions": versions()})
+    return params_digest({"params": params, "code": code_digest("features", "hashing", "views", "kernels"), "versions": versions()})
 
 
 def _failed(reason: str, detail: str, fmt: str | None = None, width: int = 0, height: int = 0) -> dict:
     return {
         "decoded": False, "reason": reason, "detail": detail, "format": fmt, "mode": None,
         "width": int(width), "height": int(height), "exif_orientation": 1, "phash": None,
-        "dhash": None, "n_frames": 1, "animated": False, "has_alpha": False, "alpha_min": 255, "bit_depth": 0,
+        "dhash": None, "phash_views": [], "n_frames": 1, "animated": False, "has_alpha": False, "alpha_min": 255, "bit_depth": 0,
         "luma_mean": None, "luma_std": None, "entropy": None, "laplacian_var": None,
     }
 
@@ -168,11 +169,11 @@ def laplacian_var(gray: Image.Image) -> float:
     return float(lap.var())
 
 
-def measure(upright: Image.Image) -> dict:
+def measure(upright: Image.Image, gray: Image.Image | None = None) -> dict:
     """The pixel measures of one (upright, single-frame) image: alpha, bit depth, brightness,
-    contrast, entropy and blur."""
+    contrast, entropy and blur (``gray``: its :func:`gray8`, when already made)."""
     has_alpha, alpha_min = alpha_info(upright)
-    gray = gray8(upright)
+    gray = gray8(upright) if gray is None else gray
     values = np.asarray(gray)
     counts = np.bincount(values.ravel(), minlength=256)
     p = counts[counts > 0] / values.size
@@ -232,9 +233,12 @@ def _extract(path: str, max_pixels: int | None) -> dict:
             mode = im.mode
             upright = ImageOps.exif_transpose(im) if orientation != 1 else im
             width, height = upright.size
-            value = hashing.phash(upright)
+            thumb = hashing.phash_pixels(upright)
+            value = hashing.phash_from_pixels(thumb)
             dvalue = hashing.dhash(upright)
-            measures = measure(upright)
+            gray = gray8(upright)
+            measures = measure(upright, gray)
+            phash_views = views.hash_views(gray, thumb)
     except UnidentifiedImageError:
         return _failed("not_image", "not a recognised image format (content does not match any decoder)")
     except Image.DecompressionBombError as exc:
@@ -244,7 +248,8 @@ def _extract(path: str, max_pixels: int | None) -> dict:
     return {
         "decoded": True, "reason": None, "detail": None, "format": fmt, "mode": mode,
         "width": int(width), "height": int(height), "exif_orientation": orientation,
-        "phash": hashing.to_hex(value), "dhash": hashing.to_hex(dvalue), "n_frames": n_frames, "animated": animated, **measures,
+        "phash": hashing.to_hex(value), "dhash": hashing.to_hex(dvalue), "phash_views": phash_views,
+        "n_frames": n_frames, "animated": animated, **measures,
     }
 
 

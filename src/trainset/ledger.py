@@ -11,9 +11,10 @@ class ConservationError(RuntimeError):
     """Raw items were lost or counted twice between ingest and export."""
 
 
-def reject(rows: pd.DataFrame, stage, rule, reason, detail, triggered=None) -> pd.DataFrame:
+def reject(rows: pd.DataFrame, stage, rule, reason, detail, triggered=None, duplicate_of=None) -> pd.DataFrame:
     """Rejected-manifest rows for ``rows`` (each field: a value or a Series
-    aligned to rows; triggered holds the tags that made a policy rule fire)."""
+    aligned to rows; triggered holds the tags that made a policy rule fire, duplicate_of the
+    item a dropped duplicate was dropped in favour of)."""
     out = pd.DataFrame(
         {
             "item_id": rows["item_id"].astype(str),
@@ -34,6 +35,7 @@ def reject(rows: pd.DataFrame, stage, rule, reason, detail, triggered=None) -> p
     else:
         lists = [list(triggered) for _ in range(len(out))]
     out["triggered_tags"] = pd.Series(lists, index=out.index, dtype=object)
+    out["duplicate_of"] = pd.Series(duplicate_of, index=out.index, dtype=object)
     for col in ("stage", "rule", "reason", "detail"):
         out[col] = out[col].astype(str)
     return manifest.with_version(out)

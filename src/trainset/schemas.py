@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandera.pandas as pa
 
@@ -12,10 +14,15 @@ SPLITS = ("train", "val", "test")
 DECODE_REASONS = ("zero_byte", "not_image", "truncated", "corrupt", "decompression_bomb")
 _HEX64 = r"^[0-9a-f]{64}$"
 _HEX16 = r"^[0-9a-f]{16}$"
+_HEX16_RE = re.compile(_HEX16)
 
 
 def _is_str_list(value: object) -> bool:
     return isinstance(value, (list, tuple, np.ndarray)) and all(isinstance(v, str) and v for v in value)
+
+
+def _is_hex16_list(value: object) -> bool:
+    return isinstance(value, (list, tuple, np.ndarray)) and all(isinstance(v, str) and _HEX16_RE.match(v) for v in value)
 
 
 def _text(nullable: bool = False, **kw) -> pa.Column:
@@ -71,6 +78,8 @@ IMAGE_COLUMNS = {
     "exif_orientation": pa.Column("int64", pa.Check.in_range(1, 8)),
     "phash": _text(nullable=True, checks=pa.Check.str_matches(_HEX16)),
     "dhash": _text(nullable=True, checks=pa.Check.str_matches(_HEX16)),
+    # pHashes of the views in trainset.views.VIEW_NAMES order (trimmed, centre, mirrored); [] if undecoded
+    "phash_views": pa.Column(object, pa.Check(_is_hex16_list, element_wise=True, error="phash_views must be a list of 16-digit hex strings")),
     # measures from the same decode (trainset.features), judged by trainset.audit_checks;
     # a failed decode has n_frames 1, no alpha (alpha_min 255), bit_depth 0 and NaN floats
     "n_frames": pa.Column("int64", pa.Check.ge(1)),
@@ -94,9 +103,12 @@ AUDIT_COLUMNS = {
 }
 
 CLUSTER_COLUMNS = {
+    # the cluster grown around its representative (key: the representative's SHA-256)
     "cluster_id": _text(checks=pa.Check.str_matches(_HEX16)),
     "cluster_key": _text(checks=pa.Check.str_matches(_HEX64)),
     "cluster_size": pa.Column("int64", pa.Check.ge(1)),
+    # the connected component over all near-duplicate pairs (key: its smallest SHA-256), kept on one split side
+    "component_key": _text(checks=pa.Check.str_matches(_HEX64)),
 }
 # exact-duplicate groups and near-duplicate clusters over every raw item, before any filter
 GROUP_COLUMNS = {**_ITEM, **CLUSTER_COLUMNS}
@@ -126,13 +138,28 @@ REJECTED_COLUMNS = {
     "reason": _text(),
     "detail": _text(),
     "triggered_tags": pa.Column(object, pa.Check(_is_str_list, element_wise=True, error="triggered_tags must be a list of strings")),
+    # a dropped duplicate: the item (or reference file) it was dropped in favour of
+    "duplicate_of": _text(nullable=True),
     **_VERSION,
 }
 
+# near-duplicate pairs of distinct contents (SHA-256, a < b) and the rule clause that matched
 PAIR_COLUMNS = {
-    "a": _text(),
-    "b": _text(),
-    "distance": pa.Column("int64", pa.Check.ge(0)),
+    "a": _text(checks=pa.Check.str_matches(_HEX64)),
+    "b": _text(checks=pa.Check.str_matches(_HEX64)),
+    "distance": pa.Column("int64", pa.Check.in_range(0, 64)),
+    "cosine": pa.Column("float64", nullable=True),
+    "rule": _text(),
+}
+
+# contents that duplicate an image of an external reference set (near_dup.reference)
+REFERENCE_PAIR_COLUMNS = {
+    "sha256": _text(checks=pa.Check.str_matches(_HEX64)),
+    "reference": _text(),
+    "reference_path": _text(),
+    "distance": pa.Column("int64", pa.Check.in_range(0, 64)),
+    "cosine": pa.Column("float64", nullable=True),
+    "rule": _text(),
 }
 
 MEMBERSHIP_COLUMNS = {
@@ -140,15 +167,18 @@ MEMBERSHIP_COLUMNS = {
     "cluster_id": _text(checks=pa.Check.str_matches(_HEX16)),
     "cluster_key": _text(checks=pa.Check.str_matches(_HEX64)),
     "keeper": pa.Column(bool),
-    "distance_to_keeper": pa.Column("int64", pa.Check.ge(0)),
+    "keeper_id": _text(),
+    "distance_to_keeper": pa.Column("int64", pa.Check.in_range(0, 64)),
+    "cosine_to_keeper": pa.Column("float64", nullable=True),
+    "rule": _text(nullable=True),
 }
 
 MOVE_COLUMNS = {
     "item_id": _text(unique=True),
     "previous_split": _text(checks=pa.Check.isin(SPLITS)),
     "split": _text(checks=pa.Check.isin(SPLITS)),
-    "previous_cluster_key": _text(),
-    "cluster_key": _text(),
+    "previous_component_key": _text(),
+    "component_key": _text(),
 }
 
 EXPORT_COLUMNS = {
@@ -188,6 +218,7 @@ CAPTIONED = _schema("captioned", CAPTIONED_COLUMNS)
 SPLIT = _schema("split", SPLIT_COLUMNS)
 REJECTED = _schema("rejected", REJECTED_COLUMNS)
 PAIRS = _schema("pairs", PAIR_COLUMNS, unique=["a", "b"])
+REFERENCE_PAIRS = _schema("reference_pairs", REFERENCE_PAIR_COLUMNS, unique=["sha256", "reference", "reference_path"])
 MEMBERSHIP = _schema("clusters", MEMBERSHIP_COLUMNS)
 MOVES = _schema("split_moves", MOVE_COLUMNS)
 EXPORT = _schema("export", EXPORT_COLUMNS)

@@ -160,12 +160,17 @@ def file_row(source: Source, rel: str, st: os.stat_result, digest, display_path)
 def source_fingerprint(source: Source, extensions: list[str]) -> str:
     """Digest of the folder listing (paths, sizes, mtimes): changes when any image or sidecar
     is added, removed or rewritten, so the workflow knows to ingest again."""
+    return fingerprint_folder(source.path, list(extensions) + list(SIDE_CAR_SUFFIXES))
+
+
+def fingerprint_folder(root: str | Path, extensions) -> str:
+    """Digest of the listing (paths, sizes, mtimes) of the files with these extensions under ``root``."""
     import hashlib
 
-    exts = normalize_extensions(extensions) + SIDE_CAR_SUFFIXES
+    exts = normalize_extensions(extensions)
     h = hashlib.sha256()
     try:
-        listing = walk(source.path, exts)
+        listing = walk(Path(root), exts)
     except SourceError as exc:
         return f"unreadable: {exc}"
     for rel, st in listing:

@@ -1,61 +1,133 @@
-"""ingest + audit -> groups: exact-duplicate groups and near-duplicate clusters of every raw item.
+"""ingest + audit -> groups: near-duplicate pairs, clusters and components of every raw item.
 
-Grouping comes before any filter so that policy decides on tags and ratings merged across all
-copies of an image, and so the split keeps every copy of a picture on one side. Exact copies
-share a SHA-256; near-duplicates are pHash pairs within ``max_distance`` bits, computed once per
-distinct content with the shared Hamming kernel. A cluster's key is the smallest SHA-256 in it.
+Grouping comes before any filter so that policy decides on tags and ratings merged across the
+copies of an image, and so the split keeps every near-duplicate pair on one side. Pairs are
+found by the rule in ``near_dup`` (``trainset.neardup``) among distinct contents, reusing the
+pairs of contents seen in earlier runs. Each item gets:
+
+- ``cluster_key``: the SHA-256 of its cluster's representative (clusters grown around the best
+  copy, so every member is a near-duplicate of it; exact copies always share one);
+- ``component_key``: the smallest SHA-256 in its connected component over all pairs (what the
+  split keeps together).
+
+External reference sets (``near_dup.reference``, e.g. an evaluation holdout) are searched with
+the same rule; their matches go to the reference-pairs manifest.
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .. import hashing, kernels, manifest, schemas
+from .. import atomic, features, hashing, manifest, neardup, schemas
+from ..sources.image_folder import normalize_extensions, walk
 
 
-class UnionFind:
-    def __init__(self, n: int):
-        self.parent = list(range(n))
+def _embeddings(rule: neardup.Rule, items: list[tuple[str, str]], cache_dir: Path, threads: int):
+    """Row-aligned embedding matrix (zeros where a content could not be embedded), the model key,
+    and the embedding stats; (None, None, None) when no clause uses cosine."""
+    if not rule.uses_cosine:
+        return None, None, None
+    from .. import embeddings  # noqa: PLC0415  (torch only when the rule needs it)
 
-    def find(self, x: int) -> int:
-        while self.parent[x] != x:
-            self.parent[x] = self.parent[self.parent[x]]
-            x = self.parent[x]
-        return x
+    embedder = embeddings.make_embedder(rule.model, threads=threads)
+    store = embeddings.EmbeddingStore(cache_dir / "embeddings", embedder.key)
+    found, stats = embeddings.embed_items(items, embedder, store, batch_size=rule.batch_size, threads=threads)
+    dim = len(next(iter(found.values()))) if found else 1
+    matrix = np.zeros((len(items), dim), dtype=np.float32)
+    for row, (sha, _) in enumerate(items):
+        if sha in found:
+            matrix[row] = found[sha]
+    return matrix, embedder.key, stats
 
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
+
+def search(rule: neardup.Rule, contents: pd.DataFrame, cache_dir: Path, threads: int, index: bool = True):
+    """Pairs among ``contents`` (sha256, path, phash_views; decoded ones only), the embedding
+    matrix, the model key and stats."""
+    items = list(zip(contents["sha256"], contents["path"]))
+    emb, model_key, embed_stats = _embeddings(rule, items, cache_dir, threads)
+    matrix = neardup.view_matrix(contents["phash_views"], rule)
+    store = neardup.PairIndex(cache_dir / "neardup", rule.key(model_key)) if index else None
+    pairs, stats = neardup.content_pairs(rule, list(contents["sha256"]), matrix, emb, store)
+    return pairs, matrix, emb, {"search": asdict(stats), "embeddings": None if embed_stats is None else {
+        k: v for k, v in asdict(embed_stats).items() if k != "failures"}, "model": model_key}
 
 
-def run(ingest_path: str | Path, audit_path: str | Path, out: str | Path, pairs_out: str | Path, max_distance: int) -> pd.DataFrame:
+def run(
+    ingest_path: str | Path, audit_path: str | Path, out: str | Path, pairs_out: str | Path, reference_out: str | Path,
+    near_dup: dict, cache_dir: str | Path, stats_path: str | Path, seed: int = 0, threads: int = 1,
+    extensions=None, max_pixels: int | None = features.DEFAULT_MAX_PIXELS,
+) -> pd.DataFrame:
+    cache_dir = Path(cache_dir)
+    rule = neardup.Rule.from_params(near_dup, seed)
     items = manifest.read(ingest_path, schemas.INGEST)
     audit = manifest.read(audit_path, schemas.AUDIT)
-    merged = items[["item_id", "sha256"]].merge(audit[["item_id", "phash"]], on="item_id", how="left", validate="one_to_one")
+    merged = items.merge(
+        audit[["item_id", "decoded", "width", "height", "phash_views"]], on="item_id", how="left", validate="one_to_one"
+    )
 
-    contents = merged.sort_values("item_id").drop_duplicates("sha256").reset_index(drop=True)
-    hashed = contents[contents["phash"].notna()]
-    ii, jj, dd = kernels.near_pairs(hashing.from_hex(hashed["phash"]), max_distance) if len(hashed) else ([], [], [])
-    idx = hashed.index.to_numpy()
-    rep = contents["item_id"].to_numpy()
-    ii, jj = np.asarray(ii, dtype=np.int64), np.asarray(jj, dtype=np.int64)
-    pairs = pd.DataFrame({
-        "a": pd.Series(rep[idx[ii]], dtype="str"),
-        "b": pd.Series(rep[idx[jj]], dtype="str"),
-        "distance": np.asarray(dd, dtype=np.int64),
-    })
+    ranked = neardup.preference_order(merged, near_dup)
+    contents = ranked.drop_duplicates("sha256").reset_index(drop=True)  # the best copy stands for each content
+    hashed = contents[contents["phash_views"].map(len) > 0].reset_index(drop=True)
+    pairs, matrix, emb, stats = search(rule, hashed, cache_dir, threads)
     manifest.write(pairs, pairs_out, schemas.PAIRS, sort_by=["a", "b"])
 
-    uf = UnionFind(len(contents))
-    for a, b in zip(idx[ii].tolist(), idx[jj].tolist()):
-        uf.union(a, b)
-    root_of_sha = {sha: uf.find(i) for i, sha in enumerate(contents["sha256"])}
-    merged["_root"] = merged["sha256"].map(root_of_sha)
-    merged["cluster_key"] = merged.groupby("_root")["sha256"].transform("min").astype("str")
-    merged["cluster_id"] = merged["cluster_key"].str[:16]
-    merged["cluster_size"] = merged.groupby("_root")["item_id"].transform("size").astype("int64")
-    return manifest.write(merged, out, schemas.GROUPS)
+    position = {sha: k for k, sha in enumerate(contents["sha256"])}
+    a = pairs["a"].map(position).to_numpy(np.int64)
+    b = pairs["b"].map(position).to_numpy(np.int64)
+    rep = neardup.grow_clusters(len(contents), a, b, np.arange(len(contents)))
+    comp = neardup.components(len(contents), a, b)
+    shas = contents["sha256"].to_numpy(dtype=object)
+    comp_key = pd.Series(shas).groupby(comp).transform("min").to_numpy(dtype=object)
+    cluster_of = dict(zip(shas, shas[rep]))
+    component_of = dict(zip(shas, comp_key))
+
+    groups = merged[["item_id", "sha256"]].copy()
+    groups["cluster_key"] = groups["sha256"].map(cluster_of).astype("str")
+    groups["cluster_id"] = groups["cluster_key"].str[:16]
+    groups["cluster_size"] = groups.groupby("cluster_key")["item_id"].transform("size").astype("int64")
+    groups["component_key"] = groups["sha256"].map(component_of).astype("str")
+
+    refs = references(rule, near_dup, hashed, matrix, emb, cache_dir, threads, extensions, max_pixels)
+    manifest.write(refs, reference_out, schemas.REFERENCE_PAIRS, sort_by=["sha256", "reference", "reference_path"])
+    stats["reference_matches"] = len(refs)
+    atomic.write_text(stats_path, json.dumps(stats, indent=2, sort_keys=True) + "\n")
+    return manifest.write(groups, out, schemas.GROUPS)
+
+
+def references(
+    rule: neardup.Rule, near_dup: dict, hashed: pd.DataFrame, matrix: np.ndarray, emb, cache_dir: Path, threads: int,
+    extensions, max_pixels,
+) -> pd.DataFrame:
+    """Contents that are near-duplicates (by the same rule) of an image in a reference set."""
+    frames = []
+    exts = normalize_extensions(extensions or [".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"])
+    for ref in near_dup.get("reference") or []:
+        name, root = str(ref["name"]), Path(ref["path"])
+        files = [str(root / rel) for rel, _ in walk(root, exts)]
+        ref_items = [(hashing.sha256_file(p), p) for p in files]
+        cache = features.FeatureCache(cache_dir / "features", features.feature_key({"max_pixels": max_pixels}))
+        found, _ = features.compute(ref_items, cache, threads=threads, max_pixels=max_pixels)
+        usable = [(sha, p) for sha, p in ref_items if found[sha]["phash_views"]]
+        if not usable or not len(hashed):
+            continue
+        table = pd.DataFrame({"sha256": [s for s, _ in usable], "path": [p for _, p in usable],
+                              "phash_views": [found[s]["phash_views"] for s, _ in usable]})
+        ref_emb, _, _ = _embeddings(rule, usable, cache_dir, threads)
+        ref_matrix = neardup.view_matrix(table["phash_views"], rule)
+        hits = neardup.find_pairs(rule, matrix, emb, ref_matrix, ref_emb)
+        frames.append(pd.DataFrame({
+            "sha256": hashed["sha256"].to_numpy()[hits["a"].to_numpy(np.int64)].astype(str),
+            "reference": name,
+            "reference_path": table["path"].to_numpy()[hits["b"].to_numpy(np.int64)].astype(str),
+            "distance": hits["distance"].to_numpy(np.int64),
+            "cosine": hits["cosine"].to_numpy(np.float64),
+            "rule": hits["rule"].astype(str).to_numpy(),
+        }))
+    if not frames:
+        return manifest.empty(schemas.REFERENCE_PAIRS)
+    return pd.concat(frames, ignore_index=True).drop_duplicates(["sha256", "reference", "reference_path"])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import atomic, audit_checks, balance, hashing, kernels, ledger, manifest, schemas
+from .. import atomic, audit_checks, balance, ledger, manifest, schemas
 
 FIXES = {
     "zero_byte": "re-download or remove the empty files",
@@ -20,31 +20,44 @@ FIXES = {
     "corrupt": "re-export the corrupt files from their originals",
     "too_small": "upscale the small images or lower audit.min_side in params.yaml",
     "exact_duplicate": "remove the byte-identical copies from your sources",
-    "near_duplicate": "remove the near-duplicate variants, or lower near_dup.max_distance if they are really distinct",
+    "near_duplicate": "remove the near-duplicate variants, or tighten near_dup.rule if they are really distinct",
+    "reference_duplicate": "these copy images of a reference set (e.g. an evaluation holdout): keep them out of training",
 }
 
 
-def leakage(split: pd.DataFrame, max_distance: int) -> list[dict]:
-    """Kept items that are exact or near duplicates of each other but sit in different splits."""
-    if len(split) < 2:
-        return []
-    ids = split["item_id"].to_numpy()
-    splits = split["split"].to_numpy()
-    i, j, d = kernels.near_pairs(hashing.from_hex(split["phash"]), max_distance)
-    found = [
-        {"a": str(ids[a]), "b": str(ids[b]), "distance": int(dist), "splits": f"{splits[a]}/{splits[b]}"}
-        for a, b, dist in zip(i, j, d) if splits[a] != splits[b]
-    ]
-    # byte-identical items share a pHash, so the pass above finds them already; this catches
-    # any it did not, once per pair and only for members that really sit in different splits
-    seen = {(f["a"], f["b"]) for f in found}
-    for _, group in split.groupby("sha256"):
+def leakage(split: pd.DataFrame, pairs: pd.DataFrame) -> list[dict]:
+    """Kept items that are exact or near duplicates of each other (by the pairs of the
+    near-duplicate rule) but sit in different splits."""
+    found = []
+    by_sha = split.groupby("sha256", sort=True)
+    for _, group in by_sha:
         members = list(zip(group["item_id"], group["split"]))
         for k, (a, split_a) in enumerate(members):
             for b, split_b in members[k + 1:]:
-                if split_a != split_b and (str(a), str(b)) not in seen:
-                    found.append({"a": str(a), "b": str(b), "distance": 0, "splits": f"{split_a}/{split_b}"})
+                if split_a != split_b:
+                    found.append({"a": str(a), "b": str(b), "distance": 0, "rule": "exact", "splits": f"{split_a}/{split_b}"})
+    first = split.drop_duplicates("sha256").set_index("sha256")
+    live = pairs[pairs["a"].isin(first.index) & pairs["b"].isin(first.index)]
+    for p in live.itertuples():
+        sa, sb = first.at[p.a, "split"], first.at[p.b, "split"]
+        if sa != sb:
+            found.append({"a": str(first.at[p.a, "item_id"]), "b": str(first.at[p.b, "item_id"]), "distance": int(p.distance),
+                          "rule": p.rule, "splits": f"{sa}/{sb}"})
     return found
+
+
+def reference_matches(split: pd.DataFrame, rejected: pd.DataFrame, refs: pd.DataFrame) -> list[dict]:
+    """Every item that duplicates a reference-set image: rejected for it, or kept (flagged)."""
+    first = refs.sort_values(["sha256", "distance", "reference", "reference_path"]).drop_duplicates("sha256").set_index("sha256")
+    rows = []
+    dropped = rejected[rejected["reason"] == "reference_duplicate"]
+    for status, frame in (("rejected", dropped), ("kept", split[split["sha256"].isin(first.index)])):
+        for item_id, sha in zip(frame["item_id"], frame["sha256"]):
+            if sha in first.index:
+                m = first.loc[sha]
+                rows.append({"item": str(item_id), "status": status, "reference": m["reference"],
+                             "reference_path": m["reference_path"], "distance": int(m["distance"]), "rule": m["rule"]})
+    return rows
 
 
 def decide(metrics: dict, thresholds: dict) -> list[dict]:
@@ -66,18 +79,25 @@ def decide(metrics: dict, thresholds: dict) -> list[dict]:
         "fix": (f"the largest reason is {top[0]} ({top[1]} items): {FIXES.get(top[0], 'inspect those items')}"
                 if top[0] else "inspect the rejected manifest"),
     })
+    max_ref = int(thresholds.get("max_reference_matches", 0))
+    checks.append({
+        "check": f"kept items duplicating a reference set at most {max_ref}",
+        "ok": metrics["reference_matches_kept"] <= max_ref,
+        "value": metrics["reference_matches_kept"],
+        "fix": "set near_dup.reference_action: reject, or remove those items from your sources",
+    })
     max_leak = int(thresholds.get("max_split_leakage", 0))
     checks.append({
         "check": f"split leakage at most {max_leak} pairs",
         "ok": metrics["split_leakage"] <= max_leak,
         "value": metrics["split_leakage"],
-        "fix": "duplicates cross train/val/test: rebuild with the same near_dup.max_distance for dedup and split",
+        "fix": "duplicates cross train/val/test: rebuild so the split reads the same pairs as the dedup (data/manifests/pairs.parquet)",
     })
     return checks
 
 
 def run(
-    paths: dict, out_md: str | Path, out_metrics: str | Path, thresholds: dict, max_distance: int,
+    paths: dict, out_md: str | Path, out_metrics: str | Path, thresholds: dict,
     balance_params: dict | None = None, audit_params: dict | None = None,
 ) -> dict:
     raw = manifest.read(paths["ingest"], schemas.INGEST)
@@ -93,7 +113,8 @@ def run(
         "captioned": (paths["captioned"], schemas.CAPTIONED),
     }.items()}
     counts = ledger.check(raw, export, rejected)
-    leaks = leakage(split, max_distance)
+    leaks = leakage(split, manifest.read(paths["pairs"], schemas.PAIRS))
+    refs = reference_matches(split, rejected, manifest.read(paths["reference_pairs"], schemas.REFERENCE_PAIRS))
     by_reason = rejected["reason"].value_counts().sort_index().to_dict()
     policy_rows = rejected[rejected["stage"] == "policy"]
     flag_counts = pd.Series([f for fl in split["flags"] for f in fl], dtype="str").value_counts().sort_index()
@@ -111,6 +132,8 @@ def run(
         "sources": {s: int(n) for s, n in raw["source"].value_counts().sort_index().items()},
         "converted": int(export["conversion"].notna().sum()),
         "split_leakage": len(leaks),
+        "reference_matches": len(refs),
+        "reference_matches_kept": sum(r["status"] == "kept" for r in refs),
         "split_moves": len(moves),
         "sidecar_errors": int(raw["sidecar_error"].notna().sum()),
         "balance_cells_under_min": int((cells["status"] == "under_min").sum()),
@@ -121,7 +144,7 @@ def run(
     metrics["go"] = all(c["ok"] for c in checks)
     thresholds_audit = {**audit_checks.DEFAULT_THRESHOLDS, **{k: v for k, v in (audit_params or {}).items() if k in audit_checks.DEFAULT_THRESHOLDS}}
     atomic.write_text(out_metrics, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    atomic.write_text(out_md, render(metrics, checks, rejected, moves, leaks, raw, cells, thresholds_audit, orphans))
+    atomic.write_text(out_md, render(metrics, checks, rejected, moves, leaks, raw, cells, thresholds_audit, orphans, refs))
     return metrics
 
 
@@ -134,7 +157,7 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
 def render(
     metrics: dict, checks: list[dict], rejected: pd.DataFrame, moves: pd.DataFrame, leaks: list[dict],
     raw: pd.DataFrame, cells: pd.DataFrame | None = None, audit_thresholds: dict | None = None,
-    orphans: pd.DataFrame | None = None,
+    orphans: pd.DataFrame | None = None, refs: list[dict] | None = None,
 ) -> str:
     verdict = "GO" if metrics["go"] else "NO-GO"
     lines = [f"# Dataset report: {verdict}", ""]
@@ -202,13 +225,19 @@ def render(
     lines += ["", "## Split", ""]
     lines.append(f"Leakage: {metrics['split_leakage']} duplicate pairs cross splits.")
     if leaks:
-        lines += [""] + _table(["a", "b", "distance", "splits"], [[l["a"], l["b"], l["distance"], l["splits"]] for l in leaks[:50]])
+        lines += [""] + _table(["a", "b", "distance", "rule", "splits"], [[l["a"], l["b"], l["distance"], l["rule"], l["splits"]] for l in leaks[:50]])
+    lines.append("")
+    lines.append(f"Reference sets: {metrics.get('reference_matches', 0)} items duplicate an image of a reference set "
+                 f"({metrics.get('reference_matches_kept', 0)} of them kept).")
+    if refs:
+        lines += [""] + _table(["item", "status", "reference", "file", "distance", "rule"], [
+            [f"`{r['item']}`", r["status"], r["reference"], r["reference_path"], r["distance"], r["rule"]] for r in refs[:50]])
     lines.append("")
     if len(moves):
-        lines.append(f"{len(moves)} items changed split since the last build, because a new item joined or bridged their cluster:")
+        lines.append(f"{len(moves)} items changed split since the last build, because a new item joined or bridged their near-duplicate component:")
         lines.append("")
-        lines += _table(["item", "was", "now", "cluster key was", "cluster key now"], [
-            [f"`{m.item_id}`", m.previous_split, m.split, m.previous_cluster_key[:16], m.cluster_key[:16]] for m in moves.itertuples()
+        lines += _table(["item", "was", "now", "component key was", "component key now"], [
+            [f"`{m.item_id}`", m.previous_split, m.split, m.previous_component_key[:16], m.component_key[:16]] for m in moves.itertuples()
         ])
     else:
         lines.append("No item changed split since the last build.")

@@ -1,8 +1,8 @@
 """captioned -> split: train/val/test decided per near-duplicate cluster.
 
-Each cluster's split comes from a hash of the seed and the cluster key (the smallest
-SHA-256 among its members), so a cluster never straddles two splits and adding unrelated
-items never moves existing ones. When a new item joins or bridges clusters the key can
+Each near-duplicate component's split comes from a hash of the seed and its key (the smallest
+SHA-256 among its members), so no near-duplicate pair straddles two splits and adding unrelated
+items never moves existing ones. When a new item joins or bridges components the key can
 change; the items that moved (against the last split on this machine) are listed.
 """
 
@@ -15,16 +15,16 @@ import pandas as pd
 
 from .. import atomic, manifest, schemas
 
-_HISTORY_COLUMNS = ["item_id", "split", "cluster_key"]
+_HISTORY_COLUMNS = ["item_id", "split", "component_key"]
 
 
 class SplitError(ValueError):
     pass
 
 
-def assign(cluster_key: str, seed: int, fractions: dict[str, float]) -> str:
-    """Split for one cluster: a uniform draw in [0, 1) from the seeded hash of its key."""
-    digest = hashlib.sha256(f"{seed}:{cluster_key}".encode()).digest()
+def assign(component_key: str, seed: int, fractions: dict[str, float]) -> str:
+    """Split for one component: a uniform draw in [0, 1) from the seeded hash of its key."""
+    digest = hashlib.sha256(f"{seed}:{component_key}".encode()).digest()
     u = int.from_bytes(digest[:8], "big") / 2**64
     edge = 0.0
     for name in schemas.SPLITS:
@@ -48,16 +48,18 @@ def check_fractions(fractions: dict) -> dict[str, float]:
 def run(captioned_path: str | Path, out: str | Path, moves_out: str | Path, history_path: str | Path, seed: int, fractions: dict) -> pd.DataFrame:
     fractions = check_fractions(fractions)
     items = manifest.read(captioned_path, schemas.CAPTIONED)
-    by_key = {k: assign(k, seed, fractions) for k in items["cluster_key"].unique()}
-    items["split"] = items["cluster_key"].map(by_key).astype("str")
+    by_key = {k: assign(k, seed, fractions) for k in items["component_key"].unique()}
+    items["split"] = items["component_key"].map(by_key).astype("str")
 
     history_path = Path(history_path)
     if history_path.exists():
         previous = pd.read_parquet(history_path)
     else:
         previous = pd.DataFrame(columns=_HISTORY_COLUMNS)
-    joined = items[["item_id", "split", "cluster_key"]].merge(
-        previous.rename(columns={"split": "previous_split", "cluster_key": "previous_cluster_key"}), on="item_id"
+    if "component_key" not in previous:  # a history written before components: nothing to compare
+        previous = pd.DataFrame(columns=_HISTORY_COLUMNS)
+    joined = items[["item_id", "split", "component_key"]].merge(
+        previous.rename(columns={"split": "previous_split", "component_key": "previous_component_key"}), on="item_id"
     )
     moves = joined[joined["split"] != joined["previous_split"]]
     manifest.write(moves, moves_out, schemas.MOVES)

@@ -1,0 +1,392 @@
+"""The near-duplicate rule: which pairs of contents are near-duplicates, and the clusters they form.
+
+A pair is judged on two numbers:
+
+- ``distance``: the fewest differing bits between any view of one and any view of the other
+  (plain, trimmed and centre pHashes, ``trainset.views``; the mirrored views too when
+  ``near_dup.mirror`` is true);
+- ``cosine``: the cosine of their image embeddings (``trainset.embeddings``), when a clause needs it.
+
+The rule is a list of clauses, any of which makes a pair a near-duplicate, e.g. ``distance <= 6``,
+or ``distance <= 16 and cosine >= 0.88``, or ``cosine >= 0.92``. Candidates come from an exact
+Hamming search at the largest clause distance and, for clauses on cosine alone, an exact cosine
+search; each candidate is then judged on its exact numbers. For very large sets,
+``embedding.partitions`` > 1 switches the cosine search to SemDeDup-style k-means partitions
+(pairs split across partitions can be missed; see ``trainset.similarity``) and limits the Hamming
+search to the clauses on distance alone.
+
+Loose pairs chain unrelated images together, so clusters are grown around representatives
+(:func:`grow_clusters`): every member is a near-duplicate of its cluster's representative.
+Connected components (:func:`components`) are kept for the split, where chaining is harmless
+and every pair must land on one side.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from . import hashing, kernels, views
+from .config import ConfigError
+from .provenance import params_digest
+
+PAIR_FIELDS = ("a", "b", "distance", "cosine", "rule")
+KEEP_KEYS = ("original", "resolution", "quality", "source_priority", "file_size", "sidecar", "tags")
+DEFAULT_KEEP = ("original", "resolution", "quality", "source_priority", "file_size", "sidecar", "tags")
+NO_DISTANCE = 64
+"""Distance written for a pair found by cosine alone whose views differ in every bit."""
+
+
+@dataclass(frozen=True)
+class Clause:
+    max_distance: int | None = None
+    min_cosine: float | None = None
+
+    @property
+    def label(self) -> str:
+        parts = []
+        if self.max_distance is not None:
+            parts.append(f"distance<={self.max_distance}")
+        if self.min_cosine is not None:
+            parts.append(f"cosine>={self.min_cosine:g}")
+        return "&".join(parts)
+
+    def holds(self, distance: np.ndarray, cosine: np.ndarray) -> np.ndarray:
+        ok = np.ones(len(distance), dtype=bool)
+        if self.max_distance is not None:
+            ok &= distance <= self.max_distance
+        if self.min_cosine is not None:
+            ok &= np.nan_to_num(cosine, nan=-2.0) >= self.min_cosine
+        return ok
+
+
+@dataclass(frozen=True)
+class Rule:
+    clauses: tuple[Clause, ...]
+    mirror: bool = False
+    model: dict = field(default_factory=dict)
+    batch_size: int = 32
+    partitions: int = 0
+    seed: int = 0
+
+    @classmethod
+    def from_params(cls, near_dup: dict, seed: int = 0) -> "Rule":
+        """``near_dup`` from params.yaml; a bad clause names itself."""
+        near_dup = near_dup or {}
+        raw = near_dup.get("rule")
+        if raw is None and "max_distance" in near_dup:
+            raw = [{"max_distance": near_dup["max_distance"]}]
+        if not isinstance(raw, list) or not raw:
+            raise ConfigError("params.yaml: near_dup.rule must be a non-empty list of clauses, e.g. [{max_distance: 6}]")
+        clauses = []
+        for k, item in enumerate(raw):
+            where = f"params.yaml: near_dup.rule[{k}]"
+            if not isinstance(item, dict) or not item or set(item) - {"max_distance", "min_cosine"}:
+                raise ConfigError(f"{where} must have max_distance and/or min_cosine, got {item!r}")
+            md, mc = item.get("max_distance"), item.get("min_cosine")
+            if md is not None and (isinstance(md, bool) or not isinstance(md, int) or not 0 <= md <= 64):
+                raise ConfigError(f"{where}.max_distance must be an integer 0..64, got {md!r}")
+            if mc is not None and (isinstance(mc, bool) or not isinstance(mc, (int, float)) or not -1 <= mc <= 1):
+                raise ConfigError(f"{where}.min_cosine must be a number in -1..1, got {mc!r}")
+            clauses.append(Clause(md, None if mc is None else float(mc)))
+        embedding = near_dup.get("embedding") or {}
+        model = dict(embedding.get("model") or {"backend": "efficientnet-lite0"})
+        return cls(
+            clauses=tuple(clauses),
+            mirror=bool(near_dup.get("mirror", False)),
+            model=model,
+            batch_size=int(embedding.get("batch_size", 32)),
+            partitions=int(embedding.get("partitions", 0) or 0),
+            seed=int(seed),
+        )
+
+    @property
+    def uses_cosine(self) -> bool:
+        return any(c.min_cosine is not None for c in self.clauses)
+
+    @property
+    def hash_radius(self) -> int:
+        """Radius of the Hamming candidate search (-1: none). Exact partitioning (``partitions`` <= 1):
+        the largest distance any clause accepts, so cosine is only computed for those candidates.
+        SemDeDup partitioning: only the clauses on distance alone; the cosine search finds the rest."""
+        clauses = self.clauses if self.partitions <= 1 else [c for c in self.clauses if c.min_cosine is None]
+        return max((c.max_distance for c in clauses if c.max_distance is not None), default=-1)
+
+    @property
+    def cosine_radius(self) -> float | None:
+        """Threshold of the cosine candidate search (None: none): the clauses on cosine alone, or,
+        with SemDeDup partitioning, every clause with a cosine."""
+        clauses = self.clauses if self.partitions > 1 else [c for c in self.clauses if c.max_distance is None]
+        found = [c.min_cosine for c in clauses if c.min_cosine is not None]
+        return min(found) if found else None
+
+    @property
+    def view_indices(self) -> list[int]:
+        count = len(views.VIEW_NAMES) if self.mirror else len(views.UPRIGHT_VIEWS)
+        return list(range(count))
+
+    def key(self, model_key: str | None = None) -> str:
+        """Digest of everything that decides which pairs are found."""
+        return params_digest({
+            "clauses": [c.label for c in self.clauses], "mirror": self.mirror, "views": list(views.VIEW_NAMES),
+            "model": model_key if self.uses_cosine else None, "partitions": self.partitions, "seed": self.seed,
+        })
+
+    def judge(self, distance: np.ndarray, cosine: np.ndarray) -> np.ndarray:
+        """Label of the first clause that holds for each pair ('' where none does)."""
+        label = np.full(len(distance), "", dtype=object)
+        for clause in reversed(self.clauses):
+            label[clause.holds(distance, cosine)] = clause.label
+        return label
+
+
+# --- view hashes --------------------------------------------------------------------------------
+
+def view_matrix(phash_views, rule: Rule) -> np.ndarray:
+    """(n, v) uint64 of the views the rule compares, from the audit's ``phash_views`` lists."""
+    idx = rule.view_indices
+    rows = [[int(v[i], 16) for i in idx] for v in phash_views]
+    return np.array(rows, dtype=np.uint64).reshape(len(rows), len(idx))
+
+
+def view_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Fewest differing bits between any view of ``a[k]`` and any view of ``b[k]`` (rows paired)."""
+    x = a[:, :, None] ^ b[:, None, :]
+    return kernels.popcount64(x, np).min(axis=(1, 2)).astype(np.int64)
+
+
+def _flatten(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct (owner, hash) pairs of a view matrix: the flat hashes and who owns each."""
+    n, v = matrix.shape
+    owner = np.repeat(np.arange(n), v)
+    flat = matrix.ravel()
+    keep = np.ones(len(flat), dtype=bool)
+    if v > 1:
+        same = matrix[:, :, None] == matrix[:, None, :]
+        first = ~np.tril(same, -1).any(axis=2)
+        keep = first.ravel()
+    return flat[keep], owner[keep]
+
+
+def _owner_pairs(i, j, owner_i, owner_j, same_set: bool) -> tuple[np.ndarray, np.ndarray]:
+    a, b = owner_i[i], owner_j[j]
+    if same_set:
+        a, b = np.minimum(a, b), np.maximum(a, b)
+        keep = a != b
+        a, b = a[keep], b[keep]
+    if not len(a):
+        return a.astype(np.int64), b.astype(np.int64)
+    code = np.unique(a.astype(np.int64) * (1 << 32) + b.astype(np.int64))
+    return code >> 32, code & ((1 << 32) - 1)
+
+
+def hash_candidates(matrix: np.ndarray, radius: int, base: np.ndarray | None = None):
+    """Owner pairs whose closest views are within ``radius`` bits: ``(i, j)`` with i < j within
+    ``matrix``, or ``(query row, base row)`` when ``base`` is given."""
+    empty = np.zeros(0, dtype=np.int64)
+    if radius < 0 or not len(matrix) or (base is not None and not len(base)):
+        return empty, empty.copy()
+    flat, owner = _flatten(matrix)
+    if base is None:
+        i, j, _ = kernels.near_pairs(flat, radius)
+        return _owner_pairs(i, j, owner, owner, True)
+    bflat, bowner = _flatten(base)
+    qi, bj, _ = kernels.near_pairs_between(flat, bflat, radius)
+    return _owner_pairs(qi, bj, owner, bowner, False)
+
+
+# --- pairs ----------------------------------------------------------------------------------------
+
+def _cosines(emb: np.ndarray | None, a: np.ndarray, b: np.ndarray, emb_b: np.ndarray | None = None) -> np.ndarray:
+    """Cosine of each pair; NaN where either content has no embedding (an all-zero row)."""
+    if emb is None:
+        return np.full(len(a), np.nan)
+    other = emb if emb_b is None else emb_b
+    x, y = emb[a].astype(np.float64), other[b].astype(np.float64)
+    cos = np.einsum("ij,ij->i", x, y)
+    cos[~(x.any(axis=1) & y.any(axis=1))] = np.nan
+    return cos
+
+
+def _cosine_candidates(rule: Rule, emb, emb_base=None):
+    from . import similarity  # noqa: PLC0415  (only runs when a clause uses cosine alone)
+
+    threshold = rule.cosine_radius
+    empty = np.zeros(0, dtype=np.int64)
+    if threshold is None or emb is None or not len(emb) or (emb_base is not None and not len(emb_base)):
+        return empty, empty.copy()
+    if emb_base is not None:
+        qi, bj, _ = similarity.cosine_pairs_between(emb, emb_base, threshold)
+        return np.asarray(qi, dtype=np.int64), np.asarray(bj, dtype=np.int64)
+    if rule.partitions > 1:
+        i, j, _ = similarity.semdedup_pairs(emb, threshold, rule.partitions, rule.seed)
+    else:
+        i, j, _ = similarity.cosine_pairs(emb, threshold)
+    return np.asarray(i, dtype=np.int64), np.asarray(j, dtype=np.int64)
+
+
+def find_pairs(
+    rule: Rule, matrix: np.ndarray, emb: np.ndarray | None,
+    base_matrix: np.ndarray | None = None, base_emb: np.ndarray | None = None,
+) -> pd.DataFrame:
+    """Pairs the rule accepts, as row indices: within ``matrix`` (``a < b``), or between it and
+    ``base`` (``a`` a query row, ``b`` a base row). ``emb`` rows align with the matrix rows (NaN
+    rows: no embedding). Columns :data:`PAIR_FIELDS`."""
+    between = base_matrix is not None
+    hi, hj = hash_candidates(matrix, rule.hash_radius, base_matrix if between else None)
+    ci, cj = _cosine_candidates(rule, emb, base_emb if between else None)
+    code = np.unique(np.concatenate([hi * (1 << 32) + hj, ci * (1 << 32) + cj]))
+    a, b = code >> 32, code & ((1 << 32) - 1)
+    other = base_matrix if between else matrix
+    distance = view_distance(matrix[a], other[b]) if len(a) else np.zeros(0, dtype=np.int64)
+    cosine = _cosines(emb, a, b, base_emb if between else None) if rule.uses_cosine else np.full(len(a), np.nan)
+    label = rule.judge(distance, cosine)
+    keep = label != ""
+    return pd.DataFrame({
+        "a": a[keep], "b": b[keep], "distance": distance[keep],
+        "cosine": cosine[keep].astype(np.float64), "rule": label[keep].astype(str),
+    })
+
+
+# --- clusters -------------------------------------------------------------------------------------
+
+def grow_clusters(n: int, a: np.ndarray, b: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Representative of each of ``n`` nodes: nodes are visited in ``order`` (best first); an
+    unassigned node becomes a representative and takes every unassigned neighbour. Every member
+    is therefore a direct near-duplicate of its representative: no chains."""
+    rep = np.full(n, -1, dtype=np.int64)
+    if len(a):
+        graph = coo_matrix((np.ones(2 * len(a), dtype=np.int8), (np.concatenate([a, b]), np.concatenate([b, a]))), shape=(n, n)).tocsr()
+        indptr, indices = graph.indptr, graph.indices
+    else:
+        indptr, indices = np.zeros(n + 1, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    for node in np.asarray(order, dtype=np.int64).tolist():
+        if rep[node] >= 0:
+            continue
+        rep[node] = node
+        nbrs = indices[indptr[node]:indptr[node + 1]]
+        free = nbrs[rep[nbrs] < 0]
+        rep[free] = node
+    return rep
+
+
+def components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Connected-component label of each node over the pairs (chains included)."""
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
+    return connected_components(graph, directed=False)[1].astype(np.int64)
+
+
+# --- which copy to keep ------------------------------------------------------------------------------
+
+def preference_order(items: pd.DataFrame, near_dup: dict | None = None) -> pd.DataFrame:
+    """``items`` sorted so the copy to keep comes first, by ``near_dup.keep`` (default: an
+    original over a generated copy, then more pixels, a higher ``quality_column`` value, an
+    earlier source in ``source_priority``, a larger file, a copy with its own sidecar, more tags),
+    then the smallest item id."""
+    near_dup = near_dup or {}
+    keep = list(near_dup.get("keep") or DEFAULT_KEEP)
+    unknown = [k for k in keep if k not in KEEP_KEYS]
+    if unknown:
+        raise ConfigError(f"params.yaml: near_dup.keep has unknown keys {unknown}; choose from {list(KEEP_KEYS)}")
+    quality = near_dup.get("quality_column")
+    priority = {name: k for k, name in enumerate(near_dup.get("source_priority") or [])}
+    cols = {
+        "original": items["generated"].astype(bool),
+        "resolution": -(items["width"].astype(np.int64) * items["height"].astype(np.int64)),
+        "quality": (-pd.to_numeric(items[quality], errors="coerce")).fillna(np.inf) if quality in items else 0,
+        "source_priority": items["source"].map(priority).fillna(len(priority)),
+        "file_size": -items["size"].astype(np.int64),
+        "sidecar": items["sidecar"].isna(),
+        "tags": -items["tags"].map(len),
+    }
+    if quality and quality not in items:
+        raise ConfigError(f"params.yaml: near_dup.quality_column {quality!r} is not an item column")
+    ranked = items.assign(**{f"_k_{k}": cols[k] for k in keep})
+    keys = [f"_k_{k}" for k in keep] + ["item_id"]
+    return ranked.sort_values(keys, kind="stable").drop(columns=keys[:-1])
+
+
+# --- the persisted index ---------------------------------------------------------------------------
+
+class PairIndex:
+    """Pairs among the contents of the last run, kept under a key of the rule, so a run compares
+    only its new contents with each other and with the old ones (never the old against the old)."""
+
+    def __init__(self, root: str | Path, key: str):
+        self.dir = Path(root) / key
+        self.contents_path = self.dir / "contents.json"
+        self.pairs_path = self.dir / "pairs.parquet"
+
+    def load(self) -> tuple[set[str], pd.DataFrame]:
+        try:
+            contents = set(json.loads(self.contents_path.read_text()))
+            pairs = pd.read_parquet(self.pairs_path)
+        except (OSError, ValueError):
+            return set(), pd.DataFrame(columns=list(PAIR_FIELDS))
+        return contents, pairs
+
+    def save(self, contents: list[str], pairs: pd.DataFrame) -> None:
+        from . import atomic  # noqa: PLC0415
+
+        # pairs first: a run killed between the two writes sees the old contents list and
+        # recomputes the new contents' pairs (duplicates are dropped on merge)
+        with atomic.atomic_file(self.pairs_path) as tmp:
+            pairs.to_parquet(tmp, index=False)
+        atomic.write_text(self.contents_path, json.dumps(sorted(contents)))
+
+
+@dataclass
+class SearchStats:
+    contents: int = 0
+    new: int = 0
+    reused_pairs: int = 0
+    new_pairs: int = 0
+
+
+def content_pairs(
+    rule: Rule, shas: list[str], matrix: np.ndarray, emb: np.ndarray | None, index: PairIndex | None = None
+) -> tuple[pd.DataFrame, SearchStats]:
+    """Accepted pairs among contents (``a < b`` as SHA-256 strings), reusing the index's pairs
+    among contents it has already seen."""
+    shas = list(shas)
+    stats = SearchStats(contents=len(shas))
+    seen, stored = index.load() if index is not None else (set(), pd.DataFrame(columns=list(PAIR_FIELDS)))
+    is_old = np.array([s in seen for s in shas], dtype=bool)
+    old_idx, new_idx = np.flatnonzero(is_old), np.flatnonzero(~is_old)
+    stats.new = len(new_idx)
+    current = set(shas)
+    kept = stored[stored["a"].isin(current) & stored["b"].isin(current)] if len(stored) else stored
+    stats.reused_pairs = len(kept)
+    sub = lambda m, idx: None if m is None else m[idx]  # noqa: E731
+    within = find_pairs(rule, matrix[new_idx], sub(emb, new_idx))
+    found = [(new_idx[within["a"].to_numpy(np.int64)], new_idx[within["b"].to_numpy(np.int64)], within)]
+    if len(old_idx) and len(new_idx):
+        cross = find_pairs(rule, matrix[new_idx], sub(emb, new_idx), matrix[old_idx], sub(emb, old_idx))
+        found.append((new_idx[cross["a"].to_numpy(np.int64)], old_idx[cross["b"].to_numpy(np.int64)], cross))
+    sha_arr = np.array(shas, dtype=object)
+    frames = []
+    for rows_a, rows_b, frame in found:
+        if not len(frame):
+            continue
+        sa, sb = sha_arr[rows_a], sha_arr[rows_b]
+        frames.append(pd.DataFrame({
+            "a": np.where(sa < sb, sa, sb).astype(str), "b": np.where(sa < sb, sb, sa).astype(str),
+            "distance": frame["distance"].to_numpy(np.int64), "cosine": frame["cosine"].to_numpy(np.float64),
+            "rule": frame["rule"].astype(str).to_numpy(),
+        }))
+    new_pairs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(PAIR_FIELDS))
+    stats.new_pairs = len(new_pairs)
+    pairs = pd.concat([kept, new_pairs], ignore_index=True) if len(kept) else new_pairs
+    pairs = pairs.drop_duplicates(["a", "b"]).sort_values(["a", "b"], ignore_index=True)
+    pairs = pairs.astype({"a": str, "b": str, "distance": np.int64, "cosine": np.float64, "rule": str})
+    if index is not None:
+        index.save(shas, pairs)
+    return pairs, stats
