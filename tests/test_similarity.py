@@ -133,6 +133,10 @@ def test_kmeans_is_deterministic_for_a_seed_and_finds_the_topics():
     np.testing.assert_array_equal(labels, np.argmax(unit(emb) @ centroids.T, axis=1))
     purity = sum(np.bincount(labels[topic == t]).max() for t in range(24)) / len(emb)
     assert purity >= 0.9  # each topic lands (almost) whole in one cluster
+    sampled = kmeans(emb, 24, seed=3, iters=15, be=NUMPY, max_points_per_centroid=10)  # fitted on 240 rows
+    assert sampled[1].tobytes() == kmeans(emb, 24, seed=3, iters=15, be=NUMPY, max_points_per_centroid=10)[1].tobytes()
+    np.testing.assert_array_equal(sampled[1], np.argmax(unit(emb) @ sampled[0].T, axis=1))  # every row assigned
+    assert sum(np.bincount(sampled[1][topic == t]).max() for t in range(24)) / len(emb) >= 0.8
     assert kmeans(emb[:5], 10, seed=0, be=NUMPY)[0].shape == (5, 32)  # k capped at n
     assert kmeans(np.zeros((0, 3)), 4, be=NUMPY)[1].shape == (0,)
 

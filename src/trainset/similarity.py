@@ -20,6 +20,8 @@ from .kernels import Backend, backend
 #: Elements of one float64 similarity tile, per backend: 2048 x 2048 (32 MiB) on the CPU.
 BLOCK_ELEMENTS = {"numpy": 1 << 22, "cupy": 1 << 26}
 DEFAULT_ITERS = 20
+#: k-means fits its centroids on at most this many rows per centroid (a seeded sample), as FAISS does.
+MAX_POINTS_PER_CENTROID = 256
 _HOST_CHUNK = 1 << 16  # rows at once when checking norms and summing clusters
 
 
@@ -153,12 +155,12 @@ def _top_centroids(rows: _Rows, centroids, probes: int, block: int | None = None
     return top, best
 
 
-def _squared_distance_to(rows: _Rows, centre, block: int | None = None):
-    """2 - 2 cos to one unit vector, for every row (device float64, clipped at 0)."""
-    xp, n = rows.be.xp, len(rows)
-    step = block or max(1, BLOCK_ELEMENTS.get(rows.be.name, BLOCK_ELEMENTS["numpy"]) // max(rows.x.shape[1], 1))
-    parts = [rows.tile(s, min(s + step, n)) @ centre for s in range(0, n, step)]
-    return xp.maximum(2.0 - 2.0 * xp.concatenate(parts), 0.0)
+def _squared_distance_to(rows: _Rows, centre):
+    """2 - 2 cos to one unit vector for every row (device float64, clipped at 0). The product runs
+    in the rows' own dtype: it only weights the k-means++ draws, and needs no float64 copy."""
+    xp = rows.be.xp
+    sims = (rows.x @ centre.astype(rows.x.dtype)).astype(xp.float64) * rows.inv
+    return xp.maximum(2.0 - 2.0 * sims, 0.0)
 
 
 def _plus_plus(rows: _Rows, k: int, rng: np.random.Generator):
@@ -193,10 +195,20 @@ def _cluster_sums(host: _Rows, labels: np.ndarray, k: int) -> np.ndarray:
     return sums
 
 
-def _spherical_kmeans(rows: _Rows, host: _Rows, k: int, seed: int, iters: int):
-    """(centroids on the device, labels on the host); ``host`` is ``rows`` as NumPy arrays."""
-    xp = rows.be.xp
-    centroids = _plus_plus(rows, k, np.random.default_rng(seed))
+def _host(rows: _Rows) -> _Rows:
+    be = rows.be
+    return rows if be.name == "numpy" else _Rows(be.to_host(rows.x), be.to_host(rows.inv), Backend(np, "numpy", "host copy"))
+
+
+def _train(rows: _Rows, k: int, seed: int, iters: int, max_points_per_centroid: int | None):
+    """Centroids (device float64 unit rows) fitted on a seeded sample of at most
+    ``max_points_per_centroid * k`` rows (all rows when that is None or not fewer)."""
+    xp, n = rows.be.xp, len(rows)
+    rng = np.random.default_rng(seed)
+    if max_points_per_centroid and n > max_points_per_centroid * k:
+        rows = rows.take(np.sort(rng.choice(n, size=max_points_per_centroid * k, replace=False)))
+    host = _host(rows)
+    centroids = _plus_plus(rows, k, rng)
     labels = None
     for _ in range(max(1, int(iters))):
         top, best = _top_centroids(rows, centroids, 1)
@@ -210,31 +222,32 @@ def _spherical_kmeans(rows: _Rows, host: _Rows, k: int, seed: int, iters: int):
             sums[empty] = host.x[far].astype(np.float64) * host.inv[far, None]
         norms = np.linalg.norm(sums, axis=1, keepdims=True)
         centroids = xp.asarray(sums / np.where(norms > 0, norms, 1.0))
-    return centroids, labels
+    return centroids
 
 
-def _host(rows: _Rows) -> _Rows:
-    be = rows.be
-    return rows if be.name == "numpy" else _Rows(be.to_host(rows.x), be.to_host(rows.inv), Backend(np, "numpy", "host copy"))
-
-
-def kmeans(emb, k: int, seed: int = 0, iters: int = DEFAULT_ITERS, be: Backend | None = None):
+def kmeans(
+    emb, k: int, seed: int = 0, iters: int = DEFAULT_ITERS, be: Backend | None = None,
+    max_points_per_centroid: int | None = MAX_POINTS_PER_CENTROID,
+):
     """Spherical k-means: ``(centroids, labels)`` as host arrays, float64 (k, dim) unit rows and
-    int64 (n,).
+    int64 (n,), each row labelled with its most similar centroid.
 
     Seeded k-means++ start, then at most ``iters`` rounds of assign-to-most-similar-centroid and
-    mean-direction update, stopping early when no label changes. Deterministic for a seed: the
-    random draws come from ``numpy.random.default_rng(seed)`` on the host, argmax ties go to the
-    lower centroid, cluster sums are sequential host reductions, and an empty cluster is
-    re-seeded with a row least similar to its centroid. ``k`` is capped at the number of rows.
+    mean-direction update, stopping early when no label changes. Like FAISS, the centroids are
+    fitted on a seeded sample of ``max_points_per_centroid * k`` rows when there are more (None:
+    all rows); every row is then assigned. Deterministic for a seed: the random draws come from
+    ``numpy.random.default_rng(seed)`` on the host, argmax ties go to the lower centroid, cluster
+    sums are sequential host reductions, and an empty cluster is re-seeded with a row least
+    similar to its centroid. ``k`` is capped at the number of rows. (The k-means++ weights are
+    computed in the embeddings' dtype, so a GPU may draw other seeds than the CPU in rare cases.)
     """
     be = be or backend()
     rows = _Rows.of(emb, be)
     if len(rows) == 0:
         return np.zeros((0, rows.x.shape[1]), dtype=np.float64), np.zeros(0, dtype=np.int64)
     k = max(1, min(int(k), len(rows)))
-    centroids, labels = _spherical_kmeans(rows, _host(rows), k, seed, iters)
-    return be.to_host(centroids).astype(np.float64), labels
+    centroids = _train(rows, k, seed, iters, max_points_per_centroid)
+    return be.to_host(centroids).astype(np.float64), _top_centroids(rows, centroids, 1)[0][:, 0]
 
 
 def _groups(keys: np.ndarray, values: np.ndarray, k: int) -> list[np.ndarray]:
@@ -246,12 +259,12 @@ def _groups(keys: np.ndarray, values: np.ndarray, k: int) -> list[np.ndarray]:
 
 def semdedup_pairs(
     emb, threshold: float, n_clusters: int, seed: int = 0, probes: int = 1, be: Backend | None = None,
-    iters: int = DEFAULT_ITERS, block: int | None = None,
+    iters: int = DEFAULT_ITERS, block: int | None = None, max_points_per_centroid: int | None = MAX_POINTS_PER_CENTROID,
 ):
     """Pairs ``i < j`` with cosine >= ``threshold`` searched only within k-means clusters
     (SemDeDup): host arrays ``(i, j, cos)`` sorted by (i, j), like :func:`cosine_pairs`.
 
-    Every row has a home cluster (its most similar centroid). Pairs are compared exactly within
+    Every row has a home cluster (its most similar centroid, from :func:`kmeans`). Pairs are compared exactly within
     each home cluster, and with ``probes > 1`` every row is also compared against the home
     members of its next ``probes - 1`` most similar centroids, which catches most pairs that a
     cluster boundary splits. Work is about ``sum(size**2)`` instead of ``n**2``; every pair
@@ -266,8 +279,7 @@ def semdedup_pairs(
     if n < 2:
         return _empty()
     k = min(int(n_clusters), n)
-    centroids, _ = _spherical_kmeans(rows, _host(rows), k, seed, iters)
-    top, _ = _top_centroids(rows, centroids, probes)
+    top, _ = _top_centroids(rows, _train(rows, k, seed, iters, max_points_per_centroid), probes)
     homes = _groups(top[:, 0], np.arange(n), k)
     visits = _groups(top[:, 1:].ravel(), np.repeat(np.arange(n), top.shape[1] - 1), k)
     out = []
