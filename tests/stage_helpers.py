@@ -131,6 +131,7 @@ class Chain:
             "nsfw": m / "nsfw_scores.parquet",
             "groups": m / "groups.parquet",
             "pairs": m / "pairs.parquet",
+            "reference_pairs": m / "reference_pairs.parquet",
             "filtered": m / "filtered.parquet",
             "deduped": m / "deduped.parquet",
             "clusters": m / "clusters.parquet",
@@ -166,8 +167,13 @@ class Chain:
         return nsfw.run(self.p["ingest"], self.p["audit"], self.p["nsfw"], model or {"backend": "none"}, self.p["cache"] / "nsfw")
 
     @_at_root
-    def group(self, max_distance: int = 10) -> pd.DataFrame:
-        return group.run(self.p["ingest"], self.p["audit"], self.p["groups"], self.p["pairs"], max_distance)
+    def group(self, max_distance: int = 10, near_dup: dict | None = None) -> pd.DataFrame:
+        """The group stage; ``near_dup`` params (default: the hash-only rule ``distance <= max_distance``)."""
+        self.near_dup = near_dup if near_dup is not None else {"rule": [{"max_distance": max_distance}]}
+        return group.run(
+            self.p["ingest"], self.p["audit"], self.p["groups"], self.p["pairs"], self.p["reference_pairs"],
+            self.near_dup, self.p["cache"], self.root / "data" / "run" / "group-stats.json",
+        )
 
     @_at_root
     def filter(
@@ -192,8 +198,13 @@ class Chain:
         )
 
     @_at_root
-    def dedup(self) -> pd.DataFrame:
-        return dedup.run(self.p["filtered"], self.p["deduped"], self.p["clusters"], self.p["rej_dedup"])
+    def dedup(self, near_dup: dict | None = None) -> pd.DataFrame:
+        """The dedup stage, with the group stage's ``near_dup`` params unless others are given."""
+        near_dup = near_dup if near_dup is not None else getattr(self, "near_dup", {})
+        return dedup.run(
+            self.p["filtered"], self.p["pairs"], self.p["reference_pairs"], self.p["deduped"], self.p["clusters"],
+            self.p["rej_dedup"], near_dup,
+        )
 
     @_at_root
     def caption(self, **kw) -> pd.DataFrame:
@@ -214,27 +225,28 @@ class Chain:
 
     def report_paths(self, **over) -> dict:
         """The inputs the report stage reads (as the workflow passes them), ``over`` replacing any."""
-        keys = ("ingest", "unmatched", "audit", "filtered", "groups", "deduped", "captioned", "split", "moves", "rejected")
+        keys = ("ingest", "unmatched", "audit", "filtered", "groups", "pairs", "reference_pairs", "deduped", "captioned", "split", "moves", "rejected")
         return {**{k: self.p[k] for k in keys}, "export": self.p["export"] / "manifest.parquet", **over}
 
     @_at_root
     def report(
-        self, thresholds: dict | None = None, max_distance: int = 10, balance_params: dict | None = None,
+        self, thresholds: dict | None = None, balance_params: dict | None = None,
         audit_params: dict | None = None, out_md: Path | None = None, out_metrics: Path | None = None, **paths,
     ) -> dict:
         thresholds = thresholds if thresholds is not None else {"min_kept": 1, "max_rejected_share": 1.0, "max_split_leakage": 0}
         return report.run(
-            self.report_paths(**paths), out_md or self.p["report"], out_metrics or self.p["metrics"], thresholds, max_distance,
+            self.report_paths(**paths), out_md or self.p["report"], out_metrics or self.p["metrics"], thresholds,
             balance_params=balance_params, audit_params=audit_params,
         )
 
     @_at_root
-    def through_dedup(self, min_side: int = 64, max_distance: int = 10, **filter_kw) -> pd.DataFrame:
-        """ingest, audit, nsfw, group, filter (``filter_kw``: policy, annotations, ...) and dedup."""
+    def through_dedup(self, min_side: int = 64, max_distance: int = 10, near_dup: dict | None = None, **filter_kw) -> pd.DataFrame:
+        """ingest, audit, nsfw, group (hash-only ``distance <= max_distance`` unless ``near_dup``
+        is given), filter (``filter_kw``: policy, annotations, ...) and dedup."""
         self.ingest()
         self.audit()
         self.nsfw()
-        self.group(max_distance)
+        self.group(max_distance, near_dup)
         self.filter(min_side, **filter_kw)
         return self.dedup()
 
@@ -278,6 +290,7 @@ def item_row(item_id: str, sha: str | None = None, **over) -> dict:
         "exif_orientation": 1,
         "phash": "0" * 16,
         "dhash": "0" * 16,
+        "phash_views": ["0" * 16] * 8,
         "n_frames": 1,
         "animated": False,
         "has_alpha": False,
@@ -290,6 +303,7 @@ def item_row(item_id: str, sha: str | None = None, **over) -> dict:
         "cluster_key": sha,
         "cluster_id": sha[:16],
         "cluster_size": 1,
+        "component_key": sha,
         "flags": [],
         "nsfw_flag": False,
         "nsfw_score": float("nan"),

@@ -390,3 +390,33 @@ def content_pairs(
     if index is not None:
         index.save(shas, pairs)
     return pairs, stats
+
+
+def detect(paths: list[str], near_dup: dict, cache_dir: str | Path, threads: int = 1, seed: int = 0) -> pd.DataFrame:
+    """The whole engine on a list of files (benchmarks, notebooks): one decode per content for
+    the hashes, embeddings when the rule needs them, the rule's pairs. Returns ``a < b`` indices
+    into ``paths`` and the ``rule`` clause (``exact`` for identical bytes); undecodable files
+    pair with nothing but their byte-identical copies."""
+    from . import features  # noqa: PLC0415  (features and stages import this module)
+    from .stages import group  # noqa: PLC0415
+
+    cache_dir = Path(cache_dir)
+    rule = Rule.from_params(near_dup, seed)
+    shas = [hashing.sha256_file(p) for p in paths]
+    cache = features.FeatureCache(cache_dir / "features", features.feature_key({}))
+    found, _ = features.compute(list(zip(shas, paths)), cache, threads=threads)
+    first: dict[str, str] = {}
+    for sha, path in zip(shas, paths):
+        first.setdefault(sha, path)
+    usable = [(s, p) for s, p in first.items() if found[s]["phash_views"]]
+    table = pd.DataFrame({"sha256": [s for s, _ in usable], "path": [p for _, p in usable],
+                          "phash_views": [found[s]["phash_views"] for s, _ in usable]})
+    pairs = group.search(rule, table, cache_dir, threads, index=False)[0] if len(table) else pd.DataFrame(columns=list(PAIR_FIELDS))
+    rows_of: dict[str, list[int]] = {}
+    for k, sha in enumerate(shas):
+        rows_of.setdefault(sha, []).append(k)
+    out = [(x, y, "exact") for rows in rows_of.values() for i, x in enumerate(rows) for y in rows[i + 1:]]
+    for sa, sb, label in zip(pairs["a"], pairs["b"], pairs["rule"]):
+        out += [(min(x, y), max(x, y), label) for x in rows_of[sa] for y in rows_of[sb]]
+    frame = pd.DataFrame(out, columns=["a", "b", "rule"]).astype({"a": np.int64, "b": np.int64, "rule": str})
+    return frame.sort_values(["a", "b"], ignore_index=True)
