@@ -17,12 +17,12 @@ import pytest
 import skimage.data
 from PIL import Image, ImageOps
 
-from trainset import features, hashing
+from trainset import features, hashing, views
 from trainset.features import FeatureCache, FeatureStats, compute, extract, feature_key
 
 SAMPLES = Path(skimage.data.__file__).parent
 MEASURES = {"n_frames", "animated", "has_alpha", "alpha_min", "bit_depth", "luma_mean", "luma_std", "entropy", "laplacian_var"}
-FIELDS = {"decoded", "reason", "detail", "format", "mode", "width", "height", "exif_orientation", "phash", "dhash", *MEASURES}
+FIELDS = {"decoded", "reason", "detail", "format", "mode", "width", "height", "exif_orientation", "phash", "dhash", "phash_views", *MEASURES}
 
 
 def _photo(name: str = "chelsea.png", size: tuple[int, int] | None = None) -> Image.Image:
@@ -66,6 +66,7 @@ def _assert_failed(result: dict, reason: str, size: tuple[int, int] = (0, 0)) ->
     assert result["reason"] == reason
     assert isinstance(result["detail"], str) and result["detail"]
     assert result["mode"] is None and result["phash"] is None and result["dhash"] is None
+    assert result["phash_views"] == []
     assert (result["width"], result["height"]) == size
     assert result["exif_orientation"] == 1
     # the measures' defaults: one frame, no alpha, unknown depth, no pixel statistics
@@ -205,6 +206,17 @@ def test_decodes_formats(tmp_path, fmt, suffix, mode):
     with Image.open(path) as im:
         assert result["phash"] == str(imagehash.phash(im))
         assert result["dhash"] == str(imagehash.dhash(im))
+    _assert_views(result)
+
+
+def _assert_views(result: dict) -> None:
+    """One hex pHash per view in VIEW_NAMES order, the plain one being the item's pHash and each
+    mirror the left-right flip of its upright view's thumbnail."""
+    hashes = result["phash_views"]
+    assert isinstance(hashes, list) and len(hashes) == len(views.VIEW_NAMES) == 8
+    assert all(isinstance(h, str) and len(h) == 16 and int(h, 16) >= 0 for h in hashes)
+    assert hashes[views.VIEW_NAMES.index("plain")] == result["phash"]
+    assert hashes[views.VIEW_NAMES.index("plain_mirror")] != result["phash"]
 
 
 @pytest.mark.parametrize("name", ["astronaut.png", "camera.png", "horse.png", "logo.png", "rocket.jpg", "coffee.png"])
@@ -298,21 +310,23 @@ def test_dhash_is_of_the_exif_upright_image(tmp_path, orientation):
 def test_dhash_and_phash_come_from_one_decode_of_the_same_image(tmp_path, monkeypatch):
     path = _jpeg_with_orientation(tmp_path / "one.jpg", 6)
     opened, seen = [], {}
-    real_open, real_phash, real_dhash = Image.open, hashing.phash, hashing.dhash
+    real_open, real_pixels, real_dhash = Image.open, hashing.phash_pixels, hashing.dhash_pixels
     monkeypatch.setattr(Image, "open", lambda *a, **kw: opened.append(a) or real_open(*a, **kw))
 
     def spy(name, real):
         def wrapped(im):
-            seen[name] = im
+            seen.setdefault(name, im)  # the first call: the plain pHash (views crop afterwards)
             return real(im)
         return wrapped
 
-    monkeypatch.setattr(hashing, "phash", spy("phash", real_phash))
-    monkeypatch.setattr(hashing, "dhash", spy("dhash", real_dhash))
+    # the plain pHash's thumbnail comes from hashing.phash_pixels (its views are hashed beside it)
+    monkeypatch.setattr(hashing, "phash_pixels", spy("phash", real_pixels))
+    monkeypatch.setattr(hashing, "dhash_pixels", spy("dhash", real_dhash))
     result = extract(str(path))
     assert len(opened) == 1
     assert seen["phash"] is seen["dhash"]
     assert seen["dhash"].size == (result["width"], result["height"]) == (64, 96)
+    assert result["phash_views"][0] == result["phash"]
 
 
 @pytest.mark.parametrize("name", ["rocket.jpg", "chelsea.png", "coins.png", "logo.png"])
@@ -402,13 +416,13 @@ def corpus(tmp_path):
 
 def test_compute_decodes_each_content_once(tmp_path, corpus, monkeypatch):
     calls = []
-    real = features.extract
+    real_decode, real = features.decode, features.extract
 
-    def counting(path, **kw):
+    def counting(path, *args, **kw):
         calls.append(path)
-        return real(path, **kw)
+        return real_decode(path, *args, **kw)
 
-    monkeypatch.setattr(features, "extract", counting)
+    monkeypatch.setattr(features, "decode", counting)
     cache = FeatureCache(tmp_path / "cache", feature_key())
     result, stats = compute(corpus, cache)
     distinct = {sha for sha, _ in corpus}
@@ -422,6 +436,7 @@ def test_compute_decodes_each_content_once(tmp_path, corpus, monkeypatch):
         first.setdefault(sha, path)
     assert sorted(calls) == sorted(first.values())
     assert set(result) == distinct
+    calls.clear()
     for sha, path in first.items():
         assert result[sha] == real(path)
 
@@ -658,21 +673,36 @@ def test_blur_lowers_laplacian_var(tmp_path):
     assert b["luma_mean"] == pytest.approx(a["luma_mean"], abs=1)  # blur does not change brightness
 
 
-def test_no_jpeg_draft_mode(tmp_path, monkeypatch):
+def test_large_jpegs_decode_at_a_reduced_dct_scale_that_keeps_the_measure_size(tmp_path, monkeypatch):
+    import imagehash
     from PIL import JpegImagePlugin
 
-    def refuse(*args, **kw):
-        raise AssertionError("draft mode used")
-
-    monkeypatch.setattr(Image.Image, "draft", refuse)
-    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", refuse)
-    result = extract(str(_write(tmp_path / "big.jpg", _encode(_photo(size=(1600, 1200)), "JPEG", quality=90))))
-    assert result["decoded"] is True and (result["width"], result["height"]) == (1600, 1200)
+    big = _write(tmp_path / "big.jpg", _encode(_photo(size=(1600, 1200)), "JPEG", quality=90))
+    asked = []
+    real_draft = JpegImagePlugin.JpegImageFile.draft
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", lambda im, mode, size: asked.append(size) or real_draft(im, mode, size))
+    result = extract(str(big))
+    assert asked == [(features.LAPLACIAN_SIDE, features.LAPLACIAN_SIDE)]
+    assert result["decoded"] is True and (result["width"], result["height"]) == (1600, 1200)  # the header's size
+    with Image.open(big) as im:
+        im.draft("RGB", (512, 512))
+        assert im.size == (800, 600)  # 1/2 scale: both sides stay >= 512
+        assert result["phash"] == str(imagehash.phash(im))  # the same arithmetic on the same decode
+    with Image.open(big) as im:
+        full = features.measure(im.convert("RGB"))
+    assert result["laplacian_var"] == pytest.approx(full["laplacian_var"], rel=0.1)  # measured at 512 px either way
+    assert result["luma_mean"] == pytest.approx(full["luma_mean"], abs=0.5)
+    # smaller JPEGs and other formats decode fully
+    asked.clear()
+    extract(str(_write(tmp_path / "small.jpg", _encode(_photo(size=(900, 700)), "JPEG", quality=90))))
+    extract(str(_write(tmp_path / "big.png", _encode(_photo(size=(1600, 1200)), "PNG"))))
+    assert asked == []
 
 
 def test_success_has_every_measure_typed(tmp_path):
     result = extract(str(_write(tmp_path / "a.jpg", _encode(_photo(size=(96, 64)), "JPEG"))))
     assert set(result) == FIELDS
+    _assert_views(result)
     assert isinstance(result["n_frames"], int) and isinstance(result["alpha_min"], int) and isinstance(result["bit_depth"], int)
     assert isinstance(result["animated"], bool) and isinstance(result["has_alpha"], bool)
     for key in ("luma_mean", "luma_std", "entropy", "laplacian_var"):

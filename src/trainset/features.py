@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from . import atomic, hashing, views
+from . import atomic, hashing, kernels, views
 from .provenance import code_digest, params_digest, versions
 
 _ORIENTATION_TAG = 0x0112
@@ -160,12 +160,34 @@ def laplacian_var(gray: Image.Image) -> float:
     width, height = gray.size
     scale = LAPLACIAN_SIDE / max(width, height)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    image = gray.convert("F")
-    if image.size != size:
-        image = image.resize(size, Image.Resampling.LANCZOS)
-    a = np.asarray(image, dtype=np.float64)
-    p = np.pad(a, 1, mode="reflect" if min(a.shape) >= 2 else "edge")
-    lap = p[:-2, 1:-1] + p[2:, 1:-1] + p[1:-1, :-2] + p[1:-1, 2:] - 4.0 * a
+    if gray.size == size:
+        a = np.asarray(gray, dtype=np.float64)
+    else:
+        a = np.asarray(gray.convert("F").resize(size, Image.Resampling.LANCZOS), dtype=np.float64)
+    if min(a.shape) < 2:
+        return _laplacian_line_var(a)
+    lap = -4.0 * a
+    # 4-neighbour sums with mirrored borders (numpy's "reflect"), in place: no padded copy
+    lap[1:] += a[:-1]
+    lap[0] += a[1]
+    lap[:-1] += a[1:]
+    lap[-1] += a[-2]
+    lap[:, 1:] += a[:, :-1]
+    lap[:, 0] += a[:, 1]
+    lap[:, :-1] += a[:, 1:]
+    lap[:, -1] += a[:, -2]
+    return float(lap.var())
+
+
+def _laplacian_line_var(a: np.ndarray) -> float:
+    """A one-pixel-high or -wide image: its edge pixels repeated past the ends (across, the
+    neighbours are the pixel itself and cancel)."""
+    line = a.ravel()
+    lap = -2.0 * line
+    lap[1:] += line[:-1]
+    lap[0] += line[0]
+    lap[:-1] += line[1:]
+    lap[-1] += line[-1]
     return float(lap.var())
 
 
@@ -174,34 +196,58 @@ def measure(upright: Image.Image, gray: Image.Image | None = None) -> dict:
     contrast, entropy and blur (``gray``: its :func:`gray8`, when already made)."""
     has_alpha, alpha_min = alpha_info(upright)
     gray = gray8(upright) if gray is None else gray
-    values = np.asarray(gray)
-    counts = np.bincount(values.ravel(), minlength=256)
-    p = counts[counts > 0] / values.size
-    lum = values.astype(np.float64)
+    counts = np.asarray(gray.histogram(), dtype=np.float64)  # 256 bins: every statistic below is exact from them
+    total = counts.sum()
+    levels = np.arange(256, dtype=np.float64)
+    mean = float(counts @ levels / total)
+    p = counts[counts > 0] / total
     return {
         "has_alpha": has_alpha,
         "alpha_min": alpha_min,
         "bit_depth": bit_depth(upright.mode),
-        "luma_mean": float(lum.mean()),
-        "luma_std": float(lum.std()),
+        "luma_mean": mean,
+        "luma_std": float(np.sqrt(counts @ (levels - mean) ** 2 / total)),
         "entropy": float(-np.sum(p * np.log2(p))) + 0.0,
         "laplacian_var": laplacian_var(gray),
     }
 
 
 def extract(path: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict:
-    """Decode one file fully and measure it; a broken file becomes a reason, never an exception.
+    """Decode one file and measure it; a broken file becomes a reason, never an exception.
 
     An image whose header size (width x height) exceeds ``max_pixels`` is refused before
     any pixel is decoded (reason ``decompression_bomb``; its header width and height are
     kept). ``max_pixels=None`` means no limit.
     """
+    return finish([decode(path, max_pixels)])[0]
+
+
+def decode(path: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict:
+    """Everything :func:`extract` gives except the hashes, plus the thumbnails they are computed
+    from (``_thumbs``, ``_dthumb``), so :func:`finish` can hash many images in one batch."""
     if not os.path.isfile(path):
         raise MissingFile(f"{path}: listed by the ingest manifest but not found (moved, or run from another folder?)")
     with no_pillow_pixel_limit(), warnings.catch_warnings():
         # palette transparency given per index: Pillow warns on every P -> L conversion
         warnings.filterwarnings("ignore", message="Palette images with Transparency", category=UserWarning)
         return _extract(path, max_pixels)
+
+
+def finish(decoded: list[dict]) -> list[dict]:
+    """Hash the thumbnails of many decodes at once (``kernels.phash_batch`` / ``dhash_batch``:
+    NumPy, or CuPy on a GPU) and return the finished feature dicts."""
+    have = [k for k, d in enumerate(decoded) if "_thumbs" in d]
+    out = [{k: v for k, v in d.items() if not k.startswith("_")} for d in decoded]
+    if not have:
+        return out
+    thumbs = np.stack([decoded[k]["_thumbs"] for k in have])  # (n, views, 32, 32)
+    n, v = thumbs.shape[:2]
+    phashes = kernels.phash_batch(thumbs.reshape(n * v, *thumbs.shape[2:])).reshape(n, v)
+    dhashes = kernels.dhash_batch(np.stack([decoded[k]["_dthumb"] for k in have]))
+    for row, k in enumerate(have):
+        hexes = [hashing.to_hex(int(x)) for x in phashes[row]]
+        out[k].update(phash=hexes[0], phash_views=hexes, dhash=hashing.to_hex(int(dhashes[row])))
+    return out
 
 
 def _extract(path: str, max_pixels: int | None) -> dict:
@@ -220,6 +266,7 @@ def _extract(path: str, max_pixels: int | None) -> dict:
                 )
             try:
                 n_frames = max(1, int(getattr(im, "n_frames", 1) or 1))
+                draft(im)
                 # a multi-picture JPEG (MPO) holds previews or depth maps, not an animation
                 animated = n_frames > 1 and fmt != "MPO"
                 if im.tell() != 0:
@@ -232,13 +279,15 @@ def _extract(path: str, max_pixels: int | None) -> dict:
             orientation = orientation if 1 <= orientation <= 8 else 1
             mode = im.mode
             upright = ImageOps.exif_transpose(im) if orientation != 1 else im
-            width, height = upright.size
-            thumb = hashing.phash_pixels(upright)
-            value = hashing.phash_from_pixels(thumb)
-            dvalue = hashing.dhash(upright)
+            if orientation in (5, 6, 7, 8):  # a quarter turn: the stored size is on its side
+                width, height = height, width
             gray = gray8(upright)
+            # imagehash converts with Pillow (clipping 16-bit); for 8-bit images that is gray itself
+            hash_src = upright if upright.mode.startswith("I") or upright.mode == "F" else gray
+            plain = hashing.phash_pixels(hash_src)
+            thumbs = np.stack(views.thumbnails(gray, plain))
+            dthumb = hashing.dhash_pixels(hash_src)
             measures = measure(upright, gray)
-            phash_views = views.hash_views(gray, thumb)
     except UnidentifiedImageError:
         return _failed("not_image", "not a recognised image format (content does not match any decoder)")
     except Image.DecompressionBombError as exc:
@@ -248,9 +297,19 @@ def _extract(path: str, max_pixels: int | None) -> dict:
     return {
         "decoded": True, "reason": None, "detail": None, "format": fmt, "mode": mode,
         "width": int(width), "height": int(height), "exif_orientation": orientation,
-        "phash": hashing.to_hex(value), "dhash": hashing.to_hex(dvalue), "phash_views": phash_views,
+        "phash": None, "dhash": None, "phash_views": [], "_thumbs": thumbs, "_dthumb": dthumb,
         "n_frames": n_frames, "animated": animated, **measures,
     }
+
+
+def draft(im: Image.Image) -> None:
+    """Decode a JPEG at the smallest DCT scale (1/2, 1/4, 1/8) that keeps both sides at least
+    :data:`LAPLACIAN_SIDE`: every measure is taken at or below that size, so the full
+    resolution is never needed, and a 4000 px photo decodes several times faster. Applied to
+    every JPEG alike (hashes stay comparable); other formats decode fully. The audit keeps the
+    size from the header."""
+    if im.format in ("JPEG", "MPO") and min(im.size) >= 2 * LAPLACIAN_SIDE:
+        im.draft(im.mode, (LAPLACIAN_SIDE, LAPLACIAN_SIDE))
 
 
 @dataclass
@@ -310,10 +369,10 @@ def compute(
     paths = [p for _, p in todo]
     if threads > 1 and len(todo) > 8:
         with ProcessPoolExecutor(max_workers=threads) as pool:
-            work = functools.partial(extract, max_pixels=max_pixels)
-            computed = list(pool.map(work, paths, chunksize=max(1, len(paths) // (threads * 8))))
+            work = functools.partial(decode, max_pixels=max_pixels)
+            computed = finish(list(pool.map(work, paths, chunksize=max(1, min(64, len(paths) // (threads * 8))))))
     else:
-        computed = [extract(p, max_pixels=max_pixels) for p in paths]
+        computed = finish([decode(p, max_pixels=max_pixels) for p in paths])
     for (sha, _), feats in zip(todo, computed):
         cache.put(sha, feats)
         result[sha] = feats

@@ -38,17 +38,27 @@ TRIM_PASSES = 3
 CENTER_FRACTION = 0.9
 """Share of width and height the centre view keeps."""
 
+VIEW_SIDE = 128
+"""The extra views are cut from the grayscale image reduced (box filter) to this longest side:
+plenty for a 32x32 thumbnail, and it keeps the views' cost per image small and constant."""
+
 UPRIGHT_VIEWS = ("plain", "trim", "center", "trim_center")
 VIEW_NAMES = UPRIGHT_VIEWS + tuple(f"{v}_mirror" for v in UPRIGHT_VIEWS)
 
 
 def _leading_border(lines: np.ndarray) -> int:
-    """How many of ``lines`` (outermost first, one per row) are uniform like the outermost."""
+    """How many of ``lines`` (outermost first, one per row) are uniform like the outermost;
+    scanned in growing chunks, so an image without a border costs one line."""
     ref = np.median(lines[0])
-    uniform = (np.abs(lines - ref) <= TRIM_TOLERANCE).mean(axis=1) >= TRIM_MIN_FRACTION
-    if not uniform[0]:
-        return 0
-    return len(uniform) if uniform.all() else int(np.argmin(uniform))
+    done, chunk = 0, 1
+    while done < len(lines):
+        block = lines[done : done + chunk]
+        uniform = (np.abs(block - ref) <= TRIM_TOLERANCE).mean(axis=1) >= TRIM_MIN_FRACTION
+        if not uniform.all():
+            return done + int(np.argmin(uniform))
+        done += len(block)
+        chunk *= 4
+    return done
 
 
 def border_box(gray: np.ndarray) -> tuple[int, int, int, int]:
@@ -79,16 +89,25 @@ def center_box(box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
     return inner if inner[2] > inner[0] and inner[3] > inner[1] else box
 
 
+def reduced(gray: Image.Image) -> Image.Image:
+    """``gray`` shrunk (box filter) so its longest side is at most :data:`VIEW_SIDE`."""
+    scale = VIEW_SIDE / max(gray.size)
+    if scale >= 1:
+        return gray
+    return gray.resize((max(1, round(gray.width * scale)), max(1, round(gray.height * scale))), Image.Resampling.BOX)
+
+
 def thumbnails(gray: Image.Image, plain: np.ndarray) -> list[np.ndarray]:
     """The 32x32 thumbnails of every view in :data:`VIEW_NAMES` order; ``plain`` is the one the
-    plain pHash was computed from."""
-    whole = (0, 0, gray.width, gray.height)
-    trim = border_box(np.asarray(gray))
+    plain pHash was computed from (the others come from :func:`reduced`)."""
+    small = reduced(gray)
+    whole = (0, 0, small.width, small.height)
+    trim = border_box(np.asarray(small))
     boxes = {"trim": trim, "center": center_box(whole), "trim_center": center_box(trim)}
     upright = [plain]
     for name in UPRIGHT_VIEWS[1:]:
         box = boxes[name]
-        upright.append(plain if box == whole else hashing.phash_pixels(gray.crop(box)))
+        upright.append(plain if box == whole else hashing.phash_pixels(small.crop(box)))
     return upright + [np.ascontiguousarray(t[:, ::-1]) for t in upright]
 
 
