@@ -554,7 +554,7 @@ def section_quality(report: Report, args, work: Path, items: list[tuple[Path, st
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())["near_dup"]
     t, t_from = phash_threshold(params)
-    originals = pick_originals(items, args.originals or (150 if args.quick else 600), np.random.default_rng(args.seed))
+    originals = pick_originals(items, args.originals or (100 if args.quick else 600), np.random.default_rng(args.seed))
     paths, make_s = timed(make_copies, work / "copies", originals, args.seed)
     chars = np.array([c for _, c in originals])
     n_groups = len(originals)
@@ -629,13 +629,13 @@ def write_section(out: Path, lines: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="N = 10k, 100k; 300 JPEGs; 150 originals (~5 min)")
+    parser.add_argument("--quick", action="store_true", help="N = 10k, 100k; 300 JPEGs; 100 originals (~5 min)")
     parser.add_argument("--out", default=str(HERE / "RESULTS.md"), help="file whose dedup section is rewritten ('' : none)")
     parser.add_argument("--only", default="hashing,pairs,quality", help="comma-separated sections (not written unless all)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads / processes for the parallel runs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--images", type=int, default=0, help="JPEGs for section 1 (default 300 quick, 1200 full)")
-    parser.add_argument("--originals", type=int, default=0, help="originals for section 3 (default 150 quick, 600 full)")
+    parser.add_argument("--originals", type=int, default=0, help="originals for section 3 (default 100 quick, 600 full)")
     parser.add_argument("--peer-budget", type=int, default=0, help="skip a FAISS run estimated over this (s)")
     parser.add_argument("--imagededup-max-n", type=int, default=10_000)
     args = parser.parse_args(argv)
