@@ -214,7 +214,7 @@ def section_hashing(report: Report, args, work: Path, sources: list[Path]) -> No
     mb = sum(os.path.getsize(p) for p in paths) / 1e6
 
     def ours(p):
-        return features.extract(p)["phash"], hashing.sha256_file(p)
+        return features.extract(p).get("phash"), hashing.sha256_file(p)
 
     def floor(p):
         with Image.open(p) as im:
