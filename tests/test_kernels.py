@@ -1,4 +1,4 @@
-"""trainset.kernels: SWAR popcount, blockwise Hamming pairs, and backend selection."""
+"""trainset.kernels: SWAR popcount, brute-force Hamming pairs (compiled and blockwise), and backend selection."""
 
 from __future__ import annotations
 
@@ -98,40 +98,48 @@ def _clustered(n: int, seed: int) -> np.ndarray:
     return np.array(values, dtype=np.uint64)
 
 
+BRUTE_FORCE = [kernels.hamming_pairs, kernels.blockwise_pairs]  # compiled (NumPy backend), xp blockwise
+
+
+@pytest.mark.parametrize("fn", BRUTE_FORCE, ids=["compiled", "blockwise"])
 @pytest.mark.parametrize("n", [0, 1, 2, 3, 17, 64, 150])
 @pytest.mark.parametrize("block", [1, 2, 7, 16, 64, 2048])
 @pytest.mark.parametrize("max_distance", [0, 5, 10, 64])
-def test_hamming_pairs_matches_brute_force(n, block, max_distance):
+def test_hamming_pairs_matches_brute_force(fn, n, block, max_distance):
     hashes = _clustered(n, seed=n * 31 + block)
-    i, j, d = kernels.hamming_pairs(hashes, max_distance, block=block, be=NUMPY)
+    i, j, d = fn(hashes, max_distance, block=block, be=NUMPY)
     for arr in (i, j, d):
         assert isinstance(arr, np.ndarray) and arr.dtype == np.int64
     assert list(zip(i.tolist(), j.tolist(), d.tolist())) == _brute(hashes, max_distance)
 
 
-def test_hamming_pairs_all_pairs_at_64():
+@pytest.mark.parametrize("fn", BRUTE_FORCE, ids=["compiled", "blockwise"])
+def test_hamming_pairs_all_pairs_at_64(fn):
     hashes = _random_u64(40, 3)
-    i, j, _ = kernels.hamming_pairs(hashes, 64, block=9, be=NUMPY)
+    i, j, _ = fn(hashes, 64, block=9, be=NUMPY)
     assert len(i) == 40 * 39 // 2
     assert (i < j).all()
 
 
-def test_hamming_pairs_identical_hashes_and_extremes():
+@pytest.mark.parametrize("fn", BRUTE_FORCE, ids=["compiled", "blockwise"])
+def test_hamming_pairs_identical_hashes_and_extremes(fn):
     hashes = np.array([0, 2**64 - 1, 0, 2**64 - 1, 2**63], dtype=np.uint64)
-    i, j, d = kernels.hamming_pairs(hashes, 64, block=2, be=NUMPY)
+    i, j, d = fn(hashes, 64, block=2, be=NUMPY)
     assert list(zip(i.tolist(), j.tolist(), d.tolist())) == _brute(hashes, 64)
     pairs = dict(zip(zip(i.tolist(), j.tolist()), d.tolist()))
     assert pairs[(0, 2)] == 0 and pairs[(1, 3)] == 0 and pairs[(0, 1)] == 64 and pairs[(0, 4)] == 1
 
 
-def test_hamming_pairs_negative_threshold_finds_nothing():
-    i, j, d = kernels.hamming_pairs(np.zeros(5, dtype=np.uint64), -1, be=NUMPY)
+@pytest.mark.parametrize("fn", BRUTE_FORCE, ids=["compiled", "blockwise"])
+def test_hamming_pairs_negative_threshold_finds_nothing(fn):
+    i, j, d = fn(np.zeros(5, dtype=np.uint64), -1, be=NUMPY)
     assert len(i) == len(j) == len(d) == 0
 
 
-def test_hamming_pairs_empty_and_single_shapes():
+@pytest.mark.parametrize("fn", BRUTE_FORCE, ids=["compiled", "blockwise"])
+def test_hamming_pairs_empty_and_single_shapes(fn):
     for n in (0, 1):
-        i, j, d = kernels.hamming_pairs(np.zeros(n, dtype=np.uint64), 10, be=NUMPY)
+        i, j, d = fn(np.zeros(n, dtype=np.uint64), 10, be=NUMPY)
         assert i.shape == j.shape == d.shape == (0,)
         assert i.dtype == j.dtype == d.dtype == np.int64
         assert i is not j  # independent arrays
@@ -201,22 +209,24 @@ def _broken_cupy() -> types.ModuleType:
     return fake
 
 
-def test_broken_cupy_falls_back_to_numpy(monkeypatch):
+def test_broken_cupy_falls_back_to_numpy_quietly(monkeypatch, recwarn):
     monkeypatch.setitem(sys.modules, "cupy", _broken_cupy())
     kernels.backend.cache_clear()
     be = kernels.backend()
     assert be.xp is np and be.name == "numpy"
     assert be.why == "cupy unusable: CUDARuntimeError"
+    assert [str(w.message) for w in recwarn] == []
     # and the fallback really works
     i, j, d = kernels.hamming_pairs(np.array([0, 1, 7], dtype=np.uint64), 1)
     assert (i.tolist(), j.tolist(), d.tolist()) == ([0], [1], [1])
 
 
-def test_missing_cupy_falls_back_to_numpy(monkeypatch):
+def test_missing_cupy_falls_back_to_numpy_quietly(monkeypatch, recwarn):
     monkeypatch.setitem(sys.modules, "cupy", None)  # makes `import cupy` raise ImportError
     be = kernels.backend()
     assert be.name == "numpy"
     assert be.why == "cupy not installed"
+    assert [str(w.message) for w in recwarn] == []
 
 
 def test_forced_cupy_with_broken_cupy_raises(monkeypatch):

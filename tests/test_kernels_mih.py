@@ -8,7 +8,6 @@ built on ``np.bitwise_count``.
 from __future__ import annotations
 
 import logging
-from unittest import mock
 
 import numpy as np
 import pytest
@@ -57,11 +56,6 @@ def _planted(rng: np.random.Generator, n: int, n_planted: int, max_flip: int) ->
     return h
 
 
-def _knobs(bucket_limit, batch):
-    """Shrink the bucket/batch limits so small inputs exercise the brute-force-bucket and batch paths."""
-    return mock.patch.multiple(kernels, MIH_BUCKET_LIMIT=bucket_limit, MIH_CANDIDATE_BATCH=batch)
-
-
 # --- chunk layout -----------------------------------------------------------------------------
 
 
@@ -104,11 +98,10 @@ def planted_sets(draw):
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(case=planted_sets(), bucket_limit=st.sampled_from([1, 3, 16, 128]), batch=st.sampled_from([1, 5, 1000, 1 << 21]))
-def test_mih_equals_brute_force_on_planted_sets(case, bucket_limit, batch):
+@given(case=planted_sets())
+def test_mih_equals_brute_force_on_planted_sets(case):
     hashes, t = case
-    with _knobs(bucket_limit, batch):
-        got = kernels.mih_pairs(hashes, t)
+    got = kernels.mih_pairs(hashes, t)
     _assert_same(got, _brute(hashes, t))
 
 
@@ -117,28 +110,22 @@ def test_mih_equals_brute_force_on_planted_sets(case, bucket_limit, batch):
     values=st.lists(st.one_of(st.sampled_from([0, ALL_ONES, 1, 2**63]), U64), max_size=40),
     t=st.integers(0, 12),
     flips=st.lists(st.tuples(st.integers(0, 39), st.integers(0, 39), st.integers(0, ALL_ONES)), max_size=20),
-    bucket_limit=st.sampled_from([1, 2, 128]),
-    batch=st.sampled_from([1, 3, 1 << 21]),
 )
-def test_mih_equals_brute_force_on_small_explicit_sets(values, t, flips, bucket_limit, batch):
+def test_mih_equals_brute_force_on_small_explicit_sets(values, t, flips):
     """Shrinkable small cases: explicit values, with near copies whose flip mask is kept to <= t + 2 bits."""
     for src, dst, mask in flips:
         if src < len(values) and dst < len(values):
             bits = [b for b in range(64) if mask >> b & 1][: t + 2]
             values[dst] = values[src] ^ sum(1 << b for b in bits)
     hashes = np.array(values, dtype=np.uint64)
-    with _knobs(bucket_limit, batch):
-        got = kernels.mih_pairs(hashes, t)
-    _assert_same(got, _brute(hashes, t))
+    _assert_same(kernels.mih_pairs(hashes, t), _brute(hashes, t))
 
 
 @pytest.mark.parametrize("t", [0, 1, 4, 8, 12])
-@pytest.mark.parametrize("bucket_limit", [1, 128])
-def test_mih_all_identical_and_extremes(t, bucket_limit):
+def test_mih_all_identical_and_extremes(t):
     hashes = np.array([0] * 30 + [ALL_ONES] * 30 + [1, 3, 2**63, ALL_ONES - 1], dtype=np.uint64)
     np.random.default_rng(t).shuffle(hashes)
-    with _knobs(bucket_limit, 7):
-        got = kernels.mih_pairs(hashes, t)
+    got = kernels.mih_pairs(hashes, t)
     want = _brute(hashes, t)
     _assert_same(got, want)
     assert len(want[0]) >= 2 * (30 * 29 // 2)
@@ -270,9 +257,9 @@ def test_near_pairs_uses_brute_force_otherwise(spies, caplog, n, t):
 def test_near_pairs_identical_either_way(monkeypatch, t):
     hashes = _planted(np.random.default_rng(t), 3_000, 1_500, t + 2)
     hashes[:40] = hashes[40]
-    monkeypatch.setattr(kernels, "pair_method", lambda h, d: "mih")
+    monkeypatch.setattr(kernels, "pair_method", lambda *args, **kwargs: "mih")
     via_mih = kernels.near_pairs(hashes, t, be=NUMPY)
-    monkeypatch.setattr(kernels, "pair_method", lambda h, d: "brute")
+    monkeypatch.setattr(kernels, "pair_method", lambda *args, **kwargs: "brute")
     via_brute = kernels.near_pairs(hashes, t, be=NUMPY)
     _assert_same(via_mih, via_brute)
     assert len(via_mih[0]) >= 40 * 41 // 2
@@ -286,7 +273,7 @@ def test_near_pairs_brute_block_follows_backend(spies, monkeypatch):
     # a GPU backend gets larger blocks (capped at 2048) and is passed through untouched
     gpu = Backend(np, "cupy", "fake")
     calls = []
-    monkeypatch.setattr(kernels, "hamming_pairs", lambda h, t, block, be: calls.append((block, be)) or ())
+    monkeypatch.setattr(kernels, "hamming_pairs", lambda h, t, block, be, **kw: calls.append((block, be)) or ())
     kernels.near_pairs(hashes, 2, be=gpu)
     assert calls == [(2048, gpu)]
 

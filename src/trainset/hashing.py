@@ -14,11 +14,10 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
-import scipy.fftpack
 from PIL import Image
 
-PHASH_SIZE = 8
-PHASH_HIGHFREQ = 4
+from trainset import kernels
+
 DHASH_SIZE = 8
 _CHUNK = 1 << 20
 
@@ -46,19 +45,14 @@ def sha256_bytes(data: bytes) -> str:
 
 def phash_pixels(image: Image.Image) -> np.ndarray:
     """The 32x32 grayscale thumbnail pHash works on (as imagehash makes it)."""
-    size = PHASH_SIZE * PHASH_HIGHFREQ
+    size = kernels.PHASH_THUMB
     return np.asarray(image.convert("L").resize((size, size), Image.Resampling.LANCZOS))
 
 
 def phash_from_pixels(pixels: np.ndarray) -> int:
-    """64-bit pHash of one 32x32 thumbnail, first bit most significant (imagehash's hex order)."""
-    dct = scipy.fftpack.dct(scipy.fftpack.dct(pixels, axis=0), axis=1)
-    low = dct[:PHASH_SIZE, :PHASH_SIZE]
-    bits = (low > np.median(low)).flatten()
-    value = 0
-    for bit in bits:
-        value = (value << 1) | int(bit)
-    return value
+    """64-bit pHash of one 32x32 thumbnail, first bit most significant (imagehash's hex order).
+    On the host: one thumbnail does not pay for a device round trip."""
+    return int(kernels.phash_batch(np.asarray(pixels)[None], be=kernels.HOST)[0])
 
 
 def phash(image: Image.Image) -> int:
@@ -73,11 +67,7 @@ def dhash_pixels(image: Image.Image) -> np.ndarray:
 def dhash_from_pixels(pixels: np.ndarray) -> int:
     """64-bit dHash of one 8x9 thumbnail: bit set where a pixel is brighter than its left
     neighbour, rows top to bottom, first bit most significant (imagehash's hex order)."""
-    bits = (pixels[:, 1:] > pixels[:, :-1]).flatten()
-    value = 0
-    for bit in bits:
-        value = (value << 1) | int(bit)
-    return value
+    return int(kernels.dhash_batch(np.asarray(pixels)[None], be=kernels.HOST)[0])
 
 
 def dhash(image: Image.Image) -> int:

@@ -1,21 +1,26 @@
-"""Array kernels with one code path for NumPy (CPU) and CuPy (GPU).
+"""Array kernels: every hash and pair-search kernel, on NumPy (CPU) or CuPy (GPU).
 
 The backend is chosen once per process: CuPy when it imports *and* a first array operation
 succeeds (``import cupy`` works without a GPU; the first operation then raises a
 ``CUDARuntimeError``), NumPy otherwise. ``TRAINSET_BACKEND=numpy|cupy`` forces one.
-Every kernel is written against the ``xp`` namespace with integer arithmetic only, so both
-paths give identical results.
+Kernels written against the ``xp`` namespace use integer arithmetic (or, for the DCT, a tie check
+that hands near ties to the host), so both paths give identical results. Brute-force pair search
+on the CPU is a compiled numba kernel; its xp blockwise counterpart is the CuPy path.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 from dataclasses import dataclass
 from types import ModuleType
 
+import numba
 import numpy as np
+import scipy.fftpack
+from numba.extending import intrinsic
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +38,10 @@ class Backend:
 
     def to_host(self, array) -> np.ndarray:
         return array.get() if self.name == "cupy" else np.asarray(array)
+
+
+#: The host, whatever :func:`backend` says: for work too small to pay for a device round trip.
+HOST = Backend(np, "numpy", "host")
 
 
 @functools.lru_cache(maxsize=None)
@@ -71,51 +80,373 @@ def popcount64(x, xp):
     return (x * xp.uint64(_H01)) >> xp.uint64(56)
 
 
-def hamming_pairs(hashes: np.ndarray, max_distance: int, block: int = 2048, be: Backend | None = None):
-    """All pairs (i < j) of 64-bit hashes within ``max_distance`` bits, blockwise to bound memory.
+def pack_bits(bits, xp):
+    """``(B, 64)`` booleans -> ``(B,)`` uint64, first bit most significant (imagehash's hex order)."""
+    shifts = xp.arange(63, -1, -1, dtype=xp.uint64)
+    return (bits.astype(xp.uint64) << shifts).sum(axis=1, dtype=xp.uint64)
 
-    Returns host arrays ``(i, j, distance)`` sorted by (i, j).
+
+# --- perceptual hashes of thumbnail batches -------------------------------------------------
+
+#: pHash keeps the top-left 8 x 8 DCT coefficients of a 32 x 32 thumbnail (imagehash's defaults).
+PHASH_LOW = 8
+PHASH_THUMB = PHASH_LOW * 4
+#: How close to the median a low-frequency coefficient of the matrix DCT may lie before its row is
+#: redone with scipy on the host. A coefficient is a double sum of 32 x 32 terms pixel x 2cos x 2cos,
+#: pixels <= 255, so its absolute terms add up to <= 32 * 32 * 4 * 255 ~ 1.04e6. Two float64 stages
+#: of length-32 dot products (error <= 32 u each, u = 1.1e-16) plus the rounding of the cosine table
+#: keep the matrix coefficients within ~1.1e-8 of exact; scipy's FFT, whose error grows with log N,
+#: is tighter (measured, the two differ by at most ~1.2e-10). The median moves no more than the
+#: coefficients, so a bit can only differ where a coefficient lies within 2 x (1.1e-8 + 1.1e-8) of
+#: the median: 1e-6 is over 20 times that. Real ties (flat, split, pixel-art thumbnails, whose exact
+#: zeros come out as +-1e-11 noise) fall inside it; natural images almost never do.
+PHASH_TIE_TOLERANCE = 1e-6
+
+
+def phash_batch(thumbs, be: Backend | None = None, method: str | None = None) -> np.ndarray:
+    """pHash of ``(B, 32, 32)`` uint8 grayscale thumbnails (host array) -> ``(B,)`` uint64 on the host,
+    equal to ``imagehash.phash`` bit for bit.
+
+    ``method="scipy"`` (default on NumPy) runs imagehash's own arithmetic, ``scipy.fftpack.dct``
+    along both axes, batched. ``method="matrix"`` (default on CuPy) computes the 8 x 8 coefficients
+    as two float64 matrix products on ``be.xp``, which round differently; rows with a coefficient
+    within ``PHASH_TIE_TOLERANCE`` of the median, the only ones where that can flip a bit, are
+    redone with scipy on the host.
     """
     be = be or backend()
+    thumbs = np.asarray(thumbs)
+    if thumbs.ndim != 3 or thumbs.shape[1:] != (PHASH_THUMB, PHASH_THUMB):
+        raise ValueError(f"phash_batch needs (B, {PHASH_THUMB}, {PHASH_THUMB}) thumbnails, got {thumbs.shape}")
+    method = method or ("matrix" if be.name == "cupy" else "scipy")
+    if method == "scipy":
+        return _phash_scipy(thumbs)
+    if method != "matrix":
+        raise ValueError(f"unknown pHash method {method!r}: scipy or matrix")
     xp = be.xp
-    n = len(hashes)
-    if n < 2:
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty.copy(), empty.copy()
-    h = xp.asarray(np.ascontiguousarray(hashes, dtype=np.uint64))
-    out_i, out_j, out_d = [], [], []
-    for start in range(0, n, block):
-        stop = min(start + block, n)
-        dist = popcount64(h[start:stop, None] ^ h[None, :], xp)
-        rows = xp.arange(start, stop)[:, None]
-        cols = xp.arange(n)[None, :]
-        ii, jj = xp.nonzero((dist <= max_distance) & (cols > rows))
-        out_i.append(be.to_host(ii + start))
-        out_j.append(be.to_host(jj))
-        out_d.append(be.to_host(dist[ii, jj]))
-    i = np.concatenate(out_i).astype(np.int64)
-    j = np.concatenate(out_j).astype(np.int64)
-    d = np.concatenate(out_d).astype(np.int64)
+    low = _dct_low_matrix(thumbs, xp)
+    median = xp.median(low, axis=1)[:, None]
+    values = be.to_host(pack_bits(low > median, xp))
+    ties = be.to_host(xp.nonzero((xp.abs(low - median) <= PHASH_TIE_TOLERANCE).any(axis=1))[0])
+    if len(ties):
+        values[ties] = _phash_scipy(thumbs[ties])
+    return values
+
+
+def _phash_scipy(thumbs: np.ndarray) -> np.ndarray:
+    low = _dct_low_scipy(thumbs)
+    return pack_bits(low > np.median(low, axis=1)[:, None], np)
+
+
+def _dct_low_scipy(thumbs: np.ndarray) -> np.ndarray:
+    """``(B, 64)`` low-frequency coefficients by imagehash's arithmetic: axis 1 then 2 of the batch is
+    its axis 0 then 1, each line transformed alike, so they (and np.median per row) are bit-identical."""
+    dct = scipy.fftpack.dct(scipy.fftpack.dct(thumbs, axis=1)[:, :PHASH_LOW], axis=2)
+    return dct[:, :, :PHASH_LOW].reshape(len(thumbs), PHASH_LOW * PHASH_LOW)
+
+
+def _dct_low_matrix(thumbs: np.ndarray, xp):
+    """The same coefficients as two float64 matrix products on ``xp`` (rounded differently)."""
+    k = np.arange(PHASH_LOW)[:, None]
+    m = np.arange(PHASH_THUMB)[None, :]
+    # scipy's unnormalised DCT-II, y[k] = 2 sum_m x[m] cos(pi k (2m + 1) / 2N); angle reduced exactly
+    basis = xp.asarray(2 * np.cos(np.pi * ((k * (2 * m + 1)) % (4 * PHASH_THUMB)) / (2 * PHASH_THUMB)))
+    return (basis @ xp.asarray(thumbs, dtype=xp.float64) @ basis.T).reshape(len(thumbs), PHASH_LOW * PHASH_LOW)
+
+
+def dhash_batch(thumbs, be: Backend | None = None) -> np.ndarray:
+    """dHash of ``(B, 8, 9)`` uint8 grayscale thumbnails (host array) -> ``(B,)`` uint64 on the host,
+    equal to ``imagehash.dhash``: bit set where a pixel is brighter than its left neighbour."""
+    be = be or backend()
+    px = be.xp.asarray(np.asarray(thumbs))
+    bits = (px[:, :, 1:] > px[:, :, :-1]).reshape(len(px), 64)
+    return be.to_host(pack_bits(bits, be.xp))
+
+
+# --- brute-force pair search ----------------------------------------------------------------
+
+
+def _as_hashes(hashes) -> np.ndarray:
+    return np.ascontiguousarray(hashes, dtype=np.uint64).ravel()
+
+
+def _no_pairs():
+    return tuple(np.zeros(0, dtype=np.int64) for _ in range(3))
+
+
+def _sorted_pairs(out_i, out_j, out_d):
+    """Concatenated host pieces as int64 ``(i, j, d)`` sorted by (i, j)."""
+    if not out_i:
+        return _no_pairs()
+    i, j, d = (np.concatenate(parts).astype(np.int64) for parts in (out_i, out_j, out_d))
     order = np.lexsort((j, i))
     return i[order], j[order], d[order]
 
 
+def hamming_pairs(hashes, max_distance, block: int = 2048, be: Backend | None = None,
+                  threads: int | None = None, base=None):
+    """All pairs within ``max_distance`` bits by brute force: ``(i, j)`` with ``i < j`` among ``hashes``,
+    or every ``(query i, base j)`` when ``base`` is given.
+
+    Returns host arrays ``(i, j, distance)``, int64, sorted by (i, j). On NumPy a compiled numba kernel
+    runs on ``threads`` threads (numba's default when None); on CuPy, :func:`blockwise_pairs` with
+    ``block`` rows at a time.
+    """
+    be = be or backend()
+    if be.name != "numpy":
+        return blockwise_pairs(hashes, max_distance, block=block, be=be, base=base)
+    query = _as_hashes(hashes)
+    other = query if base is None else _as_hashes(base)
+    if not max_distance >= 0 or len(query) == 0 or len(other) == 0:
+        return _no_pairs()
+    return _numba_pairs(query, other, int(min(max_distance, 64)), base is None, threads)
+
+
+def blockwise_pairs(hashes, max_distance, block: int = 2048, be: Backend | None = None, base=None):
+    """What :func:`hamming_pairs` returns, by ``block`` rows of SWAR distances at a time on ``be.xp``:
+    the CuPy path, and on NumPy the reference the compiled kernels are tested against."""
+    be = be or backend()
+    xp = be.xp
+    query = _as_hashes(hashes)
+    other = query if base is None else _as_hashes(base)
+    hq = xp.asarray(query)
+    hb = hq if base is None else xp.asarray(other)
+    cols = xp.arange(len(other))[None, :]
+    out_i, out_j, out_d = [], [], []
+    for start in range(0, len(query), block):
+        stop = min(start + block, len(query))
+        dist = popcount64(hq[start:stop, None] ^ hb[None, :], xp)
+        keep = dist <= max_distance
+        if base is None:
+            keep &= cols > xp.arange(start, stop)[:, None]
+        ii, jj = xp.nonzero(keep)
+        out_i.append(be.to_host(ii + start))
+        out_j.append(be.to_host(jj))
+        out_d.append(be.to_host(dist[ii, jj]))
+    return _sorted_pairs(out_i, out_j, out_d)
+
+
+@intrinsic
+def _popcnt(typingctx, x):
+    """The CPU's population-count instruction (``llvm.ctpop``) on one uint64."""
+
+    def codegen(context, builder, signature, args):
+        return builder.ctpop(args[0])
+
+    return numba.types.uint64(numba.types.uint64), codegen
+
+
+@numba.njit(cache=True, nogil=True)
+def _count_row(x, base, lo, t):
+    c = 0
+    for j in range(lo, base.shape[0]):
+        c += _popcnt(x ^ base[j]) <= t
+    return c
+
+
+@numba.njit(cache=True, nogil=True)
+def _count_group(query, base, t, triangle, counts, g):
+    """Matches of query rows ``4g .. 4g + 3``: four rows share each load of a base hash (the row-at-a-time
+    loop is bound by reading ``base``, not by the popcount)."""
+    i = 4 * g
+    n = base.shape[0]
+    if i + 4 > query.shape[0]:
+        for k in range(i, query.shape[0]):
+            counts[k] = _count_row(query[k], base, k + 1 if triangle else 0, t)
+        return
+    a0, a1, a2, a3 = query[i], query[i + 1], query[i + 2], query[i + 3]
+    lo = min(i + 4, n) if triangle else 0  # columns every row of the group takes start here
+    head = base[:lo]
+    c0, c1, c2, c3 = _count_row(a0, head, i + 1, t), _count_row(a1, head, i + 2, t), _count_row(a2, head, i + 3, t), 0
+    for j in range(lo, n):
+        x = base[j]
+        c0 += _popcnt(a0 ^ x) <= t
+        c1 += _popcnt(a1 ^ x) <= t
+        c2 += _popcnt(a2 ^ x) <= t
+        c3 += _popcnt(a3 ^ x) <= t
+    counts[i], counts[i + 1], counts[i + 2], counts[i + 3] = c0, c1, c2, c3
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _count_pairs(query, base, t, triangle, counts):
+    """Matches per query row (only columns ``j > i`` when ``triangle``). Group ``g`` is paired with group
+    ``last - g`` so every parallel iteration does the same work on the triangle."""
+    groups = (query.shape[0] + 3) // 4
+    for g in numba.prange((groups + 1) // 2):
+        _count_group(query, base, t, triangle, counts, g)
+        if groups - 1 - g != g:
+            _count_group(query, base, t, triangle, counts, groups - 1 - g)
+
+
+@numba.njit(cache=True, nogil=True)
+def _fill_row(query, base, t, triangle, i, p, out_j, out_d):
+    """Column and distance of every match of row ``i``, ascending ``j``, from output position ``p``."""
+    x = query[i]
+    for j in range(i + 1 if triangle else 0, base.shape[0]):
+        d = _popcnt(x ^ base[j])
+        if d <= t:
+            out_j[p] = j
+            out_d[p] = d
+            p += 1
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _fill_pairs(query, base, t, triangle, rows, offsets, out_j, out_d):
+    for r in numba.prange(rows.shape[0]):
+        _fill_row(query, base, t, triangle, rows[r], offsets[r], out_j, out_d)
+
+
+@numba.njit(cache=True, nogil=True)
+def _agrees_on_none(x, masks):
+    for mask in masks:
+        if x & mask == 0:
+            return False
+    return True
+
+
+@numba.njit(cache=True, nogil=True)
+def _range_row(x, values, lo, hi, t, earlier, write, out_j, out_d, p):
+    """Matches of ``x`` among ``values[lo:hi]`` that agree on none of the ``earlier`` chunk masks (a pair
+    is reported under the first chunk it agrees on); written from position ``p`` when ``write``."""
+    c = 0
+    for j in range(lo, hi):
+        y = x ^ values[j]
+        d = _popcnt(y)
+        if d <= t and _agrees_on_none(y, earlier):
+            if write:
+                out_j[p + c] = j
+                out_d[p + c] = d
+            c += 1
+    return c
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _count_ranges(query, values, lo, hi, t, earlier, counts):
+    for r in numba.prange(query.shape[0]):
+        counts[r] = _range_row(query[r], values, lo[r], hi[r], t, earlier, False, counts[:0], counts[:0], 0)
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _fill_ranges(query, values, lo, hi, t, earlier, rows, offsets, out_j, out_d):
+    for r in numba.prange(rows.shape[0]):
+        i = rows[r]
+        _range_row(query[i], values, lo[i], hi[i], t, earlier, True, out_j, out_d, offsets[r])
+
+
+#: Below this many distances a kernel runs on one thread: a parallel region costs ~50 us on an idle
+#: machine, and when the cores are oversubscribed (other jobs running) its barrier can wait a whole
+#: scheduler time slice per call: 2.3 ms for MIH on 5,000 hashes became 156 ms (median) on 2 threads
+#: at load 6 on 2 cores, 6.6 ms on one.
+PARALLEL_MIN_WORK = 1 << 24
+
+
+@contextlib.contextmanager
+def _numba_threads(threads: int | None):
+    if threads is None:
+        yield
+        return
+    previous = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)
+
+
+def _count_then_fill(n_rows: int, count, fill, args: tuple, threads: int | None, work: int):
+    """Two passes, so memory is the output plus one count per row: ``count(*args, counts)``, then
+    ``fill(*args, rows, offsets, out_j, out_d)`` recomputes only the rows with matches, straight into
+    the exact-size output. Returns ``(row, j, d)``, rows ascending, each row's ``j`` as filled."""
+    counts = np.zeros(n_rows, dtype=np.int64)
+    with _numba_threads(1 if work < PARALLEL_MIN_WORK else threads):
+        count(*args, counts)
+        rows = np.flatnonzero(counts)
+        per_row = counts[rows]
+        ends = np.cumsum(per_row)
+        out_j = np.empty(int(ends[-1]) if len(ends) else 0, dtype=np.int64)
+        out_d = np.empty_like(out_j)
+        fill(*args, rows, ends - per_row, out_j, out_d)
+    return np.repeat(rows.astype(np.int64), per_row), out_j, out_d
+
+
+def _numba_pairs(query: np.ndarray, base: np.ndarray, t: int, triangle: bool, threads: int | None):
+    """Brute force on the host: ``(i, j, d)`` in (i, j) order."""
+    work = len(query) * (len(base) - 1) // 2 if triangle else len(query) * len(base)
+    return _count_then_fill(len(query), _count_pairs, _fill_pairs, (query, base, np.uint64(t), triangle), threads, work)
+
+
+_CUDA_SOURCE = r"""
+extern "C" __global__ void trainset_hamming_pairs(
+    const unsigned long long* query, long long n_query,
+    const unsigned long long* base, long long n_base,
+    int max_distance, int triangle,
+    long long* out_i, long long* out_j, long long* out_d,
+    unsigned long long* found, unsigned long long capacity)
+{
+    for (long long i = blockIdx.x; i < n_query; i += gridDim.x) {
+        const unsigned long long x = query[i];
+        for (long long j = (triangle ? i + 1 : 0) + threadIdx.x; j < n_base; j += blockDim.x) {
+            const int d = __popcll(x ^ base[j]);
+            if (d <= max_distance) {
+                const unsigned long long slot = atomicAdd(found, 1ULL);
+                if (slot < capacity) {
+                    out_i[slot] = i;
+                    out_j[slot] = j;
+                    out_d[slot] = d;
+                }
+            }
+        }
+    }
+}
+"""
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_kernel():
+    import cupy  # noqa: PLC0415
+
+    return cupy.RawKernel(_CUDA_SOURCE, "trainset_hamming_pairs")
+
+
+def cuda_pairs(hashes, max_distance, base=None, capacity: int = 1 << 20):
+    """:func:`hamming_pairs` on the GPU: one CuPy RawKernel (``__popcll``), one block of threads per
+    query row, matches appended through an atomic counter into ``capacity`` slots; when more are
+    found, it runs again with room for all of them. Needs a working CuPy; not used by the CPU path.
+    """
+    import cupy  # noqa: PLC0415
+
+    query = _as_hashes(hashes)
+    other = query if base is None else _as_hashes(base)
+    if not max_distance >= 0 or len(query) == 0 or len(other) == 0:
+        return _no_pairs()
+    dq = cupy.asarray(query)
+    db = dq if base is None else cupy.asarray(other)
+    found = cupy.zeros(1, dtype=cupy.uint64)
+    while True:
+        out = [cupy.empty(max(capacity, 1), dtype=cupy.int64) for _ in range(3)]
+        found.fill(0)
+        args = (dq, np.int64(len(query)), db, np.int64(len(other)), np.int32(min(max_distance, 64)),
+                np.int32(base is None), *out, found, np.uint64(capacity))
+        _cuda_kernel()((min(len(query), 1 << 16),), (256,), args)
+        total = int(found.get()[0])
+        if total <= capacity:
+            break
+        capacity = total
+    i, j, d = (a[:total] for a in out)
+    order = cupy.argsort(i * len(other) + j)
+    return tuple(a[order].get() for a in (i, j, d))
+
+
 # --- multi-index hashing (pigeonhole) -------------------------------------------------------
 
-# Dispatch rule of ``near_pairs`` (see ``pair_method``), measured on a 2-core CPU with NumPy:
-#: smallest ``n`` for multi-index hashing,
+# Dispatch rule of ``near_pairs`` and ``near_pairs_between`` (see ``pair_method``), measured
+# against the compiled brute force on a 2-core CPU (``benchmarks/pairs.py --crossover``):
+#: smallest ``n`` (both sides, for a cross search) for multi-index hashing,
 MIH_MIN_N = 5_000
 #: largest ``max_distance`` for it (``t + 1`` chunks of ``64 // (t + 1)`` bits),
-MIH_MAX_T = 12
-#: and at most this many candidate pairs per ``n**2`` brute-force comparisons.
+MIH_MAX_T = 10
+#: and at most this many candidate pairs per distance brute force computes.
 MIH_MAX_CANDIDATE_RATIO = 0.25
-#: Candidate pairs generated and verified at once (bounds the temporary arrays, ~8 bytes each x a few).
-MIH_CANDIDATE_BATCH = 1 << 21
-#: Buckets larger than this are searched by blockwise brute force within the bucket.
-MIH_BUCKET_LIMIT = 128
-#: Elements (rows x columns) of one distance block in the within-bucket brute force (cache-sized).
-MIH_BLOCK_ELEMENTS = 1 << 18
-#: Elements of one distance block when ``near_pairs`` runs brute force, per backend.
+#: Elements (rows x columns) of one distance block of the blockwise brute force (the CuPy path), per backend.
 BRUTE_BLOCK_ELEMENTS = {"numpy": 1 << 20, "cupy": 1 << 26}
 
 
@@ -134,149 +465,133 @@ def mih_chunks(max_distance: int) -> list[tuple[int, int]]:
     return chunks
 
 
-def mih_pairs(hashes: np.ndarray, max_distance: int):
-    """All pairs (i < j) within ``max_distance`` bits by multi-index hashing; same result as
-    :func:`hamming_pairs` (host arrays ``(i, j, distance)``, int64, sorted by (i, j)).
+
+
+def mih_pairs(hashes, max_distance, base=None, threads: int | None = None):
+    """All pairs within ``max_distance`` bits by multi-index hashing; same result as
+    :func:`hamming_pairs` (host arrays ``(i, j, distance)``, int64, sorted by (i, j)), for pairs
+    ``i < j`` among ``hashes`` or, given ``base``, every (query ``i``, base ``j``).
 
     Pigeonhole: split the 64 bits into ``m = t + 1`` disjoint chunks; two hashes differing in at most
-    ``t`` bits agree exactly on at least one chunk. For each chunk the items are sorted by chunk value
-    (one ``argsort``); every pair inside a run of equal values is a candidate, verified with the exact
-    :func:`popcount64` distance. A pair is kept only under the *first* chunk it agrees on, so each pair
-    is reported exactly once without a global de-duplication. Memory stays bounded: candidates are
-    generated in batches of at most ``MIH_CANDIDATE_BATCH`` pairs, and runs longer than
-    ``MIH_BUCKET_LIMIT`` (many identical or clustered hashes) are searched by blockwise brute force
-    within the bucket (upper triangle only). Output size itself is of course not bounded.
+    ``t`` bits agree exactly on at least one chunk. Per chunk the (base) hashes are sorted by chunk
+    value, one ``argsort``; each hash is then compared, by a compiled kernel on ``threads`` threads,
+    with the run of equal values it falls in: the rest of its own run within one set, or the run
+    ``searchsorted`` finds for a query's chunk value. A pair is kept only under the *first* chunk it
+    agrees on, so each pair is reported exactly once without a global de-duplication. Memory is one
+    count per hash besides the output (count, then fill), whatever the bucket sizes.
 
-    Always runs on the host with NumPy, whatever the array backend (the sort/run logic is cheap;
-    the brute-force kernel is the one that benefits from a GPU). ``max_distance >= 64`` (every pair)
-    is handed to :func:`hamming_pairs` on NumPy; a negative one finds nothing.
+    Always runs on the host, whatever the array backend. ``max_distance >= 64`` (every pair) is
+    handed to :func:`hamming_pairs` on the host; a negative one finds nothing.
     """
-    h = np.ascontiguousarray(hashes, dtype=np.uint64).ravel()
-    n = len(h)
-    empty = np.zeros(0, dtype=np.int64)
-    if n < 2 or max_distance < 0:
-        return empty, empty.copy(), empty.copy()
-    t = int(np.floor(max_distance))  # distances are integers: d <= 4.5 iff d <= 4
+    query = _as_hashes(hashes)
+    other = query if base is None else _as_hashes(base)
+    if not max_distance >= 0 or len(query) == 0 or len(other) == 0:
+        return _no_pairs()
+    t = int(np.floor(min(max_distance, 64)))  # distances are integers: d <= 4.5 iff d <= 4
     if t >= 64:
-        block = max(1, min(2048, BRUTE_BLOCK_ELEMENTS["numpy"] // n))
-        return hamming_pairs(h, max_distance, block=block, be=Backend(np, "numpy", "mih fallback"))
-    chunks = mih_chunks(t)
-    masks = [np.uint64(((1 << w) - 1) << off) for off, w in chunks]
+        return hamming_pairs(query, t, be=HOST, threads=threads, base=base)
+    masks = np.array([((1 << w) - 1) << off for off, w in mih_chunks(t)], dtype=np.uint64)
     out_i, out_j, out_d = [], [], []
-    for c, (offset, width) in enumerate(chunks):
-        key = (h >> np.uint64(offset)) & np.uint64((1 << width) - 1)
+    for c, (offset, width) in enumerate(mih_chunks(t)):
+        key = _chunk_keys(other, offset, width)
         order = np.argsort(key, kind="stable")  # stable: original indices ascend within a run
         keys = key[order]
-        hs = h[order]
-        del key
-        starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
-        del keys
-        sizes = np.diff(np.append(starts, n))
-        big = sizes > MIH_BUCKET_LIMIT
-        for s, size in zip(starts[big].tolist(), sizes[big].tolist()):
-            _mih_big_bucket(order[s : s + size], hs[s : s + size], t, c, masks, out_i, out_j, out_d)
-        # Candidates per sorted position p in a small run [s, e): the partners p+1 .. e-1.
-        run_end = np.repeat(np.append(starts[1:], n), sizes)
-        counts = run_end - np.arange(n) - 1
-        counts[np.repeat(big, sizes)] = 0
-        del run_end
-        cum = np.cumsum(counts)
-        total = int(cum[-1])
-        done, p0 = 0, 0
-        while done < total:
-            p1 = int(np.searchsorted(cum, done + MIH_CANDIDATE_BATCH, side="right"))
-            p1 = max(p1, p0 + 1)  # one position has < MIH_BUCKET_LIMIT partners: always progress
-            cnt = counts[p0:p1]
-            m = int(cnt.sum())
-            a = np.repeat(np.arange(p0, p1), cnt)
-            first = np.repeat(np.cumsum(cnt) - cnt, cnt)
-            b = a + 1 + (np.arange(m) - first)
-            del first
-            _mih_keep(order[a], order[b], hs[a] ^ hs[b], t, c, masks, out_i, out_j, out_d)
-            done, p0 = done + m, p1
-    if not out_i:
-        return empty, empty.copy(), empty.copy()
-    i = np.concatenate(out_i).astype(np.int64)
-    j = np.concatenate(out_j).astype(np.int64)
-    d = np.concatenate(out_d).astype(np.int64)
-    order = np.lexsort((j, i))
-    return i[order], j[order], d[order]
+        values = other[order]
+        if base is None:  # sorted position p against the rest of its run
+            rows, lo = values, np.arange(1, len(keys) + 1)
+            hi = np.searchsorted(keys, keys, side="right")
+        else:
+            rows, query_key = query, _chunk_keys(query, offset, width)
+            lo = np.searchsorted(keys, query_key, side="left")
+            hi = np.searchsorted(keys, query_key, side="right")
+        args = (rows, values, lo, hi, np.uint64(t), masks[:c])
+        p, j, d = _count_then_fill(len(rows), _count_ranges, _fill_ranges, args, threads, int((hi - lo).sum()))
+        out_i.append(order[p] if base is None else p)
+        out_j.append(order[j])
+        out_d.append(d)
+    return _sorted_pairs(out_i, out_j, out_d)
 
 
-def _mih_keep(i, j, x, t, c, masks, out_i, out_j, out_d):
-    """Verify candidates (``x = h_i ^ h_j``) with the exact distance and keep those whose first
-    agreeing chunk is ``c``."""
-    d = popcount64(x, np)
-    keep = d <= np.uint64(t)
-    for earlier in masks[:c]:
-        keep &= (x & earlier) != 0
-    if keep.any():
-        out_i.append(i[keep])
-        out_j.append(j[keep])
-        out_d.append(d[keep])
+def _chunk_keys(h: np.ndarray, offset: int, width: int) -> np.ndarray:
+    return (h >> np.uint64(offset)) & np.uint64((1 << width) - 1)
 
 
-def _mih_big_bucket(idx, values, t, c, masks, out_i, out_j, out_d):
-    """Blockwise brute force inside one large bucket (``idx`` ascending), upper triangle only."""
-    size = len(values)
-    # Bounded by MIH_BLOCK_ELEMENTS, and at most ~1/8 of the bucket so the rectangles hug the triangle.
-    block = max(1, min(MIH_BLOCK_ELEMENTS // size, max(64, -(-size // 8))))
-    for start in range(0, size, block):
-        stop = min(start + block, size)
-        x = values[start:stop, None] ^ values[None, start:]
-        dist = popcount64(x, np)
-        rows = np.arange(stop - start)[:, None]
-        cols = np.arange(size - start)[None, :]
-        rr, cc = np.nonzero((dist <= np.uint64(t)) & (cols > rows))
-        _mih_keep(idx[rr + start], idx[cc + start], x[rr, cc], t, c, masks, out_i, out_j, out_d)
-
-
-def mih_candidates(hashes: np.ndarray, max_distance: int) -> int:
+def mih_candidates(hashes, max_distance: int, base=None) -> int:
     """Candidate pairs :func:`mih_pairs` would check: pairs sharing a bucket, summed over chunks."""
-    h = np.ascontiguousarray(hashes, dtype=np.uint64).ravel()
+    h = _as_hashes(hashes)
+    other = None if base is None else _as_hashes(base)
     total = 0
     for offset, width in mih_chunks(max_distance):
-        key = (h >> np.uint64(offset)) & np.uint64((1 << width) - 1)
-        counts = np.bincount(key.astype(np.int64)) if width <= 22 else np.unique(key, return_counts=True)[1]
-        counts = counts.astype(np.int64)
-        total += int((counts * (counts - 1) // 2).sum())
+        key = _chunk_keys(h, offset, width)
+        if other is None:
+            counts = np.bincount(key.astype(np.int64)) if width <= 22 else np.unique(key, return_counts=True)[1]
+            counts = counts.astype(np.int64)
+            total += int((counts * (counts - 1) // 2).sum())
+        else:
+            values, counts = np.unique(_chunk_keys(other, offset, width), return_counts=True)
+            at = np.searchsorted(values, key).clip(max=max(len(values) - 1, 0))
+            hit = values[at] == key if len(values) else np.zeros(len(key), dtype=bool)
+            total += int(counts[at][hit].sum())
     return total
 
 
-def pair_method(hashes: np.ndarray, max_distance) -> str:
-    """Which kernel :func:`near_pairs` uses for these hashes: ``"mih"`` or ``"brute"``.
+def pair_method(hashes, max_distance, base=None) -> str:
+    """Which kernel :func:`near_pairs` (``base`` None) or :func:`near_pairs_between` uses:
+    ``"mih"`` or ``"brute"``.
 
-    Rule: multi-index hashing when ``n >= MIH_MIN_N`` (5000), ``0 <= max_distance <= MIH_MAX_T``
-    (12) and the candidate pairs it would check (:func:`mih_candidates`, one ``bincount`` per chunk)
-    are at most ``MIH_MAX_CANDIDATE_RATIO`` (0.25) of the ``n**2`` distances brute force computes;
-    brute force otherwise. On random hashes MIH checks about ``(t + 1) * n**2 / 2**(64 / (t + 1) + 1)``
-    candidates (0.04 % of ``n**2`` at t = 4, 3 % at t = 8, 22 % at t = 12), at ~8-10 ns each against
-    ~13 ns per brute-force distance on NumPy; the candidate guard sends inputs dominated by identical
-    or clustered hashes (one huge bucket in every chunk) to brute force, which compares each pair
-    once instead of up to ``t + 1`` times. The thresholds were measured on the CPU; with a GPU
+    Rule: multi-index hashing when ``n >= MIH_MIN_N`` (5000; both sides of a cross search),
+    ``0 <= max_distance <= MIH_MAX_T`` (10) and the candidate pairs it would check
+    (:func:`mih_candidates`) are at most ``MIH_MAX_CANDIDATE_RATIO`` (0.25) of the distances brute
+    force computes (``n (n - 1) / 2``, or ``n_query * n_base``); brute force otherwise.
+
+    On random hashes that ratio is the sum of ``2**-width`` over the chunks: 0.07 % at t = 4, 6.6 %
+    at t = 8, 20 % at t = 10, 31 % at t = 11. Both kernels are compiled and a candidate costs about
+    what a brute-force distance does, so MIH wins while the ratio is well below one, less its
+    ``t + 1`` sorts. Measured on 2 cores (min of 3-5 runs, other jobs running): from n = 5,000 MIH
+    is faster up to t = 6 (5,000, t = 4: 3 ms vs 5 ms), from 10,000 up to t = 10 (100,000,
+    t = 10: 0.87 s vs 3.7 s; t = 12 about even), and so in a cross search of 5,000 or 20,000
+    against 100,000 up to t = 10 (20,000 x 100,000, t = 10: 1.0 s vs 1.3 s). The candidate guard
+    sends inputs dominated by identical or clustered hashes (one huge bucket in every chunk) to
+    brute force, which compares each pair once instead of up to ``t + 1`` times. With a GPU
     backend brute force is much faster and the crossover has not been measured.
     """
-    n = len(hashes)
+    n_query = len(hashes)
+    n = n_query if base is None else min(n_query, len(base))
     if n < MIH_MIN_N or not 0 <= max_distance <= MIH_MAX_T:
         return "brute"
-    ratio = mih_candidates(hashes, int(np.floor(max_distance))) / float(n) ** 2
+    comparisons = n_query * (n_query - 1) / 2 if base is None else float(n_query) * len(base)
+    ratio = mih_candidates(hashes, int(np.floor(max_distance)), base) / comparisons
     return "mih" if ratio <= MIH_MAX_CANDIDATE_RATIO else "brute"
 
 
-def near_pairs(hashes: np.ndarray, max_distance: int, be: Backend | None = None):
+def near_pairs(hashes, max_distance, be: Backend | None = None, threads: int | None = None):
     """All pairs (i < j) within ``max_distance`` bits, by the kernel :func:`pair_method` picks.
 
     Both kernels return identical host arrays ``(i, j, distance)``, int64, sorted by (i, j).
-    Multi-index hashing (:func:`mih_pairs`) runs on the host with NumPy whatever ``be`` is; brute
-    force runs :func:`hamming_pairs` on ``be`` (default: :func:`backend`, CuPy when usable) with a
-    block of about ``BRUTE_BLOCK_ELEMENTS[be.name]`` distances. The choice is logged at DEBUG level
-    on ``trainset.kernels``.
+    Multi-index hashing (:func:`mih_pairs`) runs on the host whatever ``be`` is; brute force runs
+    :func:`hamming_pairs` on ``be`` (default: :func:`backend`, CuPy when usable). The choice is logged
+    at DEBUG level on ``trainset.kernels``.
     """
+    return _near(hashes, None, max_distance, be, threads)
+
+
+def near_pairs_between(query, base, max_distance, be: Backend | None = None, threads: int | None = None):
+    """Every pair of a ``query`` hash and a ``base`` hash within ``max_distance`` bits (no ``i < j``):
+    host arrays ``(qi, bj, distance)``, int64, sorted by (qi, bj); for deduplicating new items against
+    kept ones without searching the kept ones again. Kernel choice as in :func:`near_pairs`.
+    """
+    return _near(query, base, max_distance, be, threads)
+
+
+def _near(hashes, base, max_distance, be: Backend | None, threads: int | None):
     be = be or backend()
-    n = len(hashes)
-    method = pair_method(hashes, max_distance)
-    log.debug("near_pairs: n=%d max_distance=%s -> %s", n, max_distance, method)
+    method = pair_method(hashes, max_distance, base=base)
+    if base is None:
+        log.debug("near_pairs: n=%d max_distance=%s -> %s", len(hashes), max_distance, method)
+    else:
+        log.debug("near_pairs_between: n=%d x %d max_distance=%s -> %s", len(hashes), len(base), max_distance, method)
     if method == "mih":
-        return mih_pairs(hashes, max_distance)
-    elements = BRUTE_BLOCK_ELEMENTS.get(be.name, BRUTE_BLOCK_ELEMENTS["numpy"])
-    return hamming_pairs(hashes, max_distance, block=max(1, min(2048, elements // max(n, 1))), be=be)
+        return mih_pairs(hashes, max_distance, base=base, threads=threads)
+    width = max(len(hashes) if base is None else len(base), 1)
+    block = max(1, min(2048, BRUTE_BLOCK_ELEMENTS.get(be.name, BRUTE_BLOCK_ELEMENTS["numpy"]) // width))
+    return hamming_pairs(hashes, max_distance, block=block, be=be, threads=threads, base=base)
