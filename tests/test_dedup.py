@@ -1,5 +1,6 @@
-"""group and dedup stages: exact groups and near clusters over every raw item, then one keeper
-per cluster among the items the filter let through."""
+"""group and dedup stages: near-duplicate pairs, clusters grown around representatives and
+connected components over every raw item, then one keeper per cluster among the items the
+filter let through."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import pytest
 from PIL import Image
 
 import stage_helpers as H
-from trainset import ledger, manifest, schemas
+from trainset import ledger, manifest, neardup, schemas, views
 from trainset.stages import dedup, group
 
 MAX_DISTANCE = 10
+RULE = f"distance<={MAX_DISTANCE}"
+UPRIGHT = len(views.UPRIGHT_VIEWS)  # the views compared when near_dup.mirror is false
 PHOTO = ["src:photo.png", "src:gen/photo_copy.png", "src:copies/photo_small.png", "src:copies/photo_resaved.jpg", "src:copies/photo_cropped.png"]
 CATS = ["src:cat.png", "src:gen/cat_up.png"]
 MOTOS = ["src:a_moto.png", "src:b/moto.png", "src:z_moto.png"]
@@ -56,8 +59,23 @@ def _phash(path):
         return imagehash.phash(im)
 
 
+def _view_distance(views_a, views_b, count: int = UPRIGHT) -> int:
+    """Fewest differing bits between any of the first ``count`` views of one and of the other."""
+    return min(bin(int(x, 16) ^ int(y, 16)).count("1") for x in list(views_a)[:count] for y in list(views_b)[:count])
+
+
 def _groups(c):
     return H.by_id(c.read("groups", schemas.GROUPS))
+
+
+def _run_group(c, tmp_path, near_dup: dict, name: str = "g") -> pd.DataFrame:
+    """The group stage on the chain's ingest and audit into ``tmp_path/name`` (its own cache)."""
+    out = tmp_path / name
+    out.mkdir(exist_ok=True)
+    return group.run(
+        c.p["ingest"], c.p["audit"], out / "groups.parquet", out / "pairs.parquet", out / "reference_pairs.parquet",
+        near_dup, out / "cache", out / "stats.json",
+    )
 
 
 def _rejected(c):
@@ -105,48 +123,79 @@ def test_distinct_photos_do_not_cluster(chain):
     assert groups["src:coffee.png"]["cluster_size"] == 1
     assert groups["src:coffee.png"]["cluster_key"] == groups["src:coffee.png"]["sha256"]
     raw = c.root / "raw"
+    audit = H.by_id(c.read("audit", schemas.AUDIT))
     names = ["photo.png", "cat.png", "a_moto.png", "rocket.png", "coffee.png"]
     for k, a in enumerate(names):
         for b in names[k + 1:]:
             assert _phash(raw / a) - _phash(raw / b) > MAX_DISTANCE, (a, b)
+            # and no pair of their views is close either
+            assert _view_distance(audit[f"src:{a}"]["phash_views"], audit[f"src:{b}"]["phash_views"]) > MAX_DISTANCE, (a, b)
+    assert len({groups[f"src:{n}"]["component_key"] for n in names}) == 5
 
 
-def test_cluster_key_is_the_smallest_sha256(chain):
+def test_cluster_key_is_the_representatives_sha256(chain):
+    """A cluster's key is the SHA-256 of its best copy (by the keep preference), whatever the
+    order of the SHA-256s; a component's key is the smallest SHA-256 in it."""
     c, _ = chain
     groups = c.read("groups", schemas.GROUPS)
+    by = H.by_id(groups)
     assert groups["cluster_key"].nunique() == 5
     for key, members in groups.groupby("cluster_key"):
-        assert key == members["sha256"].min()
+        assert key in set(members["sha256"])
         assert (members["cluster_id"] == key[:16]).all()
         assert (members["cluster_size"] == len(members)).all()
+        # here every cluster is its whole component
+        assert (members["component_key"] == members["sha256"].min()).all()
+    # the representatives: the bare original photo, the original (not the generated upscale) cat
+    assert by["src:copies/photo_small.png"]["cluster_key"] == by["src:photo.png"]["sha256"]
+    assert by["src:gen/cat_up.png"]["cluster_key"] == by["src:cat.png"]["sha256"]
+    photo_shas = {by[i]["sha256"] for i in PHOTO}
+    assert by["src:photo.png"]["component_key"] == min(photo_shas)
 
 
 def test_pairs_manifest_distances_equal_imagehash(chain):
-    """One pair per two distinct contents within max_distance, named by each content's
-    smallest item id, with the real pHash distance."""
+    """One pair per two distinct contents within max_distance, named by their SHA-256s (a < b),
+    with the distance between their closest views: never more than imagehash's plain pHash
+    distance, and less for the cropped copy."""
     c, _ = chain
     pairs = c.read("pairs", schemas.PAIRS)
-    got = {(r["a"], r["b"]): r["distance"] for r in pairs.to_dict("records")}
-    # the exact copy and the original share one content, named by the smaller id
-    photo = sorted(["src:gen/photo_copy.png", "src:copies/photo_small.png", "src:copies/photo_resaved.jpg", "src:copies/photo_cropped.png"])
-    expected = [(a, b) for k, a in enumerate(photo) for b in photo[k + 1:]] + [tuple(CATS)]
-    assert set(got) == set(expected)
-    assert any(d > 0 for d in got.values()), "the copies are near, not identical in pHash"
+    audit = H.by_id(c.read("audit", schemas.AUDIT))
+    sha = {i: audit[i]["sha256"] for i in audit}
+    got = {(r["a"], r["b"]): r for r in pairs.to_dict("records")}
+    # the exact copy and the original share one content
+    photo = ["src:photo.png", "src:copies/photo_small.png", "src:copies/photo_resaved.jpg", "src:copies/photo_cropped.png"]
+    named = [(a, b) for k, a in enumerate(photo) for b in photo[k + 1:]] + [tuple(CATS)]
+    key = {tuple(sorted((sha[a], sha[b]))): (a, b) for a, b in named}
+    assert set(got) == set(key)
     raw = c.root / "raw"
-    for a, b in expected:
-        assert a < b
-        assert got[(a, b)] == _phash(raw / a.split(":", 1)[1]) - _phash(raw / b.split(":", 1)[1]) <= MAX_DISTANCE
+    for (sa, sb), (a, b) in key.items():
+        assert sa < sb
+        row = got[(sa, sb)]
+        plain = _phash(raw / a.split(":", 1)[1]) - _phash(raw / b.split(":", 1)[1])
+        assert row["distance"] == _view_distance(audit[a]["phash_views"], audit[b]["phash_views"]) <= min(plain, MAX_DISTANCE)
+        assert row["rule"] == RULE and pd.isna(row["cosine"]), "a hash-only rule computes no cosine"
+    # the plain view is the item's pHash (imagehash's)
+    for i in photo + CATS:
+        assert audit[i]["phash_views"][0] == audit[i]["phash"] == str(_phash(raw / i.split(":", 1)[1]))
+    cropped = got[tuple(sorted((sha["src:photo.png"], sha["src:copies/photo_cropped.png"])))]["distance"]
+    assert 0 < cropped < _phash(raw / "photo.png") - _phash(raw / "copies/photo_cropped.png"), "the centre views match the crop better"
     assert pairs[["a", "b"]].values.tolist() == sorted(pairs[["a", "b"]].values.tolist())
 
 
 def test_max_distance_bounds_what_merges(chain, tmp_path):
-    """With max_distance 0 only identical hashes merge: copies a few bits away stay apart."""
+    """With max_distance 0 only identical view hashes merge: copies a few bits away stay apart.
+    The old ``{max_distance: t}`` params read as the one-clause rule ``distance <= t``."""
     c, _ = chain
     pairs = c.read("pairs", schemas.PAIRS)
-    groups = group.run(c.p["ingest"], c.p["audit"], tmp_path / "groups.parquet", tmp_path / "pairs.parquet", 0)
-    pairs0 = manifest.read(tmp_path / "pairs.parquet", schemas.PAIRS)
+    groups = _run_group(c, tmp_path, {"rule": [{"max_distance": 0}]})
+    pairs0 = manifest.read(tmp_path / "g" / "pairs.parquet", schemas.PAIRS)
     zero = set(map(tuple, pairs[pairs["distance"] == 0][["a", "b"]].values.tolist()))
+    assert zero and len(zero) < len(pairs)
     assert set(map(tuple, pairs0[["a", "b"]].values.tolist())) == zero
+    assert set(pairs0["rule"]) == {"distance<=0"}
+    legacy = _run_group(c, tmp_path, {"max_distance": 0}, name="legacy")
+    assert legacy.equals(groups)
+    assert manifest.read(tmp_path / "legacy" / "pairs.parquet", schemas.PAIRS).equals(pairs0)
     by = H.by_id(groups)
     assert by["src:copies/photo_cropped.png"]["cluster_id"] != by["src:photo.png"]["cluster_id"]
     # exact copies still share a cluster whatever the distance
@@ -172,36 +221,67 @@ def test_undecodable_items_are_grouped_by_bytes_only(tmp_path):
 
 
 def _audit_row(item_id: str, phash: str, **over) -> dict:
-    return H.item_row(item_id, phash=phash, decoded=True, reason=None, detail=None, **over)
+    return H.item_row(item_id, phash=phash, phash_views=[phash] * len(views.VIEW_NAMES), decoded=True, reason=None, detail=None, **over)
 
 
-def test_bridging_item_joins_clusters_transitively(tmp_path):
-    """a~b and b~c within max_distance but a and c farther apart: one cluster of three."""
+def _group_rows(tmp_path, rows, max_distance: int) -> dict:
+    H.write_manifest(rows, tmp_path / "ingest.parquet", schemas.INGEST)
+    H.write_manifest(rows, tmp_path / "audit.parquet", schemas.AUDIT)
+    return H.by_id(group.run(
+        tmp_path / "ingest.parquet", tmp_path / "audit.parquet", tmp_path / "g.parquet", tmp_path / "p.parquet",
+        tmp_path / "r.parquet", {"rule": [{"max_distance": max_distance}]}, tmp_path / "cache", tmp_path / "stats.json",
+    ))
+
+
+def test_bridging_item_does_not_chain_clusters_but_joins_the_component(tmp_path):
+    """a~b and b~c within max_distance but a and c farther apart: the cluster grown around the
+    best copy (a, by item id) holds a and b only, c starts its own; the component holds all three."""
     rows = [
         _audit_row("src:a.png", "0000000000000000"),
         _audit_row("src:b.png", "00000000000000ff"),
         _audit_row("src:c.png", "000000000000ffff"),
         _audit_row("src:d.png", "ffffffffffffffff"),
     ]
-    H.write_manifest(rows, tmp_path / "ingest.parquet", schemas.INGEST)
-    H.write_manifest(rows, tmp_path / "audit.parquet", schemas.AUDIT)
-    groups = H.by_id(group.run(tmp_path / "ingest.parquet", tmp_path / "audit.parquet", tmp_path / "g.parquet", tmp_path / "p.parquet", 8))
+    sha = {r["item_id"]: r["sha256"] for r in rows}
+    groups = _group_rows(tmp_path, rows, 8)
     pairs = manifest.read(tmp_path / "p.parquet", schemas.PAIRS)
-    assert pairs[["a", "b", "distance"]].values.tolist() == [["src:a.png", "src:b.png", 8], ["src:b.png", "src:c.png", 8]]
+    expected = sorted([sorted([sha["src:a.png"], sha["src:b.png"]]) + [8], sorted([sha["src:b.png"], sha["src:c.png"]]) + [8]])
+    assert pairs[["a", "b", "distance"]].values.tolist() == expected
     abc = ["src:a.png", "src:b.png", "src:c.png"]
-    assert len({groups[i]["cluster_id"] for i in abc}) == 1
-    assert groups["src:d.png"]["cluster_id"] != groups["src:a.png"]["cluster_id"]
-    assert groups["src:c.png"]["cluster_key"] == min(r["sha256"] for r in rows[:3])
+    assert groups["src:a.png"]["cluster_key"] == groups["src:b.png"]["cluster_key"] == sha["src:a.png"]
+    assert groups["src:c.png"]["cluster_key"] == sha["src:c.png"], "c is no near-duplicate of a: no chain"
+    assert [groups[i]["cluster_size"] for i in abc] == [2, 2, 1]
+    assert {groups[i]["component_key"] for i in abc} == {min(sha[i] for i in abc)}
+    assert groups["src:d.png"]["component_key"] == groups["src:d.png"]["cluster_key"] == sha["src:d.png"]
+    assert groups["src:d.png"]["cluster_size"] == 1
+
+
+def test_cluster_grows_around_the_best_copy(tmp_path):
+    """The same chain with b the best copy (most pixels): a and c are each a near-duplicate of
+    b, so all three make one cluster keyed by b."""
+    rows = [
+        _audit_row("src:a.png", "0000000000000000"),
+        _audit_row("src:b.png", "00000000000000ff", width=1024, height=1024),
+        _audit_row("src:c.png", "000000000000ffff"),
+    ]
+    groups = _group_rows(tmp_path, rows, 8)
+    abc = ["src:a.png", "src:b.png", "src:c.png"]
+    assert {groups[i]["cluster_key"] for i in abc} == {rows[1]["sha256"]}
     assert [groups[i]["cluster_size"] for i in abc] == [3, 3, 3]
+    assert {groups[i]["component_key"] for i in abc} == {min(r["sha256"] for r in rows)}
 
 
 def test_group_on_empty_input(tmp_path):
     H.write_manifest([], tmp_path / "ingest.parquet", schemas.INGEST)
     H.write_manifest([], tmp_path / "audit.parquet", schemas.AUDIT)
-    out = group.run(tmp_path / "ingest.parquet", tmp_path / "audit.parquet", tmp_path / "g.parquet", tmp_path / "p.parquet", MAX_DISTANCE)
+    out = group.run(
+        tmp_path / "ingest.parquet", tmp_path / "audit.parquet", tmp_path / "g.parquet", tmp_path / "p.parquet",
+        tmp_path / "r.parquet", {"rule": [{"max_distance": MAX_DISTANCE}]}, tmp_path / "cache", tmp_path / "stats.json",
+    )
     assert len(out) == 0
     assert len(manifest.read(tmp_path / "g.parquet", schemas.GROUPS)) == 0
     assert len(manifest.read(tmp_path / "p.parquet", schemas.PAIRS)) == 0
+    assert len(manifest.read(tmp_path / "r.parquet", schemas.REFERENCE_PAIRS)) == 0
 
 
 # --------------------------------------------------------------------------- dedup
@@ -226,11 +306,13 @@ def test_keeper_original_over_larger_generated_copy(chain):
     assert "src:cat.png" in set(kept["item_id"])
     row = _rejected(c)["src:gen/cat_up.png"]
     assert (row["stage"], row["rule"], row["reason"]) == ("dedup", "near", "near_duplicate")
-    assert "to src:cat.png (kept; cluster " in row["detail"]
+    assert row["detail"].startswith("near-duplicate of src:cat.png (kept): pHash distance ")
+    assert row["duplicate_of"] == "src:cat.png"
     # the exact generated copy of the photo, tagged, loses to the bare original too
     row = _rejected(c)["src:gen/photo_copy.png"]
     assert (row["stage"], row["rule"], row["reason"]) == ("dedup", "exact", "exact_duplicate")
     assert row["detail"] == "same bytes as src:photo.png (kept)"
+    assert row["duplicate_of"] == "src:photo.png"
 
 
 def test_keeper_has_the_most_pixels(chain):
@@ -256,6 +338,7 @@ def test_keeper_copy_with_sidecar_over_bare_copies(chain):
     for bare in ("src:a_moto.png", "src:z_moto.png"):
         assert (rows[bare]["rule"], rows[bare]["reason"]) == ("exact", "exact_duplicate")
         assert rows[bare]["detail"] == "same bytes as src:b/moto.png (kept)"
+        assert rows[bare]["duplicate_of"] == "src:b/moto.png"
 
 
 def test_tie_break_is_item_id(chain):
@@ -277,33 +360,47 @@ def test_rejected_detail_names_the_kept_item(chain):
         if row["rule"] == "exact":
             kept_id = row["detail"].removeprefix("same bytes as ").removesuffix(" (kept)")
             assert kept_rows[kept_id]["sha256"] == row["sha256"]
+            assert member["rule"] == "exact" and member["distance_to_keeper"] == 0
         else:
             assert row["rule"] == "near" and row["reason"] == "near_duplicate"
-            assert row["detail"].startswith(f"pHash distance {member['distance_to_keeper']} to ")
-            kept_id = row["detail"].split(" to ", 1)[1].split(" ", 1)[0]
+            kept_id = row["detail"].removeprefix("near-duplicate of ").split(" ", 1)[0]
+            assert row["detail"] == f"near-duplicate of {kept_id} (kept): pHash distance {member['distance_to_keeper']}; rule {RULE}"
+            assert member["rule"] == RULE
             assert kept_rows[kept_id]["sha256"] != row["sha256"]
-            assert row["detail"].endswith(f"(kept; cluster {member['cluster_id']} of {kept_rows[kept_id]['cluster_size']})")
+        assert row["duplicate_of"] == member["keeper_id"] == kept_id
         assert kept_rows[kept_id]["cluster_key"] == member["cluster_key"]
     photo_rows = [r for r in rejected.to_dict("records") if r["item_id"] in PHOTO and r["rule"] == "near"]
-    assert len(photo_rows) == 3 and all(r["detail"].endswith(" of 5)") for r in photo_rows)
+    assert len(photo_rows) == 3 and all(r["duplicate_of"] == "src:photo.png" for r in photo_rows)
+    assert kept_rows["src:photo.png"]["cluster_size"] == 5
 
 
 def test_clusters_manifest_one_keeper_per_cluster(chain):
     c, kept = chain
     clusters = c.read("clusters", schemas.MEMBERSHIP)
     filtered = H.by_id(c.read("filtered", schemas.FILTERED))
+    audit = H.by_id(c.read("audit", schemas.AUDIT))
+    pairs = c.read("pairs", schemas.PAIRS).set_index(["a", "b"])
     groups = _groups(c)
     assert set(clusters["item_id"]) == set(filtered)
     assert clusters["cluster_id"].nunique() == 5
     for cluster_id, members in clusters.groupby("cluster_id"):
         assert members["keeper"].sum() == 1, cluster_id
         keeper = members[members["keeper"]].iloc[0]
-        assert keeper["distance_to_keeper"] == 0
+        assert keeper["distance_to_keeper"] == 0 and keeper["rule"] == "exact"
         assert cluster_id == keeper["cluster_key"][:16]
+        assert keeper["cluster_key"] == filtered[keeper["item_id"]]["sha256"], "keyed by the keeper's content"
         for row in members.itertuples():
             assert row.cluster_key == groups[row.item_id]["cluster_key"]
-            expected = imagehash.hex_to_hash(filtered[row.item_id]["phash"]) - imagehash.hex_to_hash(filtered[keeper["item_id"]]["phash"])
-            assert row.distance_to_keeper == expected
+            assert row.keeper_id == keeper["item_id"]
+            # the distance between closest views, as in the pairs manifest (every member pairs with the keeper itself)
+            expected = _view_distance(audit[row.item_id]["phash_views"], audit[keeper["item_id"]]["phash_views"])
+            assert row.distance_to_keeper == expected <= MAX_DISTANCE
+            a, b = sorted((filtered[row.item_id]["sha256"], keeper["cluster_key"]))
+            if a == b:
+                assert row.rule == "exact"
+            else:
+                assert row.rule == RULE and pairs.loc[(a, b), "distance"] == expected
+            assert pd.isna(row.cosine_to_keeper)
     assert set(clusters.loc[clusters["keeper"], "item_id"]) == set(kept["item_id"])
 
 
@@ -334,27 +431,64 @@ def _filtered(rows, path):
     return H.write_manifest(rows, path, schemas.FILTERED)
 
 
+def _pair(a: str, b: str, distance: int, rule: str = RULE, cosine: float = float("nan")) -> dict:
+    """A pairs-manifest row for the items ``a`` and ``b`` (their item_row SHA-256s)."""
+    sa, sb = sorted((H.fake_sha(a), H.fake_sha(b)))
+    return {"a": sa, "b": sb, "distance": distance, "cosine": cosine, "rule": rule}
+
+
+def _dedup(tmp_path, rows, pairs):
+    """dedup.run on hand-built filtered rows and pairs (no reference-set matches)."""
+    path = tmp_path / "filtered.parquet"
+    _filtered(rows, path)
+    manifest.write(H.frame(list(pairs), schemas.PAIRS), tmp_path / "pairs.parquet", schemas.PAIRS, sort_by=["a", "b"])
+    manifest.write(manifest.empty(schemas.REFERENCE_PAIRS), tmp_path / "reference_pairs.parquet", schemas.REFERENCE_PAIRS,
+                   sort_by=["sha256", "reference", "reference_path"])
+    out = {n: tmp_path / f"{n}.parquet" for n in ("deduped", "clusters", "rejected")}
+    kept = dedup.run(path, tmp_path / "pairs.parquet", tmp_path / "reference_pairs.parquet",
+                     out["deduped"], out["clusters"], out["rejected"], {})
+    return kept, out
+
+
 def test_keeper_is_chosen_among_survivors_only(tmp_path):
     """The group's best member was filtered out: the best one left is kept, alone."""
-    key = H.fake_sha("0-cluster")
+    key = H.fake_sha("src:big.png")
     common = {"cluster_key": key, "cluster_id": key[:16], "cluster_size": 3}
-    path = tmp_path / "filtered.parquet"
-    # src:big.png (the preferred one) is not in the filtered manifest
-    _filtered([
-        H.item_row("src:mid.png", width=400, height=400, phash="0000000000000003", **common),
-        H.item_row("src:small.png", width=200, height=200, phash="0000000000000000", **common),
-    ], path)
-    out = {n: tmp_path / f"{n}.parquet" for n in ("deduped", "clusters", "rejected")}
-    kept = dedup.run(path, out["deduped"], out["clusters"], out["rejected"])
+    # src:big.png (the preferred one) is not in the filtered manifest; its pairs are
+    kept, out = _dedup(tmp_path, [
+        H.item_row("src:mid.png", width=400, height=400, **common),
+        H.item_row("src:small.png", width=200, height=200, **common),
+    ], [_pair("src:big.png", "src:mid.png", 1), _pair("src:big.png", "src:small.png", 3),
+        _pair("src:mid.png", "src:small.png", 14, rule="distance<=16&cosine>=0.88", cosine=0.9)])
     assert kept["item_id"].tolist() == ["src:mid.png"]
     assert kept["cluster_size"].tolist() == [3]
-    row = manifest.read(out["rejected"], schemas.REJECTED).iloc[0]
-    assert (row["item_id"], row["rule"]) == ("src:small.png", "near")
-    assert row["detail"] == f"pHash distance 2 to src:mid.png (kept; cluster {key[:16]} of 3)"
+    (row,) = manifest.read(out["rejected"], schemas.REJECTED).to_dict("records")
+    assert (row["item_id"], row["rule"], row["duplicate_of"]) == ("src:small.png", "near", "src:mid.png")
+    assert row["detail"] == "near-duplicate of src:mid.png (kept): pHash distance 14, cosine 0.900; rule distance<=16&cosine>=0.88"
+    clusters = H.by_id(manifest.read(out["clusters"], schemas.MEMBERSHIP))
+    assert {m["cluster_key"] for m in clusters.values()} == {H.fake_sha("src:mid.png")}, "regrown around the best survivor"
+    assert [clusters[i]["keeper_id"] for i in ("src:mid.png", "src:small.png")] == ["src:mid.png", "src:mid.png"]
+    small = clusters["src:small.png"]
+    assert (small["distance_to_keeper"], small["cosine_to_keeper"], small["rule"]) == (14, 0.9, "distance<=16&cosine>=0.88")
+
+
+def test_survivors_that_only_matched_through_a_filtered_copy_are_both_kept(tmp_path):
+    """mid and small were each a near-duplicate of the filtered-out big, not of each other:
+    no chain through big, so both are kept."""
+    key = H.fake_sha("src:big.png")
+    common = {"cluster_key": key, "cluster_id": key[:16], "cluster_size": 3}
+    kept, out = _dedup(tmp_path, [
+        H.item_row("src:mid.png", width=400, height=400, **common),
+        H.item_row("src:small.png", width=200, height=200, **common),
+    ], [_pair("src:big.png", "src:mid.png", 6), _pair("src:big.png", "src:small.png", 6)])
+    assert kept["item_id"].tolist() == ["src:mid.png", "src:small.png"]
+    assert len(manifest.read(out["rejected"], schemas.REJECTED)) == 0
+    clusters = manifest.read(out["clusters"], schemas.MEMBERSHIP)
+    assert clusters["keeper"].all() and clusters["cluster_key"].nunique() == 2
 
 
 def test_preference_order(tmp_path):
-    """original > most pixels > largest file > own sidecar > most tags > smallest item id."""
+    """Default keep order: original > most pixels > largest file > own sidecar > most tags > smallest item id."""
     key = H.fake_sha("k")
     base = {"cluster_key": key, "cluster_id": key[:16], "cluster_size": 2}
     cases = [
@@ -366,15 +500,12 @@ def test_preference_order(tmp_path):
         (H.item_row("src:a.png", **base), H.item_row("src:z.png", **base)),
     ]
     for winner, loser in cases:
-        ranked = dedup.preference(H.frame([loser, winner], schemas.FILTERED))
+        ranked = neardup.preference_order(H.frame([loser, winner], schemas.FILTERED))
         assert ranked["item_id"].iloc[0] == winner["item_id"], (winner, loser)
 
 
 def test_dedup_on_empty_input(tmp_path):
-    path = tmp_path / "filtered.parquet"
-    _filtered([], path)
-    out = {n: tmp_path / f"{n}.parquet" for n in ("deduped", "clusters", "rejected")}
-    kept = dedup.run(path, out["deduped"], out["clusters"], out["rejected"])
+    kept, out = _dedup(tmp_path, [], [])
     assert len(kept) == 0
     for name, schema in [("deduped", schemas.DEDUPED), ("clusters", schemas.MEMBERSHIP), ("rejected", schemas.REJECTED)]:
         assert len(manifest.read(out[name], schema)) == 0

@@ -118,6 +118,7 @@ def test_kept_items_are_the_decodable_large_enough_ones(chain):
         assert row["sha256"] == ingest[item_id]["sha256"]
         assert row["path"] == ingest[item_id]["path"]
         assert row["cluster_key"] == groups[item_id]["cluster_key"]
+        assert row["component_key"] == groups[item_id]["component_key"]
         # no NSFW model: no score; nothing flagged NSFW without tags or rating
         assert math.isnan(row["nsfw_score"]) and not row["nsfw_flag"]
         assert pd.isna(row["override"]) and pd.isna(row["caption_override"])

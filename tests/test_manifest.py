@@ -295,7 +295,7 @@ def test_manifest_error_is_value_error():
 def test_all_expected_schemas_are_present():
     assert set(ALL_SCHEMAS) == {
         "INGEST", "UNMATCHED", "AUDIT", "NSFW_SCORES", "GROUPS", "FILTERED", "DEDUPED", "CAPTIONED", "SPLIT",
-        "REJECTED", "PAIRS", "MEMBERSHIP", "MOVES", "EXPORT",
+        "REJECTED", "PAIRS", "REFERENCE_PAIRS", "MEMBERSHIP", "MOVES", "EXPORT",
     }
 
 
@@ -323,7 +323,7 @@ def test_stage_schemas_extend_each_other():
     ingest = list(schemas.INGEST.columns)
     filtered = list(schemas.FILTERED.columns)
     assert filtered[: len(ingest)] == ingest
-    assert set(schemas.DEDUPED.columns) >= set(filtered) | {"cluster_id", "cluster_key", "cluster_size"}
+    assert set(schemas.DEDUPED.columns) >= set(filtered) | {"cluster_id", "cluster_key", "cluster_size", "component_key"}
     assert set(schemas.CAPTIONED.columns) == set(schemas.DEDUPED.columns) | {"caption"}
     assert set(schemas.SPLIT.columns) == set(schemas.CAPTIONED.columns) | {"split"}
     # filtered carries the audit measures, the groups' cluster columns and the policy's decision
@@ -331,17 +331,19 @@ def test_stage_schemas_extend_each_other():
     assert {"flags", "nsfw_flag", "nsfw_score", "archetype", "emotion", "harmony_score", "annotation_notes", "override",
             "caption_override"} == set(schemas.POLICY_COLUMNS)
     assert list(schemas.DEDUPED.columns) == filtered
-    assert list(schemas.GROUPS.columns) == ["item_id", "sha256", "cluster_id", "cluster_key", "cluster_size"]
+    assert list(schemas.GROUPS.columns) == ["item_id", "sha256", "cluster_id", "cluster_key", "cluster_size", "component_key"]
     assert list(schemas.NSFW_SCORES.columns) == ["item_id", "sha256", "nsfw_score"]
     assert list(schemas.UNMATCHED.columns) == ["source", "record_id", "md5", "note"]
     assert {"nsfw_flag", "flags", "cluster_id"} <= set(schemas.EXPORT.columns)
-    assert "triggered_tags" in schemas.REJECTED.columns
+    assert {"triggered_tags", "duplicate_of"} <= set(schemas.REJECTED.columns)
+    assert "phash_views" in schemas.AUDIT.columns and "phash_views" in filtered
 
 
 def _rejected_row(**over) -> dict:
     row = {
         "item_id": "s:a.png", "sha256": "a" * 64, "source": "s", "path": "raw/a.png", "stage": "policy", "rule": "minors",
-        "reason": "minor_sexual", "detail": "why", "triggered_tags": ["loli"], "schema_version": schemas.SCHEMA_VERSION,
+        "reason": "minor_sexual", "detail": "why", "triggered_tags": ["loli"], "duplicate_of": None,
+        "schema_version": schemas.SCHEMA_VERSION,
     }
     row.update(over)
     return row
@@ -356,6 +358,15 @@ def test_rejected_triggered_tags_round_trip_and_must_be_strings(tmp_path):
         manifest.write(pd.DataFrame([_rejected_row(triggered_tags=["loli", 3])]), tmp_path / "bad.parquet", schemas.REJECTED)
 
 
+def test_rejected_duplicate_of_names_the_kept_item_or_nothing(tmp_path):
+    path = tmp_path / "rejected.parquet"
+    rows = [_rejected_row(), _rejected_row(item_id="s:b.png", stage="dedup", rule="exact", reason="exact_duplicate",
+                                           detail="same bytes as s:a.png (kept)", triggered_tags=[], duplicate_of="s:a.png")]
+    manifest.write(pd.DataFrame(rows), path, schemas.REJECTED)
+    back = manifest.read(path, schemas.REJECTED).set_index("item_id")
+    assert pd.isna(back.loc["s:a.png", "duplicate_of"]) and back.loc["s:b.png", "duplicate_of"] == "s:a.png"
+
+
 def test_nsfw_scores_are_probabilities_or_nan(tmp_path):
     ok = pd.DataFrame({"item_id": ["s:a", "s:b"], "sha256": ["a" * 64, "b" * 64], "nsfw_score": [0.25, float("nan")]})
     manifest.write(ok, tmp_path / "n.parquet", schemas.NSFW_SCORES)
@@ -368,7 +379,7 @@ def _audit_row(**over) -> dict:
     row = {
         "item_id": "s:a.png", "sha256": "a" * 64, "decoded": True, "reason": None, "detail": None,
         "format": "PNG", "mode": "RGB", "width": 10, "height": 12, "exif_orientation": 1, "phash": "0123456789abcdef",
-        "dhash": "fedcba9876543210",
+        "dhash": "fedcba9876543210", "phash_views": ["0123456789abcdef"] * 8,
         "n_frames": 1, "animated": False, "has_alpha": False, "alpha_min": 255, "bit_depth": 8,
         "luma_mean": 120.5, "luma_std": 40.0, "entropy": 7.1, "laplacian_var": 310.0,
     }
@@ -380,10 +391,10 @@ def test_audit_schema_accepts_failed_decode(tmp_path):
     df = manifest.with_version(pd.DataFrame([
         _audit_row(),
         _audit_row(item_id="s:b.png", decoded=False, reason="truncated", detail="cut", format=None,
-                   mode=None, width=0, height=0, phash=None, dhash=None, bit_depth=0,
+                   mode=None, width=0, height=0, phash=None, dhash=None, phash_views=[], bit_depth=0,
                    luma_mean=float("nan"), luma_std=float("nan"), entropy=float("nan"), laplacian_var=float("nan")),
         _audit_row(item_id="s:c.png", decoded=False, reason="decompression_bomb", detail="too big", mode=None,
-                   width=20000, height=20000, phash=None, dhash=None, bit_depth=0,
+                   width=20000, height=20000, phash=None, dhash=None, phash_views=[], bit_depth=0,
                    luma_mean=float("nan"), luma_std=float("nan"), entropy=float("nan"), laplacian_var=float("nan")),
     ]))
     manifest.write(df, tmp_path / "audit.parquet", schemas.AUDIT)
@@ -391,6 +402,7 @@ def test_audit_schema_accepts_failed_decode(tmp_path):
     assert list(back["reason"].fillna("-")) == ["-", "truncated", "decompression_bomb"]
     assert back["luma_mean"].isna().tolist() == [False, True, True]
     assert back["dhash"].tolist()[0] == "fedcba9876543210" and back["dhash"].isna().tolist() == [False, True, True]
+    assert [list(v) for v in back["phash_views"]] == [["0123456789abcdef"] * 8, [], []]
 
 
 @pytest.mark.parametrize(
@@ -402,6 +414,9 @@ def test_audit_schema_accepts_failed_decode(tmp_path):
         ({"dhash": "FEDCBA9876543210"}, "dhash"),
         ({"dhash": "fedcba98765432100"}, "dhash"),
         ({"dhash": "not-hex-at-all!!"}, "dhash"),
+        ({"phash_views": ["0123456789ABCDEF"] * 8}, "phash_views"),
+        ({"phash_views": ["0123456789abcdef", "0123"]}, "phash_views"),
+        ({"phash_views": "0123456789abcdef"}, "phash_views"),
         ({"exif_orientation": 9}, "exif_orientation"),
         ({"exif_orientation": 0}, "exif_orientation"),
         ({"width": -1}, "width"),
@@ -420,11 +435,28 @@ def test_audit_schema_rejects(tmp_path, over, column):
 
 
 def test_pairs_schema_unique_pair(tmp_path):
-    ok = pd.DataFrame({"a": ["x", "x"], "b": ["y", "z"], "distance": [1, 2]})
+    x, y, z = "1" * 64, "2" * 64, "3" * 64
+    ok = pd.DataFrame({"a": [x, x], "b": [y, z], "distance": [1, 2], "cosine": [float("nan"), 0.9], "rule": ["distance<=6", "distance<=16&cosine>=0.88"]})
     manifest.write(ok, tmp_path / "pairs.parquet", schemas.PAIRS, sort_by=["a", "b"])
-    bad = pd.DataFrame({"a": ["x", "x"], "b": ["y", "y"], "distance": [1, 2]})
+    bad = ok.assign(b=[y, y])
     with pytest.raises(ManifestError):
         manifest.write(bad, tmp_path / "pairs2.parquet", schemas.PAIRS, sort_by=["a", "b"])
+
+
+@pytest.mark.parametrize(("over", "column"), [({"a": ["src:x.png", "1" * 64]}, "a"), ({"distance": [65, 1]}, "distance")])
+def test_pairs_schema_rejects(tmp_path, over, column):
+    """Pairs name contents by SHA-256; a distance has at most 64 bits."""
+    df = pd.DataFrame({"a": ["1" * 64] * 2, "b": ["2" * 64, "3" * 64], "distance": [1, 2], "cosine": [0.5, 0.9], "rule": ["r", "r"]})
+    with pytest.raises(ManifestError, match=f"'{column}'"):
+        manifest.write(df.assign(**over), tmp_path / "pairs.parquet", schemas.PAIRS, sort_by=["a", "b"])
+
+
+def test_reference_pairs_schema_unique_per_reference_file(tmp_path):
+    row = {"sha256": "1" * 64, "reference": "holdout", "reference_path": "/h/a.png", "distance": 3, "cosine": float("nan"), "rule": "distance<=6"}
+    ok = pd.DataFrame([row, {**row, "reference_path": "/h/b.png"}])
+    manifest.write(ok, tmp_path / "r.parquet", schemas.REFERENCE_PAIRS, sort_by=["sha256", "reference", "reference_path"])
+    with pytest.raises(ManifestError):
+        manifest.write(pd.DataFrame([row, row]), tmp_path / "r2.parquet", schemas.REFERENCE_PAIRS, sort_by=["sha256"])
 
 
 # --- atomic writes ----------------------------------------------------------------------

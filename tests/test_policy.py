@@ -167,10 +167,13 @@ def _chain(root: Path, folder: Path, cache: Path) -> "pd.DataFrame":  # noqa: F8
     ingest.run([src], m / "ingest.parquet", cache / "stat", [".png"], root=root)
     audit.run(m / "ingest.parquet", m / "audit.parquet", cache / "features", m / "stats.json", params={})
     nsfw.run(m / "ingest.parquet", m / "audit.parquet", m / "nsfw.parquet", None, cache / "nsfw")
-    group.run(m / "ingest.parquet", m / "audit.parquet", m / "groups.parquet", m / "pairs.parquet", 10)
+    near_dup = {"rule": [{"max_distance": 10}]}
+    group.run(m / "ingest.parquet", m / "audit.parquet", m / "groups.parquet", m / "pairs.parquet", m / "reference_pairs.parquet",
+              near_dup, cache, m / "group-stats.json")
     paths = {"ingest": m / "ingest.parquet", "audit": m / "audit.parquet", "groups": m / "groups.parquet", "nsfw": m / "nsfw.parquet"}
     filter_stage.run(paths, m / "filtered.parquet", m / "rej_filter.parquet", {"min_side": 64}, {"nsfw": {"action": "allow"}})
-    dedup.run(m / "filtered.parquet", m / "deduped.parquet", m / "clusters.parquet", m / "rej_dedup.parquet")
+    dedup.run(m / "filtered.parquet", m / "pairs.parquet", m / "reference_pairs.parquet", m / "deduped.parquet",
+              m / "clusters.parquet", m / "rej_dedup.parquet", near_dup)
     caption.run(m / "deduped.parquet", m / "captioned.parquet")
     split.run(m / "captioned.parquet", m / "split.parquet", m / "moves.parquet", cache / "history.parquet", 1, {"train": 0.8, "val": 0.1, "test": 0.1})
     export.run(m / "split.parquet", root / "export", {})

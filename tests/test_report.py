@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -15,6 +16,7 @@ from trainset.stages import report
 
 PASSING = {"min_kept": 1, "max_rejected_share": 0.9, "max_split_leakage": 0}
 MAX_DISTANCE = 10
+RULE = f"distance<={MAX_DISTANCE}"
 
 
 def _build(root):
@@ -45,7 +47,7 @@ def _build(root):
 
 def _report(c, out, thresholds=PASSING, balance=None, audit=None, **over):
     md, metrics = out / "dataset-report.md", out / "metrics.json"
-    result = report.run(c.report_paths(**over), md, metrics, thresholds, MAX_DISTANCE, balance_params=balance, audit_params=audit)
+    result = report.run(c.report_paths(**over), md, metrics, thresholds, balance_params=balance, audit_params=audit)
     return result, md.read_text(encoding="utf-8"), metrics
 
 
@@ -84,6 +86,8 @@ def test_metrics_values(chain, tmp_path):
     assert metrics["rejected_share"] == round(6 / 12, 6)
     assert metrics["converted"] == 0
     assert metrics["split_leakage"] == 0
+    assert (metrics["reference_matches"], metrics["reference_matches_kept"]) == (0, 0)
+    assert "Reference sets: 0 items duplicate an image of a reference set (0 of them kept)." in md
     assert metrics["split_moves"] == 0
     assert metrics["sidecar_errors"] == 1
     assert "## Unreadable sidecars" in md
@@ -150,12 +154,13 @@ def test_moves_are_listed(chain, tmp_path):
     moves = tmp_path / "moves.parquet"
     H.write_manifest([{
         "item_id": item["item_id"], "previous_split": other, "split": item["split"],
-        "previous_cluster_key": "f" * 64, "cluster_key": item["cluster_key"],
+        "previous_component_key": "f" * 64, "component_key": item["component_key"],
     }], moves, schemas.MOVES)
     metrics, md, _ = _report(chain, tmp_path, moves=moves)
     assert metrics["split_moves"] == 1
-    assert "1 items changed split since the last build" in md
-    assert f"| `{item['item_id']}` | {other} | {item['split']} | {'f' * 16} | {item['cluster_key'][:16]} |" in md
+    assert "1 items changed split since the last build, because a new item joined or bridged their near-duplicate component:" in md
+    assert "| item | was | now | component key was | component key now |" in md
+    assert f"| `{item['item_id']}` | {other} | {item['split']} | {'f' * 16} | {item['component_key'][:16]} |" in md
 
 
 # --------------------------------------------------------------------------- leakage and decide
@@ -165,23 +170,45 @@ def _split(rows):
     return H.frame(rows, schemas.SPLIT)
 
 
+def _pairs(*pairs) -> pd.DataFrame:
+    """A pairs manifest frame from ``(item_a, item_b, distance[, rule])``: the contents of the
+    item_rows of those ids (their fake SHA-256s), a < b."""
+    rows = []
+    for a, b, distance, *rule in pairs:
+        sa, sb = sorted((H.fake_sha(a), H.fake_sha(b)))
+        rows.append({"a": sa, "b": sb, "distance": distance, "cosine": float("nan"), "rule": rule[0] if rule else RULE})
+    return H.frame(rows, schemas.PAIRS)
+
+
+def _ordered(a: str, b: str) -> tuple[str, str]:
+    """Two item ids in the order the pairs manifest names their contents (smaller SHA-256 first)."""
+    return tuple(sorted((a, b), key=H.fake_sha))
+
+
 def test_leakage_finds_near_pair_across_splits():
     rows = [
-        H.item_row("s:a", split="train", phash="0000000000000000"),
-        H.item_row("s:b", split="val", phash="0000000000000007"),  # 3 bits from a
-        H.item_row("s:c", split="test", phash="ffffffffffffffff"),  # far from both
+        H.item_row("s:a", split="train"),
+        H.item_row("s:b", split="val"),
+        H.item_row("s:c", split="test"),  # paired with neither
     ]
-    assert report.leakage(_split(rows), MAX_DISTANCE) == [{"a": "s:a", "b": "s:b", "distance": 3, "splits": "train/val"}]
-    assert report.leakage(_split(rows), 2) == []
+    splits = {"s:a": "train", "s:b": "val"}
+    a, b = _ordered("s:a", "s:b")
+    assert report.leakage(_split(rows), _pairs(("s:a", "s:b", 3))) == [
+        {"a": a, "b": b, "distance": 3, "rule": RULE, "splits": f"{splits[a]}/{splits[b]}"}
+    ]
+    # a tighter rule that does not pair them: no leak
+    assert report.leakage(_split(rows), _pairs()) == []
+    # a pair with a content that is not kept (dropped or filtered) is no leak either
+    assert report.leakage(_split(rows), _pairs(("s:a", "s:gone", 0))) == []
 
 
 def test_leakage_ignores_pairs_in_the_same_split():
     rows = [
-        H.item_row("s:a", split="train", phash="0000000000000000"),
-        H.item_row("s:b", split="train", phash="0000000000000001"),
+        H.item_row("s:a", split="train"),
+        H.item_row("s:b", split="train"),
     ]
-    assert report.leakage(_split(rows), MAX_DISTANCE) == []
-    assert report.leakage(_split(rows[:1]), MAX_DISTANCE) == []
+    assert report.leakage(_split(rows), _pairs(("s:a", "s:b", 1))) == []
+    assert report.leakage(_split(rows[:1]), _pairs(("s:a", "s:b", 1))) == []
 
 
 def test_leakage_counts_an_exact_pair_once():
@@ -190,48 +217,77 @@ def test_leakage_counts_an_exact_pair_once():
         H.item_row("s:a", sha, split="train", phash="00000000000000ff"),
         H.item_row("s:b", sha, split="test", phash="00000000000000ff"),
     ]
-    assert report.leakage(_split(rows), MAX_DISTANCE) == [{"a": "s:a", "b": "s:b", "distance": 0, "splits": "train/test"}]
+    assert report.leakage(_split(rows), _pairs()) == [{"a": "s:a", "b": "s:b", "distance": 0, "rule": "exact", "splits": "train/test"}]
 
 
 def test_leakage_by_sha_names_members_in_different_splits():
-    """Same bytes recorded with far-apart hashes (only the sha256 ties them): reported by sha."""
+    """Same bytes (only the sha256 ties them, no pair in the manifest): reported by sha."""
     sha = H.fake_sha("same bytes")
     rows = [
-        H.item_row("s:a", sha, split="train", phash="0000000000000000"),
-        H.item_row("s:b", sha, split="train", phash="00000000ffffffff"),
-        H.item_row("s:c", sha, split="val", phash="ffffffffffffffff"),
+        H.item_row("s:a", sha, split="train"),
+        H.item_row("s:b", sha, split="train"),
+        H.item_row("s:c", sha, split="val"),
     ]
-    found = report.leakage(_split(rows), MAX_DISTANCE)
+    found = report.leakage(_split(rows), _pairs())
     assert found == [
-        {"a": "s:a", "b": "s:c", "distance": 0, "splits": "train/val"},
-        {"a": "s:b", "b": "s:c", "distance": 0, "splits": "train/val"},
+        {"a": "s:a", "b": "s:c", "distance": 0, "rule": "exact", "splits": "train/val"},
+        {"a": "s:b", "b": "s:c", "distance": 0, "rule": "exact", "splits": "train/val"},
     ]
+
+
+def test_leakage_only_counts_pairs_not_chains():
+    """a~b and b~c but not a~c: with b gone, a and c in different splits are no leak; with b
+    kept next to c, only the pair a~b crosses."""
+    pairs = _pairs(("s:a", "s:b", 8), ("s:b", "s:c", 8))
+    rows = [H.item_row("s:a", split="train"), H.item_row("s:c", split="val")]
+    assert report.leakage(_split(rows), pairs) == []
+    found = report.leakage(_split([*rows, H.item_row("s:b", split="val")]), pairs)
+    assert [{f["a"], f["b"]} for f in found] == [{"s:a", "s:b"}]
 
 
 def test_leakage_on_real_near_duplicates_placed_apart(chain):
-    """Take the real near-duplicate pair dedup found and put its members in different splits."""
+    """Take the real near-duplicate pair the group stage found and put its members in different splits."""
     pairs = manifest.read(chain.p["pairs"], schemas.PAIRS)
-    exact = H.by_id(manifest.read(chain.p["filtered"], schemas.FILTERED))
-    pair = pairs[pairs["a"].str.contains("coffee") & pairs["b"].str.contains("coffee")].iloc[0]
+    filtered = manifest.read(chain.p["filtered"], schemas.FILTERED)
+    exact = H.by_id(filtered)
+    item_of = dict(zip(filtered["sha256"], filtered["item_id"]))
+    pair = pairs[pairs["a"].map(item_of).str.contains("coffee") & pairs["b"].map(item_of).str.contains("coffee")].iloc[0]
+    a, b = item_of[pair["a"]], item_of[pair["b"]]
     rows = [
-        H.item_row(pair["a"], exact[pair["a"]]["sha256"], phash=exact[pair["a"]]["phash"], split="train"),
-        H.item_row(pair["b"], exact[pair["b"]]["sha256"], phash=exact[pair["b"]]["phash"], split="val"),
+        H.item_row(a, exact[a]["sha256"], phash=exact[a]["phash"], split="train"),
+        H.item_row(b, exact[b]["sha256"], phash=exact[b]["phash"], split="val"),
         H.item_row("photos:rocket.png", exact["photos:rocket.png"]["sha256"], phash=exact["photos:rocket.png"]["phash"], split="test"),
     ]
-    found = report.leakage(_split(rows), MAX_DISTANCE)
-    assert found == [{"a": pair["a"], "b": pair["b"], "distance": int(pair["distance"]), "splits": "train/val"}]
+    found = report.leakage(_split(rows), pairs)
+    assert found == [{"a": a, "b": b, "distance": int(pair["distance"]), "rule": pair["rule"], "splits": "train/val"}]
+    assert {a, b} == {"photos:coffee.png", "photos:coffee_small.png"}
+
+
+def _check(checks: list[dict], start: str) -> dict:
+    return next(c for c in checks if c["check"].startswith(start))
 
 
 def test_decide_flags_leakage_with_fix():
-    metrics = {"kept": 20, "rejected_share": 0.1, "rejected_by_reason": {"too_small": 2}, "split_leakage": 2}
+    metrics = {"kept": 20, "rejected_share": 0.1, "rejected_by_reason": {"too_small": 2}, "split_leakage": 2, "reference_matches_kept": 0}
     checks = report.decide(metrics, {"min_kept": 10, "max_rejected_share": 0.5, "max_split_leakage": 0})
-    assert [c["ok"] for c in checks] == [True, True, False]
-    assert "near_dup.max_distance" in checks[2]["fix"]
-    assert report.decide(metrics, {"max_split_leakage": 2})[2]["ok"] is True
+    assert [c["ok"] for c in checks] == [True, True, True, False]
+    leak = _check(checks, "split leakage at most 0")
+    assert leak is checks[-1] and leak["value"] == 2
+    assert "pairs.parquet" in leak["fix"]
+    assert _check(report.decide(metrics, {"max_split_leakage": 2}), "split leakage")["ok"] is True
+
+
+def test_decide_flags_kept_reference_matches_with_fix():
+    metrics = {"kept": 20, "rejected_share": 0.1, "rejected_by_reason": {}, "split_leakage": 0, "reference_matches_kept": 1}
+    checks = report.decide(metrics, {"min_kept": 10, "max_rejected_share": 0.5})
+    assert [c["ok"] for c in checks] == [True, True, False, True]
+    ref = _check(checks, "kept items duplicating a reference set at most 0")
+    assert ref["value"] == 1 and "near_dup.reference_action: reject" in ref["fix"]
+    assert _check(report.decide(metrics, {"max_reference_matches": 1}), "kept items duplicating")["ok"] is True
 
 
 def test_decide_without_rejections():
-    metrics = {"kept": 3, "rejected_share": 0.0, "rejected_by_reason": {}, "split_leakage": 0}
+    metrics = {"kept": 3, "rejected_share": 0.0, "rejected_by_reason": {}, "split_leakage": 0, "reference_matches_kept": 0}
     checks = report.decide(metrics, {"min_kept": 3, "max_rejected_share": 0.0})
     assert all(c["ok"] for c in checks)
     assert checks[1]["fix"] == "inspect the rejected manifest"

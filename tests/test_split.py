@@ -1,4 +1,5 @@
-"""split stage: deterministic per-cluster assignment, stable under additions, moves reported."""
+"""split stage: deterministic per-component assignment (every near-duplicate pair on one side),
+stable under additions, moves reported."""
 
 from __future__ import annotations
 
@@ -117,25 +118,38 @@ class Run:
 
 
 def _clustered_rows(n_clusters: int, size: int, prefix: str = "c") -> list[dict]:
+    """``n_clusters`` components of ``size`` members each (key: the smallest SHA-256). Like a
+    chain a~b~c grown around a: the first two members share a cluster keyed by the first one's
+    SHA-256, every later member is a cluster of its own."""
     rows = []
     for c in range(n_clusters):
         members = [f"src:{prefix}{c:03d}_{m}.png" for m in range(size)]
         shas = [H.fake_sha(m) for m in members]
         key = min(shas)
-        for item_id, sha in zip(members, shas):
-            rows.append(H.item_row(item_id, sha, cluster_key=key, cluster_id=key[:16], cluster_size=size))
+        for k, (item_id, sha) in enumerate(zip(members, shas)):
+            rep = shas[0] if k < 2 else sha
+            rows.append(H.item_row(item_id, sha, cluster_key=rep, cluster_id=rep[:16], cluster_size=min(size, 2) if k < 2 else 1,
+                                   component_key=key))
     return rows
 
 
-def test_run_assigns_whole_clusters(tmp_path):
+def _component(key: str, **over) -> dict:
+    """Cluster and component columns for an item whose component (and cluster) is keyed ``key``."""
+    return {"cluster_key": key, "cluster_id": key[:16], "component_key": key, **over}
+
+
+def test_run_assigns_whole_components(tmp_path):
     rows = _clustered_rows(120, 3)
     written, moves = Run(tmp_path)(rows)
     assert len(written) == 360
     assert len(moves) == 0
-    per_cluster = written.groupby("cluster_key")["split"].nunique()
-    assert (per_cluster == 1).all()
-    for key, group in written.groupby("cluster_key"):
+    assert written["component_key"].nunique() == 120 and written["cluster_key"].nunique() == 240
+    per_component = written.groupby("component_key")["split"].nunique()
+    assert (per_component == 1).all()
+    for key, group in written.groupby("component_key"):
         assert group["split"].iloc[0] == assign(key, SEED, FRACTIONS)
+    # the clusters of one component would not all have drawn the component's split on their own
+    assert any(assign(r.cluster_key, SEED, FRACTIONS) != r.split for r in written.itertuples())
     assert set(written["split"]) == set(schemas.SPLITS)
     # the written manifest validates and keeps every captioned column
     on_disk = manifest.read(tmp_path / "split1.parquet", schemas.SPLIT)
@@ -147,8 +161,22 @@ def test_run_writes_history(tmp_path):
     r = Run(tmp_path)
     written, _ = r(rows)
     history = pd.read_parquet(r.history)
-    assert list(history.columns) == ["item_id", "split", "cluster_key"]
+    assert list(history.columns) == ["item_id", "split", "component_key"]
     assert dict(zip(history["item_id"], history["split"])) == dict(zip(written["item_id"], written["split"]))
+    assert dict(zip(history["item_id"], history["component_key"])) == dict(zip(written["item_id"], written["component_key"]))
+
+
+def test_history_from_before_components_reports_no_moves(tmp_path):
+    """A history keyed by cluster (written before components) cannot be compared: no moves, and
+    the history is rewritten with component keys."""
+    r = Run(tmp_path)
+    rows = _clustered_rows(30, 1)
+    r.history.parent.mkdir(parents=True)
+    pd.DataFrame({"item_id": [x["item_id"] for x in rows], "split": "test", "cluster_key": [x["cluster_key"] for x in rows]}).to_parquet(r.history)
+    written, moves = r(rows)
+    assert set(written["split"]) != {"test"}
+    assert len(moves) == 0
+    assert list(pd.read_parquet(r.history).columns) == ["item_id", "split", "component_key"]
 
 
 def test_adding_unrelated_items_moves_nothing(tmp_path):
@@ -176,7 +204,7 @@ def test_removing_items_moves_nothing(tmp_path):
 
 
 def _key(target: str, first: str, avoid: str | None = None) -> str:
-    """A 64-hex cluster key starting with ``first`` (to control its order) assigned to ``target``."""
+    """A 64-hex component key starting with ``first`` (to control its order) assigned to ``target``."""
     for i in range(100_000):
         key = first + H.fake_sha(f"{first}{target}{i}")[1:]
         if assign(key, SEED, FRACTIONS) == target:
@@ -187,7 +215,7 @@ def _key(target: str, first: str, avoid: str | None = None) -> str:
 def test_joining_item_that_changes_split_is_reported(tmp_path):
     r = Run(tmp_path)
     old_key = _key("train", first="f")
-    x = H.item_row("src:x.png", old_key, cluster_key=old_key, cluster_id=old_key[:16])
+    x = H.item_row("src:x.png", old_key, **_component(old_key))
     other = _clustered_rows(10, 1, prefix="other")
     first, moves1 = r([x, *other])
     assert H.by_id(first)["src:x.png"]["split"] == "train"
@@ -195,9 +223,10 @@ def test_joining_item_that_changes_split_is_reported(tmp_path):
 
     new_key = _key("val", first="0")
     assert new_key < old_key
-    # y is a near duplicate of x with a smaller sha256: the cluster key becomes y's sha
-    y = H.item_row("src:y.png", new_key, cluster_key=new_key, cluster_id=new_key[:16], cluster_size=2)
-    x2 = {**x, "cluster_key": new_key, "cluster_id": new_key[:16], "cluster_size": 2}
+    # y is a near duplicate of x with a smaller sha256: the component key becomes y's sha (the
+    # cluster stays keyed by x, its representative)
+    y = H.item_row("src:y.png", new_key, **_component(new_key, cluster_key=old_key, cluster_id=old_key[:16], cluster_size=2))
+    x2 = {**x, "component_key": new_key, "cluster_size": 2}
     second, moves = r([x2, y, *other])
     rows = H.by_id(second)
     assert rows["src:x.png"]["split"] == rows["src:y.png"]["split"] == "val"
@@ -205,8 +234,8 @@ def test_joining_item_that_changes_split_is_reported(tmp_path):
         "item_id": "src:x.png",
         "previous_split": "train",
         "split": "val",
-        "previous_cluster_key": old_key,
-        "cluster_key": new_key,
+        "previous_component_key": old_key,
+        "component_key": new_key,
     }]
     # unrelated items stay put
     assert all(H.by_id(first)[i]["split"] == rows[i]["split"] for i in H.by_id(first) if i != "src:x.png")
@@ -217,32 +246,33 @@ def test_bridging_item_moves_the_members_whose_split_changes(tmp_path):
     # two old clusters in different splits, so a bridge must move one of them
     key_a = _key("train", first="e")
     key_b = _key("test", first="d")
-    a = H.item_row("src:a.png", key_a, cluster_key=key_a, cluster_id=key_a[:16])
-    b = H.item_row("src:b.png", key_b, cluster_key=key_b, cluster_id=key_b[:16])
+    a = H.item_row("src:a.png", key_a, **_component(key_a))
+    b = H.item_row("src:b.png", key_b, **_component(key_b))
     first, _ = r([a, b])
     split_a, split_b = H.by_id(first)["src:a.png"]["split"], H.by_id(first)["src:b.png"]["split"]
     assert split_a != split_b
 
     bridge_key = _key(split_a, first="0")
     members = [a, b, H.item_row("src:bridge.png", bridge_key)]
-    merged = [{**m, "cluster_key": bridge_key, "cluster_id": bridge_key[:16], "cluster_size": 3} for m in members]
+    # the bridge pairs with a and with b (a and b are no pair): one component, whatever the clusters
+    merged = [{**m, "component_key": bridge_key} for m in members]
     second, moves = r(merged)
     assert set(second["split"]) == {split_a}
     assert moves["item_id"].tolist() == ["src:b.png"]
     move = moves.iloc[0]
     assert (move["previous_split"], move["split"]) == (split_b, split_a)
-    assert (move["previous_cluster_key"], move["cluster_key"]) == (key_b, bridge_key)
+    assert (move["previous_component_key"], move["component_key"]) == (key_b, bridge_key)
 
 
 def test_key_change_without_split_change_is_not_a_move(tmp_path):
     r = Run(tmp_path)
     old_key = _key("val", first="f")
     target = "val"
-    x = H.item_row("src:x.png", old_key, cluster_key=old_key, cluster_id=old_key[:16])
+    x = H.item_row("src:x.png", old_key, **_component(old_key))
     r([x])
     new_key = _key(target, first="0")
-    y = H.item_row("src:y.png", new_key, cluster_key=new_key, cluster_id=new_key[:16], cluster_size=2)
-    second, moves = r([{**x, "cluster_key": new_key, "cluster_id": new_key[:16], "cluster_size": 2}, y])
+    y = H.item_row("src:y.png", new_key, **_component(new_key))
+    second, moves = r([{**x, "component_key": new_key}, y])
     assert len(moves) == 0
     assert set(second["split"]) == {target}
 
@@ -274,22 +304,27 @@ def test_run_on_real_chain_never_straddles(tmp_path):
         H.save(photo.resize((160, 133), Image.Resampling.LANCZOS), raw / "small" / f"{stem}.png")
     c = H.Chain(tmp_path, [H.source(raw)])
     c.through_dedup(min_side=64, max_distance=10)
-    # keep every member: the filtered manifest holds every copy, each with its group's cluster
+    # keep every member: the filtered manifest holds every copy, each with its group's component
     filtered = c.read("filtered", schemas.FILTERED)
     assert len(filtered) == 10
     filtered["caption"] = ""
     manifest.write(filtered, c.p["captioned"], schemas.CAPTIONED)
     written = c.split(fractions={"train": 0.4, "val": 0.3, "test": 0.3})
     assert len(written) == 10
-    assert (written.groupby("cluster_key")["split"].nunique() == 1).all()
-    assert written["cluster_key"].nunique() == 5
+    assert (written.groupby("component_key")["split"].nunique() == 1).all()
+    assert written["component_key"].nunique() == 5
     assert (written["cluster_size"] == 2).all()
     groups = H.by_id(c.read("groups", schemas.GROUPS))
-    assert all(groups[r.item_id]["cluster_key"] == r.cluster_key for r in written.itertuples())
+    assert all(groups[r.item_id]["component_key"] == r.component_key for r in written.itertuples())
+    # every near-duplicate pair lands on one side
+    side = dict(zip(written["sha256"], written["split"]))
+    pairs = c.read("pairs", schemas.PAIRS)
+    assert len(pairs) == 5
+    assert all(side[p.a] == side[p.b] for p in pairs.itertuples())
 
 
-def test_copies_rejected_by_policy_do_not_change_the_cluster_key(tmp_path):
-    """Clusters are formed before the filter: the key is the smallest sha256 over every raw copy,
+def test_copies_rejected_by_policy_do_not_change_the_component_key(tmp_path):
+    """Components are formed before the filter: the key is the smallest sha256 over every raw copy,
     so a kept item's split does not depend on which of its copies policy or dedup removed."""
     raw = tmp_path / "raw"
     photo = H.sample("astronaut.png", (240, 200))
@@ -309,9 +344,11 @@ def test_copies_rejected_by_policy_do_not_change_the_cluster_key(tmp_path):
     written = H.by_id(c.split())
     assert sorted(written) == ["src:b.png", "src:c.png"]
     key = min(sha["src:a.png"], sha["src:b.png"])
-    assert written["src:b.png"]["cluster_key"] == key
+    assert written["src:b.png"]["component_key"] == key
     assert written["src:b.png"]["split"] == assign(key, SEED, FRACTIONS)
-    assert written["src:c.png"]["cluster_key"] == sha["src:c.png"]
+    # the cluster, too, was grown before the filter: around a (more pixels), which was excluded
+    assert written["src:b.png"]["cluster_key"] == sha["src:a.png"]
+    assert written["src:c.png"]["component_key"] == written["src:c.png"]["cluster_key"] == sha["src:c.png"]
 
 
 def test_split_keeps_policy_columns(tmp_path):

@@ -40,12 +40,15 @@ def test_demo_duplicates_and_broken_files(built: Path) -> None:
         assert len(pair & set(kept.index)) == 1, pair
         (loser,) = pair & set(rejected.index)
         assert rejected.loc[loser, "reason"] == "exact_duplicate"
-        assert rejected.loc[loser, "detail"].startswith("same bytes as ")
+        winner = rejected.loc[loser, "duplicate_of"]
+        assert winner == (pair - {loser}).pop() and winner in kept.index
+        assert rejected.loc[loser, "detail"] == f"same bytes as {winner} (kept)"
 
     for original, variant, kind in truth["near_duplicates"]:
         assert rid(variant) in rejected.index, (variant, kind)
         assert rejected.loc[rid(variant), "reason"] == "near_duplicate"
-        winner = rejected.loc[rid(variant), "detail"].split(" to ")[1].split(" ")[0]
+        winner = rejected.loc[rid(variant), "duplicate_of"]
+        assert rejected.loc[rid(variant), "detail"].startswith(f"near-duplicate of {winner} (kept): pHash distance "), variant
         assert winner in kept.index
         if kind == "upscaled_generated":  # original kept over a larger generated copy
             assert winner == rid(original)

@@ -21,6 +21,7 @@ SCHEMA_BY_NAME = {
     "split": schemas.SPLIT,
     "split_moves": schemas.MOVES,
     "pairs": schemas.PAIRS,
+    "reference_pairs": schemas.REFERENCE_PAIRS,
     "clusters": schemas.MEMBERSHIP,
     "rejected": schemas.REJECTED,
     "filter": schemas.REJECTED,
