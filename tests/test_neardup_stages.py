@@ -145,3 +145,28 @@ def test_a_representative_excluded_by_policy_leaves_its_members_to_regrow(tmp_pa
     assert _ids(kept) == {"src:b.png"}
     rejected = manifest.read(tmp_path / "rejected.parquet", schemas.REJECTED)
     assert rejected[["item_id", "duplicate_of", "reason"]].values.tolist() == [["src:c.png", "src:b.png", "near_duplicate"]]
+
+
+def test_minors_exclusion_follows_a_chain_of_pairs_across_clusters(tmp_path):
+    """a~b~c: c carries the minors tags, but a and b sit in another cluster of the same component."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    im = H.sample("astronaut.png", (400, 300))
+    for name in ("a", "b", "c"):
+        H.save(im if name != "c" else im.resize((300, 225)), raw / f"{name}.png")
+    H.sidecar(raw / "c.png", ["loli", "nude"], rating="explicit")
+    H.sidecar(raw / "b.png", ["1girl"])
+    c = _chain(tmp_path / "repo", raw)
+    c.ingest(), c.audit(), c.nsfw(), c.group(near_dup={"rule": [{"max_distance": 8}]})
+    groups = c.read("groups", schemas.GROUPS)
+    # split the one cluster in two, as a chain would, keeping the component
+    groups.loc[groups["item_id"] == "src:c.png", "cluster_key"] = H.fake_sha("other")
+    groups["cluster_id"] = groups["cluster_key"].str[:16]
+    groups["cluster_size"] = groups.groupby("cluster_key")["item_id"].transform("size").astype("int64")
+    assert groups["component_key"].nunique() == 1
+    manifest.write(groups, c.p["groups"], schemas.GROUPS)
+    kept = c.filter()
+    assert len(kept) == 0
+    rejected = H.by_id(c.read("rej_filter", schemas.REJECTED))
+    assert {r["rule"] for r in rejected.values()} == {"minors"}
+    assert "src:c.png" in rejected["src:a.png"]["detail"] and "chain of pairs" in rejected["src:b.png"]["detail"]

@@ -2,7 +2,8 @@
 
 Every item is judged on tags and ratings merged across its exact-duplicate group and
 near-duplicate cluster (canonicalized through the tag dictionary first, with manual tag
-edits applied), so an untagged copy of an excluded image is excluded with it. The minors
+edits applied), so an untagged copy of an excluded image is excluded with it; the minors
+rule reaches further, to the whole near-duplicate component. The minors
 rule is checked first and for every item, including ones the audit rejects. Audit findings
 either reject or flag, per ``audit.actions``.
 """
@@ -118,6 +119,7 @@ def run(
         nsfw_col.append(bool(decision.nsfw))
         override_col.append(decision.override)
         caption_col.append(override.get("caption") if override else None)
+    _minors_follow_pairs(df, verdicts)
     df["flags"], df["nsfw_flag"], df["override"], df["caption_override"] = flags_col, nsfw_col, override_col, caption_col
     for col in ("override", "caption_override"):
         df[col] = df[col].astype("str")
@@ -129,6 +131,23 @@ def run(
     rejected = ledger.reject(hit, as_series(0), as_series(1), as_series(2), as_series(3), as_series(4)) if len(hit) else ledger.no_rejections()
     manifest.write(rejected, rejected_out, schemas.REJECTED)
     return manifest.write(df[~rejected_mask][list(schemas.FILTERED.columns)], out, schemas.FILTERED)
+
+
+def _minors_follow_pairs(df: pd.DataFrame, verdicts: list) -> None:
+    """Exclude every item in the near-duplicate component of an item the minors rule excluded.
+
+    Tags merge per cluster (every member a direct near-duplicate of its representative), so a
+    chain a~b~c can leave a copy in another cluster; for the rule nothing may override, any
+    chain of near-duplicate pairs is enough."""
+    source = {}
+    for item_id, comp, verdict in zip(df["item_id"], df["component_key"], verdicts):
+        if verdict is not None and verdict[1] == "minors":
+            source.setdefault(comp, (item_id, verdict))
+    for k, (item_id, comp) in enumerate(zip(df["item_id"], df["component_key"])):
+        if comp in source and (verdicts[k] is None or verdicts[k][1] != "minors"):
+            other, verdict = source[comp]
+            detail = f"near-duplicate (through a chain of pairs) of {other}, which the minors rule excluded: {verdict[3]}"
+            verdicts[k] = ("policy", "minors", verdict[2], detail, list(verdict[4]))
 
 
 def _failure(row) -> tuple | None:
