@@ -1,5 +1,4 @@
-"""trainset.kernels: bit packing and batched pHash / dHash, equal to imagehash on every path; the
-device (CuPy) branches run on a NumPy-backed stand-in.
+"""trainset.kernels: bit packing and batched pHash / dHash, equal to imagehash on every path.
 
 A 32x32 (or 9x8) grayscale image is hashed by imagehash exactly as given (Pillow's resize to the
 same size is a copy), so thumbnails built here compare directly with ``imagehash.phash``.
@@ -15,7 +14,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from trainset import hashing, kernels
-from trainset.kernels import HOST, Backend
+from trainset.kernels import HOST
 
 MATRIX_ERROR_BOUND = 1.1e-8  # the matrix DCT's error bound derived next to PHASH_TIE_TOLERANCE
 
@@ -184,41 +183,3 @@ def test_dhash_batch_equals_imagehash(kinds, seed):
     assert got.dtype == np.uint64
     assert [int(v) for v in got] == [_imagehash_dhash(t) for t in thumbs]
     assert [hashing.dhash_from_pixels(t) for t in thumbs] == [int(v) for v in got]
-
-
-# --- the device branch, on a NumPy-backed stand-in for CuPy -----------------------------------
-
-
-class _DeviceArray(np.ndarray):
-    """An array that must be fetched with ``.get()``, like a CuPy array."""
-
-    def get(self):
-        return np.asarray(self)
-
-
-def _device() -> Backend:
-    xp = type("xp", (), {})()
-    for name in ("uint64", "float64", "abs", "median"):
-        setattr(xp, name, getattr(np, name))
-    xp.asarray = lambda a, dtype=None: np.asarray(a, dtype=dtype).view(_DeviceArray)
-    xp.arange = lambda *a, **k: np.arange(*a, **k).view(_DeviceArray)
-    xp.nonzero = lambda a: tuple(x.view(_DeviceArray) for x in np.nonzero(a))
-    return Backend(xp, "cupy", "stand-in")
-
-
-def test_device_branch_hashes_equal_the_host():
-    batch = np.concatenate([HAND, np.random.default_rng(4).integers(0, 256, size=(30, 32, 32), dtype=np.uint8)])
-    got = kernels.phash_batch(batch, be=_device())  # CuPy's default: matrix DCT + tie fallback
-    assert isinstance(got, np.ndarray) and not isinstance(got, _DeviceArray)
-    assert np.array_equal(got, kernels.phash_batch(batch, be=HOST))
-    small = batch[:, :8, :9].copy()
-    assert np.array_equal(kernels.dhash_batch(small, be=_device()), kernels.dhash_batch(small, be=HOST))
-
-
-def test_device_branch_pair_search_equals_the_host():
-    hashes = np.random.default_rng(5).integers(0, 2**64, size=500, dtype=np.uint64)
-    hashes[250:300] = hashes[:50] ^ np.uint64(0b101)
-    for base in (None, hashes[::4].copy()):
-        got = kernels.hamming_pairs(hashes, 3, block=64, be=_device(), base=base)
-        want = kernels.hamming_pairs(hashes, 3, be=HOST, base=base)
-        assert [a.tolist() for a in got] == [a.tolist() for a in want] and len(want[0]) >= 50
