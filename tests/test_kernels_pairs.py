@@ -73,10 +73,9 @@ def test_all_identical_hashes_give_every_pair_at_distance_zero():
     assert _as_lists((i, j, d)) == _as_lists(kernels.blockwise_pairs(np.full(301, 12345, dtype=np.uint64), 0, be=HOST))
 
 
-@pytest.mark.parametrize("threads", [1, 2, None])
-def test_thread_count_changes_nothing_and_is_restored(threads):
-    if threads is not None and threads > numba.config.NUMBA_NUM_THREADS:
-        pytest.skip("fewer threads available")
+@pytest.mark.parametrize("threads", [1, 2, 1000, None])
+def test_thread_count_changes_nothing_and_is_restored(threads, monkeypatch):
+    monkeypatch.setattr(kernels, "PARALLEL_MIN_WORK", 0)  # small inputs on the thread pool too
     hashes = np.random.default_rng(0).integers(0, 2**64, size=2_000, dtype=np.uint64)
     hashes[1000:1100] = hashes[:100] ^ np.uint64(5)
     before = numba.get_num_threads()

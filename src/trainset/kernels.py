@@ -341,11 +341,12 @@ PARALLEL_MIN_WORK = 1 << 24
 
 @contextlib.contextmanager
 def _numba_threads(threads: int | None):
+    """Run on ``threads`` threads (at most numba's pool, NUMBA_NUM_THREADS), then restore the count."""
     if threads is None:
         yield
         return
     previous = numba.get_num_threads()
-    numba.set_num_threads(threads)
+    numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
     try:
         yield
     finally:
