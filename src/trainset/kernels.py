@@ -411,7 +411,8 @@ def _cuda_kernel():
 def cuda_pairs(hashes, max_distance, base=None, capacity: int = 1 << 20):
     """:func:`hamming_pairs` on the GPU: one CuPy RawKernel (``__popcll``), one block of threads per
     query row, matches appended through an atomic counter into ``capacity`` slots; when more are
-    found, it runs again with room for all of them. Needs a working CuPy; not used by the CPU path.
+    found, it runs again with room for all of them. Needs a working CuPy; not used by the CPU path,
+    nor yet by :func:`hamming_pairs` on CuPy, until its GPU parity run is recorded (benchmarks/RESULTS.md).
     """
     import cupy  # noqa: PLC0415
 
