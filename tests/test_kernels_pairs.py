@@ -172,15 +172,3 @@ def test_cpu_paths_never_touch_cupy(monkeypatch):
     kernels.phash_batch(np.zeros((3, 32, 32), np.uint8), be=HOST)
     kernels.dhash_batch(np.zeros((3, 8, 9), np.uint8), be=HOST)
 
-
-def test_cuda_pairs_matches_the_host_on_a_gpu():
-    cupy = pytest.importorskip("cupy")
-    try:
-        cupy.arange(1).sum()
-    except RuntimeError:
-        pytest.skip("cupy without a usable GPU")
-    hashes = np.random.default_rng(5).integers(0, 2**64, size=3_000, dtype=np.uint64)
-    hashes[1000:1500] = hashes[:500] ^ np.uint64(3)
-    for t, base in ((4, None), (64, None), (4, hashes[::3].copy())):
-        want = _as_lists(kernels.hamming_pairs(hashes, t, be=HOST, base=base))
-        assert _as_lists(kernels.cuda_pairs(hashes, t, base=base, capacity=16)) == want

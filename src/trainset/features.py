@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import multiprocessing
 import os
 import warnings
 from concurrent.futures import ProcessPoolExecutor
@@ -368,7 +369,8 @@ def compute(
     stats.cache_hits = len(result)
     paths = [p for _, p in todo]
     if threads > 1 and len(todo) > 8:
-        with ProcessPoolExecutor(max_workers=threads) as pool:
+        # forkserver: a process that already ran numba's OpenMP threads (the pair search) must not fork
+        with ProcessPoolExecutor(max_workers=threads, mp_context=multiprocessing.get_context("forkserver")) as pool:
             work = functools.partial(decode, max_pixels=max_pixels)
             computed = finish(list(pool.map(work, paths, chunksize=max(1, min(64, len(paths) // (threads * 8))))))
     else:
