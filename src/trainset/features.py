@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import multiprocessing
 import os
 import warnings
 from concurrent.futures import ProcessPoolExecutor
@@ -369,8 +368,8 @@ def compute(
     stats.cache_hits = len(result)
     paths = [p for _, p in todo]
     if threads > 1 and len(todo) > 8:
-        # forkserver: a process that already ran numba's OpenMP threads (the pair search) must not fork
-        with ProcessPoolExecutor(max_workers=threads, mp_context=multiprocessing.get_context("forkserver")) as pool:
+        # forked workers: call this before any numba kernel has started its threads in this process
+        with ProcessPoolExecutor(max_workers=threads) as pool:
             work = functools.partial(decode, max_pixels=max_pixels)
             computed = finish(list(pool.map(work, paths, chunksize=max(1, min(64, len(paths) // (threads * 8))))))
     else:

@@ -73,6 +73,9 @@ def run(
     ranked = neardup.preference_order(merged, near_dup)
     contents = ranked.drop_duplicates("sha256").reset_index(drop=True)  # the best copy stands for each content
     hashed = contents[contents["phash_views"].map(len) > 0].reset_index(drop=True)
+    # reference images are decoded first: the decode workers fork, which must happen before the
+    # pair search starts numba's threads in this process
+    reference_sets = reference_features(near_dup, cache_dir, threads, extensions, max_pixels)
     pairs, matrix, emb, stats = search(rule, hashed, cache_dir, threads)
     manifest.write(pairs, pairs_out, schemas.PAIRS, sort_by=["a", "b"])
 
@@ -92,32 +95,37 @@ def run(
     groups["cluster_size"] = groups.groupby("cluster_key")["item_id"].transform("size").astype("int64")
     groups["component_key"] = groups["sha256"].map(component_of).astype("str")
 
-    refs = references(rule, near_dup, hashed, matrix, emb, cache_dir, threads, extensions, max_pixels)
+    refs = references(rule, hashed, matrix, emb, reference_sets, cache_dir, threads)
     manifest.write(refs, reference_out, schemas.REFERENCE_PAIRS, sort_by=["sha256", "reference", "reference_path"])
     stats["reference_matches"] = len(refs)
     atomic.write_text(stats_path, json.dumps(stats, indent=2, sort_keys=True) + "\n")
     return manifest.write(groups, out, schemas.GROUPS)
 
 
+def reference_features(near_dup: dict, cache_dir: Path, threads: int, extensions, max_pixels) -> list[tuple[str, pd.DataFrame]]:
+    """``(name, table of sha256, path, phash_views)`` of each reference set's decodable images."""
+    out = []
+    exts = normalize_extensions(extensions or [".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"])
+    cache = features.FeatureCache(cache_dir / "features", features.feature_key({"max_pixels": max_pixels}))
+    for ref in near_dup.get("reference") or []:
+        name, root = str(ref["name"]), Path(ref["path"])
+        ref_items = [(hashing.sha256_file(root / rel), str(root / rel)) for rel, _ in walk(root, exts)]
+        found, _ = features.compute(ref_items, cache, threads=threads, max_pixels=max_pixels)
+        usable = [(sha, p) for sha, p in ref_items if found[sha]["phash_views"]]
+        out.append((name, pd.DataFrame({"sha256": [s for s, _ in usable], "path": [p for _, p in usable],
+                                        "phash_views": [found[s]["phash_views"] for s, _ in usable]})))
+    return out
+
+
 def references(
-    rule: neardup.Rule, near_dup: dict, hashed: pd.DataFrame, matrix: np.ndarray, emb, cache_dir: Path, threads: int,
-    extensions, max_pixels,
+    rule: neardup.Rule, hashed: pd.DataFrame, matrix: np.ndarray, emb, reference_sets, cache_dir: Path, threads: int,
 ) -> pd.DataFrame:
     """Contents that are near-duplicates (by the same rule) of an image in a reference set."""
     frames = []
-    exts = normalize_extensions(extensions or [".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"])
-    for ref in near_dup.get("reference") or []:
-        name, root = str(ref["name"]), Path(ref["path"])
-        files = [str(root / rel) for rel, _ in walk(root, exts)]
-        ref_items = [(hashing.sha256_file(p), p) for p in files]
-        cache = features.FeatureCache(cache_dir / "features", features.feature_key({"max_pixels": max_pixels}))
-        found, _ = features.compute(ref_items, cache, threads=threads, max_pixels=max_pixels)
-        usable = [(sha, p) for sha, p in ref_items if found[sha]["phash_views"]]
-        if not usable or not len(hashed):
+    for name, table in reference_sets:
+        if not len(table) or not len(hashed):
             continue
-        table = pd.DataFrame({"sha256": [s for s, _ in usable], "path": [p for _, p in usable],
-                              "phash_views": [found[s]["phash_views"] for s, _ in usable]})
-        ref_emb, _, _ = _embeddings(rule, usable, cache_dir, threads)
+        ref_emb, _, _ = _embeddings(rule, list(zip(table["sha256"], table["path"])), cache_dir, threads)
         ref_matrix = neardup.view_matrix(table["phash_views"], rule)
         hits = neardup.find_pairs(rule, matrix, emb, ref_matrix, ref_emb)
         frames.append(pd.DataFrame({
