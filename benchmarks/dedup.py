@@ -26,15 +26,18 @@ goes to a temp dir that is removed at the end.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import functools
 import importlib
 import inspect
 import logging
+import multiprocessing
 import os
 import platform
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -112,6 +115,15 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
+
+
+def total_memory() -> int:
+    """Physical memory in bytes (``/proc/meminfo``; 16 GiB when unknown)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    return 16 * 2**30
 
 
 def version(module: str) -> str:
@@ -515,7 +527,7 @@ def false_positives(a, b, chars: np.ndarray) -> str:
     return f"{int(wrong.sum()):,} false-positive pairs ({same:,} within one character or person; {orig:,} original-original)"
 
 
-def run_detect(paths: list[str], params: dict, cache_dir: Path, threads: int):
+def _detect(paths: list[str], params: dict, cache_dir: Path, threads: int):
     """``trainset.neardup.detect`` -> ((a, b), rule counts, seconds), or the reason it could not run."""
     try:
         from trainset import neardup
@@ -531,6 +543,71 @@ def run_detect(paths: list[str], params: dict, cache_dir: Path, threads: int):
     lo, hi = np.minimum(a, b), np.maximum(a, b)
     rules = df["rule"].astype(str).value_counts().to_dict() if "rule" in df.columns else {}
     return (lo, hi), rules, seconds
+
+
+def _tree_rss(root: int) -> tuple[int, list[int]]:
+    """Resident bytes of ``root`` and all its descendants, and their pids (``/proc``, Linux)."""
+    parent: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    tree, frontier = [root], [root]
+    while frontier:
+        frontier = [pid for pid, ppid in parent.items() if ppid in frontier]
+        tree += frontier
+    total = 0
+    for pid in tree:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except (OSError, ValueError):
+            continue
+    return total, tree
+
+
+def _child(send, fn, args: tuple) -> None:
+    try:
+        send.send(fn(*args))
+    except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent as a message
+        send.send(f"{type(exc).__name__}: {exc}")
+
+
+def guarded(fn, args: tuple, limit: int):
+    """``fn(*args)`` (module-level, picklable) in a fresh child process whose process tree is killed
+    above ``limit`` resident bytes, so an engine that runs out of memory is reported instead of
+    taking this benchmark down with it. Spawned, not forked: this process has OpenMP / numba thread
+    pools by then. Returns ``(result or message, peak resident bytes)``."""
+    ctx = multiprocessing.get_context("spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(send, fn, args))
+    proc.start()
+    peak = 0
+    try:
+        while not receive.poll(0.5):
+            rss, tree = _tree_rss(proc.pid)
+            peak = max(peak, rss)
+            if rss > limit:
+                for pid in reversed(tree):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                return f"stopped: {rss / 2**30:.1f} GiB resident, over the {limit / 2**30:.1f} GiB limit (--memory-limit)", peak
+            if not proc.is_alive() and not receive.poll(0.5):
+                return f"exited with status {proc.exitcode} and no result", peak
+        return receive.recv(), peak
+    finally:
+        proc.join(timeout=60)
+
+
+def run_detect(paths: list[str], params: dict, cache_dir: Path, threads: int, limit: int):
+    """:func:`_detect` under :func:`guarded`; messages say ``trainset.neardup.detect`` failed."""
+    got, peak = guarded(_detect, (paths, params, cache_dir, threads), limit)
+    if isinstance(got, str) and not got.startswith("trainset.neardup"):
+        got = f"trainset.neardup.detect failed ({got})"
+    return got, peak
 
 
 def phash_threshold(near_dup: dict) -> tuple[int, str]:
@@ -559,7 +636,7 @@ def section_quality(report: Report, args, work: Path, items: list[tuple[Path, st
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())["near_dup"]
     t, t_from = phash_threshold(params)
-    originals = pick_originals(items, args.originals or (100 if args.quick else 600), np.random.default_rng(args.seed))
+    originals = pick_originals(items, args.originals or (100 if args.quick else 300), np.random.default_rng(args.seed))
     paths, make_s = timed(make_copies, work / "copies", originals, args.seed)
     chars = np.array([c for _, c in originals])
     n_groups = len(originals)
@@ -567,11 +644,13 @@ def section_quality(report: Report, args, work: Path, items: list[tuple[Path, st
     hashes, phash_s = timed(lambda: hashing.from_hex([imagehash_phash(p) for p in paths]))
     (pa, pb, _), pair_s = timed(kernels.near_pairs, hashes, t)
     runs = {"pHash only": ((pa, pb), {}, phash_s + pair_s)}
-    notes = []
+    notes, peaks = [], {}
+    limit = int(args.memory_limit * 2**30)
     for label, extra in (("default rule", {}), ("mirror on", {"mirror": True})):
-        got = run_detect(paths, {**params, **extra}, work / "neardup-cache", args.threads)
+        got, peak = run_detect(paths, {**params, **extra}, work / "neardup-cache", args.threads, limit)
+        peaks[label] = f"; peak {peak / 2**30:.1f} GiB resident (sampled)"
         if isinstance(got, str):
-            notes.append(f"{label}: {got}")
+            notes.append(f"{label}: {got}{peaks[label]}")
         else:
             runs[label] = got
     results = {label: metrics(*run[0], n_groups) for label, run in runs.items()}
@@ -595,7 +674,7 @@ def section_quality(report: Report, args, work: Path, items: list[tuple[Path, st
     report()
     for label, (pairs, rules, seconds) in runs.items():
         by_rule = ", ".join(f"{k}: {v:,}" for k, v in sorted(rules.items())) or "—"
-        report(f"- {label}: {len(pairs[0]):,} pairs in {seconds:.1f} s (by rule: {by_rule}); "
+        report(f"- {label}: {len(pairs[0]):,} pairs in {seconds:.1f} s{peaks.get(label, '')} (by rule: {by_rule}); "
                f"{false_positives(*pairs, chars)}")
     for note in notes:
         report(f"- {note}")
@@ -640,9 +719,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads / processes for the parallel runs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--images", type=int, default=0, help="JPEGs for section 1 (default 300 quick, 1200 full)")
-    parser.add_argument("--originals", type=int, default=0, help="originals for section 3 (default 100 quick, 600 full)")
+    parser.add_argument("--originals", type=int, default=0, help="originals for section 3 (default 100 quick, 300 full)")
     parser.add_argument("--peer-budget", type=int, default=0, help="skip a FAISS run estimated over this (s)")
     parser.add_argument("--imagededup-max-n", type=int, default=10_000)
+    parser.add_argument("--memory-limit", type=float, default=round(0.7 * total_memory() / 2**30, 1),
+                        help="GiB: a neardup.detect run (a child process tree) above this is stopped (default 70%% of RAM)")
     args = parser.parse_args(argv)
     sections = [s.strip() for s in args.only.split(",") if s.strip()]
     if not sections or set(sections) - {"hashing", "pairs", "quality"}:
