@@ -157,8 +157,11 @@ def view_matrix(phash_views, rule: Rule) -> np.ndarray:
 
 def view_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Fewest differing bits between any view of ``a[k]`` and any view of ``b[k]`` (rows paired)."""
-    x = a[:, :, None] ^ b[:, None, :]
-    return kernels.popcount64(x, np).min(axis=(1, 2)).astype(np.int64)
+    out = np.empty(len(a), dtype=np.int64)
+    for start in range(0, len(a), 1 << 18):
+        x = a[start:start + (1 << 18), :, None] ^ b[start:start + (1 << 18), None, :]
+        out[start:start + (1 << 18)] = np.bitwise_count(x).min(axis=(1, 2))
+    return out
 
 
 def _flatten(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -203,14 +206,22 @@ def hash_candidates(matrix: np.ndarray, radius: int, base: np.ndarray | None = N
 
 # --- pairs ----------------------------------------------------------------------------------------
 
+PAIR_CHUNK = 1 << 16
+"""Candidate pairs judged at once (bounds the temporary arrays: ~20 MB of vectors per 1,000 dims)."""
+
+
 def _cosines(emb: np.ndarray | None, a: np.ndarray, b: np.ndarray, emb_b: np.ndarray | None = None) -> np.ndarray:
     """Cosine of each pair; NaN where either content has no embedding (an all-zero row)."""
     if emb is None:
         return np.full(len(a), np.nan)
     other = emb if emb_b is None else emb_b
-    x, y = emb[a].astype(np.float64), other[b].astype(np.float64)
-    cos = np.einsum("ij,ij->i", x, y)
-    cos[~(x.any(axis=1) & y.any(axis=1))] = np.nan
+    cos = np.empty(len(a), dtype=np.float64)
+    for start in range(0, len(a), PAIR_CHUNK):
+        x = emb[a[start:start + PAIR_CHUNK]].astype(np.float64)
+        y = other[b[start:start + PAIR_CHUNK]].astype(np.float64)
+        c = np.einsum("ij,ij->i", x, y)
+        c[~(x.any(axis=1) & y.any(axis=1))] = np.nan
+        cos[start:start + PAIR_CHUNK] = c
     return cos
 
 
