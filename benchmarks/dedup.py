@@ -768,7 +768,8 @@ def write_section(out: Path, lines: list[str]) -> None:
     block = "\n".join([BEGIN, *lines, END]) + "\n"
     if BEGIN in text and END in text:
         head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1].lstrip("\n")
+        tail = rest.split(END, 1)[1].lstrip("\n")
+        text = head + block + ("\n" + tail if tail else "")
     else:
         text = text.rstrip("\n") + ("\n\n" if text else "") + block
     out.write_text(text)
