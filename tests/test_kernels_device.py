@@ -3,7 +3,7 @@
 Device arrays are NumPy arrays that must be fetched with ``.get()``; the RawKernel of ``cuda_pairs``
 is emulated in Python from its CUDA signature, in a random write order (as atomics give), so the
 host side (arguments, capacity retry, sorting) is checked here and the CUDA code itself by
-``benchmarks/pairs.py --backend cupy`` (or the GPU-only test in test_kernels_pairs.py) on a GPU.
+``benchmarks/pairs.py --backend cupy`` on a GPU.
 """
 
 from __future__ import annotations
