@@ -408,20 +408,12 @@ def detect(paths: list[str], near_dup: dict, cache_dir: str | Path, threads: int
     the hashes, embeddings when the rule needs them, the rule's pairs. Returns ``a < b`` indices
     into ``paths`` and the ``rule`` clause (``exact`` for identical bytes); undecodable files
     pair with nothing but their byte-identical copies."""
-    from . import features  # noqa: PLC0415  (features and stages import this module)
-    from .stages import group  # noqa: PLC0415
+    from .stages import group  # noqa: PLC0415  (the stages import this module)
 
     cache_dir = Path(cache_dir)
     rule = Rule.from_params(near_dup, seed)
     shas = [hashing.sha256_file(p) for p in paths]
-    cache = features.FeatureCache(cache_dir / "features", features.feature_key({}))
-    found, _ = features.compute(list(zip(shas, paths)), cache, threads=threads)
-    first: dict[str, str] = {}
-    for sha, path in zip(shas, paths):
-        first.setdefault(sha, path)
-    usable = [(s, p) for s, p in first.items() if found[s]["phash_views"]]
-    table = pd.DataFrame({"sha256": [s for s, _ in usable], "path": [p for _, p in usable],
-                          "phash_views": [found[s]["phash_views"] for s, _ in usable]})
+    table = group.feature_table(list(zip(shas, paths)), cache_dir, threads)
     pairs = group.search(rule, table, cache_dir, threads, index=False)[0] if len(table) else pd.DataFrame(columns=list(PAIR_FIELDS))
     rows_of: dict[str, list[int]] = {}
     for k, sha in enumerate(shas):

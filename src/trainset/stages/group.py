@@ -104,17 +104,24 @@ def run(
 
 def reference_features(near_dup: dict, cache_dir: Path, threads: int, extensions, max_pixels) -> list[tuple[str, pd.DataFrame]]:
     """``(name, table of sha256, path, phash_views)`` of each reference set's decodable images."""
-    out = []
     exts = normalize_extensions(extensions or [".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"])
-    cache = features.FeatureCache(cache_dir / "features", features.feature_key({"max_pixels": max_pixels}))
+    out = []
     for ref in near_dup.get("reference") or []:
-        name, root = str(ref["name"]), Path(ref["path"])
+        root = Path(ref["path"])
         ref_items = [(hashing.sha256_file(root / rel), str(root / rel)) for rel, _ in walk(root, exts)]
-        found, _ = features.compute(ref_items, cache, threads=threads, max_pixels=max_pixels)
-        usable = [(sha, p) for sha, p in ref_items if found[sha]["phash_views"]]
-        out.append((name, pd.DataFrame({"sha256": [s for s, _ in usable], "path": [p for _, p in usable],
-                                        "phash_views": [found[s]["phash_views"] for s, _ in usable]})))
+        out.append((str(ref["name"]), feature_table(ref_items, cache_dir, threads, max_pixels)))
     return out
+
+
+def feature_table(items: list[tuple[str, str]], cache_dir: Path, threads: int, max_pixels=features.DEFAULT_MAX_PIXELS) -> pd.DataFrame:
+    """sha256, path and phash_views of the decodable distinct contents among (sha256, path) items
+    (one decode each, through the audit's feature cache)."""
+    cache = features.FeatureCache(Path(cache_dir) / "features", features.feature_key({"max_pixels": max_pixels}))
+    found, _ = features.compute(items, cache, threads=threads, max_pixels=max_pixels)
+    first = dict(reversed(items))  # the first path listed for each content
+    usable = [(sha, p) for sha, p in first.items() if found[sha]["phash_views"]]
+    return pd.DataFrame({"sha256": [s for s, _ in usable], "path": [p for _, p in usable],
+                         "phash_views": [found[s]["phash_views"] for s, _ in usable]})
 
 
 def references(
