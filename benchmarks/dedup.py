@@ -8,9 +8,11 @@ tables of this run into ``benchmarks/RESULTS.md`` (only between its own markers;
 writes nothing). Install and peers: ``benchmarks/README.md``.
 
 1. Hashing throughput, one process each, on the same 512 px JPEGs (made here in a temp dir from the
-   real face corpora): trainset's per-item features (``features.extract`` + ``hashing.sha256_file``),
-   ``imagehash.phash(Image.open(p))``, and the decode floor (open + ``draft('L', (32, 32))`` + 32x32
-   Lanczos, no hash); then ``features.compute`` on ``--threads`` processes.
+   real face corpora): trainset's per-item features (``features.extract_many`` +
+   ``hashing.sha256_file``), ``imagehash.phash(Image.open(p))``, and two decode floors (open +
+   ``draft('L', ...)`` + 32x32 Lanczos, no hash): at the DCT scale trainset decodes
+   (``features.ANALYSIS_SIDE``), and at 1/8 scale; then ``features.compute`` on ``--threads``
+   processes.
 2. Pair search on planted 64-bit hashes (random, plus copies of 10 % of them with 0..t bits
    flipped): ``kernels.near_pairs`` vs FAISS ``IndexBinaryFlat`` range search (same thread count)
    vs imagededup ``PHash().find_duplicates(encoding_map=...)`` (N = 10k only). Pair sets (and
@@ -219,50 +221,93 @@ def best_rate(fn, paths: list[str], repeats: int) -> tuple[float, list]:
 
 
 def section_hashing(report: Report, args, work: Path, sources: list[Path]) -> None:
+    import imagehash
+
     from trainset import features, hashing
 
     count = args.images or (300 if args.quick else 1200)
     repeats = 2 if args.quick else 3
     paths = make_jpegs(work / "jpeg512", count, sources, np.random.default_rng(args.seed))
     mb = sum(os.path.getsize(p) for p in paths) / 1e6
+    side = features.ANALYSIS_SIDE
 
-    def ours(p):
-        return features.extract(p).get("phash"), hashing.sha256_file(p)
+    def ours(batch):
+        return [(f["phash"], hashing.sha256_file(p)) for f, p in zip(features.extract_many(batch), batch)]
 
-    def floor(p):
-        with Image.open(p) as im:
-            im.draft("L", (32, 32))
-            return im.convert("L").resize((32, 32), Image.Resampling.LANCZOS)
+    def floor_at(draft_side):
+        def floor(p):
+            with Image.open(p) as im:
+                im.draft("L", (draft_side, draft_side))
+                return im.convert("L").resize((32, 32), Image.Resampling.LANCZOS)
+        return floor
 
-    ours_rate, ours_out = best_rate(ours, paths, repeats)
+    ours_rate, ours_out = best_batch_rate(ours, paths, repeats)
     peer_rate, peer_out = best_rate(imagehash_phash, paths, repeats)
-    floor_rate, _ = best_rate(floor, paths, 1 + repeats)
+    floor_rate, _ = best_rate(floor_at(side), paths, 1 + repeats)
+    floor8_rate, _ = best_rate(floor_at(32), paths, 1 + repeats)
     procs_rate = 0.0
     for r in range(repeats):  # a fresh cache each pass: every file is decoded
         cache = features.FeatureCache(work / f"cache{r}", features.feature_key())
         start = time.perf_counter()
         features.compute([(hashing.sha256_file(p), p) for p in paths], cache, threads=args.threads)
         procs_rate = max(procs_rate, count / (time.perf_counter() - start))
-    same = sum(a[0] == b for a, b in zip(ours_out, peer_out))
+    same_input = sum(ph == str(imagehash.phash(hash_input_of(p))) for (ph, _), p in zip(ours_out, paths))
+    bits = np.array([bin(int(ph, 16) ^ int(theirs, 16)).count("1") for (ph, _), theirs in zip(ours_out, peer_out)])
 
     report(f"## 1. Hashing throughput ({count:,} JPEGs, 512x512, quality 90, {mb:.0f} MB; best of {repeats} passes)")
     report()
-    report("| method | processes | images/s | vs imagehash | vs decode floor | target |")
-    report("|---|---:|---:|---:|---:|---|")
-    report(f"| trainset `features.extract` (pHash, dHash, audit measures) + `sha256_file` | 1 | {ours_rate:,.0f} "
-           f"| {ratio(ours_rate, peer_rate)} | {ratio(ours_rate, floor_rate)} | >= 2.5x imagehash, >= 0.8x floor |")
-    report(f"| `imagehash.phash(Image.open(p))` | 1 | {peer_rate:,.0f} | 1.00x | {ratio(peer_rate, floor_rate)} | |")
-    report(f"| decode floor: open + `draft('L', (32, 32))` + 32x32 Lanczos, no hash | 1 | {floor_rate:,.0f} "
-           f"| {ratio(floor_rate, peer_rate)} | 1.00x | |")
-    report(f"| trainset `features.compute` (sha256 + extract, fresh cache) | {args.threads} | {procs_rate:,.0f} "
-           f"| {ratio(procs_rate, peer_rate)} | {ratio(procs_rate, floor_rate)} | |")
+    report(f"| method | processes | images/s | vs imagehash | vs decode floor at {side} px | vs decode floor at 1/8 | target |")
+    report("|---|---:|---:|---:|---:|---:|---|")
+    report(f"| trainset `features.extract_many` (SHA-256, pHash, dHash, 8 view pHashes, audit measures) | 1 | {ours_rate:,.0f} "
+           f"| {ratio(ours_rate, peer_rate)} | {ratio(ours_rate, floor_rate)} | {ratio(ours_rate, floor8_rate)} "
+           f"| >= 2.5x imagehash, >= 0.8x floor |")
+    report(f"| `imagehash.phash(Image.open(p))` (full decode) | 1 | {peer_rate:,.0f} | 1.00x | {ratio(peer_rate, floor_rate)} "
+           f"| {ratio(peer_rate, floor8_rate)} | |")
+    report(f"| decode floor: open + `draft('L', ({side}, {side}))` + 32x32 Lanczos, no hash (the scale trainset decodes at) "
+           f"| 1 | {floor_rate:,.0f} | {ratio(floor_rate, peer_rate)} | 1.00x | {ratio(floor_rate, floor8_rate)} | |")
+    report(f"| decode floor: open + `draft('L', (32, 32))` + 32x32 Lanczos, no hash (1/8 scale) | 1 | {floor8_rate:,.0f} "
+           f"| {ratio(floor8_rate, peer_rate)} | {ratio(floor8_rate, floor_rate)} | 1.00x | |")
+    report(f"| trainset `features.compute` (sha256 + features + cache writes, fresh cache) | {args.threads} | {procs_rate:,.0f} "
+           f"| {ratio(procs_rate, peer_rate)} | {ratio(procs_rate, floor_rate)} | {ratio(procs_rate, floor8_rate)} | |")
     report()
-    report(f"trainset's stored pHash equals `imagehash.phash` on {same:,} of {count:,} files.")
+    report(f"trainset's stored pHash equals `imagehash.phash` of its hash input (the decode reduced by "
+           f"`hashing.hash_input`) on {same_input:,} of {count:,} files; against `imagehash.phash` of the full-scale "
+           f"RGB decode it differs by {bits.mean():.2f} bits on average (at most {bits.max()}, "
+           f"{(bits == 0).mean():.0%} identical): the DCT-scaled grayscale decode and the reduction, the same for every JPEG.")
     report()
-    report.target("hashing: trainset (1 process) vs decode floor", ratio(ours_rate, floor_rate), ">= 0.8x",
+    report(f"The measures need the {side} px decode: the blur measure (Laplacian variance) separates "
+           f"blurred copies from sharp photos at {side} px but not at 1/8 scale (64 px here), "
+           f"see `trainset.audit_checks`; the 1/8-scale floor is what a hash-only tool could reach.")
+    report()
+    report.target(f"hashing: trainset (1 process) vs decode floor at {side} px", ratio(ours_rate, floor_rate), ">= 0.8x",
                   ours_rate >= 0.8 * floor_rate)
+    report.target("hashing: trainset (1 process) vs decode floor at 1/8 scale", ratio(ours_rate, floor8_rate), ">= 0.8x",
+                  ours_rate >= 0.8 * floor8_rate)
     report.target("hashing: trainset (1 process) vs imagehash", ratio(ours_rate, peer_rate), ">= 2.5x",
                   ours_rate >= 2.5 * peer_rate)
+
+
+def best_batch_rate(fn, paths: list[str], repeats: int) -> tuple[float, list]:
+    """Like :func:`best_rate` for a function of the whole list of paths."""
+    fn(paths[:3])
+    best, first = 0.0, None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn(paths)
+        best = max(best, len(paths) / (time.perf_counter() - start))
+        first = out if first is None else first
+    return best, first
+
+
+def hash_input_of(path: str) -> Image.Image:
+    """The grayscale image trainset hashes, rebuilt from its documented steps (JPEG draft to gray,
+    EXIF upright, whole-factor box reduction)."""
+    from trainset import features, hashing
+
+    with Image.open(path) as im:
+        features.draft(im)
+        im.load()
+        return hashing.hash_input(features.gray8(ImageOps.exif_transpose(im)))
 
 
 # --- 2. pair search --------------------------------------------------------------------------

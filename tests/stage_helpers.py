@@ -86,6 +86,24 @@ def sidecar(image: Path, tags: list[str] | None = None, **fields) -> Path:
     return car
 
 
+def hash_input(path) -> Image.Image:
+    """The grayscale image trainset hashes, rebuilt here from its documented decode: JPEG draft
+    (to gray, at the measures' DCT scale), EXIF upright, 8-bit gray (Pillow's clipping
+    ``convert`` for 16/32-bit, as imagehash), then the whole-factor box reduction to about
+    ``hashing.HASH_SIDE`` px. ``imagehash.phash`` of it is the stored pHash."""
+    from PIL import ImageOps
+
+    from trainset import features, hashing
+
+    with Image.open(path) as im:
+        features.draft(im)
+        im.load()
+        upright = ImageOps.exif_transpose(im)
+        gray = upright.convert("L") if upright.mode.startswith("I") or upright.mode == "F" else features.gray8(upright)
+    factor = min(gray.size) // hashing.HASH_SIDE
+    return gray.reduce(factor) if factor > 1 else gray
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 

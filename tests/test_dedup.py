@@ -34,7 +34,7 @@ def chain(tmp_path_factory):
     # near copies: fewer pixels, same pixels but a smaller lossy file, a slight crop
     H.save(photo.resize((300, 300), Image.Resampling.LANCZOS), raw / "copies" / "photo_small.png")
     H.save(photo, raw / "copies" / "photo_resaved.jpg", quality=40)
-    H.save(photo.crop((10, 10, 470, 470)), raw / "copies" / "photo_cropped.png")
+    H.save(photo.crop((24, 24, 456, 456)), raw / "copies" / "photo_cropped.png")  # 5 % off each side
     # a cat and an upscaled copy, larger but generated: the smaller original must win
     H.save(H.sample("chelsea.png", (451, 300)), raw / "cat.png")
     up = H.save(H.sample("chelsea.png", (451, 300)).resize((902, 600), Image.Resampling.LANCZOS), raw / "gen" / "cat_up.png")
@@ -55,8 +55,8 @@ def chain(tmp_path_factory):
 
 
 def _phash(path):
-    with Image.open(path) as im:
-        return imagehash.phash(im)
+    """imagehash's pHash of what trainset hashes (the reduced grayscale decode)."""
+    return imagehash.phash(H.hash_input(path))
 
 
 def _view_distance(views_a, views_b, count: int = UPRIGHT) -> int:

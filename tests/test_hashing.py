@@ -332,3 +332,32 @@ def test_from_hex_empty():
     arr = hashing.from_hex([])
     assert arr.dtype == np.uint64
     assert arr.shape == (0,)
+
+
+# --- the hash input ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("size", "expected"), [((640, 480), (92, 69)), ((4000, 3000), (87, 66)), ((127, 300), (127, 300)),
+                                                ((128, 128), (64, 64)), ((64, 40), (64, 40)), ((1, 1), (1, 1))])
+def test_hash_input_reduces_by_a_whole_factor_keeping_the_short_side(size, expected):
+    gray = Image.new("L", size, 100)
+    small = hashing.hash_input(gray)
+    assert small.size == expected
+    assert min(small.size) >= min(hashing.HASH_SIDE, *size)
+    factor = min(size) // hashing.HASH_SIDE
+    if factor > 1:  # Pillow's box reduction, nothing else
+        assert np.array_equal(np.asarray(small), np.asarray(gray.reduce(factor)))
+    else:
+        assert small is gray
+
+
+@pytest.mark.parametrize("path", [p for p in BUNDLED if p.name in {"astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "camera.png"}],
+                         ids=lambda p: p.name)
+def test_hash_of_the_reduced_input_stays_within_a_few_bits_of_the_full_image(path):
+    """The reduction keeps what pHash reads (the 8x8 lowest frequencies of a 32x32 thumbnail)."""
+    with Image.open(path) as im:
+        gray = im.convert("L")
+    assert min(gray.size) >= 2 * hashing.HASH_SIDE  # reduced for real
+    full, small = hashing.phash(gray), hashing.phash(hashing.hash_input(gray))
+    assert bin(full ^ small).count("1") <= 4
+    assert hashing.to_hex(small) == str(imagehash.phash(hashing.hash_input(gray)))

@@ -19,16 +19,16 @@ def _bits(a: str, b: str) -> int:
 
 
 def _views(im: Image.Image) -> dict[str, str]:
-    gray = features.gray8(im)
-    plain = hashing.phash_pixels(im)
-    return dict(zip(views.VIEW_NAMES, views.hash_views(gray, plain)))
+    small = hashing.hash_input(features.gray8(im))
+    plain = hashing.phash_pixels(small)
+    return dict(zip(views.VIEW_NAMES, views.hash_views(small, plain)))
 
 
-def test_plain_view_is_imagehash_phash():
+def test_plain_view_is_imagehash_phash_of_the_hash_input():
     import imagehash
 
     im = _photo()
-    assert _views(im)["plain"] == str(imagehash.phash(im))
+    assert _views(im)["plain"] == str(imagehash.phash(hashing.hash_input(features.gray8(im))))
 
 
 def test_border_box_finds_a_uniform_pad():

@@ -13,14 +13,16 @@ measured value and the threshold it was compared with. :data:`DEFAULT_ACTIONS` s
 each code does by default (``reject`` the item, or ``flag`` it for a curator), and
 :func:`describe` turns a count of one code into a plain-language report line with the fix.
 
-How ``min_laplacian_var`` was chosen (``laplacian_var`` is measured at 512 px on the long
+How ``min_laplacian_var`` was chosen (``laplacian_var`` is measured at 256 px on the long
 side, see :func:`trainset.features.laplacian_var`): on scikit-image's sample photos
 (astronaut, brick, camera, chelsea, coffee, coins, grass, gravel, hubble_deep_field,
-motorcycle_left, retina, rocket, moon), resized to 512 px, the sharp images measure 64.8
-(moon, the softest) to 5310 (grass), and 41.9 and up when additionally upscaled 2x.
-Gaussian-blurred copies (sigma 2 px at that 512-px scale) measure 2.0 to 18.6, sigma 3 px
-at most 5.6, and sigma 1.5 px 2.6 to 46.4 (mild blur, left to the curator). 25 sits between
-the strongly blurred maximum (18.6) and the sharp minimum (41.9 upscaled, 64.8 native).
+motorcycle_left, retina, rocket, moon), brought to 512 px and measured at 256 px, the sharp
+images measure 93.2 (moon, the softest) to 6162 (grass), and 76.3 and up when additionally
+upscaled 2x at 512 px. Gaussian-blurred copies (sigma in px at the 512-px scale) measure at most
+17.4 (sigma 4) and 55.9 (sigma 3); sigma 2 (6.8 to 235) and 1.5 overlap the sharp ones and are
+left to the curator. 60 sits between the sigma-3 maximum (55.9) and the sharp minimum (76.3
+upscaled, 93.2 native). Measuring at 512 px separates sigma 2 as well, but a 512 px JPEG must
+then decode at full scale, about 1.6x slower for every image.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ DEFAULT_THRESHOLDS = {
     "min_std": 6.0,  # grayscale standard deviation (0..255): below is low_information
     "min_luma": 20,  # mean grayscale (0..255) below this is too_dark
     "max_luma": 240,  # mean grayscale (0..255) above this is too_bright
-    "min_laplacian_var": 25.0,  # Laplacian variance at 512 px below this is blurry (see module doc)
+    "min_laplacian_var": 60.0,  # Laplacian variance at 256 px below this is blurry (see module doc)
 }
 
 DEFAULT_ACTIONS = {
@@ -222,7 +224,7 @@ def blurry(row, t: dict) -> str | None:
     var, limit = _num(row, "laplacian_var"), t.get("min_laplacian_var")
     if var is None or limit is None or var >= limit:
         return None
-    return f"Laplacian variance {var:.2f} < {_fmt(limit)} (measured at 512 px)"
+    return f"Laplacian variance {var:.2f} < {_fmt(limit)} (measured at 256 px)"
 
 
 CHECKS = {code: globals()[code] for code in CODES}
@@ -275,7 +277,7 @@ def _templates(t: dict) -> dict[str, str]:
         f"{_fmt(t.get('min_std') or 0)}) — remove [it|them] if [it is|they are] blank or flat",
         "too_dark": f"{{n}} [is|are] very dark (mean brightness below {_fmt(t.get('min_luma') or 0)} of 255) — brighten or remove [it|them]",
         "too_bright": f"{{n}} [is|are] very bright (mean brightness above {_fmt(t.get('max_luma') or 255)} of 255) — darken or remove [it|them]",
-        "blurry": f"{{n}} [looks|look] blurry (Laplacian variance below {_fmt(t.get('min_laplacian_var') or 0)} at 512 px) — replace [it with a sharper version|them with sharper versions] or remove [it|them]",
+        "blurry": f"{{n}} [looks|look] blurry (Laplacian variance below {_fmt(t.get('min_laplacian_var') or 0)} at 256 px) — replace [it with a sharper version|them with sharper versions] or remove [it|them]",
         "zero_byte": "{nf} [is|are] empty (0 bytes) — re-copy or re-download [it|them], or remove [it|them]",
         "not_image": "{nf} [is not an image|are not images] Pillow can read — remove [it|them] from the source folder or convert [it|them]",
         "truncated": "{n} [is|are] truncated (the file ends early) — re-download or re-export [it|them]",

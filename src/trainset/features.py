@@ -35,6 +35,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numba
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -46,8 +47,12 @@ _ORIENTATION_TAG = 0x0112
 DEFAULT_MAX_PIXELS = 89_478_485
 """Pillow's own default ``Image.MAX_IMAGE_PIXELS`` (``audit.max_pixels`` in params.yaml)."""
 
-LAPLACIAN_SIDE = 512
-"""Longest side the grayscale image is resized to (Lanczos) before the Laplacian."""
+ANALYSIS_SIDE = 256
+"""The pixel measures' scale: JPEGs are decoded at the smallest DCT scale that keeps both sides
+at least this, and the Laplacian is taken with the longest side resized (Lanczos) to it. At
+256 px a blur of 3 px (at 512 px) still separates from every sharp sample photo
+(``trainset.audit_checks``); a 512 px JPEG decodes at half scale, about 1.6x faster, and its
+hashes (``hashing.hash_input``, about 64 px) lose nothing."""
 
 ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _TRANSPARENCY_MODES = frozenset({"P", "L", "RGB", "1", "I", "I;16", "I;16B", "I;16L", "I;16N"})
@@ -148,35 +153,56 @@ def alpha_info(image: Image.Image) -> tuple[bool, int]:
 
 def laplacian_var(gray: Image.Image) -> float:
     """Variance of the 4-neighbour Laplacian of ``gray`` resized so its longest side is
-    :data:`LAPLACIAN_SIDE` (512) px with Lanczos: a blur measure that does not depend on
+    :data:`ANALYSIS_SIDE` (256) px with Lanczos: a blur measure that does not depend on
     the resolution.
 
     The 8-bit grayscale image is resized as float ('F', no re-quantization; up or down),
-    then the kernel ``[[0, 1, 0], [1, -4, 1], [0, 1, 0]]`` is applied in float64 with
-    mirrored borders, and the variance of the result is returned. Sharp detail gives a large
-    value (hundreds to thousands for photos); blur, flat areas and upscaled thumbnails give
-    a small one.
+    then the kernel ``[[0, 1, 0], [1, -4, 1], [0, 1, 0]]`` is applied with mirrored borders
+    (scipy's ``laplace(mode="mirror")``), and the variance of the result is returned. Sharp
+    detail gives a large value (hundreds to thousands for photos); blur, flat areas and
+    upscaled thumbnails give a small one. An image already at that size (a JPEG decoded at
+    its DCT scale) is read as its 8-bit values, whose Laplacian sums are exact integers.
     """
     width, height = gray.size
-    scale = LAPLACIAN_SIDE / max(width, height)
+    scale = ANALYSIS_SIDE / max(width, height)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     if gray.size == size:
-        a = np.asarray(gray, dtype=np.float64)
+        a = np.asarray(gray)
     else:
         a = np.asarray(gray.convert("F").resize(size, Image.Resampling.LANCZOS), dtype=np.float64)
     if min(a.shape) < 2:
-        return _laplacian_line_var(a)
-    lap = -4.0 * a
-    # 4-neighbour sums with mirrored borders (numpy's "reflect"), in place: no padded copy
-    lap[1:] += a[:-1]
-    lap[0] += a[1]
-    lap[:-1] += a[1:]
-    lap[-1] += a[-2]
-    lap[:, 1:] += a[:, :-1]
-    lap[:, 0] += a[:, 1]
-    lap[:, :-1] += a[:, 1:]
-    lap[:, -1] += a[:, -2]
-    return float(lap.var())
+        return _laplacian_line_var(a.astype(np.float64))
+    total, squares = _laplacian_sums(a, np.int64(0) if a.dtype == np.uint8 else 0.0)
+    n = a.size
+    return max(float(squares) / n - (float(total) / n) ** 2, 0.0)
+
+
+@numba.njit(cache=True, nogil=True)
+def _laplacian_sums(a, zero):
+    """Sum and sum of squares of the mirrored-border Laplacian of ``a``, accumulated in the type
+    of ``zero``: int64 for 8-bit input (exact, and integer sums vectorize), float64 for float
+    input. The first and last columns are done apart, so the inner loop has no branch."""
+    height, width = a.shape
+    total = zero
+    squares = zero
+    for y in range(height):
+        up = y - 1 if y > 0 else 1
+        down = y + 1 if y < height - 1 else height - 2
+        for x in (0, width - 1):
+            left = x - 1 if x > 0 else 1
+            right = x + 1 if x < width - 1 else width - 2
+            v = (a[up, x] + zero) + a[down, x] + a[y, left] + a[y, right] - 4 * (a[y, x] + zero)
+            total += v
+            squares += v * v
+        row_total = zero
+        row_squares = zero
+        for x in range(1, width - 1):
+            v = (a[up, x] + zero) + a[down, x] + a[y, x - 1] + a[y, x + 1] - 4 * (a[y, x] + zero)
+            row_total += v
+            row_squares += v * v
+        total += row_total
+        squares += row_squares
+    return total, squares
 
 
 def _laplacian_line_var(a: np.ndarray) -> float:
@@ -191,25 +217,42 @@ def _laplacian_line_var(a: np.ndarray) -> float:
     return float(lap.var())
 
 
-def measure(upright: Image.Image, gray: Image.Image | None = None) -> dict:
+def measure(upright: Image.Image, gray: Image.Image | None = None, mode: str | None = None) -> dict:
     """The pixel measures of one (upright, single-frame) image: alpha, bit depth, brightness,
-    contrast, entropy and blur (``gray``: its :func:`gray8`, when already made)."""
+    contrast, entropy and blur (``gray``: its :func:`gray8`, when already made; ``mode``: the
+    stored mode, when the decode changed it, as a JPEG decoded straight to grayscale)."""
     has_alpha, alpha_min = alpha_info(upright)
     gray = gray8(upright) if gray is None else gray
-    counts = np.asarray(gray.histogram(), dtype=np.float64)  # 256 bins: every statistic below is exact from them
-    total = counts.sum()
-    levels = np.arange(256, dtype=np.float64)
-    mean = float(counts @ levels / total)
-    p = counts[counts > 0] / total
+    # 256 bins: every statistic below is exact from them
+    mean, std, entropy = _histogram_stats(np.asarray(gray.histogram(), dtype=np.float64))
     return {
         "has_alpha": has_alpha,
         "alpha_min": alpha_min,
-        "bit_depth": bit_depth(upright.mode),
-        "luma_mean": mean,
-        "luma_std": float(np.sqrt(counts @ (levels - mean) ** 2 / total)),
-        "entropy": float(-np.sum(p * np.log2(p))) + 0.0,
+        "bit_depth": bit_depth(mode or upright.mode),
+        "luma_mean": float(mean),
+        "luma_std": float(std),
+        "entropy": float(entropy) + 0.0,
         "laplacian_var": laplacian_var(gray),
     }
+
+
+@numba.njit(cache=True, nogil=True)
+def _histogram_stats(counts):
+    """Mean, standard deviation and Shannon entropy (bits) of the gray levels a 256-bin
+    histogram counts."""
+    total = counts.sum()
+    mean = 0.0
+    for level in range(256):
+        mean += counts[level] * level
+    mean /= total
+    spread = 0.0
+    entropy = 0.0
+    for level in range(256):
+        spread += counts[level] * (level - mean) ** 2
+        if counts[level] > 0:
+            p = counts[level] / total
+            entropy -= p * np.log2(p)
+    return mean, np.sqrt(spread / total), entropy
 
 
 def extract(path: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict:
@@ -220,6 +263,14 @@ def extract(path: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict:
     kept). ``max_pixels=None`` means no limit.
     """
     return finish([decode(path, max_pixels)])[0]
+
+
+def extract_many(paths: list[str], max_pixels: int | None = DEFAULT_MAX_PIXELS, batch: int = 1024) -> list[dict]:
+    """:func:`extract` for many files in this process, their hashes computed a batch at a time."""
+    out: list[dict] = []
+    for start in range(0, len(paths), batch):
+        out += finish([decode(p, max_pixels) for p in paths[start : start + batch]])
+    return out
 
 
 def decode(path: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict:
@@ -264,6 +315,7 @@ def _extract(path: str, max_pixels: int | None) -> dict:
                     f"over the {max_pixels:,} px limit (audit.max_pixels)",
                     fmt, width, height,
                 )
+            mode = im.mode  # as stored: a JPEG's draft decodes it straight to grayscale
             try:
                 n_frames = max(1, int(getattr(im, "n_frames", 1) or 1))
                 draft(im)
@@ -277,17 +329,17 @@ def _extract(path: str, max_pixels: int | None) -> dict:
                 return _failed(reason, f"{fmt or 'image'} decode failed: {exc}", fmt)
             orientation = int(im.getexif().get(_ORIENTATION_TAG, 1) or 1)
             orientation = orientation if 1 <= orientation <= 8 else 1
-            mode = im.mode
             upright = ImageOps.exif_transpose(im) if orientation != 1 else im
             if orientation in (5, 6, 7, 8):  # a quarter turn: the stored size is on its side
                 width, height = height, width
             gray = gray8(upright)
             # imagehash converts with Pillow (clipping 16-bit); for 8-bit images that is gray itself
-            hash_src = upright if upright.mode.startswith("I") or upright.mode == "F" else gray
-            plain = hashing.phash_pixels(hash_src)
-            thumbs = np.stack(views.thumbnails(gray, plain))
-            dthumb = hashing.dhash_pixels(hash_src)
-            measures = measure(upright, gray)
+            hash_src = upright.convert("L") if upright.mode.startswith("I") or upright.mode == "F" else gray
+            small = hashing.hash_input(hash_src)
+            plain = hashing.phash_pixels(small)
+            thumbs = np.stack(views.thumbnails(small, plain))
+            dthumb = hashing.dhash_pixels(small)
+            measures = measure(upright, gray, mode)
     except UnidentifiedImageError:
         return _failed("not_image", "not a recognised image format (content does not match any decoder)")
     except Image.DecompressionBombError as exc:
@@ -303,13 +355,14 @@ def _extract(path: str, max_pixels: int | None) -> dict:
 
 
 def draft(im: Image.Image) -> None:
-    """Decode a JPEG at the smallest DCT scale (1/2, 1/4, 1/8) that keeps both sides at least
-    :data:`LAPLACIAN_SIDE`: every measure is taken at or below that size, so the full
-    resolution is never needed, and a 4000 px photo decodes several times faster. Applied to
-    every JPEG alike (hashes stay comparable); other formats decode fully. The audit keeps the
-    size from the header."""
-    if im.format in ("JPEG", "MPO") and min(im.size) >= 2 * LAPLACIAN_SIDE:
-        im.draft(im.mode, (LAPLACIAN_SIDE, LAPLACIAN_SIDE))
+    """Decode every JPEG at the smallest DCT scale (1, 1/2, 1/4, 1/8) that keeps both sides at
+    least :data:`ANALYSIS_SIDE`, and a colour one straight to grayscale (the luma the JPEG
+    stores; no colour is measured): every measure and hash is taken at or below that size, so
+    the full resolution is never needed. Applied to every JPEG alike, whatever its size, so
+    hashes stay comparable; other formats decode fully. The audit keeps the size from the
+    header."""
+    if im.format in ("JPEG", "MPO"):
+        im.draft("L", (ANALYSIS_SIDE, ANALYSIS_SIDE))
 
 
 @dataclass
@@ -373,7 +426,7 @@ def compute(
             work = functools.partial(decode, max_pixels=max_pixels)
             computed = finish(list(pool.map(work, paths, chunksize=max(1, min(64, len(paths) // (threads * 8))))))
     else:
-        computed = finish([decode(p, max_pixels=max_pixels) for p in paths])
+        computed = extract_many(paths, max_pixels)
     for (sha, _), feats in zip(todo, computed):
         cache.put(sha, feats)
         result[sha] = feats

@@ -1,5 +1,10 @@
 """Content and perceptual hashes: the one place every hash in trainset is computed.
 
+Every perceptual hash is computed from one small grayscale image, :func:`hash_input`: the
+decoded grayscale image reduced by a whole box factor until its short side is just at or
+above :data:`HASH_SIDE`. pHash keeps only the 8x8 lowest frequencies of a 32x32 thumbnail, so
+nothing it reads is lost, and thumbnails (Lanczos, whose cost grows with the input) stay cheap.
+
 pHash follows ``imagehash.phash`` arithmetic exactly (grayscale, 32x32 Lanczos, scipy's
 DCT-II along rows then columns, top-left 8x8 compared with its median), so stored values
 equal ``str(imagehash.phash(img))`` for the same decoded image.
@@ -21,6 +26,9 @@ from trainset import kernels
 DHASH_SIZE = 8
 _CHUNK = 1 << 20
 
+HASH_SIDE = 64
+"""Short side (px) the hash input is reduced towards: twice the 32 px pHash thumbnail."""
+
 
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
@@ -41,6 +49,14 @@ def md5_file(path: str | Path) -> str:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def hash_input(gray: Image.Image) -> Image.Image:
+    """``gray`` (mode L) box-reduced by the largest whole factor that keeps its short side at
+    least :data:`HASH_SIDE` (unchanged when it is already below twice that). pHash and dHash
+    values equal ``imagehash.phash`` / ``imagehash.dhash`` of this image."""
+    factor = min(gray.size) // HASH_SIDE
+    return gray.reduce(factor) if factor > 1 else gray
 
 
 def phash_pixels(image: Image.Image) -> np.ndarray:

@@ -11,13 +11,15 @@ are cheap to catch from the decode that is already open, by hashing more than on
 - ``*_mirror``: the left-right flip of each of those 32x32 thumbnails (used when
   ``near_dup.views.mirror`` asks for mirrored copies).
 
-Two images are as close as their closest pair of views (``trainset.neardup``). Views are taken
-from the 8-bit grayscale image, and the order of :data:`VIEW_NAMES` is the order of the
+Two images are as close as their closest pair of views (``trainset.neardup``). Views are cut
+from the hash input (``hashing.hash_input``: the grayscale image box-reduced to about 64 px on
+its short side), and the order of :data:`VIEW_NAMES` is the order of the
 ``phash_views`` list in the audit manifest.
 """
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from PIL import Image
 
@@ -38,47 +40,63 @@ TRIM_PASSES = 3
 CENTER_FRACTION = 0.9
 """Share of width and height the centre view keeps."""
 
-VIEW_SIDE = 128
-"""The extra views are cut from the grayscale image reduced (box filter) to this longest side:
-plenty for a 32x32 thumbnail, and it keeps the views' cost per image small and constant."""
-
 UPRIGHT_VIEWS = ("plain", "trim", "center", "trim_center")
 VIEW_NAMES = UPRIGHT_VIEWS + tuple(f"{v}_mirror" for v in UPRIGHT_VIEWS)
 
 
-def _leading_border(lines: np.ndarray) -> int:
-    """How many of ``lines`` (outermost first, one per row) are uniform like the outermost;
-    scanned in growing chunks, so an image without a border costs one line."""
-    ref = np.median(lines[0])
-    done, chunk = 0, 1
-    while done < len(lines):
-        block = lines[done : done + chunk]
-        uniform = (np.abs(block - ref) <= TRIM_TOLERANCE).mean(axis=1) >= TRIM_MIN_FRACTION
-        if not uniform.all():
-            return done + int(np.argmin(uniform))
-        done += len(block)
-        chunk *= 4
-    return done
+@numba.njit(cache=True, nogil=True)
+def _leading(a, top, bottom, left, right, axis, reverse, tolerance, min_fraction):
+    """How many lines of ``a[top:bottom, left:right]`` from one edge (rows when ``axis`` is 0,
+    columns when 1; from the far edge when ``reverse``) are uniform like the outermost one:
+    within ``tolerance`` of its median on at least ``min_fraction`` of their pixels."""
+    n = (bottom - top) if axis == 0 else (right - left)
+    m = (right - left) if axis == 0 else (bottom - top)
+    first = np.empty(m, dtype=np.float64)
+    for c in range(m):
+        first[c] = _at(a, top, bottom, left, right, axis, reverse, 0, c)
+    ref = np.median(first)
+    for r in range(n):
+        close = 0
+        for c in range(m):
+            if abs(_at(a, top, bottom, left, right, axis, reverse, r, c) - ref) <= tolerance:
+                close += 1
+        if close / m < min_fraction:
+            return r
+    return n
+
+
+@numba.njit(inline="always")
+def _at(a, top, bottom, left, right, axis, reverse, r, c):
+    if axis == 0:
+        return float(a[bottom - 1 - r if reverse else top + r, left + c])
+    return float(a[top + c, right - 1 - r if reverse else left + r])
+
+
+@numba.njit(cache=True, nogil=True)
+def _border_box(a, passes, tolerance, min_fraction, min_keep):
+    height, width = a.shape
+    left, top, right, bottom = 0, 0, width, height
+    for _ in range(passes):
+        if bottom - top < 2 or right - left < 2:
+            break
+        t = _leading(a, top, bottom, left, right, 0, False, tolerance, min_fraction)
+        b = _leading(a, top, bottom, left, right, 0, True, tolerance, min_fraction)
+        lft = _leading(a, top, bottom, left, right, 1, False, tolerance, min_fraction)
+        rgt = _leading(a, top, bottom, left, right, 1, True, tolerance, min_fraction)
+        if t + b >= bottom - top or lft + rgt >= right - left or (t == 0 and b == 0 and lft == 0 and rgt == 0):
+            break  # uniform all through, or nothing more to trim
+        top, bottom, left, right = top + t, bottom - b, left + lft, right - rgt
+    if (right - left) < min_keep * width or (bottom - top) < min_keep * height:
+        return 0, 0, width, height
+    return left, top, right, bottom
 
 
 def border_box(gray: np.ndarray) -> tuple[int, int, int, int]:
     """``(left, top, right, bottom)`` of ``gray`` (2-D, 0..255) without its uniform borders, in
-    Pillow's crop order; the whole image when nothing is trimmed or too little would be left."""
-    height, width = gray.shape
-    left, top, right, bottom = 0, 0, width, height
-    a = gray.astype(np.int16)
-    for _ in range(TRIM_PASSES):
-        box = a[top:bottom, left:right]
-        if box.shape[0] < 2 or box.shape[1] < 2:
-            break
-        t, b = _leading_border(box), _leading_border(box[::-1])
-        lft, rgt = _leading_border(box.T), _leading_border(box.T[::-1])
-        if t + b >= box.shape[0] or lft + rgt >= box.shape[1] or not (t or b or lft or rgt):
-            break  # uniform all through, or nothing more to trim
-        top, bottom, left, right = top + t, bottom - b, left + lft, right - rgt
-    if (right - left) < TRIM_MIN_KEEP * width or (bottom - top) < TRIM_MIN_KEEP * height:
-        return 0, 0, width, height
-    return left, top, right, bottom
+    Pillow's crop order; the whole image when nothing is trimmed or too little would be left.
+    Up to :data:`TRIM_PASSES` passes, each dropping the uniform lines on all four sides."""
+    box = _border_box(np.ascontiguousarray(gray), TRIM_PASSES, float(TRIM_TOLERANCE), float(TRIM_MIN_FRACTION), float(TRIM_MIN_KEEP))
+    return tuple(int(v) for v in box)
 
 
 def center_box(box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
@@ -89,28 +107,20 @@ def center_box(box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
     return inner if inner[2] > inner[0] and inner[3] > inner[1] else box
 
 
-def reduced(gray: Image.Image) -> Image.Image:
-    """``gray`` shrunk (box filter) so its longest side is at most :data:`VIEW_SIDE`."""
-    scale = VIEW_SIDE / max(gray.size)
-    if scale >= 1:
-        return gray
-    return gray.resize((max(1, round(gray.width * scale)), max(1, round(gray.height * scale))), Image.Resampling.BOX)
-
-
-def thumbnails(gray: Image.Image, plain: np.ndarray) -> list[np.ndarray]:
-    """The 32x32 thumbnails of every view in :data:`VIEW_NAMES` order; ``plain`` is the one the
-    plain pHash was computed from (the others come from :func:`reduced`)."""
-    small = reduced(gray)
+def thumbnails(small: Image.Image, plain: np.ndarray) -> list[np.ndarray]:
+    """The 32x32 thumbnails of every view in :data:`VIEW_NAMES` order, cut from ``small`` (the
+    hash input, ``hashing.hash_input``); ``plain`` is its own thumbnail, the plain pHash's."""
     whole = (0, 0, small.width, small.height)
     trim = border_box(np.asarray(small))
-    boxes = {"trim": trim, "center": center_box(whole), "trim_center": center_box(trim)}
+    made = {whole: plain}  # a view whose box another view has is the same thumbnail
     upright = [plain]
-    for name in UPRIGHT_VIEWS[1:]:
-        box = boxes[name]
-        upright.append(plain if box == whole else hashing.phash_pixels(small.crop(box)))
-    return upright + [np.ascontiguousarray(t[:, ::-1]) for t in upright]
+    for box in (trim, center_box(whole), center_box(trim)):
+        if box not in made:
+            made[box] = hashing.phash_pixels(small.crop(box))
+        upright.append(made[box])
+    return upright + [t[:, ::-1] for t in upright]
 
 
-def hash_views(gray: Image.Image, plain: np.ndarray) -> list[str]:
-    """Hex pHashes of every view, in :data:`VIEW_NAMES` order."""
-    return [hashing.to_hex(hashing.phash_from_pixels(t)) for t in thumbnails(gray, plain)]
+def hash_views(small: Image.Image, plain: np.ndarray) -> list[str]:
+    """Hex pHashes of every view of the hash input ``small``, in :data:`VIEW_NAMES` order."""
+    return [hashing.to_hex(hashing.phash_from_pixels(t)) for t in thumbnails(small, plain)]
