@@ -315,7 +315,7 @@ def test_dhash_is_of_the_exif_upright_image(tmp_path, orientation):
 def test_dhash_and_phash_come_from_one_decode_of_the_same_image(tmp_path, monkeypatch):
     path = _jpeg_with_orientation(tmp_path / "one.jpg", 6)
     opened, seen = [], {}
-    real_open, real_pixels, real_dhash = Image.open, hashing.phash_pixels, hashing.dhash_pixels
+    real_open, real_pixels, real_dhash = Image.open, hashing.phash_thumb, hashing.dhash_thumb
     monkeypatch.setattr(Image, "open", lambda *a, **kw: opened.append(a) or real_open(*a, **kw))
 
     def spy(name, real):
@@ -324,13 +324,14 @@ def test_dhash_and_phash_come_from_one_decode_of_the_same_image(tmp_path, monkey
             return real(im)
         return wrapped
 
-    # the plain pHash's thumbnail comes from hashing.phash_pixels (its views are hashed beside it)
-    monkeypatch.setattr(hashing, "phash_pixels", spy("phash", real_pixels))
-    monkeypatch.setattr(hashing, "dhash_pixels", spy("dhash", real_dhash))
+    # the plain pHash's thumbnail comes from hashing.phash_thumb (its views are hashed beside it)
+    monkeypatch.setattr(hashing, "phash_thumb", spy("phash", real_pixels))
+    monkeypatch.setattr(hashing, "dhash_thumb", spy("dhash", real_dhash))
     result = extract(str(path))
     assert len(opened) == 1
-    assert seen["phash"] is seen["dhash"]
-    assert seen["dhash"].size == (result["width"], result["height"]) == (64, 96)
+    assert seen["phash"] is seen["dhash"]  # one grayscale array, the hash input
+    assert seen["dhash"].shape[::-1] == (result["width"], result["height"]) == (64, 96)
+    assert np.array_equal(seen["dhash"], np.asarray(H.hash_input(path)))
     assert result["phash_views"][0] == result["phash"]
 
 

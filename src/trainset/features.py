@@ -63,7 +63,7 @@ def feature_key(params: dict | None = None) -> str:
     """Cache key for ``params`` (the decode-affecting settings; ``max_pixels`` defaults to
     :data:`DEFAULT_MAX_PIXELS`, so leaving it out and giving the default are the same key)."""
     params = {"max_pixels": DEFAULT_MAX_PIXELS, **(params or {})}
-    return params_digest({"params": params, "code": code_digest("features", "hashing", "views", "kernels"), "versions": versions()})
+    return params_digest({"params": params, "code": code_digest("features", "hashing", "views", "kernels", "resample"), "versions": versions()})
 
 
 def _failed(reason: str, detail: str, fmt: str | None = None, width: int = 0, height: int = 0) -> dict:
@@ -335,10 +335,10 @@ def _extract(path: str, max_pixels: int | None) -> dict:
             gray = gray8(upright)
             # imagehash converts with Pillow (clipping 16-bit); for 8-bit images that is gray itself
             hash_src = upright.convert("L") if upright.mode.startswith("I") or upright.mode == "F" else gray
-            small = hashing.hash_input(hash_src)
-            plain = hashing.phash_pixels(small)
+            small = np.asarray(hashing.hash_input(hash_src))
+            plain = hashing.phash_thumb(small)
             thumbs = np.stack(views.thumbnails(small, plain))
-            dthumb = hashing.dhash_pixels(small)
+            dthumb = hashing.dhash_thumb(small)
             measures = measure(upright, gray, mode)
     except UnidentifiedImageError:
         return _failed("not_image", "not a recognised image format (content does not match any decoder)")

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from trainset import kernels
+from trainset import kernels, resample
 
 DHASH_SIZE = 8
 _CHUNK = 1 << 20
@@ -60,9 +60,14 @@ def hash_input(gray: Image.Image) -> Image.Image:
 
 
 def phash_pixels(image: Image.Image) -> np.ndarray:
-    """The 32x32 grayscale thumbnail pHash works on (as imagehash makes it)."""
-    size = kernels.PHASH_THUMB
-    return np.asarray(image.convert("L").resize((size, size), Image.Resampling.LANCZOS))
+    """The 32x32 grayscale thumbnail pHash works on (as imagehash makes it: Pillow's ``convert("L")``,
+    then its Lanczos resize, computed by ``trainset.resample``)."""
+    return phash_thumb(np.asarray(image.convert("L")))
+
+
+def phash_thumb(gray: np.ndarray) -> np.ndarray:
+    """:func:`phash_pixels` of a 2-D uint8 grayscale array."""
+    return resample.lanczos(gray, (kernels.PHASH_THUMB, kernels.PHASH_THUMB))
 
 
 def phash_from_pixels(pixels: np.ndarray) -> int:
@@ -77,7 +82,12 @@ def phash(image: Image.Image) -> int:
 
 def dhash_pixels(image: Image.Image) -> np.ndarray:
     """The 8-row, 9-column grayscale thumbnail dHash works on (as imagehash makes it)."""
-    return np.asarray(image.convert("L").resize((DHASH_SIZE + 1, DHASH_SIZE), Image.Resampling.LANCZOS))
+    return dhash_thumb(np.asarray(image.convert("L")))
+
+
+def dhash_thumb(gray: np.ndarray) -> np.ndarray:
+    """:func:`dhash_pixels` of a 2-D uint8 grayscale array."""
+    return resample.lanczos(gray, (DHASH_SIZE + 1, DHASH_SIZE))
 
 
 def dhash_from_pixels(pixels: np.ndarray) -> int:

@@ -107,16 +107,19 @@ def center_box(box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
     return inner if inner[2] > inner[0] and inner[3] > inner[1] else box
 
 
-def thumbnails(small: Image.Image, plain: np.ndarray) -> list[np.ndarray]:
+def thumbnails(small: Image.Image | np.ndarray, plain: np.ndarray) -> list[np.ndarray]:
     """The 32x32 thumbnails of every view in :data:`VIEW_NAMES` order, cut from ``small`` (the
-    hash input, ``hashing.hash_input``); ``plain`` is its own thumbnail, the plain pHash's."""
-    whole = (0, 0, small.width, small.height)
-    trim = border_box(np.asarray(small))
+    hash input, ``hashing.hash_input``, or its 2-D uint8 array); ``plain`` is its own thumbnail,
+    the plain pHash's."""
+    gray = np.asarray(small.convert("L")) if isinstance(small, Image.Image) else small
+    whole = (0, 0, gray.shape[1], gray.shape[0])
+    trim = border_box(gray)
     made = {whole: plain}  # a view whose box another view has is the same thumbnail
     upright = [plain]
     for box in (trim, center_box(whole), center_box(trim)):
         if box not in made:
-            made[box] = hashing.phash_pixels(small.crop(box))
+            left, top, right, bottom = box
+            made[box] = hashing.phash_thumb(gray[top:bottom, left:right])
         upright.append(made[box])
     return upright + [t[:, ::-1] for t in upright]
 

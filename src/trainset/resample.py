@@ -1,0 +1,147 @@
+"""Pillow's Lanczos downscale of 8-bit grayscale images, as one compiled call.
+
+pHash and dHash must equal imagehash's, which resizes with ``Image.resize(size, LANCZOS)``. For
+the small hash inputs (about 64 px) Pillow spends most of that call on overhead, and every image
+needs three to five such thumbnails. This module computes the same pixels:
+
+- the same coefficients: Pillow's ``precompute_coeffs`` (double precision, glibc ``sin``, each
+  row normalised to sum 1) rounded to its 22-bit fixed point (``normalize_coeffs_8bpc``);
+- the same two passes, each summing ``pixel * coefficient`` from ``2**21`` and keeping
+  ``sum >> 22`` clipped to 0..255 (exact integers, so the order of the sums does not matter);
+- the same order of the two passes: Pillow picks horizontal-first or vertical-first per shape,
+  so the order is learned once per (input size, output size) by resizing a random probe image
+  both ways and comparing with Pillow itself. A shape where neither order reproduces Pillow
+  (a Pillow whose arithmetic changed) is resized by Pillow from then on.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numba
+import numpy as np
+from PIL import Image
+
+_PRECISION = 22
+_SUPPORT = 3.0  # Lanczos-3
+
+
+def _lanczos(x: float) -> float:
+    if not -3.0 <= x < 3.0:
+        return 0.0
+    return _sinc(x) * _sinc(x / 3.0)
+
+
+def _sinc(x: float) -> float:
+    if x == 0.0:
+        return 1.0
+    x = x * math.pi
+    return math.sin(x) / x
+
+
+@functools.lru_cache(maxsize=512)
+def coefficients(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(bounds, weights)`` for resampling ``in_size`` pixels to ``out_size``: per output pixel
+    the first input pixel and count (int64, shape (out, 2)), and the fixed-point weights (int32,
+    shape (out, ksize), zero past the count)."""
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = _SUPPORT * filterscale
+    ksize = int(math.ceil(support)) * 2 + 1
+    bounds = np.zeros((out_size, 2), dtype=np.int64)
+    weights = np.zeros((out_size, ksize), dtype=np.int32)  # Pillow's INT32 coefficients and sums
+    for xx in range(out_size):
+        center = (xx + 0.5) * scale
+        xmin = max(int(center - support + 0.5), 0)
+        count = min(int(center + support + 0.5), in_size) - xmin
+        row = [_lanczos((x + xmin - center + 0.5) / filterscale) for x in range(count)]
+        total = 0.0
+        for w in row:  # left to right, as Pillow adds them
+            total += w
+        for x, w in enumerate(row):
+            w = w / total if total != 0.0 else w
+            weights[xx, x] = int(-0.5 + w * (1 << _PRECISION)) if w < 0 else int(0.5 + w * (1 << _PRECISION))
+        bounds[xx] = xmin, count
+    return bounds, weights
+
+
+@numba.njit(cache=True, nogil=True)
+def _clip8(total):
+    v = total >> 22
+    return 0 if v < 0 else (255 if v > 255 else v)
+
+
+@numba.njit(cache=True, nogil=True)
+def _horizontal(a, bounds, weights):
+    """The horizontal pass as the vertical pass of the transposed image (long, contiguous inner
+    loops), transposed back."""
+    return _vertical(np.ascontiguousarray(a.T), bounds, weights).T.copy()
+
+
+@numba.njit(cache=True, nogil=True)
+def _vertical(a, bounds, weights):
+    width = a.shape[1]
+    out = np.empty((bounds.shape[0], width), dtype=np.uint8)
+    total = np.empty(width, dtype=np.int32)
+    for yy in range(bounds.shape[0]):
+        ymin, count = bounds[yy, 0], bounds[yy, 1]
+        total[:] = 1 << 21
+        for y in range(count):  # row by row: the inner loop runs along a contiguous row
+            w = weights[yy, y]
+            for x in range(width):
+                total[x] += np.int32(a[ymin + y, x]) * w
+        for x in range(width):
+            out[yy, x] = _clip8(total[x])
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _resize(a, h_bounds, h_weights, v_bounds, v_weights, vertical_first):
+    """Both passes in one call (an empty ``bounds`` skips that pass)."""
+    if vertical_first:
+        if v_bounds.shape[0]:
+            a = _vertical(a, v_bounds, v_weights)
+        if h_bounds.shape[0]:
+            a = _horizontal(a, h_bounds, h_weights)
+    else:
+        if h_bounds.shape[0]:
+            a = _horizontal(a, h_bounds, h_weights)
+        if v_bounds.shape[0]:
+            a = _vertical(a, v_bounds, v_weights)
+    return a
+
+
+_NO_PASS = (np.zeros((0, 2), dtype=np.int64), np.zeros((0, 1), dtype=np.int64))
+
+
+def _passes(a: np.ndarray, size: tuple[int, int], vertical_first: bool) -> np.ndarray:
+    height, width = a.shape
+    out_w, out_h = size
+    # Pillow skips a pass whose size does not change
+    h = coefficients(width, out_w) if out_w != width else _NO_PASS
+    v = coefficients(height, out_h) if out_h != height else _NO_PASS
+    return _resize(a, h[0], h[1], v[0], v[1], vertical_first)
+
+
+@functools.lru_cache(maxsize=4096)
+def _order(shape: tuple[int, int], size: tuple[int, int]) -> str:
+    """'hv', 'vh' or 'pillow': which order of passes reproduces Pillow for this shape."""
+    probe = np.random.default_rng(sum(shape) * 7919 + sum(size)).integers(0, 256, size=shape, dtype=np.uint8)
+    want = np.asarray(Image.fromarray(probe).resize(size, Image.Resampling.LANCZOS))
+    for order in ("hv", "vh"):
+        if np.array_equal(_passes(probe, size, order == "vh"), want):
+            return order
+    return "pillow"
+
+
+def lanczos(gray: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``gray`` (2-D uint8) resized to ``size`` = (width, height): the pixels of
+    ``Image.fromarray(gray).resize(size, Image.Resampling.LANCZOS)``."""
+    a = np.ascontiguousarray(gray, dtype=np.uint8)
+    if a.shape == (size[1], size[0]):
+        return a.copy()
+    order = _order(a.shape, tuple(size))
+    if order == "pillow":
+        return np.asarray(Image.fromarray(a).resize(size, Image.Resampling.LANCZOS))
+    return _passes(a, size, order == "vh")
