@@ -223,7 +223,7 @@ def best_rate(fn, paths: list[str], repeats: int) -> tuple[float, list]:
 def section_hashing(report: Report, args, work: Path, sources: list[Path]) -> None:
     import imagehash
 
-    from trainset import features, hashing
+    from trainset import features, hashing, views
 
     count = args.images or (300 if args.quick else 1200)
     repeats = 2 if args.quick else 3
@@ -258,7 +258,7 @@ def section_hashing(report: Report, args, work: Path, sources: list[Path]) -> No
     report()
     report(f"| method | processes | images/s | vs imagehash | vs decode floor at {side} px | vs decode floor at 1/8 | target |")
     report("|---|---:|---:|---:|---:|---:|---|")
-    report(f"| trainset `features.extract_many` (SHA-256, pHash, dHash, 8 view pHashes, audit measures) | 1 | {ours_rate:,.0f} "
+    report(f"| trainset `features.extract_many` (SHA-256, pHash, dHash, {len(views.VIEW_NAMES)} view pHashes, audit measures) | 1 | {ours_rate:,.0f} "
            f"| {ratio(ours_rate, peer_rate)} | {ratio(ours_rate, floor_rate)} | {ratio(ours_rate, floor8_rate)} "
            f"| >= 2.5x imagehash, >= 0.8x floor |")
     report(f"| `imagehash.phash(Image.open(p))` (full decode) | 1 | {peer_rate:,.0f} | 1.00x | {ratio(peer_rate, floor_rate)} "

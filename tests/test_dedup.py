@@ -15,7 +15,7 @@ from trainset.stages import dedup, group
 
 MAX_DISTANCE = 10
 RULE = f"distance<={MAX_DISTANCE}"
-UPRIGHT = len(views.UPRIGHT_VIEWS)  # the views compared when near_dup.mirror is false
+QUERY, SEARCH = len(views.QUERY_VIEWS), len(views.SEARCH_VIEWS)  # the views compared when near_dup.mirror is false
 PHOTO = ["src:photo.png", "src:gen/photo_copy.png", "src:copies/photo_small.png", "src:copies/photo_resaved.jpg", "src:copies/photo_cropped.png"]
 CATS = ["src:cat.png", "src:gen/cat_up.png"]
 MOTOS = ["src:a_moto.png", "src:b/moto.png", "src:z_moto.png"]
@@ -59,9 +59,10 @@ def _phash(path):
     return imagehash.phash(H.hash_input(path))
 
 
-def _view_distance(views_a, views_b, count: int = UPRIGHT) -> int:
-    """Fewest differing bits between any of the first ``count`` views of one and of the other."""
-    return min(bin(int(x, 16) ^ int(y, 16)).count("1") for x in list(views_a)[:count] for y in list(views_b)[:count])
+def _view_distance(views_a, views_b) -> int:
+    """Fewest differing bits between a query view (plain, trim) of either and a search view of the other."""
+    pairs = [(list(views_a), list(views_b)), (list(views_b), list(views_a))]
+    return min(bin(int(x, 16) ^ int(y, 16)).count("1") for one, other in pairs for x in one[:QUERY] for y in other[:SEARCH])
 
 
 def _groups(c):

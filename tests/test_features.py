@@ -218,7 +218,7 @@ def _assert_views(result: dict) -> None:
     """One hex pHash per view in VIEW_NAMES order, the plain one being the item's pHash and each
     mirror the left-right flip of its upright view's thumbnail."""
     hashes = result["phash_views"]
-    assert isinstance(hashes, list) and len(hashes) == len(views.VIEW_NAMES) == 8
+    assert isinstance(hashes, list) and len(hashes) == len(views.VIEW_NAMES) == 28
     assert all(isinstance(h, str) and len(h) == 16 and int(h, 16) >= 0 for h in hashes)
     assert hashes[views.VIEW_NAMES.index("plain")] == result["phash"]
     assert hashes[views.VIEW_NAMES.index("plain_mirror")] != result["phash"]

@@ -1,6 +1,8 @@
 """The near-duplicate rule: exact pair search over views and embeddings, clusters without chains,
 the incremental index, and which copy is kept."""
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,8 +13,25 @@ from trainset import kernels, neardup, similarity
 from trainset.config import ConfigError
 
 
-def _rule(*clauses, mirror=False, partitions=0) -> neardup.Rule:
-    return neardup.Rule.from_params({"rule": [dict(c) for c in clauses], "mirror": mirror, "embedding": {"partitions": partitions}})
+def _rule(*clauses, mirror=False, partitions=0, views: int | None = None, query: int = 1) -> neardup.Rule:
+    """A rule from params; with ``views``, for a planted matrix of that many columns whose first
+    ``query`` columns are the query views and all of them the search views."""
+    rule = neardup.Rule.from_params({"rule": [dict(c) for c in clauses], "mirror": mirror, "embedding": {"partitions": partitions}})
+    if views is None:
+        return rule
+    return dataclasses.replace(rule, query=tuple(range(min(query, views))), search=tuple(range(views)))
+
+
+def test_rule_columns_follow_the_view_layout():
+    from trainset import views
+
+    plain = _rule({"max_distance": 6})
+    assert [views.VIEW_NAMES[c] for c in plain.query] == ["plain", "trim"]
+    assert [views.VIEW_NAMES[c] for c in plain.search] == list(views.SEARCH_VIEWS)
+    mirrored = _rule({"max_distance": 6}, mirror=True)
+    assert [views.VIEW_NAMES[c] for c in mirrored.query] == ["plain", "trim", "plain_mirror", "trim_mirror"]
+    assert mirrored.view_indices == list(range(len(views.VIEW_NAMES)))
+    assert plain.view_indices == list(range(len(views.SEARCH_VIEWS)))
 
 
 # --- params ---------------------------------------------------------------------------------------
@@ -81,7 +100,8 @@ def _brute(rule, matrix, emb, base_matrix=None, base_emb=None):
         for b in range(len(other)):
             if base_matrix is None and b <= a:
                 continue
-            d = int(min(bin(int(x) ^ int(y)).count("1") for x in matrix[a] for y in other[b]))
+            d = int(min(bin(int(one[q]) ^ int(two[t])).count("1")
+                        for one, two in ((matrix[a], other[b]), (other[b], matrix[a])) for q in rule.query for t in rule.search))
             c = float(np.dot(emb[a].astype(np.float64), other_emb[b].astype(np.float64))) if emb is not None else np.nan
             label = rule.judge(np.array([d]), np.array([c]))[0]
             if label:
@@ -97,9 +117,10 @@ clause = st.one_of(
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 10_000), n=st.integers(0, 40), views=st.integers(1, 4), clauses=st.lists(clause, min_size=1, max_size=3))
-def test_find_pairs_equals_judging_every_pair(seed, n, views, clauses):
-    rule = _rule(*clauses)
+@given(seed=st.integers(0, 10_000), n=st.integers(0, 40), views=st.integers(1, 4), query=st.integers(1, 4),
+       clauses=st.lists(clause, min_size=1, max_size=3))
+def test_find_pairs_equals_judging_every_pair(seed, n, views, query, clauses):
+    rule = _rule(*clauses, views=views, query=query)
     matrix, emb = _planted(seed, n, views)
     got = neardup.find_pairs(rule, matrix, emb if rule.uses_cosine else None)
     want = _brute(rule, matrix, emb if rule.uses_cosine else None)
@@ -107,9 +128,10 @@ def test_find_pairs_equals_judging_every_pair(seed, n, views, clauses):
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 10_000), n=st.integers(2, 40), k=st.integers(1, 10), clauses=st.lists(clause, min_size=1, max_size=3))
-def test_find_pairs_between_equals_judging_every_cross_pair(seed, n, k, clauses):
-    rule = _rule(*clauses)
+@given(seed=st.integers(0, 10_000), n=st.integers(2, 40), k=st.integers(1, 10), query=st.integers(1, 3),
+       clauses=st.lists(clause, min_size=1, max_size=3))
+def test_find_pairs_between_equals_judging_every_cross_pair(seed, n, k, query, clauses):
+    rule = _rule(*clauses, views=3, query=query)
     matrix, emb = _planted(seed, n + k, 3)
     q, b = matrix[n:], matrix[:n]
     qe, be = (emb[n:], emb[:n]) if rule.uses_cosine else (None, None)
@@ -118,7 +140,7 @@ def test_find_pairs_between_equals_judging_every_cross_pair(seed, n, k, clauses)
 
 
 def test_missing_embeddings_only_pass_distance_clauses():
-    rule = _rule({"max_distance": 2}, {"max_distance": 30, "min_cosine": 0.5})
+    rule = _rule({"max_distance": 2}, {"max_distance": 30, "min_cosine": 0.5}, views=1)
     matrix = np.array([[0], [0b111], [0b1]], dtype=np.uint64)
     emb = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 0.0]], dtype=np.float32)  # row 2: no embedding
     got = neardup.find_pairs(rule, matrix, emb)
@@ -174,7 +196,7 @@ def _shas(n: int, offset: int = 0) -> list[str]:
 
 
 def test_adding_k_contents_searches_only_the_new_ones(tmp_path, monkeypatch):
-    rule = _rule({"max_distance": 8}, {"max_distance": 20, "min_cosine": 0.8})
+    rule = _rule({"max_distance": 8}, {"max_distance": 20, "min_cosine": 0.8}, views=3, query=1)
     matrix, emb = _planted(7, 260, 3)
     n, k = 250, 10
     index = neardup.PairIndex(tmp_path, rule.key("m"))
@@ -187,15 +209,17 @@ def test_adding_k_contents_searches_only_the_new_ones(tmp_path, monkeypatch):
     monkeypatch.setattr(kernels, "near_pairs_between", lambda q, b, t, *a, **kw: calls.append(("between", len(q), len(b))) or real_between(q, b, t, *a, **kw))
     pairs, stats = neardup.content_pairs(rule, _shas(n + k), matrix, emb, index)
     assert stats.new == k and stats.reused_pairs == len(first)
-    # the old contents' views (up to 3 each) are never searched against each other again
-    assert [c[0] for c in calls] == ["self", "between"]
-    assert calls[0][1] <= 3 * k and calls[1][1] <= 3 * k
+    # the old contents' views (1 query, up to 3 search views each) are never searched against each other again
+    assert [c[0] for c in calls] == ["between"] * 3  # new vs new, new vs old, old vs new
+    assert calls[0][1] <= k and calls[0][2] <= 3 * k
+    # the old side is the base, then the query: never both sides old
+    assert calls[1][1] <= k and calls[2][2] <= 3 * k
     fresh, _ = neardup.content_pairs(rule, _shas(n + k), matrix, emb, None)
     pd.testing.assert_frame_equal(pairs, fresh)
 
 
 def test_index_forgets_contents_that_left_and_recomputes_them_when_back(tmp_path):
-    rule = _rule({"max_distance": 10})
+    rule = _rule({"max_distance": 10}, views=2, query=1)
     matrix, _ = _planted(3, 60, 2)
     shas = _shas(60)
     index = neardup.PairIndex(tmp_path, rule.key())
@@ -216,7 +240,7 @@ def test_a_changed_rule_gets_its_own_index(tmp_path):
 
 
 def test_semdedup_partitions_still_find_planted_duplicates():
-    rule = _rule({"max_distance": 4}, {"max_distance": 64, "min_cosine": 0.97}, partitions=4)
+    rule = _rule({"max_distance": 4}, {"max_distance": 64, "min_cosine": 0.97}, partitions=4, views=1)
     rng = np.random.default_rng(1)
     centres = rng.normal(size=(200, 16))
     emb = np.concatenate([centres, centres + rng.normal(scale=0.03, size=centres.shape)])

@@ -65,12 +65,22 @@ def test_padded_copy_matches_through_the_trimmed_view():
     assert orig["trim"] == orig["plain"]  # nothing to trim on the original
 
 
-def test_cropped_copy_is_closer_through_the_centre_view():
-    im = _photo("coffee", (400, 300))
-    cropped = im.crop((16, 12, 384, 288))  # 8 % off each dimension, centred
-    orig, copy = _views(im), _views(cropped)
+def _query_to_search(one: dict, other: dict) -> int:
+    """The distance trainset.neardup uses: a query view of either against a search view of the other."""
+    return min(_bits(a[q], b[s]) for a, b in ((one, other), (other, one)) for q in views.QUERY_VIEWS for s in views.SEARCH_VIEWS)
+
+
+@pytest.mark.parametrize(("name", "box"), [
+    ("coffee", (16, 12, 384, 288)),  # 4 % off each side, centred
+    ("coffee", (40, 0, 400, 300)),  # 10 % off the left only
+    ("astronaut", (0, 30, 360, 300)),  # 10 % off the top and the right
+    ("chelsea", (0, 0, 352, 264)),  # 12 % off the right and the bottom
+])
+def test_cropped_copy_sits_in_a_search_view_of_its_original(name, box):
+    im = _photo(name, (400, 300))
+    orig, copy = _views(im), _views(im.crop(box))
     plain = _bits(orig["plain"], copy["plain"])
-    best = min(_bits(orig[a], copy[b]) for a in views.UPRIGHT_VIEWS for b in views.UPRIGHT_VIEWS)
+    best = _query_to_search(orig, copy)
     assert best < plain
     assert best <= 6
 
@@ -81,6 +91,7 @@ def test_mirrored_copy_matches_through_the_mirror_view():
     orig, copy = _views(im), _views(mirrored)
     assert _bits(orig["plain"], copy["plain"]) > 16
     assert _bits(orig["plain"], copy["plain_mirror"]) <= 2
+    assert _bits(orig["trim"], copy["trim_mirror"]) <= 2
 
 
 def test_extract_stores_every_view(tmp_path):
@@ -99,3 +110,19 @@ def test_tiny_images_do_not_break_the_views(shape):
     arr = np.random.default_rng(0).integers(0, 255, size=shape, dtype=np.uint8)
     im = Image.fromarray(arr)
     assert len(_views(im)) == len(views.VIEW_NAMES)
+
+
+def test_view_names_and_boxes():
+    assert views.VIEW_NAMES[: len(views.SEARCH_VIEWS)] == views.SEARCH_VIEWS
+    assert views.SEARCH_VIEWS[:2] == views.QUERY_VIEWS == ("plain", "trim")
+    assert views.VIEW_NAMES[len(views.SEARCH_VIEWS):] == ("plain_mirror", "trim_mirror")
+    assert len(set(views.VIEW_NAMES)) == len(views.VIEW_NAMES) == 2 + 2 * len(views.BOXES) + 2
+    assert views.sub_box((10, 20, 110, 220), views.BOXES["c90"]) == (15, 30, 105, 210)
+    assert views.sub_box((0, 0, 1, 1), views.BOXES["c80"]) == (0, 0, 1, 1)  # an empty box keeps the whole
+
+
+def test_an_image_without_border_reuses_its_thumbnails():
+    """trim == whole, so every trim_* view is the view of the same box."""
+    out = _views(_photo("coffee"))
+    assert out["trim"] == out["plain"]
+    assert all(out[f"trim_{name}"] == out[name] for name in views.BOXES)

@@ -6,7 +6,7 @@ module's code, and the trainset and Pillow versions. Adding one image to a sourc
 therefore decodes that image only.
 
 Besides the identity fields (format, mode, upright size, EXIF orientation, pHash, dHash, and the
-pHashes of the trimmed, centre and mirrored views of ``trainset.views``) one
+pHashes of the query, search and mirrored views of ``trainset.views``) one
 decode yields the measures the audit checks judge (``trainset.audit_checks``). They are
 stored per item, so a threshold can change later without decoding anything again:
 

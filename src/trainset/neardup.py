@@ -2,9 +2,9 @@
 
 A pair is judged on two numbers:
 
-- ``distance``: the fewest differing bits between any view of one and any view of the other
-  (plain, trimmed and centre pHashes, ``trainset.views``; the mirrored views too when
-  ``near_dup.mirror`` is true);
+- ``distance``: the fewest differing bits between a query view of either (its plain or trimmed
+  pHash, and their mirror images when ``near_dup.mirror`` is true) and a search view of the other
+  (the same plus the pHashes of sub-boxes where a crop of it would sit; ``trainset.views``);
 - ``cosine``: the cosine of their image embeddings (``trainset.embeddings``), when a clause needs it.
 
 The rule is a list of clauses, any of which makes a pair a near-duplicate, e.g. ``distance <= 6``,
@@ -74,6 +74,9 @@ class Rule:
     batch_size: int = 32
     partitions: int = 0
     seed: int = 0
+    query: tuple[int, ...] = ()
+    """View-matrix columns compared with the other image's ``search`` columns (set by :meth:`from_params`)."""
+    search: tuple[int, ...] = ()
 
     @classmethod
     def from_params(cls, near_dup: dict, seed: int = 0) -> "Rule":
@@ -97,9 +100,15 @@ class Rule:
             clauses.append(Clause(md, None if mc is None else float(mc)))
         embedding = near_dup.get("embedding") or {}
         model = dict(embedding.get("model") or {"backend": "efficientnet-lite0"})
+        mirror = bool(near_dup.get("mirror", False))
+        query = tuple(range(len(views.QUERY_VIEWS)))
+        if mirror:  # the mirrored query views follow the search views in the view matrix
+            query += tuple(range(len(views.SEARCH_VIEWS), len(views.VIEW_NAMES)))
         return cls(
             clauses=tuple(clauses),
-            mirror=bool(near_dup.get("mirror", False)),
+            mirror=mirror,
+            query=query,
+            search=tuple(range(len(views.SEARCH_VIEWS))),
             model=model,
             batch_size=int(embedding.get("batch_size", 32)),
             partitions=int(embedding.get("partitions", 0) or 0),
@@ -128,13 +137,16 @@ class Rule:
 
     @property
     def view_indices(self) -> list[int]:
-        count = len(views.VIEW_NAMES) if self.mirror else len(views.UPRIGHT_VIEWS)
+        """The ``phash_views`` entries the rule reads: the search views, then the mirrored query
+        views when ``mirror`` is on (the columns of :func:`view_matrix`)."""
+        count = len(views.VIEW_NAMES) if self.mirror else len(views.SEARCH_VIEWS)
         return list(range(count))
 
     def key(self, model_key: str | None = None) -> str:
         """Digest of everything that decides which pairs are found."""
         return params_digest({
             "clauses": [c.label for c in self.clauses], "mirror": self.mirror, "views": list(views.VIEW_NAMES),
+            "query": list(self.query), "search": list(self.search),
             "model": model_key if self.uses_cosine else None, "partitions": self.partitions, "seed": self.seed,
         })
 
@@ -155,12 +167,16 @@ def view_matrix(phash_views, rule: Rule) -> np.ndarray:
     return np.array(rows, dtype=np.uint64).reshape(len(rows), len(idx))
 
 
-def view_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Fewest differing bits between any view of ``a[k]`` and any view of ``b[k]`` (rows paired)."""
+def view_distance(a: np.ndarray, b: np.ndarray, query: list[int], search: list[int]) -> np.ndarray:
+    """Fewest differing bits between a ``query`` view of either of ``a[k]`` and ``b[k]`` and a
+    ``search`` view of the other (rows paired; columns of :func:`view_matrix`)."""
     out = np.empty(len(a), dtype=np.int64)
-    for start in range(0, len(a), 1 << 18):
-        x = a[start:start + (1 << 18), :, None] ^ b[start:start + (1 << 18), None, :]
-        out[start:start + (1 << 18)] = np.bitwise_count(x).min(axis=(1, 2))
+    step = 1 << 15
+    for start in range(0, len(a), step):
+        x, y = a[start:start + step], b[start:start + step]
+        one = np.bitwise_count(x[:, query, None] ^ y[:, None, search]).min(axis=(1, 2))
+        other = np.bitwise_count(y[:, query, None] ^ x[:, None, search]).min(axis=(1, 2))
+        out[start:start + step] = np.minimum(one, other)
     return out
 
 
@@ -189,19 +205,27 @@ def _owner_pairs(i, j, owner_i, owner_j, same_set: bool) -> tuple[np.ndarray, np
     return code >> 32, code & ((1 << 32) - 1)
 
 
-def hash_candidates(matrix: np.ndarray, radius: int, base: np.ndarray | None = None):
-    """Owner pairs whose closest views are within ``radius`` bits: ``(i, j)`` with i < j within
-    ``matrix``, or ``(query row, base row)`` when ``base`` is given."""
+def hash_candidates(matrix: np.ndarray, radius: int, query: list[int], search: list[int], base: np.ndarray | None = None):
+    """Owner pairs where a query view of one is within ``radius`` bits of a search view of the
+    other: ``(i, j)`` with i < j within ``matrix``, or ``(query row, base row)`` when ``base`` is
+    given (both directions searched)."""
     empty = np.zeros(0, dtype=np.int64)
     if radius < 0 or not len(matrix) or (base is not None and not len(base)):
         return empty, empty.copy()
-    flat, owner = _flatten(matrix)
+    qflat, qowner = _flatten(matrix[:, query])
     if base is None:
-        i, j, _ = kernels.near_pairs(flat, radius)
-        return _owner_pairs(i, j, owner, owner, True)
-    bflat, bowner = _flatten(base)
-    qi, bj, _ = kernels.near_pairs_between(flat, bflat, radius)
-    return _owner_pairs(qi, bj, owner, bowner, False)
+        sflat, sowner = _flatten(matrix[:, search])
+        qi, sj, _ = kernels.near_pairs_between(qflat, sflat, radius)
+        return _owner_pairs(qi, sj, qowner, sowner, True)
+    bq, bqowner = _flatten(base[:, query])
+    bs, bsowner = _flatten(base[:, search])
+    sflat, sowner = _flatten(matrix[:, search])
+    qi, bj, _ = kernels.near_pairs_between(qflat, bs, radius)
+    a1, b1 = _owner_pairs(qi, bj, qowner, bsowner, False)
+    bi, qj, _ = kernels.near_pairs_between(bq, sflat, radius)
+    b2, a2 = _owner_pairs(bi, qj, bqowner, sowner, False)
+    code = np.unique(np.concatenate([a1 * (1 << 32) + b1, a2 * (1 << 32) + b2]))
+    return code >> 32, code & ((1 << 32) - 1)
 
 
 # --- pairs ----------------------------------------------------------------------------------------
@@ -250,12 +274,12 @@ def find_pairs(
     ``base`` (``a`` a query row, ``b`` a base row). ``emb`` rows align with the matrix rows (NaN
     rows: no embedding). Columns :data:`PAIR_FIELDS`."""
     between = base_matrix is not None
-    hi, hj = hash_candidates(matrix, rule.hash_radius, base_matrix if between else None)
+    hi, hj = hash_candidates(matrix, rule.hash_radius, list(rule.query), list(rule.search), base_matrix if between else None)
     ci, cj = _cosine_candidates(rule, emb, base_emb if between else None)
     code = np.unique(np.concatenate([hi * (1 << 32) + hj, ci * (1 << 32) + cj]))
     a, b = code >> 32, code & ((1 << 32) - 1)
     other = base_matrix if between else matrix
-    distance = view_distance(matrix[a], other[b]) if len(a) else np.zeros(0, dtype=np.int64)
+    distance = view_distance(matrix[a], other[b], list(rule.query), list(rule.search)) if len(a) else np.zeros(0, dtype=np.int64)
     cosine = _cosines(emb, a, b, base_emb if between else None) if rule.uses_cosine else np.full(len(a), np.nan)
     label = rule.judge(distance, cosine)
     keep = label != ""

@@ -78,7 +78,7 @@ IMAGE_COLUMNS = {
     "exif_orientation": pa.Column("int64", pa.Check.in_range(1, 8)),
     "phash": _text(nullable=True, checks=pa.Check.str_matches(_HEX16)),
     "dhash": _text(nullable=True, checks=pa.Check.str_matches(_HEX16)),
-    # pHashes of the views in trainset.views.VIEW_NAMES order (trimmed, centre, mirrored); [] if undecoded
+    # pHashes of the views in trainset.views.VIEW_NAMES order (query, search, mirrored); [] if undecoded
     "phash_views": pa.Column(object, pa.Check(_is_hex16_list, element_wise=True, error="phash_views must be a list of 16-digit hex strings")),
     # measures from the same decode (trainset.features), judged by trainset.audit_checks;
     # a failed decode has n_frames 1, no alpha (alpha_min 255), bit_depth 0 and NaN floats

@@ -1,20 +1,26 @@
 """Views of one decoded image, hashed beside its plain pHash for near-duplicate search.
 
 A plain pHash misses most copies padded with a border (the picture shrinks inside the frame),
-many copies cropped by 5-12 % (the picture grows and shifts) and every mirrored copy. All three
-are cheap to catch from the decode that is already open, by hashing more than one view:
+most copies cropped by 5-12 % (the picture grows and shifts) and every mirrored copy. All three
+are cheap to catch from the decode that is already open, by hashing more than one view.
 
-- ``trim``: uniform borders (letterboxing, padding, a flat background) dropped pass after pass,
-  so a copy padded onto a plain background and its original trim to the same picture;
-- ``center``: the middle :data:`CENTER_FRACTION` of the picture, which a modest crop keeps;
-- ``trim_center``: the middle of the trimmed picture;
-- ``*_mirror``: the left-right flip of each of those 32x32 thumbnails (used when
-  ``near_dup.views.mirror`` asks for mirrored copies).
+Two sets of views, compared one way (``trainset.neardup``):
 
-Two images are as close as their closest pair of views (``trainset.neardup``). Views are cut
-from the hash input (``hashing.hash_input``: the grayscale image box-reduced to about 64 px on
-its short side), and the order of :data:`VIEW_NAMES` is the order of the
-``phash_views`` list in the audit manifest.
+- the *query* views, :data:`QUERY_VIEWS`: ``plain`` (the whole picture) and ``trim`` (uniform
+  borders such as letterboxing, padding or a flat background dropped pass after pass), and,
+  when ``near_dup.mirror`` asks for mirrored copies, their left-right flips;
+- the *search* views, :data:`SEARCH_VIEWS`: the query views plus sub-boxes of the whole and of
+  the trimmed picture (:data:`BOXES`: the centre at 90 % and 80 %, the four corners and the four
+  sides at 90 %, and 92 % strips across): where a cropped copy's whole picture sits in its
+  original.
+
+A pair's distance is the fewest differing bits between a query view of either image and a
+search view of the other. Comparing sub-box with sub-box as well would let two different
+pictures meet in some corner: on copies made from real images that costs precision for no
+recall. Views are cut from the hash input (``hashing.hash_input``: the grayscale image
+box-reduced to about 64 px on its short side); a view whose box equals another's reuses its
+thumbnail. The order of :data:`VIEW_NAMES` is the order of the ``phash_views`` list in the audit
+manifest.
 """
 
 from __future__ import annotations
@@ -37,11 +43,18 @@ TRIM_MIN_KEEP = 0.2
 TRIM_PASSES = 3
 """Nested borders (a coloured pad around a white background) trim in successive passes."""
 
-CENTER_FRACTION = 0.9
-"""Share of width and height the centre view keeps."""
+BOXES = {
+    "c90": (0.05, 0.05, 0.95, 0.95), "c80": (0.1, 0.1, 0.9, 0.9),
+    "tl": (0.0, 0.0, 0.9, 0.9), "tr": (0.1, 0.0, 1.0, 0.9), "bl": (0.0, 0.1, 0.9, 1.0), "br": (0.1, 0.1, 1.0, 1.0),
+    "l": (0.1, 0.0, 1.0, 1.0), "r": (0.0, 0.0, 0.9, 1.0), "t": (0.0, 0.1, 1.0, 1.0), "b": (0.0, 0.0, 1.0, 0.9),
+    "lr": (0.08, 0.0, 0.92, 1.0), "tb": (0.0, 0.08, 1.0, 0.92),
+}
+"""Sub-boxes (left, top, right, bottom as fractions) of the whole and of the trimmed picture."""
 
-UPRIGHT_VIEWS = ("plain", "trim", "center", "trim_center")
-VIEW_NAMES = UPRIGHT_VIEWS + tuple(f"{v}_mirror" for v in UPRIGHT_VIEWS)
+QUERY_VIEWS = ("plain", "trim")
+SEARCH_VIEWS = QUERY_VIEWS + tuple(BOXES) + tuple(f"trim_{name}" for name in BOXES)
+MIRROR_VIEWS = tuple(f"{v}_mirror" for v in QUERY_VIEWS)
+VIEW_NAMES = SEARCH_VIEWS + MIRROR_VIEWS
 
 
 @numba.njit(cache=True, nogil=True)
@@ -99,11 +112,13 @@ def border_box(gray: np.ndarray) -> tuple[int, int, int, int]:
     return tuple(int(v) for v in box)
 
 
-def center_box(box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+def sub_box(box: tuple[int, int, int, int], fractions: tuple[float, float, float, float]) -> tuple[int, int, int, int]:
+    """The part of ``box`` (pixels, Pillow's crop order) that ``fractions`` names; ``box`` itself
+    when that would be empty."""
     left, top, right, bottom = box
-    dx = (right - left) * (1 - CENTER_FRACTION) / 2
-    dy = (bottom - top) * (1 - CENTER_FRACTION) / 2
-    inner = (round(left + dx), round(top + dy), round(right - dx), round(bottom - dy))
+    width, height = right - left, bottom - top
+    x0, y0, x1, y1 = fractions
+    inner = (left + round(x0 * width), top + round(y0 * height), left + round(x1 * width), top + round(y1 * height))
     return inner if inner[2] > inner[0] and inner[3] > inner[1] else box
 
 
@@ -114,14 +129,15 @@ def thumbnails(small: Image.Image | np.ndarray, plain: np.ndarray) -> list[np.nd
     gray = np.asarray(small.convert("L")) if isinstance(small, Image.Image) else small
     whole = (0, 0, gray.shape[1], gray.shape[0])
     trim = border_box(gray)
+    boxes = [whole, trim] + [sub_box(whole, f) for f in BOXES.values()] + [sub_box(trim, f) for f in BOXES.values()]
     made = {whole: plain}  # a view whose box another view has is the same thumbnail
-    upright = [plain]
-    for box in (trim, center_box(whole), center_box(trim)):
+    out = []
+    for box in boxes:
         if box not in made:
             left, top, right, bottom = box
             made[box] = hashing.phash_thumb(gray[top:bottom, left:right])
-        upright.append(made[box])
-    return upright + [t[:, ::-1] for t in upright]
+        out.append(made[box])
+    return out + [t[:, ::-1] for t in out[: len(QUERY_VIEWS)]]
 
 
 def hash_views(small: Image.Image, plain: np.ndarray) -> list[str]:
