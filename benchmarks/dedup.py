@@ -711,7 +711,7 @@ def section_quality(report: Report, args, work: Path, items: list[tuple[Path, st
         else:
             runs[label] = got
     results = {label: metrics(*run[0], n_groups) for label, run in runs.items()}
-    order = keep_order(paths)
+    order = keep_order(paths, params)
     clustered = {label: metrics(*cluster_pairs(len(paths), *run[0], order), n_groups) for label, run in runs.items()}
 
     n_anime = int(sum(c.startswith("anime:") for c in chars))
@@ -729,7 +729,7 @@ def section_quality(report: Report, args, work: Path, items: list[tuple[Path, st
     labels = ["pHash only", "default rule", "mirror on"]
     pr_table(report, "pairs", results, labels)
     report("Clusters: the pairs each run's clusters imply, clusters grown as the dedup stage grows them (around the "
-           "copy it would keep: most pixels first; every member a pair of its representative), i.e. which copies "
+           "copy it would keep, by `near_dup.keep`: least border, then most pixels; every member a pair of its representative), i.e. which copies "
            "the dedup stage would drop together.")
     report()
     pr_table(report, "clusters", clustered, labels)
@@ -777,15 +777,23 @@ def distinct_pictures(originals: list[tuple[Path, str]]) -> tuple[list[tuple[Pat
     return [o for k, o in enumerate(originals) if k not in drop], len(drop)
 
 
-def keep_order(paths: list[str]) -> np.ndarray:
-    """The dedup stage's preference among copies of one picture, as far as files tell: most pixels
-    first, then the larger file, then the path order."""
-    pixels, sizes = [], []
-    for p in paths:
-        with Image.open(p) as im:
-            pixels.append(im.width * im.height)
-        sizes.append(os.path.getsize(p))
-    return np.lexsort((np.arange(len(paths)), -np.array(sizes), -np.array(pixels)))
+def keep_order(paths: list[str], near_dup: dict) -> np.ndarray:
+    """The dedup stage's preference among the files (``neardup.preference_order`` with the params'
+    ``near_dup.keep``), from their features: all originals, no sidecars or tags, one source."""
+    import pandas as pd
+
+    from trainset import features, neardup
+
+    feats = features.extract_many(paths)
+    items = pd.DataFrame({
+        "item_id": [f"bench:{k:06d}" for k in range(len(paths))],
+        "generated": False, "source": "bench", "sidecar": None,
+        "width": [f["width"] for f in feats], "height": [f["height"] for f in feats],
+        "border_fraction": [f["border_fraction"] for f in feats],
+        "size": [os.path.getsize(p) for p in paths], "tags": [[] for _ in paths],
+    })
+    ranked = neardup.preference_order(items, near_dup)
+    return ranked["item_id"].str[6:].astype(int).to_numpy()
 
 
 def cluster_pairs(n: int, a: np.ndarray, b: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

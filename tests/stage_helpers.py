@@ -318,6 +318,7 @@ def item_row(item_id: str, sha: str | None = None, **over) -> dict:
         "luma_std": 50.0,
         "entropy": 7.0,
         "laplacian_var": 500.0,
+        "border_fraction": 0.0,
         "cluster_key": sha,
         "cluster_id": sha[:16],
         "cluster_size": 1,

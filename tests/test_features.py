@@ -22,7 +22,7 @@ from trainset import features, hashing, views
 from trainset.features import FeatureCache, FeatureStats, compute, extract, feature_key
 
 SAMPLES = Path(skimage.data.__file__).parent
-MEASURES = {"n_frames", "animated", "has_alpha", "alpha_min", "bit_depth", "luma_mean", "luma_std", "entropy", "laplacian_var"}
+MEASURES = {"n_frames", "animated", "has_alpha", "alpha_min", "bit_depth", "luma_mean", "luma_std", "entropy", "laplacian_var", "border_fraction"}
 FIELDS = {"decoded", "reason", "detail", "format", "mode", "width", "height", "exif_orientation", "phash", "dhash", "phash_views", *MEASURES}
 
 
@@ -76,7 +76,7 @@ def _assert_failed(result: dict, reason: str, size: tuple[int, int] = (0, 0)) ->
     assert result["exif_orientation"] == 1
     # the measures' defaults: one frame, no alpha, unknown depth, no pixel statistics
     assert (result["n_frames"], result["animated"], result["has_alpha"], result["alpha_min"], result["bit_depth"]) == (1, False, False, 255, 0)
-    assert all(result[k] is None for k in ("luma_mean", "luma_std", "entropy", "laplacian_var"))
+    assert all(result[k] is None for k in ("luma_mean", "luma_std", "entropy", "laplacian_var", "border_fraction"))
     assert json.loads(json.dumps(result)) == result  # cacheable as JSON (no NaN in the cache)
 
 

@@ -381,7 +381,7 @@ def _audit_row(**over) -> dict:
         "format": "PNG", "mode": "RGB", "width": 10, "height": 12, "exif_orientation": 1, "phash": "0123456789abcdef",
         "dhash": "fedcba9876543210", "phash_views": ["0123456789abcdef"] * 8,
         "n_frames": 1, "animated": False, "has_alpha": False, "alpha_min": 255, "bit_depth": 8,
-        "luma_mean": 120.5, "luma_std": 40.0, "entropy": 7.1, "laplacian_var": 310.0,
+        "luma_mean": 120.5, "luma_std": 40.0, "entropy": 7.1, "laplacian_var": 310.0, "border_fraction": 0.0,
     }
     row.update(over)
     return row
@@ -392,10 +392,12 @@ def test_audit_schema_accepts_failed_decode(tmp_path):
         _audit_row(),
         _audit_row(item_id="s:b.png", decoded=False, reason="truncated", detail="cut", format=None,
                    mode=None, width=0, height=0, phash=None, dhash=None, phash_views=[], bit_depth=0,
-                   luma_mean=float("nan"), luma_std=float("nan"), entropy=float("nan"), laplacian_var=float("nan")),
+                   luma_mean=float("nan"), luma_std=float("nan"), entropy=float("nan"), laplacian_var=float("nan"),
+                   border_fraction=float("nan")),
         _audit_row(item_id="s:c.png", decoded=False, reason="decompression_bomb", detail="too big", mode=None,
                    width=20000, height=20000, phash=None, dhash=None, phash_views=[], bit_depth=0,
-                   luma_mean=float("nan"), luma_std=float("nan"), entropy=float("nan"), laplacian_var=float("nan")),
+                   luma_mean=float("nan"), luma_std=float("nan"), entropy=float("nan"), laplacian_var=float("nan"),
+                   border_fraction=float("nan")),
     ]))
     manifest.write(df, tmp_path / "audit.parquet", schemas.AUDIT)
     back = manifest.read(tmp_path / "audit.parquet", schemas.AUDIT)

@@ -189,6 +189,17 @@ def test_preference_order_follows_keep_list():
         order(keep=["quality"], quality_column="nope")
 
 
+def test_border_key_puts_padded_copies_after_the_picture_they_frame():
+    items = pd.DataFrame({
+        "item_id": ["s:padded", "s:plain", "s:letterboxed"], "generated": False,
+        "width": [600, 500, 500], "height": [600, 500, 700], "border_fraction": [0.3, 0.0, np.nan],
+        "source": "s", "size": [1, 1, 1], "sidecar": None, "tags": [[], [], []],
+    })
+    assert neardup.preference_order(items)["item_id"].tolist() == ["s:letterboxed", "s:plain", "s:padded"]  # NaN reads as none
+    assert neardup.preference_order(items, {"keep": ["resolution"]})["item_id"].tolist() == ["s:letterboxed", "s:padded", "s:plain"]
+    assert neardup.DEFAULT_KEEP[:3] == ("original", "border", "resolution")
+
+
 # --- the incremental index ------------------------------------------------------------------------
 
 def _shas(n: int, offset: int = 0) -> list[str]:

@@ -49,12 +49,16 @@ def test_default_rule_catches_crops_and_pads_that_a_plain_phash_misses(tmp_path)
     plain = lambda a, b: bin(int(phash[a]["phash"], 16) ^ int(phash[b]["phash"], 16)).count("1")  # noqa: E731
     assert plain("src:coffee.png", "src:coffee_crop.png") > 10 and plain("src:chelsea.png", "src:chelsea_pad.png") > 10
     rejected = H.by_id(c.read("rej_dedup", schemas.REJECTED))
-    # the padded copy has more pixels, so it is the one kept (near_dup.keep: resolution)
-    assert set(rejected) == {"src:coffee_crop.png", "src:chelsea.png", "src:rocket_bright.jpg"}
+    # the padded copy has more pixels, but a border: the picture it frames is kept (near_dup.keep: border first)
+    assert set(rejected) == {"src:coffee_crop.png", "src:chelsea_pad.png", "src:rocket_bright.jpg"}
     assert rejected["src:coffee_crop.png"]["duplicate_of"] == "src:coffee.png"
-    assert rejected["src:chelsea.png"]["duplicate_of"] == "src:chelsea_pad.png"
-    assert "cosine" in rejected["src:coffee_crop.png"]["detail"]
-    assert _ids(kept) == {f"src:{n}.png" for n in PHOTOS} - {"src:chelsea.png"} | {"src:chelsea_pad.png"}
+    assert rejected["src:chelsea_pad.png"]["duplicate_of"] == "src:chelsea.png"
+    assert phash["src:chelsea_pad.png"]["border_fraction"] > 0.3 and phash["src:chelsea.png"]["border_fraction"] == 0
+    assert _ids(kept) == {f"src:{n}.png" for n in PHOTOS}
+    # with resolution first, the padded copy (more pixels) is kept instead
+    c2 = _chain(tmp_path / "by_resolution", raw)
+    c2.through_dedup(min_side=64, near_dup={**DEFAULT_NEAR_DUP, "keep": ["resolution"]})
+    assert H.by_id(c2.read("rej_dedup", schemas.REJECTED))["src:chelsea.png"]["duplicate_of"] == "src:chelsea_pad.png"
     pairs = c.read("pairs", schemas.PAIRS)
     assert pairs["cosine"].notna().all() and pairs["rule"].str.len().gt(0).all()
 

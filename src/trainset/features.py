@@ -17,7 +17,9 @@ stored per item, so a threshold can change later without decoding anything again
 - ``bit_depth``: bits per channel of the stored mode (1, 8, 16 or 32);
 - ``luma_mean`` / ``luma_std``: brightness and contrast (0..255) of the grayscale image;
 - ``entropy``: Shannon entropy (bits, 0..8) of its 256-bin histogram;
-- ``laplacian_var``: a blur measure, see :func:`laplacian_var`.
+- ``laplacian_var``: a blur measure, see :func:`laplacian_var`;
+- ``border_fraction``: the share of the area that is uniform border (padding, letterboxing),
+  from the trimmed view (``trainset.views.border_box``) at the hash input's scale.
 
 The pixel measures are taken on the EXIF-upright first frame; 16- and 32-bit images are
 scaled to 8 bits first (:func:`gray8`), not clipped. A failed decode gets the defaults in
@@ -56,7 +58,7 @@ hashes (``hashing.hash_input``, about 64 px) lose nothing."""
 
 ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _TRANSPARENCY_MODES = frozenset({"P", "L", "RGB", "1", "I", "I;16", "I;16B", "I;16L", "I;16N"})
-MEASURES = ("n_frames", "animated", "has_alpha", "alpha_min", "bit_depth", "luma_mean", "luma_std", "entropy", "laplacian_var")
+MEASURES = ("n_frames", "animated", "has_alpha", "alpha_min", "bit_depth", "luma_mean", "luma_std", "entropy", "laplacian_var", "border_fraction")
 
 
 def feature_key(params: dict | None = None) -> str:
@@ -71,7 +73,7 @@ def _failed(reason: str, detail: str, fmt: str | None = None, width: int = 0, he
         "decoded": False, "reason": reason, "detail": detail, "format": fmt, "mode": None,
         "width": int(width), "height": int(height), "exif_orientation": 1, "phash": None,
         "dhash": None, "phash_views": [], "n_frames": 1, "animated": False, "has_alpha": False, "alpha_min": 255, "bit_depth": 0,
-        "luma_mean": None, "luma_std": None, "entropy": None, "laplacian_var": None,
+        "luma_mean": None, "luma_std": None, "entropy": None, "laplacian_var": None, "border_fraction": None,
     }
 
 
@@ -337,9 +339,11 @@ def _extract(path: str, max_pixels: int | None) -> dict:
             hash_src = upright.convert("L") if upright.mode.startswith("I") or upright.mode == "F" else gray
             small = np.asarray(hashing.hash_input(hash_src))
             plain = hashing.phash_thumb(small)
-            thumbs = np.stack(views.thumbnails(small, plain))
+            trim = views.border_box(small)
+            thumbs = np.stack(views.thumbnails(small, plain, trim))
             dthumb = hashing.dhash_thumb(small)
             measures = measure(upright, gray, mode)
+            measures["border_fraction"] = views.border_fraction(small, trim)
     except UnidentifiedImageError:
         return _failed("not_image", "not a recognised image format (content does not match any decoder)")
     except Image.DecompressionBombError as exc:

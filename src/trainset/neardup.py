@@ -37,8 +37,8 @@ from .config import ConfigError
 from .provenance import params_digest
 
 PAIR_FIELDS = ("a", "b", "distance", "cosine", "rule")
-KEEP_KEYS = ("original", "resolution", "quality", "source_priority", "file_size", "sidecar", "tags")
-DEFAULT_KEEP = ("original", "resolution", "quality", "source_priority", "file_size", "sidecar", "tags")
+KEEP_KEYS = ("original", "border", "resolution", "quality", "source_priority", "file_size", "sidecar", "tags")
+DEFAULT_KEEP = KEEP_KEYS
 NO_DISTANCE = 64
 """Distance written for a pair found by cosine alone whose views differ in every bit."""
 
@@ -323,9 +323,10 @@ def components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def preference_order(items: pd.DataFrame, near_dup: dict | None = None) -> pd.DataFrame:
     """``items`` sorted so the copy to keep comes first, by ``near_dup.keep`` (default: an
-    original over a generated copy, then more pixels, a higher ``quality_column`` value, an
-    earlier source in ``source_priority``, a larger file, a copy with its own sidecar, more tags),
-    then the smallest item id."""
+    original over a generated copy, then less uniform border (a padded or letterboxed copy
+    after the picture it frames), more pixels, a higher ``quality_column`` value, an earlier
+    source in ``source_priority``, a larger file, a copy with its own sidecar, more tags), then
+    the smallest item id."""
     near_dup = near_dup or {}
     keep = list(near_dup.get("keep") or DEFAULT_KEEP)
     unknown = [k for k in keep if k not in KEEP_KEYS]
@@ -335,6 +336,7 @@ def preference_order(items: pd.DataFrame, near_dup: dict | None = None) -> pd.Da
     priority = {name: k for k, name in enumerate(near_dup.get("source_priority") or [])}
     cols = {
         "original": items["generated"].astype(bool),
+        "border": pd.to_numeric(items["border_fraction"], errors="coerce").fillna(0.0) if "border_fraction" in items else 0.0,
         "resolution": -(items["width"].astype(np.int64) * items["height"].astype(np.int64)),
         "quality": (-pd.to_numeric(items[quality], errors="coerce")).fillna(np.inf) if quality in items else 0,
         "source_priority": items["source"].map(priority).fillna(len(priority)),

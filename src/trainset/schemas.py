@@ -91,6 +91,7 @@ IMAGE_COLUMNS = {
     "luma_std": pa.Column("float64", pa.Check.in_range(0, 255), nullable=True),
     "entropy": pa.Column("float64", pa.Check.in_range(0, 8), nullable=True),
     "laplacian_var": pa.Column("float64", pa.Check.ge(0), nullable=True),
+    "border_fraction": pa.Column("float64", pa.Check.in_range(0, 1), nullable=True),
 }
 
 AUDIT_COLUMNS = {

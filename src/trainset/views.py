@@ -122,13 +122,13 @@ def sub_box(box: tuple[int, int, int, int], fractions: tuple[float, float, float
     return inner if inner[2] > inner[0] and inner[3] > inner[1] else box
 
 
-def thumbnails(small: Image.Image | np.ndarray, plain: np.ndarray) -> list[np.ndarray]:
+def thumbnails(small: Image.Image | np.ndarray, plain: np.ndarray, trim: tuple[int, int, int, int] | None = None) -> list[np.ndarray]:
     """The 32x32 thumbnails of every view in :data:`VIEW_NAMES` order, cut from ``small`` (the
     hash input, ``hashing.hash_input``, or its 2-D uint8 array); ``plain`` is its own thumbnail,
-    the plain pHash's."""
+    the plain pHash's, and ``trim`` its :func:`border_box` when already found."""
     gray = np.asarray(small.convert("L")) if isinstance(small, Image.Image) else small
     whole = (0, 0, gray.shape[1], gray.shape[0])
-    trim = border_box(gray)
+    trim = border_box(gray) if trim is None else trim
     boxes = [whole, trim] + [sub_box(whole, f) for f in BOXES.values()] + [sub_box(trim, f) for f in BOXES.values()]
     made = {whole: plain}  # a view whose box another view has is the same thumbnail
     out = []
@@ -138,6 +138,13 @@ def thumbnails(small: Image.Image | np.ndarray, plain: np.ndarray) -> list[np.nd
             made[box] = hashing.phash_thumb(gray[top:bottom, left:right])
         out.append(made[box])
     return out + [t[:, ::-1] for t in out[: len(QUERY_VIEWS)]]
+
+
+def border_fraction(gray: np.ndarray, trim: tuple[int, int, int, int] | None = None) -> float:
+    """Share of the picture's area that is uniform border (:func:`border_box`): 0 without one."""
+    height, width = gray.shape
+    left, top, right, bottom = border_box(gray) if trim is None else trim
+    return 1.0 - ((right - left) * (bottom - top)) / float(width * height) + 0.0
 
 
 def hash_views(small: Image.Image, plain: np.ndarray) -> list[str]:

@@ -20,7 +20,7 @@ from ..kernels import backend
 
 _INT_COLUMNS = ("width", "height", "exif_orientation", "n_frames", "alpha_min", "bit_depth")
 _BOOL_COLUMNS = ("decoded", "animated", "has_alpha")
-_FLOAT_COLUMNS = ("luma_mean", "luma_std", "entropy", "laplacian_var")
+_FLOAT_COLUMNS = ("luma_mean", "luma_std", "entropy", "laplacian_var", "border_fraction")
 # params that only steer the checks after the audit: never part of the feature cache key
 _NOT_DECODE_PARAMS = frozenset({*audit_checks.DEFAULT_THRESHOLDS, "actions"})
 

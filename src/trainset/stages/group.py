@@ -67,7 +67,7 @@ def run(
     items = manifest.read(ingest_path, schemas.INGEST)
     audit = manifest.read(audit_path, schemas.AUDIT)
     merged = items.merge(
-        audit[["item_id", "decoded", "width", "height", "phash_views"]], on="item_id", how="left", validate="one_to_one"
+        audit[["item_id", "decoded", "width", "height", "border_fraction", "phash_views"]], on="item_id", how="left", validate="one_to_one"
     )
 
     ranked = neardup.preference_order(merged, near_dup)
