@@ -196,7 +196,7 @@ def test_border_key_puts_padded_copies_after_the_picture_they_frame():
         "source": "s", "size": [1, 1, 1], "sidecar": None, "tags": [[], [], []],
     })
     assert neardup.preference_order(items)["item_id"].tolist() == ["s:letterboxed", "s:plain", "s:padded"]  # NaN reads as none
-    assert neardup.preference_order(items, {"keep": ["resolution"]})["item_id"].tolist() == ["s:letterboxed", "s:padded", "s:plain"]
+    assert neardup.preference_order(items, {"keep": ["resolution"]})["item_id"].tolist() == ["s:padded", "s:letterboxed", "s:plain"]
     assert neardup.DEFAULT_KEEP[:3] == ("original", "border", "resolution")
 
 
