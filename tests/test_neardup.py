@@ -13,13 +13,15 @@ from trainset import kernels, neardup, similarity
 from trainset.config import ConfigError
 
 
-def _rule(*clauses, mirror=False, partitions=0, views: int | None = None, query: int = 1) -> neardup.Rule:
-    """A rule from params; with ``views``, for a planted matrix of that many columns whose first
-    ``query`` columns are the query views and all of them the search views."""
+def _rule(*clauses, mirror=False, partitions=0, views: int | None = None, query: int = 1, mirrored: int = 0, penalty: int = 0) -> neardup.Rule:
+    """A rule from params; with ``views``, for a planted matrix of ``views`` + ``mirrored``
+    columns: the first ``query`` are the query views, the first ``views`` the search views, and
+    the last ``mirrored`` the mirrored query views (matched ``penalty`` bits farther)."""
     rule = neardup.Rule.from_params({"rule": [dict(c) for c in clauses], "mirror": mirror, "embedding": {"partitions": partitions}})
     if views is None:
         return rule
-    return dataclasses.replace(rule, query=tuple(range(min(query, views))), search=tuple(range(views)))
+    return dataclasses.replace(rule, query=tuple(range(min(query, views))), search=tuple(range(views)),
+                               mirror_query=tuple(range(views, views + mirrored)), mirror_penalty=penalty)
 
 
 def test_rule_columns_follow_the_view_layout():
@@ -28,8 +30,14 @@ def test_rule_columns_follow_the_view_layout():
     plain = _rule({"max_distance": 6})
     assert [views.VIEW_NAMES[c] for c in plain.query] == ["plain", "trim"]
     assert [views.VIEW_NAMES[c] for c in plain.search] == list(views.SEARCH_VIEWS)
+    assert plain.mirror_query == () and plain.mirror_penalty == 0
     mirrored = _rule({"max_distance": 6}, mirror=True)
-    assert [views.VIEW_NAMES[c] for c in mirrored.query] == ["plain", "trim", "plain_mirror", "trim_mirror"]
+    assert [views.VIEW_NAMES[c] for c in mirrored.query] == ["plain", "trim"]
+    assert [views.VIEW_NAMES[c] for c in mirrored.mirror_query] == ["plain_mirror", "trim_mirror"]
+    assert mirrored.mirror_penalty == neardup.DEFAULT_MIRROR_PENALTY == 3
+    assert neardup.Rule.from_params({"rule": [{"max_distance": 6}], "mirror": True, "mirror_penalty": 0}).mirror_penalty == 0
+    with pytest.raises(ConfigError, match="mirror_penalty"):
+        neardup.Rule.from_params({"rule": [{"max_distance": 6}], "mirror": True, "mirror_penalty": -1})
     assert mirrored.view_indices == list(range(len(views.VIEW_NAMES)))
     assert plain.view_indices == list(range(len(views.SEARCH_VIEWS)))
 
@@ -100,8 +108,11 @@ def _brute(rule, matrix, emb, base_matrix=None, base_emb=None):
         for b in range(len(other)):
             if base_matrix is None and b <= a:
                 continue
-            d = int(min(bin(int(one[q]) ^ int(two[t])).count("1")
-                        for one, two in ((matrix[a], other[b]), (other[b], matrix[a])) for q in rule.query for t in rule.search))
+            sides = ((matrix[a], other[b]), (other[b], matrix[a]))
+            d = min(bin(int(one[q]) ^ int(two[t])).count("1") for one, two in sides for q in rule.query for t in rule.search)
+            if rule.mirror_query:
+                m = min(bin(int(one[q]) ^ int(two[t])).count("1") for one, two in sides for q in rule.mirror_query for t in rule.search)
+                d = min(d, m + rule.mirror_penalty, 64)
             c = float(np.dot(emb[a].astype(np.float64), other_emb[b].astype(np.float64))) if emb is not None else np.nan
             label = rule.judge(np.array([d]), np.array([c]))[0]
             if label:
@@ -118,10 +129,10 @@ clause = st.one_of(
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 10_000), n=st.integers(0, 40), views=st.integers(1, 4), query=st.integers(1, 4),
-       clauses=st.lists(clause, min_size=1, max_size=3))
-def test_find_pairs_equals_judging_every_pair(seed, n, views, query, clauses):
-    rule = _rule(*clauses, views=views, query=query)
-    matrix, emb = _planted(seed, n, views)
+       mirrored=st.integers(0, 2), penalty=st.integers(0, 5), clauses=st.lists(clause, min_size=1, max_size=3))
+def test_find_pairs_equals_judging_every_pair(seed, n, views, query, mirrored, penalty, clauses):
+    rule = _rule(*clauses, views=views, query=query, mirrored=mirrored, penalty=penalty)
+    matrix, emb = _planted(seed, n, views + mirrored)
     got = neardup.find_pairs(rule, matrix, emb if rule.uses_cosine else None)
     want = _brute(rule, matrix, emb if rule.uses_cosine else None)
     assert list(zip(got["a"], got["b"], got["distance"], got["rule"])) == want
@@ -129,10 +140,10 @@ def test_find_pairs_equals_judging_every_pair(seed, n, views, query, clauses):
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 10_000), n=st.integers(2, 40), k=st.integers(1, 10), query=st.integers(1, 3),
-       clauses=st.lists(clause, min_size=1, max_size=3))
-def test_find_pairs_between_equals_judging_every_cross_pair(seed, n, k, query, clauses):
-    rule = _rule(*clauses, views=3, query=query)
-    matrix, emb = _planted(seed, n + k, 3)
+       mirrored=st.integers(0, 2), penalty=st.integers(0, 5), clauses=st.lists(clause, min_size=1, max_size=3))
+def test_find_pairs_between_equals_judging_every_cross_pair(seed, n, k, query, mirrored, penalty, clauses):
+    rule = _rule(*clauses, views=3, query=query, mirrored=mirrored, penalty=penalty)
+    matrix, emb = _planted(seed, n + k, 3 + mirrored)
     q, b = matrix[n:], matrix[:n]
     qe, be = (emb[n:], emb[:n]) if rule.uses_cosine else (None, None)
     got = neardup.find_pairs(rule, q, qe, b, be)

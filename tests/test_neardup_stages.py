@@ -174,3 +174,28 @@ def test_minors_exclusion_follows_a_chain_of_pairs_across_clusters(tmp_path):
     rejected = H.by_id(c.read("rej_filter", schemas.REJECTED))
     assert {r["rule"] for r in rejected.values()} == {"minors"}
     assert "src:c.png" in rejected["src:a.png"]["detail"] and "chain of pairs" in rejected["src:b.png"]["detail"]
+
+
+def test_mirrored_copies_pair_only_when_mirror_is_on(tmp_path):
+    raw = _originals(tmp_path / "raw")
+    H.save(ImageOps.mirror(H.sample("astronaut.png", (400, 300))), raw / "astronaut_mirror.png")
+    H.save(ImageOps.mirror(H.sample("coffee.png", (400, 300))).crop((20, 0, 400, 300)), raw / "coffee_mirror_crop.png")
+    hash_only = {**DEFAULT_NEAR_DUP, "rule": [{"max_distance": 6}]}
+
+    def dedup_with(name, **over):
+        chain = _chain(tmp_path / name, raw)
+        chain.through_dedup(min_side=64, near_dup={**hash_only, **over})
+        pairs = chain.read("pairs", schemas.PAIRS)
+        distance = {tuple(sorted((r["a"], r["b"]))): r["distance"] for r in pairs.to_dict("records")}
+        return {i: r["duplicate_of"] for i, r in H.by_id(chain.read("rej_dedup", schemas.REJECTED)).items()}, distance
+
+    off, _ = dedup_with("off")
+    assert off == {}
+    free, free_d = dedup_with("free", mirror=True, mirror_penalty=0)
+    assert free == {"src:astronaut_mirror.png": "src:astronaut.png", "src:coffee_mirror_crop.png": "src:coffee.png"}
+    # the default penalty: every distance reached through a mirrored view counts 3 bits more
+    penalized, pen_d = dedup_with("penalized", mirror=True)
+    assert set(pen_d) <= set(free_d)
+    assert all(pen_d[k] == min(free_d[k] + DEFAULT_NEAR_DUP["mirror_penalty"], 64) for k in pen_d)
+    assert set(penalized) <= set(free)
+    assert "src:astronaut_mirror.png" in penalized  # an exact mirror stays well within the rule

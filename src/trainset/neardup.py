@@ -3,8 +3,10 @@
 A pair is judged on two numbers:
 
 - ``distance``: the fewest differing bits between a query view of either (its plain or trimmed
-  pHash, and their mirror images when ``near_dup.mirror`` is true) and a search view of the other
-  (the same plus the pHashes of sub-boxes where a crop of it would sit; ``trainset.views``);
+  pHash) and a search view of the other (the same plus the pHashes of sub-boxes where a crop of
+  it would sit; ``trainset.views``). With ``near_dup.mirror`` true, the mirror images of the
+  query views are compared too, a match through them counting ``near_dup.mirror_penalty`` bits
+  farther (near-symmetric faces and scenes otherwise meet their own kind in the mirror);
 - ``cosine``: the cosine of their image embeddings (``trainset.embeddings``), when a clause needs it.
 
 The rule is a list of clauses, any of which makes a pair a near-duplicate, e.g. ``distance <= 6``,
@@ -39,6 +41,8 @@ from .provenance import params_digest
 PAIR_FIELDS = ("a", "b", "distance", "cosine", "rule")
 KEEP_KEYS = ("original", "border", "resolution", "quality", "source_priority", "file_size", "sidecar", "tags")
 DEFAULT_KEEP = KEEP_KEYS
+DEFAULT_MIRROR_PENALTY = 3
+"""Bits added to a distance reached only through a mirrored view (``near_dup.mirror_penalty``)."""
 NO_DISTANCE = 64
 """Distance written for a pair found by cosine alone whose views differ in every bit."""
 
@@ -77,6 +81,9 @@ class Rule:
     query: tuple[int, ...] = ()
     """View-matrix columns compared with the other image's ``search`` columns (set by :meth:`from_params`)."""
     search: tuple[int, ...] = ()
+    mirror_query: tuple[int, ...] = ()
+    """The mirrored query views' columns (``mirror`` on), matched ``mirror_penalty`` bits farther."""
+    mirror_penalty: int = 0
 
     @classmethod
     def from_params(cls, near_dup: dict, seed: int = 0) -> "Rule":
@@ -101,14 +108,17 @@ class Rule:
         embedding = near_dup.get("embedding") or {}
         model = dict(embedding.get("model") or {"backend": "efficientnet-lite0"})
         mirror = bool(near_dup.get("mirror", False))
-        query = tuple(range(len(views.QUERY_VIEWS)))
-        if mirror:  # the mirrored query views follow the search views in the view matrix
-            query += tuple(range(len(views.SEARCH_VIEWS), len(views.VIEW_NAMES)))
+        penalty = near_dup.get("mirror_penalty", DEFAULT_MIRROR_PENALTY)
+        if isinstance(penalty, bool) or not isinstance(penalty, int) or not 0 <= penalty <= 64:
+            raise ConfigError(f"params.yaml: near_dup.mirror_penalty must be an integer 0..64, got {penalty!r}")
         return cls(
             clauses=tuple(clauses),
             mirror=mirror,
-            query=query,
+            query=tuple(range(len(views.QUERY_VIEWS))),
             search=tuple(range(len(views.SEARCH_VIEWS))),
+            # the mirrored query views follow the search views in the view matrix
+            mirror_query=tuple(range(len(views.SEARCH_VIEWS), len(views.VIEW_NAMES))) if mirror else (),
+            mirror_penalty=int(penalty) if mirror else 0,
             model=model,
             batch_size=int(embedding.get("batch_size", 32)),
             partitions=int(embedding.get("partitions", 0) or 0),
@@ -146,7 +156,8 @@ class Rule:
         """Digest of everything that decides which pairs are found."""
         return params_digest({
             "clauses": [c.label for c in self.clauses], "mirror": self.mirror, "views": list(views.VIEW_NAMES),
-            "query": list(self.query), "search": list(self.search),
+            "query": list(self.query), "search": list(self.search), "mirror_query": list(self.mirror_query),
+            "mirror_penalty": self.mirror_penalty,
             "model": model_key if self.uses_cosine else None, "partitions": self.partitions, "seed": self.seed,
         })
 
@@ -167,9 +178,18 @@ def view_matrix(phash_views, rule: Rule) -> np.ndarray:
     return np.array(rows, dtype=np.uint64).reshape(len(rows), len(idx))
 
 
-def view_distance(a: np.ndarray, b: np.ndarray, query: list[int], search: list[int]) -> np.ndarray:
-    """Fewest differing bits between a ``query`` view of either of ``a[k]`` and ``b[k]`` and a
-    ``search`` view of the other (rows paired; columns of :func:`view_matrix`)."""
+def view_distance(a: np.ndarray, b: np.ndarray, rule: "Rule") -> np.ndarray:
+    """Fewest differing bits between a query view of either of ``a[k]`` and ``b[k]`` and a search
+    view of the other (rows paired; columns of :func:`view_matrix`); through a mirrored query
+    view, ``rule.mirror_penalty`` bits more (capped at 64)."""
+    out = _one_way_min(a, b, list(rule.query), list(rule.search))
+    if rule.mirror_query:
+        mirrored = _one_way_min(a, b, list(rule.mirror_query), list(rule.search)) + rule.mirror_penalty
+        out = np.minimum(out, np.minimum(mirrored, NO_DISTANCE))
+    return out
+
+
+def _one_way_min(a: np.ndarray, b: np.ndarray, query: list[int], search: list[int]) -> np.ndarray:
     out = np.empty(len(a), dtype=np.int64)
     step = 1 << 15
     for start in range(0, len(a), step):
@@ -274,12 +294,13 @@ def find_pairs(
     ``base`` (``a`` a query row, ``b`` a base row). ``emb`` rows align with the matrix rows (NaN
     rows: no embedding). Columns :data:`PAIR_FIELDS`."""
     between = base_matrix is not None
-    hi, hj = hash_candidates(matrix, rule.hash_radius, list(rule.query), list(rule.search), base_matrix if between else None)
+    # mirrored query views searched at the full radius too: a superset, judged exactly below
+    hi, hj = hash_candidates(matrix, rule.hash_radius, list(rule.query + rule.mirror_query), list(rule.search), base_matrix if between else None)
     ci, cj = _cosine_candidates(rule, emb, base_emb if between else None)
     code = np.unique(np.concatenate([hi * (1 << 32) + hj, ci * (1 << 32) + cj]))
     a, b = code >> 32, code & ((1 << 32) - 1)
     other = base_matrix if between else matrix
-    distance = view_distance(matrix[a], other[b], list(rule.query), list(rule.search)) if len(a) else np.zeros(0, dtype=np.int64)
+    distance = view_distance(matrix[a], other[b], rule) if len(a) else np.zeros(0, dtype=np.int64)
     cosine = _cosines(emb, a, b, base_emb if between else None) if rule.uses_cosine else np.full(len(a), np.nan)
     label = rule.judge(distance, cosine)
     keep = label != ""
