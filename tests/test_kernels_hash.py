@@ -183,3 +183,17 @@ def test_dhash_batch_equals_imagehash(kinds, seed):
     assert got.dtype == np.uint64
     assert [int(v) for v in got] == [_imagehash_dhash(t) for t in thumbs]
     assert [hashing.dhash_from_pixels(t) for t in thumbs] == [int(v) for v in got]
+
+
+def test_default_matrix_path_in_chunks_equals_scipy(monkeypatch):
+    """The default (matrix DCT, ties redone by scipy) gives scipy's bits, also across chunk edges."""
+    rng = np.random.default_rng(11)
+    smooth = np.clip(np.cumsum(rng.integers(-8, 9, size=(37, 32, 32)), axis=2) + 128, 0, 255).astype(np.uint8)
+    flat = np.zeros((5, 32, 32), np.uint8)  # exact ties at the median
+    split = np.zeros((5, 32, 32), np.uint8)
+    split[:, :, 16:] = 255
+    batch = np.concatenate([smooth[:20], flat, smooth[20:], split])
+    monkeypatch.setattr(kernels, "PHASH_CHUNK", 8)
+    want = kernels.phash_batch(batch, be=HOST, method="scipy")
+    assert np.array_equal(kernels.phash_batch(batch, be=HOST), want)
+    assert [int(v) for v in want] == [_imagehash_phash(t) for t in batch]

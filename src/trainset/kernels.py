@@ -101,35 +101,41 @@ PHASH_THUMB = PHASH_LOW * 4
 #: the median: 1e-6 is over 20 times that. Real ties (flat, split, pixel-art thumbnails, whose exact
 #: zeros come out as +-1e-11 noise) fall inside it; natural images almost never do.
 PHASH_TIE_TOLERANCE = 1e-6
+PHASH_CHUNK = 4096
+"""Thumbnails transformed at once by the matrix DCT."""
 
 
 def phash_batch(thumbs, be: Backend | None = None, method: str | None = None) -> np.ndarray:
     """pHash of ``(B, 32, 32)`` uint8 grayscale thumbnails (host array) -> ``(B,)`` uint64 on the host,
     equal to ``imagehash.phash`` bit for bit.
 
-    ``method="scipy"`` (default on NumPy) runs imagehash's own arithmetic, ``scipy.fftpack.dct``
-    along both axes, batched. ``method="matrix"`` (default on CuPy) computes the 8 x 8 coefficients
-    as two float64 matrix products on ``be.xp``, which round differently; rows with a coefficient
-    within ``PHASH_TIE_TOLERANCE`` of the median, the only ones where that can flip a bit, are
-    redone with scipy on the host.
+    ``method="scipy"`` runs imagehash's own arithmetic, ``scipy.fftpack.dct`` along both axes,
+    batched. ``method="matrix"`` (the default, about 2x faster on the CPU) computes the 8 x 8
+    coefficients as two float64 matrix products on ``be.xp``, which round differently; rows with a
+    coefficient within ``PHASH_TIE_TOLERANCE`` of the median, the only ones where that can flip a
+    bit, are redone with scipy on the host, so both give the same bits.
     """
     be = be or backend()
     thumbs = np.asarray(thumbs)
     if thumbs.ndim != 3 or thumbs.shape[1:] != (PHASH_THUMB, PHASH_THUMB):
         raise ValueError(f"phash_batch needs (B, {PHASH_THUMB}, {PHASH_THUMB}) thumbnails, got {thumbs.shape}")
-    method = method or ("matrix" if be.name == "cupy" else "scipy")
+    method = method or "matrix"
     if method == "scipy":
         return _phash_scipy(thumbs)
     if method != "matrix":
         raise ValueError(f"unknown pHash method {method!r}: scipy or matrix")
     xp = be.xp
-    low = _dct_low_matrix(thumbs, xp)
-    median = xp.median(low, axis=1)[:, None]
-    values = be.to_host(pack_bits(low > median, xp))
-    ties = be.to_host(xp.nonzero((xp.abs(low - median) <= PHASH_TIE_TOLERANCE).any(axis=1))[0])
-    if len(ties):
-        values[ties] = _phash_scipy(thumbs[ties])
-    return values
+    out = np.empty(len(thumbs), dtype=np.uint64)
+    for start in range(0, len(thumbs), PHASH_CHUNK):  # bounds the float64 copy (8 KiB a thumbnail)
+        chunk = thumbs[start:start + PHASH_CHUNK]
+        low = _dct_low_matrix(chunk, xp)
+        median = xp.median(low, axis=1)[:, None]
+        values = be.to_host(pack_bits(low > median, xp))
+        ties = be.to_host(xp.nonzero((xp.abs(low - median) <= PHASH_TIE_TOLERANCE).any(axis=1))[0])
+        if len(ties):
+            values[ties] = _phash_scipy(chunk[ties])
+        out[start:start + len(chunk)] = values
+    return out
 
 
 def _phash_scipy(thumbs: np.ndarray) -> np.ndarray:
