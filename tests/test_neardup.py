@@ -203,10 +203,13 @@ def test_preference_order_follows_keep_list():
 def test_border_key_puts_padded_copies_after_the_picture_they_frame():
     items = pd.DataFrame({
         "item_id": ["s:padded", "s:plain", "s:letterboxed"], "generated": False,
-        "width": [600, 500, 500], "height": [600, 500, 700], "border_fraction": [0.3, 0.0, np.nan],
+        "width": [600, 500, 500], "height": [600, 500, 700], "border_fraction": [0.3, 0.1, np.nan],
         "source": "s", "size": [1, 1, 1], "sidecar": None, "tags": [[], [], []],
     })
-    assert neardup.preference_order(items)["item_id"].tolist() == ["s:letterboxed", "s:plain", "s:padded"]  # NaN reads as none
+    # under PADDED_FRACTION a border is the picture's own edge: more pixels decide; NaN reads as none
+    assert neardup.preference_order(items)["item_id"].tolist() == ["s:letterboxed", "s:plain", "s:padded"]
+    slight = items.assign(border_fraction=[0.3, 0.12, 0.0], width=[600, 520, 500], height=[600, 520, 500])
+    assert neardup.preference_order(slight)["item_id"].tolist() == ["s:plain", "s:letterboxed", "s:padded"]
     assert neardup.preference_order(items, {"keep": ["resolution"]})["item_id"].tolist() == ["s:padded", "s:letterboxed", "s:plain"]
     assert neardup.DEFAULT_KEEP[:3] == ("original", "border", "resolution")
 
