@@ -729,7 +729,7 @@ def section_quality(report: Report, args, work: Path, items: list[tuple[Path, st
     labels = ["pHash only", "default rule", "mirror on"]
     pr_table(report, "pairs", results, labels)
     report("Clusters: the pairs each run's clusters imply, clusters grown as the dedup stage grows them (around the "
-           "copy it would keep, by `near_dup.keep`: least border, then most pixels; every member a pair of its representative), i.e. which copies "
+           "copy it would keep, by `near_dup.keep`: unpadded first, then most pixels; every member a pair of its representative), i.e. which copies "
            "the dedup stage would drop together.")
     report()
     pr_table(report, "clusters", clustered, labels)
