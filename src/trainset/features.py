@@ -293,12 +293,13 @@ def finish(decoded: list[dict]) -> list[dict]:
     out = [{k: v for k, v in d.items() if not k.startswith("_")} for d in decoded]
     if not have:
         return out
-    thumbs = np.stack([decoded[k]["_thumbs"] for k in have])  # (n, views, 32, 32)
-    n, v = thumbs.shape[:2]
-    phashes = kernels.phash_batch(thumbs.reshape(n * v, *thumbs.shape[2:])).reshape(n, v)
+    # each decode's distinct thumbnails, once; its views index into them
+    thumbs = np.concatenate([decoded[k]["_thumbs"] for k in have])
+    offsets = np.cumsum([0] + [len(decoded[k]["_thumbs"]) for k in have])
+    phashes = [hashing.to_hex(int(x)) for x in kernels.phash_batch(thumbs)]
     dhashes = kernels.dhash_batch(np.stack([decoded[k]["_dthumb"] for k in have]))
     for row, k in enumerate(have):
-        hexes = [hashing.to_hex(int(x)) for x in phashes[row]]
+        hexes = [phashes[offsets[row] + i] for i in decoded[k]["_views"]]
         out[k].update(phash=hexes[0], phash_views=hexes, dhash=hashing.to_hex(int(dhashes[row])))
     return out
 
@@ -340,7 +341,7 @@ def _extract(path: str, max_pixels: int | None) -> dict:
             small = np.asarray(hashing.hash_input(hash_src))
             plain = hashing.phash_thumb(small)
             trim = views.border_box(small)
-            thumbs = np.stack(views.thumbnails(small, plain, trim))
+            thumbs, view_rows = _distinct(views.thumbnails(small, plain, trim))
             dthumb = hashing.dhash_thumb(small)
             measures = measure(upright, gray, mode)
             measures["border_fraction"] = views.border_fraction(small, trim)
@@ -353,9 +354,17 @@ def _extract(path: str, max_pixels: int | None) -> dict:
     return {
         "decoded": True, "reason": None, "detail": None, "format": fmt, "mode": mode,
         "width": int(width), "height": int(height), "exif_orientation": orientation,
-        "phash": None, "dhash": None, "phash_views": [], "_thumbs": thumbs, "_dthumb": dthumb,
+        "phash": None, "dhash": None, "phash_views": [], "_thumbs": thumbs, "_views": view_rows, "_dthumb": dthumb,
         "n_frames": n_frames, "animated": animated, **measures,
     }
+
+
+def _distinct(thumbs: list[np.ndarray]) -> tuple[np.ndarray, list[int]]:
+    """The distinct thumbnails (views of one box share one array) and, per view, its row."""
+    rows: dict[int, int] = {}
+    index = [rows.setdefault(id(t), len(rows)) for t in thumbs]
+    first = {row: t for t, row in zip(thumbs, index)}
+    return np.stack([first[row] for row in range(len(rows))]), index
 
 
 def draft(im: Image.Image) -> None:
