@@ -784,7 +784,7 @@ def keep_order(paths: list[str], near_dup: dict) -> np.ndarray:
 
     from trainset import features, neardup
 
-    feats = features.extract_many(paths)
+    feats = list(features.extract_many(paths))
     items = pd.DataFrame({
         "item_id": [f"bench:{k:06d}" for k in range(len(paths))],
         "generated": False, "source": "bench", "sidecar": None,

@@ -735,3 +735,22 @@ def test_compute_applies_the_pixel_limit(tmp_path):
     assert limited[items[0][0]]["reason"] == "decompression_bomb"
     free, _ = compute(items, FeatureCache(tmp_path / "c", feature_key({"max_pixels": 20000})), max_pixels=20000)
     assert free[items[0][0]]["decoded"] is True
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_compute_caches_batch_by_batch_so_a_stopped_run_keeps_its_work(tmp_path, monkeypatch, threads):
+    """A file that vanishes mid-run stops compute, but every batch hashed before it is cached."""
+    monkeypatch.setattr(features, "BATCH", 4)
+    items = []
+    for k in range(14):
+        p = _write(tmp_path / "files" / f"{k:02d}.png", _encode(_photo("coffee.png", size=(40 + k, 30)), "PNG"))
+        items.append((_sha(p), str(p)))
+    Path(items[10][1]).unlink()  # listed, then gone
+    cache = FeatureCache(tmp_path / "cache", feature_key())
+    with pytest.raises(features.MissingFile):
+        compute(items, cache, threads=threads)
+    cached = [sha for sha, _ in items if cache.get(sha) is not None]
+    assert cached == [sha for sha, _ in items[:8]]  # two whole batches of four
+    _write(Path(items[10][1]), b"")  # back, as an empty file: the rerun decodes only the rest
+    _, stats = compute(items, cache, threads=threads)
+    assert stats.cache_hits == 8 and stats.decoded == 6

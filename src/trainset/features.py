@@ -30,9 +30,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import json
 import os
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -267,17 +269,29 @@ def extract(path: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict:
     return finish([decode(path, max_pixels)])[0]
 
 
-def extract_many(paths: list[str], max_pixels: int | None = DEFAULT_MAX_PIXELS, batch: int = 1024) -> list[dict]:
-    """:func:`extract` for many files in this process, their hashes computed a batch at a time."""
-    out: list[dict] = []
-    for start in range(0, len(paths), batch):
-        out += finish([decode(p, max_pixels) for p in paths[start : start + batch]])
-    return out
+BATCH = 1024
+"""Decodes hashed (and cached) together: bounds the thumbnails held in memory."""
+
+
+def extract_many(paths: list[str], max_pixels: int | None = DEFAULT_MAX_PIXELS, threads: int = 1) -> Iterator[dict]:
+    """:func:`extract` of each of ``paths`` in order, hashed :data:`BATCH` decodes at a time; decoded on
+    ``threads`` forked processes when there is enough to share (start it before any numba
+    kernel has started its threads in this process)."""
+    if threads > 1 and len(paths) > 8:
+        with ProcessPoolExecutor(max_workers=threads) as pool:
+            work = functools.partial(decode, max_pixels=max_pixels)
+            decoded = pool.map(work, paths, chunksize=max(1, min(64, len(paths) // (threads * 8))))
+            while batch := list(itertools.islice(decoded, BATCH)):
+                yield from finish(batch)
+    else:
+        for start in range(0, len(paths), BATCH):
+            yield from finish([decode(p, max_pixels) for p in paths[start : start + BATCH]])
 
 
 def decode(path: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict:
     """Everything :func:`extract` gives except the hashes, plus the thumbnails they are computed
-    from (``_thumbs``, ``_dthumb``), so :func:`finish` can hash many images in one batch."""
+    from (``_thumbs``: the distinct view thumbnails, ``_views``: each view's row among them,
+    ``_dthumb``), so :func:`finish` can hash many images in one batch."""
     if not os.path.isfile(path):
         raise MissingFile(f"{path}: listed by the ingest manifest but not found (moved, or run from another folder?)")
     with no_pillow_pixel_limit(), warnings.catch_warnings():
@@ -341,7 +355,7 @@ def _extract(path: str, max_pixels: int | None) -> dict:
             small = np.asarray(hashing.hash_input(hash_src))
             plain = hashing.phash_thumb(small)
             trim = views.border_box(small)
-            thumbs, view_rows = _distinct(views.thumbnails(small, plain, trim))
+            thumbs, view_rows = views.thumbnails(small, plain, trim)
             dthumb = hashing.dhash_thumb(small)
             measures = measure(upright, gray, mode)
             measures["border_fraction"] = views.border_fraction(small, trim)
@@ -357,14 +371,6 @@ def _extract(path: str, max_pixels: int | None) -> dict:
         "phash": None, "dhash": None, "phash_views": [], "_thumbs": thumbs, "_views": view_rows, "_dthumb": dthumb,
         "n_frames": n_frames, "animated": animated, **measures,
     }
-
-
-def _distinct(thumbs: list[np.ndarray]) -> tuple[np.ndarray, list[int]]:
-    """The distinct thumbnails (views of one box share one array) and, per view, its row."""
-    rows: dict[int, int] = {}
-    index = [rows.setdefault(id(t), len(rows)) for t in thumbs]
-    first = {row: t for t, row in zip(thumbs, index)}
-    return np.stack([first[row] for row in range(len(rows))]), index
 
 
 def draft(im: Image.Image) -> None:
@@ -432,15 +438,8 @@ def compute(
     stats = FeatureStats(items=len(items))
     result, todo, stats.contents = partition_by_cache(items, cache.get)
     stats.cache_hits = len(result)
-    paths = [p for _, p in todo]
-    if threads > 1 and len(todo) > 8:
-        # forked workers: call this before any numba kernel has started its threads in this process
-        with ProcessPoolExecutor(max_workers=threads) as pool:
-            work = functools.partial(decode, max_pixels=max_pixels)
-            computed = finish(list(pool.map(work, paths, chunksize=max(1, min(64, len(paths) // (threads * 8))))))
-    else:
-        computed = extract_many(paths, max_pixels)
-    for (sha, _), feats in zip(todo, computed):
+    # cached batch by batch: a run stopped halfway keeps what it decoded
+    for (sha, _), feats in zip(todo, extract_many([p for _, p in todo], max_pixels, threads)):
         cache.put(sha, feats)
         result[sha] = feats
     stats.decoded = len(todo)

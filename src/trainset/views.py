@@ -122,22 +122,29 @@ def sub_box(box: tuple[int, int, int, int], fractions: tuple[float, float, float
     return inner if inner[2] > inner[0] and inner[3] > inner[1] else box
 
 
-def thumbnails(small: Image.Image | np.ndarray, plain: np.ndarray, trim: tuple[int, int, int, int] | None = None) -> list[np.ndarray]:
-    """The 32x32 thumbnails of every view in :data:`VIEW_NAMES` order, cut from ``small`` (the
-    hash input, ``hashing.hash_input``, or its 2-D uint8 array); ``plain`` is its own thumbnail,
-    the plain pHash's, and ``trim`` its :func:`border_box` when already found."""
+def thumbnails(
+    small: Image.Image | np.ndarray, plain: np.ndarray, trim: tuple[int, int, int, int] | None = None
+) -> tuple[np.ndarray, list[int]]:
+    """The distinct 32x32 thumbnails of the views of ``small`` (the hash input,
+    ``hashing.hash_input``, or its 2-D uint8 array), stacked, and for each view in
+    :data:`VIEW_NAMES` order the row of its thumbnail: views of one box (``trim_*`` of a picture
+    without border) share a row, so each is resized and hashed once. ``plain`` is the hash
+    input's own thumbnail (row 0), ``trim`` its :func:`border_box` when already found."""
     gray = np.asarray(small.convert("L")) if isinstance(small, Image.Image) else small
     whole = (0, 0, gray.shape[1], gray.shape[0])
     trim = border_box(gray) if trim is None else trim
     boxes = [whole, trim] + [sub_box(whole, f) for f in BOXES.values()] + [sub_box(trim, f) for f in BOXES.values()]
-    made = {whole: plain}  # a view whose box another view has is the same thumbnail
-    out = []
-    for box in boxes:
-        if box not in made:
-            left, top, right, bottom = box
-            made[box] = hashing.phash_thumb(gray[top:bottom, left:right])
-        out.append(made[box])
-    return out + [t[:, ::-1] for t in out[: len(QUERY_VIEWS)]]
+    row_of = {whole: 0}
+    distinct = [plain]
+    for left, top, right, bottom in boxes:
+        if (left, top, right, bottom) not in row_of:
+            row_of[(left, top, right, bottom)] = len(distinct)
+            distinct.append(hashing.phash_thumb(gray[top:bottom, left:right]))
+    rows = [row_of[box] for box in boxes]
+    for row in rows[: len(QUERY_VIEWS)]:  # the mirrored query views
+        rows.append(len(distinct))
+        distinct.append(distinct[row][:, ::-1])
+    return np.stack(distinct), rows
 
 
 def border_fraction(gray: np.ndarray, trim: tuple[int, int, int, int] | None = None) -> float:
@@ -149,4 +156,6 @@ def border_fraction(gray: np.ndarray, trim: tuple[int, int, int, int] | None = N
 
 def hash_views(small: Image.Image, plain: np.ndarray) -> list[str]:
     """Hex pHashes of every view of the hash input ``small``, in :data:`VIEW_NAMES` order."""
-    return [hashing.to_hex(hashing.phash_from_pixels(t)) for t in thumbnails(small, plain)]
+    distinct, rows = thumbnails(small, plain)
+    hexes = [hashing.to_hex(hashing.phash_from_pixels(t)) for t in distinct]
+    return [hexes[row] for row in rows]
