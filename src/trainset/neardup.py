@@ -153,10 +153,9 @@ class Rule:
 
     @property
     def view_indices(self) -> list[int]:
-        """The ``phash_views`` entries the rule reads: the search views, then the mirrored query
-        views when ``mirror`` is on (the columns of :func:`view_matrix`)."""
-        count = len(views.VIEW_NAMES) if self.mirror else len(views.SEARCH_VIEWS)
-        return list(range(count))
+        """The ``phash_views`` entries the rule reads (the columns of :func:`view_matrix`): every
+        one up to the last column it compares."""
+        return list(range(max((*self.query, *self.search, *self.mirror_query), default=-1) + 1))
 
     def key(self, model_key: str | None = None) -> str:
         """Digest of everything that decides which pairs are found."""
@@ -351,9 +350,9 @@ def components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def preference_order(items: pd.DataFrame, near_dup: dict | None = None) -> pd.DataFrame:
     """``items`` sorted so the copy to keep comes first, by ``near_dup.keep`` (default: an
     original over a generated copy, then an unpadded copy over a padded one (a uniform border of
-    at least :data:`PADDED_FRACTION` of the area: padding, letterboxing), more pixels, a higher ``quality_column`` value, an earlier
-    source in ``source_priority``, a larger file, a copy with its own sidecar, more tags), then
-    the smallest item id."""
+    at least :data:`PADDED_FRACTION` of the area: padding, letterboxing), more pixels, a higher
+    ``quality_column`` value, an earlier source in ``source_priority``, a larger file, a copy
+    with its own sidecar, more tags), then the smallest item id."""
     near_dup = near_dup or {}
     keep = list(near_dup.get("keep") or DEFAULT_KEEP)
     unknown = [k for k in keep if k not in KEEP_KEYS]
