@@ -87,3 +87,37 @@ def test_coefficients_rows_sum_to_one_in_fixed_point(n_in, n_out):
     assert (bounds[:, 0] >= 0).all() and (bounds.sum(axis=1) <= n_in).all()
     sums = weights.astype(np.int64).sum(axis=1)
     assert np.all(np.abs(sums - (1 << 22)) <= weights.shape[1])  # each weight rounded on its own
+
+
+# --- box reduce ----------------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(_images(), st.integers(1, 40))
+def test_reduce_equals_pillow(a, factor):
+    """Every factor, with partial blocks at the right and bottom edges and blocks larger than the image."""
+    want = np.asarray(Image.fromarray(a).reduce(factor))
+    got = resample.reduce(a, factor)
+    assert got.dtype == np.uint8 and got.shape == want.shape
+    assert np.array_equal(got, want)
+
+
+def test_reduce_computes_its_own_pixels_where_pillow_agrees():
+    """The compiled path is what runs (not Pillow's own reduce behind it)."""
+    a = np.random.default_rng(3).integers(0, 256, size=(256, 203), dtype=np.uint8)
+    assert resample._reduce_matches_pillow(a.shape, 4)
+    direct = resample._reduce(a, 4, resample._reduce_multipliers(4))
+    assert np.array_equal(direct, np.asarray(Image.fromarray(a).reduce(4)))
+    white = np.full((64, 64), 255, dtype=np.uint8)  # the largest sums: no overflow in the fixed point
+    assert (resample._reduce(white, 8, resample._reduce_multipliers(8)) == 255).all()
+
+
+def test_a_reduce_pillow_does_differently_is_left_to_pillow(monkeypatch):
+    resample._reduce_matches_pillow.cache_clear()
+    monkeypatch.setattr(resample, "_reduce", lambda a, factor, multipliers: np.zeros((1, 1), np.uint8))
+    a = np.random.default_rng(2).integers(0, 256, size=(30, 50), dtype=np.uint8)
+    try:
+        assert not resample._reduce_matches_pillow(a.shape, 3)
+        assert np.array_equal(resample.reduce(a, 3), np.asarray(Image.fromarray(a).reduce(3)))
+    finally:
+        resample._reduce_matches_pillow.cache_clear()

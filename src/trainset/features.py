@@ -167,18 +167,53 @@ def laplacian_var(gray: Image.Image) -> float:
     upscaled thumbnails give a small one. An image already at that size (a JPEG decoded at
     its DCT scale) is read as its 8-bit values, whose Laplacian sums are exact integers.
     """
+    if _at_analysis_size(gray):
+        return _pixel_stats(np.asarray(gray))[1]
     width, height = gray.size
     scale = ANALYSIS_SIDE / max(width, height)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    if gray.size == size:
-        a = np.asarray(gray)
-    else:
-        a = np.asarray(gray.convert("F").resize(size, Image.Resampling.LANCZOS), dtype=np.float64)
+    a = np.asarray(gray.convert("F").resize(size, Image.Resampling.LANCZOS), dtype=np.float64)
     if min(a.shape) < 2:
-        return _laplacian_line_var(a.astype(np.float64))
-    total, squares = _laplacian_sums(a, np.int64(0) if a.dtype == np.uint8 else 0.0)
-    n = a.size
+        return _laplacian_line_var(a)
+    total, squares = _laplacian_sums(a, 0.0)
+    return _variance(total, squares, a.size)
+
+
+def _at_analysis_size(gray: Image.Image) -> bool:
+    """Is ``gray`` already as big as the blur measure reads it (longest side ANALYSIS_SIDE)?"""
+    return max(gray.size) == ANALYSIS_SIDE and min(gray.size) >= 2
+
+
+def _variance(total, squares, n: int) -> float:
     return max(float(squares) / n - (float(total) / n) ** 2, 0.0)
+
+
+def _pixel_stats(a: np.ndarray) -> tuple[np.ndarray, float]:
+    """The 256-bin histogram of ``a`` (2-D uint8, at least 2 x 2) and the variance of its
+    Laplacian, from one compiled pass over the pixels."""
+    counts, total, squares = _histogram_and_laplacian_sums(a)
+    return counts, _variance(total, squares, a.size)
+
+
+@numba.njit(cache=True, nogil=True)
+def _histogram_and_laplacian_sums(a):
+    """:func:`_laplacian_sums` of 8-bit ``a`` (int64, exact) and its histogram, counted into four
+    tables in turn so consecutive pixels of one level do not wait on each other."""
+    height, width = a.shape
+    tables = np.zeros((4, 256), dtype=np.int64)
+    for y in range(height):
+        x = 0
+        while x + 4 <= width:
+            tables[0, a[y, x]] += 1
+            tables[1, a[y, x + 1]] += 1
+            tables[2, a[y, x + 2]] += 1
+            tables[3, a[y, x + 3]] += 1
+            x += 4
+        while x < width:
+            tables[0, a[y, x]] += 1
+            x += 1
+    total, squares = _laplacian_sums(a, np.int64(0))
+    return tables.sum(axis=0), total, squares
 
 
 @numba.njit(cache=True, nogil=True)
@@ -221,14 +256,19 @@ def _laplacian_line_var(a: np.ndarray) -> float:
     return float(lap.var())
 
 
-def measure(upright: Image.Image, gray: Image.Image | None = None, mode: str | None = None) -> dict:
+def measure(upright: Image.Image, gray: Image.Image | None = None, mode: str | None = None, pixels: np.ndarray | None = None) -> dict:
     """The pixel measures of one (upright, single-frame) image: alpha, bit depth, brightness,
-    contrast, entropy and blur (``gray``: its :func:`gray8`, when already made; ``mode``: the
-    stored mode, when the decode changed it, as a JPEG decoded straight to grayscale)."""
+    contrast, entropy and blur (``gray``: its :func:`gray8`, when already made, and ``pixels``
+    its array; ``mode``: the stored mode, when the decode changed it, as a JPEG decoded straight
+    to grayscale)."""
     has_alpha, alpha_min = alpha_info(upright)
     gray = gray8(upright) if gray is None else gray
+    if _at_analysis_size(gray):  # one pass gives both
+        counts, blur = _pixel_stats(np.asarray(gray) if pixels is None else pixels)
+    else:
+        counts, blur = np.asarray(gray.histogram()), laplacian_var(gray)
     # 256 bins: every statistic below is exact from them
-    mean, std, entropy = _histogram_stats(np.asarray(gray.histogram(), dtype=np.float64))
+    mean, std, entropy = _histogram_stats(counts.astype(np.float64))
     return {
         "has_alpha": has_alpha,
         "alpha_min": alpha_min,
@@ -236,7 +276,7 @@ def measure(upright: Image.Image, gray: Image.Image | None = None, mode: str | N
         "luma_mean": float(mean),
         "luma_std": float(std),
         "entropy": float(entropy) + 0.0,
-        "laplacian_var": laplacian_var(gray),
+        "laplacian_var": blur,
     }
 
 
@@ -290,8 +330,8 @@ def extract_many(paths: list[str], max_pixels: int | None = DEFAULT_MAX_PIXELS, 
 
 def decode(path: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict:
     """Everything :func:`extract` gives except the hashes, plus the thumbnails they are computed
-    from (``_thumbs``: the distinct view thumbnails, ``_views``: each view's row among them,
-    ``_dthumb``), so :func:`finish` can hash many images in one batch."""
+    from (``_thumbs``, ``_lows`` and ``_views`` of ``views.view_inputs``, and ``_dthumb``), so
+    :func:`finish` can hash many images in one batch."""
     if not os.path.isfile(path):
         raise MissingFile(f"{path}: listed by the ingest manifest but not found (moved, or run from another folder?)")
     with no_pillow_pixel_limit(), warnings.catch_warnings():
@@ -301,19 +341,22 @@ def decode(path: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict:
 
 
 def finish(decoded: list[dict]) -> list[dict]:
-    """Hash the thumbnails of many decodes at once (``kernels.phash_batch`` / ``dhash_batch``:
-    NumPy, or CuPy on a GPU) and return the finished feature dicts."""
+    """Hash the thumbnails and box coefficients of many decodes at once (``kernels.phash_batch``,
+    ``phash_from_lows``, ``dhash_batch``: NumPy, or CuPy on a GPU) and return the finished feature
+    dicts."""
     have = [k for k, d in enumerate(decoded) if "_thumbs" in d]
     out = [{k: v for k, v in d.items() if not k.startswith("_")} for d in decoded]
     if not have:
         return out
-    # each decode's distinct thumbnails, once; its views index into them
-    thumbs = np.concatenate([decoded[k]["_thumbs"] for k in have])
-    offsets = np.cumsum([0] + [len(decoded[k]["_thumbs"]) for k in have])
-    phashes = [hashing.to_hex(int(x)) for x in kernels.phash_batch(thumbs)]
+    # each decode's thumbnails and distinct box coefficients, once; its views index into them
+    thumbs = kernels.phash_batch(np.concatenate([decoded[k]["_thumbs"] for k in have]))
+    lows = kernels.phash_from_lows(np.concatenate([decoded[k]["_lows"] for k in have]))
     dhashes = kernels.dhash_batch(np.stack([decoded[k]["_dthumb"] for k in have]))
+    n_thumbs = np.cumsum([0] + [len(decoded[k]["_thumbs"]) for k in have])
+    n_lows = np.cumsum([0] + [len(decoded[k]["_lows"]) for k in have])
     for row, k in enumerate(have):
-        hexes = [phashes[offsets[row] + i] for i in decoded[k]["_views"]]
+        values = [*thumbs[n_thumbs[row]:n_thumbs[row + 1]], *lows[n_lows[row]:n_lows[row + 1]]]
+        hexes = [hashing.to_hex(int(values[i])) for i in decoded[k]["_views"]]
         out[k].update(phash=hexes[0], phash_views=hexes, dhash=hashing.to_hex(int(dhashes[row])))
     return out
 
@@ -350,14 +393,15 @@ def _extract(path: str, max_pixels: int | None) -> dict:
             if orientation in (5, 6, 7, 8):  # a quarter turn: the stored size is on its side
                 width, height = height, width
             gray = gray8(upright)
+            pixels = np.asarray(gray)
             # imagehash converts with Pillow (clipping 16-bit); for 8-bit images that is gray itself
-            hash_src = upright.convert("L") if upright.mode.startswith("I") or upright.mode == "F" else gray
-            small = np.asarray(hashing.hash_input(hash_src))
+            clipped = upright.mode.startswith("I") or upright.mode == "F"
+            small = hashing.hash_input_array(np.asarray(upright.convert("L")) if clipped else pixels)
             plain = hashing.phash_thumb(small)
             trim = views.border_box(small)
-            thumbs, view_rows = views.thumbnails(small, plain, trim)
+            thumbs, lows, view_rows = views.view_inputs(small, plain, trim)
             dthumb = hashing.dhash_thumb(small)
-            measures = measure(upright, gray, mode)
+            measures = measure(upright, gray, mode, pixels)
             measures["border_fraction"] = views.border_fraction(small, trim)
     except UnidentifiedImageError:
         return _failed("not_image", "not a recognised image format (content does not match any decoder)")
@@ -368,7 +412,7 @@ def _extract(path: str, max_pixels: int | None) -> dict:
     return {
         "decoded": True, "reason": None, "detail": None, "format": fmt, "mode": mode,
         "width": int(width), "height": int(height), "exif_orientation": orientation,
-        "phash": None, "dhash": None, "phash_views": [], "_thumbs": thumbs, "_views": view_rows, "_dthumb": dthumb,
+        "phash": None, "dhash": None, "phash_views": [], "_thumbs": thumbs, "_lows": lows, "_views": view_rows, "_dthumb": dthumb,
         "n_frames": n_frames, "animated": animated, **measures,
     }
 

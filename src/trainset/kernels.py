@@ -129,7 +129,7 @@ def phash_batch(thumbs, be: Backend | None = None, method: str | None = None) ->
     for start in range(0, len(thumbs), PHASH_CHUNK):  # bounds the float64 copy (8 KiB a thumbnail)
         chunk = thumbs[start:start + PHASH_CHUNK]
         low = _dct_low_matrix(chunk, xp)
-        median = xp.median(low, axis=1)[:, None]
+        median = row_median(low, xp)[:, None]
         values = be.to_host(pack_bits(low > median, xp))
         ties = be.to_host(xp.nonzero((xp.abs(low - median) <= PHASH_TIE_TOLERANCE).any(axis=1))[0])
         if len(ties):
@@ -150,13 +150,39 @@ def _dct_low_scipy(thumbs: np.ndarray) -> np.ndarray:
     return dct[:, :, :PHASH_LOW].reshape(len(thumbs), PHASH_LOW * PHASH_LOW)
 
 
-def _dct_low_matrix(thumbs: np.ndarray, xp):
-    """The same coefficients as two float64 matrix products on ``xp`` (rounded differently)."""
+@functools.lru_cache(maxsize=1)
+def dct_basis() -> np.ndarray:
+    """``(8, 32)`` float64: the rows of scipy's unnormalised DCT-II that pHash keeps,
+    ``y[k] = 2 sum_m x[m] cos(pi k (2m + 1) / 64)`` (angle reduced exactly before the cosine)."""
     k = np.arange(PHASH_LOW)[:, None]
     m = np.arange(PHASH_THUMB)[None, :]
-    # scipy's unnormalised DCT-II, y[k] = 2 sum_m x[m] cos(pi k (2m + 1) / 2N); angle reduced exactly
-    basis = xp.asarray(2 * np.cos(np.pi * ((k * (2 * m + 1)) % (4 * PHASH_THUMB)) / (2 * PHASH_THUMB)))
+    basis = 2 * np.cos(np.pi * ((k * (2 * m + 1)) % (4 * PHASH_THUMB)) / (2 * PHASH_THUMB))
+    basis.setflags(write=False)
+    return basis
+
+
+def _dct_low_matrix(thumbs: np.ndarray, xp):
+    """The same coefficients as two float64 matrix products on ``xp`` (rounded differently)."""
+    basis = xp.asarray(dct_basis())
     return (basis @ xp.asarray(thumbs, dtype=xp.float64) @ basis.T).reshape(len(thumbs), PHASH_LOW * PHASH_LOW)
+
+
+def row_median(low, xp):
+    """Median of each row of ``(B, 64)`` coefficients, as ``np.median`` gives it (the mean of the
+    two middle values), from one sort: about 2.5x faster than ``np.median`` on the CPU."""
+    ordered = xp.sort(low, axis=1)
+    middle = low.shape[1] // 2
+    return (ordered[:, middle - 1] + ordered[:, middle]) / 2
+
+
+def phash_from_lows(lows, be: Backend | None = None) -> np.ndarray:
+    """pHash bits of ``(B, 64)`` low-frequency coefficients that hold exact integers
+    (``hashing.box_lows``): bit set where a coefficient exceeds its row's median, first bit most
+    significant. Integers below 2**52 add, halve and compare exactly, so both backends agree bit for
+    bit with no tie check."""
+    be = be or backend()
+    low = be.xp.asarray(np.asarray(lows, dtype=np.float64))
+    return be.to_host(pack_bits(low > row_median(low, be.xp)[:, None], be.xp))
 
 
 def dhash_batch(thumbs, be: Backend | None = None) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Pillow's Lanczos downscale of 8-bit grayscale images, as one compiled call.
+"""Pillow's Lanczos downscale and box reduce of 8-bit grayscale images, as compiled calls.
 
 pHash and dHash must equal imagehash's, which resizes with ``Image.resize(size, LANCZOS)``. For
 the small hash inputs (about 64 px) Pillow spends most of that call on overhead, and every image
@@ -12,6 +12,9 @@ needs three to five such thumbnails. This module computes the same pixels:
   so the order is learned once per (input size, output size) by resizing a random probe image
   both ways and comparing with Pillow itself. A shape where neither order reproduces Pillow
   (a Pillow whose arithmetic changed) is resized by Pillow from then on.
+
+The hash input (``hashing.hash_input``) is a whole-factor ``Image.reduce``; :func:`reduce` gives
+the same pixels from the array the measures already read, without a second copy out of Pillow.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ import numba
 import numpy as np
 from PIL import Image
 
-_PRECISION = 22
+PRECISION = 22
+"""Fixed-point bits of Pillow's 8-bit resampling coefficients."""
 _SUPPORT = 3.0  # Lanczos-3
 
 
@@ -61,7 +65,7 @@ def coefficients(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
             total += w
         for x, w in enumerate(row):
             w = w / total if total != 0.0 else w
-            weights[xx, x] = int(-0.5 + w * (1 << _PRECISION)) if w < 0 else int(0.5 + w * (1 << _PRECISION))
+            weights[xx, x] = int(-0.5 + w * (1 << PRECISION)) if w < 0 else int(0.5 + w * (1 << PRECISION))
         bounds[xx] = xmin, count
     return bounds, weights
 
@@ -145,3 +149,72 @@ def lanczos(gray: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if order == "pillow":
         return np.asarray(Image.fromarray(a).resize(size, Image.Resampling.LANCZOS))
     return _passes(a, size, order == "vh")
+
+
+def _reduce_multiplier(area: int) -> int:
+    """Pillow's ``division_UINT32(area, 8)``: 2**32 / (256 x area) in single precision, truncated."""
+    return int(np.float32(4294967296.0) / np.float32(256 * area))
+
+
+@numba.njit(cache=True, nogil=True)
+def _reduce(a, factor, multipliers):
+    """Box means over ``factor`` x ``factor`` blocks; the last row and column of blocks may be
+    partial. ``multipliers[k]`` is Pillow's fixed-point reciprocal of a block of ``k`` pixels.
+    Each band of rows is summed down its columns, then across each block, in loops that run
+    along contiguous memory."""
+    height, width = a.shape
+    out_h = (height + factor - 1) // factor
+    out_w = (width + factor - 1) // factor
+    full_w = width // factor
+    out = np.empty((out_h, out_w), dtype=np.uint8)
+    columns = np.empty(width, dtype=np.uint32)
+    blocks = np.empty(out_w, dtype=np.uint32)
+    for oy in range(out_h):
+        y0 = oy * factor
+        y1 = min(height, y0 + factor)
+        for x in range(width):
+            columns[x] = a[y0, x]
+        for y in range(y0 + 1, y1):
+            for x in range(width):
+                columns[x] += a[y, x]
+        blocks[:] = 0
+        for k in range(factor):
+            for ox in range(full_w):
+                blocks[ox] += columns[ox * factor + k]
+        for x in range(full_w * factor, width):  # the partial last block
+            blocks[full_w] += columns[x]
+        area = (y1 - y0) * factor
+        half = np.uint32(area // 2)
+        multiplier = np.uint32(multipliers[area])
+        for ox in range(full_w):
+            out[oy, ox] = (np.uint64(blocks[ox] + half) * multiplier) >> 24
+        if full_w < out_w:
+            area = (y1 - y0) * (width - full_w * factor)
+            out[oy, full_w] = (np.uint64(blocks[full_w] + area // 2) * multipliers[area]) >> 24
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _reduce_multipliers(factor: int) -> np.ndarray:
+    return np.array([0] + [_reduce_multiplier(k) for k in range(1, factor * factor + 1)], dtype=np.uint64)
+
+
+@functools.lru_cache(maxsize=4096)
+def _reduce_matches_pillow(shape: tuple[int, int], factor: int) -> bool:
+    """Does :func:`reduce` reproduce Pillow's ``Image.reduce`` for this shape (probed once on random pixels)?"""
+    probe = np.random.default_rng(shape[0] * 7919 + shape[1] * 31 + factor).integers(0, 256, size=shape, dtype=np.uint8)
+    want = np.asarray(Image.fromarray(probe).reduce(factor))
+    return np.array_equal(_reduce(probe, factor, _reduce_multipliers(factor)), want)
+
+
+def reduce(gray: np.ndarray, factor: int) -> np.ndarray:
+    """``gray`` (2-D uint8) box-reduced by a whole ``factor``: the pixels of
+    ``Image.fromarray(gray).reduce(factor)`` (the same rounding, ``(sum + n/2) x`` a fixed-point
+    reciprocal ``>> 24``, and the same partial blocks at the right and bottom edges). A shape where a
+    probe finds a difference (a Pillow whose arithmetic changed) is reduced by Pillow itself."""
+    a = np.ascontiguousarray(gray, dtype=np.uint8)
+    if factor <= 1:
+        return a.copy()
+    if not _reduce_matches_pillow(a.shape, factor):
+        return np.asarray(Image.fromarray(a).reduce(factor))
+    return _reduce(a, factor, _reduce_multipliers(factor))

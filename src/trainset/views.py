@@ -25,11 +25,13 @@ manifest.
 
 from __future__ import annotations
 
+import functools
+
 import numba
 import numpy as np
 from PIL import Image
 
-from . import hashing
+from . import hashing, kernels
 
 TRIM_TOLERANCE = 12
 """Grey levels a border pixel may differ from its edge's median (JPEG ringing, dithering)."""
@@ -122,29 +124,44 @@ def sub_box(box: tuple[int, int, int, int], fractions: tuple[float, float, float
     return inner if inner[2] > inner[0] and inner[3] > inner[1] else box
 
 
-def thumbnails(
+def view_inputs(
     small: Image.Image | np.ndarray, plain: np.ndarray, trim: tuple[int, int, int, int] | None = None
-) -> tuple[np.ndarray, list[int]]:
-    """The distinct 32x32 thumbnails of the views of ``small`` (the hash input,
-    ``hashing.hash_input``, or its 2-D uint8 array), stacked, and for each view in
-    :data:`VIEW_NAMES` order the row of its thumbnail: views of one box (``trim_*`` of a picture
-    without border) share a row, so each is resized and hashed once. ``plain`` is the hash
-    input's own thumbnail (row 0), ``trim`` its :func:`border_box` when already found."""
+) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
+    """What the views of ``small`` (the hash input, ``hashing.hash_input``, or its 2-D uint8
+    array) are hashed from: ``thumbs``, the plain 32x32 thumbnail ``plain`` and its mirror (hashed
+    with imagehash's arithmetic, so the plain view is the stored pHash); ``lows``, the box DCT
+    (``hashing.box_lows``) of every other distinct box, then of the mirrored trimmed picture; and
+    for each view in :data:`VIEW_NAMES` order its row among ``thumbs`` then ``lows``. Views of one
+    box (``trim_*`` of a picture without border) share a row, so each is hashed once. ``trim``:
+    the :func:`border_box` of ``small``, when already found."""
     gray = np.asarray(small.convert("L")) if isinstance(small, Image.Image) else small
-    whole = (0, 0, gray.shape[1], gray.shape[0])
-    trim = border_box(gray) if trim is None else trim
+    trim = border_box(gray) if trim is None else tuple(trim)
+    distinct, rows, trim_row = _layout(gray.shape[1], gray.shape[0], trim)
+    thumbs = np.stack([plain, plain[:, ::-1]])
+    lows = hashing.box_lows(gray, distinct) if distinct else np.zeros((0, kernels.PHASH_LOW**2))
+    if trim_row is not None:
+        lows = np.concatenate([lows, hashing.mirror_lows(lows[trim_row - len(thumbs)])[None]])
+    return thumbs, lows, rows
+
+
+@functools.lru_cache(maxsize=4096)
+def _layout(width: int, height: int, trim: tuple[int, int, int, int]):
+    """For :func:`view_inputs`: the distinct boxes besides the whole picture, each view's row
+    (0 the plain thumbnail, 1 its mirror, then the boxes, then the mirrored trim when there is a
+    border), and the trimmed picture's row when there is one."""
+    whole = (0, 0, width, height)
     boxes = [whole, trim] + [sub_box(whole, f) for f in BOXES.values()] + [sub_box(trim, f) for f in BOXES.values()]
+    thumbs = 2
     row_of = {whole: 0}
-    distinct = [plain]
-    for left, top, right, bottom in boxes:
-        if (left, top, right, bottom) not in row_of:
-            row_of[(left, top, right, bottom)] = len(distinct)
-            distinct.append(hashing.phash_thumb(gray[top:bottom, left:right]))
+    distinct = []
+    for box in boxes:
+        if box not in row_of:
+            row_of[box] = thumbs + len(distinct)
+            distinct.append(box)
     rows = [row_of[box] for box in boxes]
-    for row in rows[: len(QUERY_VIEWS)]:  # the mirrored query views
-        rows.append(len(distinct))
-        distinct.append(distinct[row][:, ::-1])
-    return np.stack(distinct), rows
+    if trim == whole:
+        return tuple(distinct), (*rows, 1, 1), None  # plain_mirror, trim_mirror
+    return tuple(distinct), (*rows, 1, thumbs + len(distinct)), row_of[trim]
 
 
 def border_fraction(gray: np.ndarray, trim: tuple[int, int, int, int] | None = None) -> float:
@@ -156,6 +173,6 @@ def border_fraction(gray: np.ndarray, trim: tuple[int, int, int, int] | None = N
 
 def hash_views(small: Image.Image, plain: np.ndarray) -> list[str]:
     """Hex pHashes of every view of the hash input ``small``, in :data:`VIEW_NAMES` order."""
-    distinct, rows = thumbnails(small, plain)
-    hexes = [hashing.to_hex(hashing.phash_from_pixels(t)) for t in distinct]
-    return [hexes[row] for row in rows]
+    thumbs, lows, rows = view_inputs(small, plain)
+    values = list(kernels.phash_batch(thumbs, be=kernels.HOST)) + list(kernels.phash_from_lows(lows, be=kernels.HOST))
+    return [hashing.to_hex(int(values[row])) for row in rows]
