@@ -23,7 +23,7 @@ from trainset.features import FeatureCache, FeatureStats, compute, extract, feat
 
 SAMPLES = Path(skimage.data.__file__).parent
 MEASURES = {"n_frames", "animated", "has_alpha", "alpha_min", "bit_depth", "luma_mean", "luma_std", "entropy", "laplacian_var", "border_fraction"}
-FIELDS = {"decoded", "reason", "detail", "format", "mode", "width", "height", "exif_orientation", "phash", "dhash", "phash_views", *MEASURES}
+FIELDS = {"sha256", "decoded", "reason", "detail", "format", "mode", "width", "height", "exif_orientation", "phash", "dhash", "phash_views", *MEASURES}
 
 
 def _photo(name: str = "chelsea.png", size: tuple[int, int] | None = None) -> Image.Image:
@@ -745,12 +745,70 @@ def test_compute_caches_batch_by_batch_so_a_stopped_run_keeps_its_work(tmp_path,
     for k in range(14):
         p = _write(tmp_path / "files" / f"{k:02d}.png", _encode(_photo("coffee.png", size=(40 + k, 30)), "PNG"))
         items.append((_sha(p), str(p)))
+    gone = Path(items[10][1]).read_bytes()
     Path(items[10][1]).unlink()  # listed, then gone
     cache = FeatureCache(tmp_path / "cache", feature_key())
     with pytest.raises(features.MissingFile):
         compute(items, cache, threads=threads)
     cached = [sha for sha, _ in items if cache.get(sha) is not None]
     assert cached == [sha for sha, _ in items[:8]]  # two whole batches of four
-    _write(Path(items[10][1]), b"")  # back, as an empty file: the rerun decodes only the rest
+    _write(Path(items[10][1]), gone)  # back: the rerun decodes only the rest
     _, stats = compute(items, cache, threads=threads)
     assert stats.cache_hits == 8 and stats.decoded == 6
+
+
+# --- one read: SHA-256 of the bytes decoded ------------------------------------------------
+
+
+def test_sha256_is_of_the_bytes_decoded_for_every_outcome(tmp_path):
+    good = _write(tmp_path / "a.jpg", _encode(_photo("coffee.png", size=(80, 60)), "JPEG"))
+    empty = _write(tmp_path / "e.png", b"")
+    broken = _write(tmp_path / "b.png", b"not an image")
+    for path in (good, empty, broken):
+        assert extract(str(path))["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert extract(str(good))["decoded"] is True
+
+
+def test_a_file_larger_than_the_read_limit_is_hashed_from_disk_alike(tmp_path, monkeypatch):
+    path = _write(tmp_path / "a.png", _encode(_photo("camera.png", size=(70, 50)), "PNG"))
+    whole = extract(str(path))
+    monkeypatch.setattr(features, "READ_WHOLE_LIMIT", 10)
+    assert extract(str(path)) == whole
+
+
+def test_a_file_changed_since_ingest_fails_naming_it_and_caches_nothing(tmp_path):
+    path = _write(tmp_path / "a.png", _encode(_photo("camera.png", size=(70, 50)), "PNG"))
+    stale = _sha(path)
+    _write(path, _encode(_photo("coffee.png", size=(70, 50)), "PNG"))  # edited after ingest
+    cache = FeatureCache(tmp_path / "cache", feature_key())
+    with pytest.raises(features.ContentChanged, match=r"a\.png: changed since it was ingested"):
+        compute([(stale, str(path))], cache)
+    assert cache.get(stale) is None
+
+
+def test_jpeg_orientation_is_read_from_exif_or_xmp_and_skipped_without_either(tmp_path):
+    im = _photo("astronaut.png", size=(60, 40))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    with_exif = _write(tmp_path / "exif.jpg", _encode(im, "JPEG", exif=exif))
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">' \
+          b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="8"/></rdf:RDF></x:xmpmeta>'
+    with_xmp = _write(tmp_path / "xmp.jpg", _encode(im, "JPEG", xmp=xmp))
+    plain = _write(tmp_path / "plain.jpg", _encode(im, "JPEG"))
+    assert extract(str(with_exif))["exif_orientation"] == 6
+    assert extract(str(with_xmp))["exif_orientation"] == 8
+    out = extract(str(plain))
+    assert out["exif_orientation"] == 1 and (out["width"], out["height"]) == (60, 40)
+
+
+@pytest.mark.parametrize("shape", [(2, 2), (3, 9), (256, 256), (256, 171), (40, 512), (7, 700)])
+def test_one_pass_histogram_and_laplacian_are_exact(shape):
+    """The fused pass (int32 rows where they fit) equals a plain histogram and the int64 Laplacian
+    sums, on noise and on a 0/255 checkerboard (the largest Laplacian values)."""
+    rng = np.random.default_rng(sum(shape))
+    noise = rng.integers(0, 256, size=shape, dtype=np.uint8)
+    board = ((np.indices(shape).sum(axis=0) % 2) * 255).astype(np.uint8)
+    for a in (noise, board):
+        counts, total, squares = features._histogram_and_laplacian_sums(a)
+        assert np.array_equal(counts, np.bincount(a.ravel(), minlength=256))
+        assert (total, squares) == tuple(features._laplacian_sums(a, np.int64(0)))

@@ -5,9 +5,9 @@ params (including the decompression-bomb pixel limit), this module's and the has
 module's code, and the trainset and Pillow versions. Adding one image to a source
 therefore decodes that image only.
 
-Besides the identity fields (format, mode, upright size, EXIF orientation, pHash, dHash, and the
-pHashes of the query, search and mirrored views of ``trainset.views``) one
-decode yields the measures the audit checks judge (``trainset.audit_checks``). They are
+Besides the identity fields (SHA-256 of the bytes decoded, format, mode, upright size, EXIF
+orientation, pHash, dHash, and the pHashes of the query, search and mirrored views of
+``trainset.views``) one decode yields the measures the audit checks judge (``trainset.audit_checks``). They are
 stored per item, so a threshold can change later without decoding anything again:
 
 - ``n_frames`` / ``animated``: frame count (animated GIF/PNG/WebP, multi-page TIFF; a
@@ -30,12 +30,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import itertools
 import json
 import os
 import warnings
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,6 +82,10 @@ def _failed(reason: str, detail: str, fmt: str | None = None, width: int = 0, he
 
 class MissingFile(FileNotFoundError):
     """A file the ingest manifest lists is gone: the manifest is stale, not the file broken."""
+
+
+class ContentChanged(RuntimeError):
+    """A file's bytes no longer match the SHA-256 the ingest manifest recorded for it."""
 
 
 @contextlib.contextmanager
@@ -201,6 +206,7 @@ def _histogram_and_laplacian_sums(a):
     tables in turn so consecutive pixels of one level do not wait on each other."""
     height, width = a.shape
     tables = np.zeros((4, 256), dtype=np.int64)
+    total, squares = _laplacian_sums_8bit(a) if width <= _INT32_ROW else _laplacian_sums(a, np.int64(0))
     for y in range(height):
         x = 0
         while x + 4 <= width:
@@ -212,8 +218,39 @@ def _histogram_and_laplacian_sums(a):
         while x < width:
             tables[0, a[y, x]] += 1
             x += 1
-    total, squares = _laplacian_sums(a, np.int64(0))
     return tables.sum(axis=0), total, squares
+
+
+_INT32_ROW = 512
+"""Widest row whose Laplacian sums fit int32: |v| <= 8 x 255, so a row adds at most 512 x 2040**2 < 2**31."""
+
+
+@numba.njit(cache=True, nogil=True)
+def _laplacian_sums_8bit(a):
+    """:func:`_laplacian_sums` of 8-bit ``a`` no wider than :data:`_INT32_ROW`: each row's interior
+    in int32 (vectorizes twice as wide as int64), rows added in int64. Exact."""
+    height, width = a.shape
+    total = np.int64(0)
+    squares = np.int64(0)
+    for y in range(height):
+        up = a[y - 1 if y > 0 else 1]
+        down = a[y + 1 if y < height - 1 else height - 2]
+        row = a[y]
+        for x in (0, width - 1):
+            left = x - 1 if x > 0 else 1
+            right = x + 1 if x < width - 1 else width - 2
+            v = np.int64(up[x]) + down[x] + row[left] + row[right] - 4 * np.int64(row[x])
+            total += v
+            squares += v * v
+        row_total = np.int32(0)
+        row_squares = np.int32(0)
+        for x in range(1, width - 1):
+            v = np.int32(up[x]) + np.int32(down[x]) + np.int32(row[x - 1]) + np.int32(row[x + 1]) - np.int32(4) * np.int32(row[x])
+            row_total += v
+            row_squares += v * v
+        total += row_total
+        squares += row_squares
+    return total, squares
 
 
 @numba.njit(cache=True, nogil=True)
@@ -328,16 +365,27 @@ def extract_many(paths: list[str], max_pixels: int | None = DEFAULT_MAX_PIXELS, 
             yield from finish([decode(p, max_pixels) for p in paths[start : start + BATCH]])
 
 
+READ_WHOLE_LIMIT = 64 << 20
+"""Files up to this size are read once: SHA-256 and decode from the same bytes."""
+
+
 def decode(path: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict:
     """Everything :func:`extract` gives except the hashes, plus the thumbnails they are computed
     from (``_thumbs``, ``_lows`` and ``_views`` of ``views.view_inputs``, and ``_dthumb``), so
-    :func:`finish` can hash many images in one batch."""
+    :func:`finish` can hash many images in one batch. ``sha256`` is of the bytes decoded."""
     if not os.path.isfile(path):
         raise MissingFile(f"{path}: listed by the ingest manifest but not found (moved, or run from another folder?)")
+    size = os.path.getsize(path)
+    if size <= READ_WHOLE_LIMIT:
+        with open(path, "rb") as fh:
+            data = fh.read()
+        sha, source = hashing.sha256_bytes(data), io.BytesIO(data)
+    else:  # a huge file (or a bomb refused from its header) is not held in memory twice
+        sha, source = hashing.sha256_file(path), path
     with no_pillow_pixel_limit(), warnings.catch_warnings():
         # palette transparency given per index: Pillow warns on every P -> L conversion
         warnings.filterwarnings("ignore", message="Palette images with Transparency", category=UserWarning)
-        return _extract(path, max_pixels)
+        return {"sha256": sha, **_extract(source, size, max_pixels)}
 
 
 def finish(decoded: list[dict]) -> list[dict]:
@@ -361,11 +409,11 @@ def finish(decoded: list[dict]) -> list[dict]:
     return out
 
 
-def _extract(path: str, max_pixels: int | None) -> dict:
+def _extract(source, size: int, max_pixels: int | None) -> dict:
     try:
-        if os.path.getsize(path) == 0:
+        if size == 0:
             return _failed("zero_byte", "file is empty (0 bytes)")
-        with Image.open(path) as im:
+        with Image.open(source) as im:
             fmt = im.format
             width, height = im.size
             if max_pixels is not None and width * height > max_pixels:
@@ -387,8 +435,7 @@ def _extract(path: str, max_pixels: int | None) -> dict:
             except (OSError, SyntaxError, ValueError, EOFError) as exc:
                 reason = "truncated" if "truncat" in str(exc).lower() else "corrupt"
                 return _failed(reason, f"{fmt or 'image'} decode failed: {exc}", fmt)
-            orientation = int(im.getexif().get(_ORIENTATION_TAG, 1) or 1)
-            orientation = orientation if 1 <= orientation <= 8 else 1
+            orientation = _orientation(im)
             upright = ImageOps.exif_transpose(im) if orientation != 1 else im
             if orientation in (5, 6, 7, 8):  # a quarter turn: the stored size is on its side
                 width, height = height, width
@@ -417,6 +464,15 @@ def _extract(path: str, max_pixels: int | None) -> dict:
     }
 
 
+def _orientation(im: Image.Image) -> int:
+    """The EXIF (or XMP) orientation, 1..8; 1 when absent or out of range. A JPEG without an EXIF
+    or XMP segment has none, and is not parsed for it."""
+    if im.format == "JPEG" and not any(k in im.info for k in ("exif", "xmp", "XML:com.adobe.xmp")):
+        return 1
+    orientation = int(im.getexif().get(_ORIENTATION_TAG, 1) or 1)
+    return orientation if 1 <= orientation <= 8 else 1
+
+
 def draft(im: Image.Image) -> None:
     """Decode every JPEG at the smallest DCT scale (1, 1/2, 1/4, 1/8) that keeps both sides at
     least :data:`ANALYSIS_SIDE`, and a colour one straight to grayscale (the luma the JPEG
@@ -426,6 +482,10 @@ def draft(im: Image.Image) -> None:
     header."""
     if im.format in ("JPEG", "MPO"):
         im.draft("L", (ANALYSIS_SIDE, ANALYSIS_SIDE))
+
+
+CACHE_WRITERS = 4
+"""Threads writing feature-cache files while decoding goes on."""
 
 
 @dataclass
@@ -475,16 +535,27 @@ def partition_by_cache(items: list[tuple[str, str]], lookup) -> tuple[dict, list
 def compute(
     items: list[tuple[str, str]], cache: FeatureCache, threads: int = 1, max_pixels: int | None = DEFAULT_MAX_PIXELS
 ) -> tuple[dict[str, dict], FeatureStats]:
-    """Features for (sha256, path) items, keyed by sha256; decodes only cache misses.
+    """Features for (sha256, path) items, keyed by sha256; decodes only cache misses. A file whose
+    bytes no longer hash to its sha256 raises :class:`ContentChanged` naming it.
 
     ``max_pixels`` is the decompression-bomb limit given to :func:`extract`; the cache's key
     must include it (``feature_key({"max_pixels": ...})``)."""
     stats = FeatureStats(items=len(items))
     result, todo, stats.contents = partition_by_cache(items, cache.get)
     stats.cache_hits = len(result)
-    # cached batch by batch: a run stopped halfway keeps what it decoded
-    for (sha, _), feats in zip(todo, extract_many([p for _, p in todo], max_pixels, threads)):
-        cache.put(sha, feats)
-        result[sha] = feats
+    # cached as each batch is hashed (a run stopped halfway keeps what it decoded), by writer
+    # threads: creating many small files is slow on some file systems, and the decodes go on meanwhile
+    with ThreadPoolExecutor(max_workers=CACHE_WRITERS) as writers:
+        writes = []
+        for (sha, path), feats in zip(todo, extract_many([p for _, p in todo], max_pixels, threads)):
+            if feats["sha256"] != sha:
+                raise ContentChanged(
+                    f"{path}: changed since it was ingested (manifest SHA-256 {sha}, file now {feats['sha256']}); "
+                    "run the build again so ingest records the new content"
+                )
+            writes.append(writers.submit(cache.put, sha, feats))
+            result[sha] = feats
+        for write in writes:
+            write.result()  # a failed write (disk full) fails the run
     stats.decoded = len(todo)
     return result, stats
