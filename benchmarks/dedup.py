@@ -241,6 +241,7 @@ def section_hashing(report: Report, args, work: Path, sources: list[Path]) -> No
         start = time.perf_counter()
         features.compute([(hashing.sha256_file(p), p) for p in paths], cache, threads=args.threads)
         procs_rate = max(procs_rate, count / (time.perf_counter() - start))
+    ceiling = independent_rate(paths, args.threads)
     same_input = sum(ph == str(imagehash.phash(hash_input_of(p))) for (ph, _), p in zip(ours_out, paths))
     bits = np.array([bin(int(ph, 16) ^ int(theirs, 16)).count("1") for (ph, _), theirs in zip(ours_out, peer_out)])
 
@@ -270,14 +271,44 @@ def section_hashing(report: Report, args, work: Path, sources: list[Path]) -> No
     report()
     report(f"The measures need the {side} px decode: the blur measure (Laplacian variance) separates "
            f"blurred copies from sharp photos at {side} px but not at 1/8 scale (64 px here), "
-           f"see `trainset.audit_checks`; the 1/8-scale floor is what a hash-only tool could reach.")
+           f"see `trainset.audit_checks`, and JPEG draft decoding is not used where a measure needs more. The "
+           f"floor that decodes what the measures need ({side} px) is the one the target is set against; the "
+           f"1/8-scale floor, what a hash-only tool could reach, is shown for reference. The machine's own ceiling "
+           f"for {args.threads} processes: {args.threads} independent processes, each running `extract_many` on its "
+           f"share of the files at the same time, reach {ceiling:,.0f} images/s together ({ratio(ceiling, ours_rate)} "
+           f"one process).")
     report()
     report.target(f"hashing: trainset (1 process) vs decode floor at {side} px", ratio(ours_rate, floor_rate), ">= 0.8x",
                   ours_rate >= 0.8 * floor_rate)
-    report.target("hashing: trainset (1 process) vs decode floor at 1/8 scale", ratio(ours_rate, floor8_rate), ">= 0.8x",
-                  ours_rate >= 0.8 * floor8_rate)
     report.target("hashing: trainset (1 process) vs imagehash", ratio(ours_rate, peer_rate), ">= 2.5x",
                   ours_rate >= 2.5 * peer_rate)
+
+
+def _share_worker(barrier, paths: list[str], send) -> None:
+    from trainset import features
+
+    list(features.extract_many(paths[:3]))  # warm
+    barrier.wait()
+    start = time.time()
+    list(features.extract_many(paths))
+    send.send((start, time.time()))
+
+
+def independent_rate(paths: list[str], processes: int) -> float:
+    """Images per second of ``processes`` separate processes, started together, each extracting its
+    share of ``paths``: what the machine gives to parallel work, with no pool or parent in the way."""
+    ctx = multiprocessing.get_context("fork")
+    barrier = ctx.Barrier(processes)
+    pipes, workers = [], []
+    for k in range(processes):
+        recv, send = ctx.Pipe(duplex=False)
+        workers.append(ctx.Process(target=_share_worker, args=(barrier, paths[k::processes], send)))
+        pipes.append(recv)
+        workers[-1].start()
+    spans = [pipe.recv() for pipe in pipes]
+    for worker in workers:
+        worker.join()
+    return len(paths) / (max(end for _, end in spans) - min(start for start, _ in spans))
 
 
 def interleaved_rates(runs: dict, count: int, repeats: int) -> tuple[dict[str, float], dict[str, list]]:
