@@ -126,3 +126,79 @@ def test_an_image_without_border_reuses_its_thumbnails():
     out = _views(_photo("coffee"))
     assert out["trim"] == out["plain"]
     assert all(out[f"trim_{name}"] == out[name] for name in views.BOXES)
+
+
+# --- transparency and border-dominated pictures ----------------------------------------------
+
+
+def _sprite(name: str, side: int = 30) -> Image.Image:
+    """A small RGBA picture with a transparent surround (visible pixels: an ellipse)."""
+    im = _photo(name, (side, side)).convert("RGBA")
+    yy, xx = np.mgrid[:side, :side]
+    mask = ((xx - side / 2 + 0.5) ** 2 + (yy - side / 2 + 0.5) ** 2) <= (side / 2) ** 2
+    alpha = np.where(mask, 255, 0).astype(np.uint8)
+    im.putalpha(Image.fromarray(alpha))
+    return Image.fromarray(np.where(mask[..., None], np.asarray(im), 0).astype(np.uint8), "RGBA")
+
+
+def _on_canvas(sprite: Image.Image, size=(68, 56), at=(20, 14)) -> Image.Image:
+    canvas = Image.new("RGBA", size, (0, 0, 0, 0))
+    canvas.paste(sprite, at)
+    return canvas
+
+
+def _extract_views(tmp_path, im: Image.Image, name: str) -> dict:
+    path = tmp_path / f"{name}.png"
+    im.save(path)
+    out = features.extract(str(path))
+    return {**dict(zip(views.VIEW_NAMES, out["phash_views"])), "_out": out}
+
+
+def test_alpha_box_is_the_box_of_visible_pixels():
+    alpha = np.zeros((20, 30), dtype=np.uint8)
+    assert views.alpha_box(alpha) is None  # nothing visible
+    assert views.alpha_box(np.full((20, 30), 255, np.uint8)) is None  # nothing transparent
+    alpha[4:9, 7:12] = 1
+    alpha[15, 20] = 200
+    assert views.alpha_box(alpha) == (7, 4, 21, 16)
+
+
+def test_a_sprite_on_a_transparent_canvas_is_known_by_its_visible_box(tmp_path):
+    import imagehash
+
+    sprite = _sprite("astronaut")
+    got = _extract_views(tmp_path, _on_canvas(sprite), "a")
+    out = got["_out"]
+    assert out["border_fraction"] >= views.BORDER_DOMINANT
+    # every view is the trimmed picture, the mirrors its mirror; the stored pHash stays imagehash's
+    assert {got[v] for v in views.SEARCH_VIEWS} == {got["trim"]}
+    assert got["plain_mirror"] == got["trim_mirror"] != got["trim"]
+    with Image.open(tmp_path / "a.png") as im:
+        assert out["phash"] == str(imagehash.phash(im.convert("L")))
+    assert out["phash"] != got["trim"]
+    # the trimmed view is the box of the visible pixels, exactly
+    gray = np.asarray(_on_canvas(sprite).convert("L"))
+    box = (20, 14, 50, 44)
+    want = hashing.box_lows(gray, (box,))
+    from trainset import kernels
+    assert got["trim"] == hashing.to_hex(int(kernels.phash_from_lows(want)[0]))
+
+
+def test_different_sprites_on_one_canvas_do_not_match_and_a_moved_copy_does(tmp_path):
+    one = _extract_views(tmp_path, _on_canvas(_sprite("astronaut")), "one")
+    other = _extract_views(tmp_path, _on_canvas(_sprite("coffee")), "other")
+    moved = _extract_views(tmp_path, _on_canvas(_sprite("astronaut"), size=(90, 70), at=(3, 30)), "moved")
+    assert _bits(one["_out"]["phash"], other["_out"]["phash"]) < _bits(one["trim"], other["trim"])
+    assert _query_to_search(one, other) > 10
+    assert _query_to_search(one, moved) <= 2
+
+
+def test_a_small_picture_on_a_large_opaque_canvas_uses_its_trimmed_view(tmp_path):
+    im = _photo("chelsea", (40, 30))
+    canvas = Image.new("RGB", (120, 90), (255, 255, 255))
+    canvas.paste(im, (50, 40))
+    got = _extract_views(tmp_path, canvas, "c")
+    assert got["_out"]["border_fraction"] >= views.BORDER_DOMINANT
+    assert {got[v] for v in views.SEARCH_VIEWS} == {got["trim"]}
+    alone = _extract_views(tmp_path, im, "alone")
+    assert _bits(alone["plain"], got["trim"]) <= 4

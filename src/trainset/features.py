@@ -136,6 +136,16 @@ def gray8(image: Image.Image) -> Image.Image:
     return Image.fromarray(scaled)
 
 
+def _alpha_plane(image: Image.Image) -> np.ndarray | None:
+    """The alpha of an image that can be transparent (an alpha mode, or a ``transparency`` entry),
+    as a 2-D uint8 array; ``None`` for an opaque mode."""
+    if image.mode in ALPHA_MODES:
+        return np.asarray(image.getchannel("A"))
+    if image.info.get("transparency") is not None and image.mode in _TRANSPARENCY_MODES:
+        return np.asarray(image.convert("RGBA").getchannel("A"))
+    return None
+
+
 def alpha_info(image: Image.Image) -> tuple[bool, int]:
     """``(has_alpha, alpha_min)``: can the image be transparent, and the lowest alpha it uses.
 
@@ -405,7 +415,8 @@ def finish(decoded: list[dict]) -> list[dict]:
     for row, k in enumerate(have):
         values = [*thumbs[n_thumbs[row]:n_thumbs[row + 1]], *lows[n_lows[row]:n_lows[row + 1]]]
         hexes = [hashing.to_hex(int(values[i])) for i in decoded[k]["_views"]]
-        out[k].update(phash=hexes[0], phash_views=hexes, dhash=hashing.to_hex(int(dhashes[row])))
+        # row 0 is always the plain thumbnail: the stored pHash, whatever the views use
+        out[k].update(phash=hashing.to_hex(int(values[0])), phash_views=hexes, dhash=hashing.to_hex(int(dhashes[row])))
     return out
 
 
@@ -445,7 +456,9 @@ def _extract(source, size: int, max_pixels: int | None) -> dict:
             clipped = upright.mode.startswith("I") or upright.mode == "F"
             small = hashing.hash_input_array(np.asarray(upright.convert("L")) if clipped else pixels)
             plain = hashing.phash_thumb(small)
-            trim = views.border_box(small)
+            alpha = _alpha_plane(upright)
+            trim = views.alpha_box(hashing.hash_input_array(alpha)) if alpha is not None else None
+            trim = trim or views.border_box(small)
             thumbs, lows, view_rows = views.view_inputs(small, plain, trim)
             dthumb = hashing.dhash_thumb(small)
             measures = measure(upright, gray, mode, pixels)

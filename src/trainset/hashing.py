@@ -68,7 +68,8 @@ def hash_input(gray: Image.Image) -> Image.Image:
 
 
 def hash_input_array(gray: np.ndarray) -> np.ndarray:
-    """:func:`hash_input` of a 2-D uint8 array (``resample.reduce``: Pillow's pixels)."""
+    """:func:`hash_input` of a 2-D uint8 array (``resample.reduce``: Pillow's pixels). Another plane
+    of the same image (its alpha) reduces alike, to the same shape."""
     factor = min(gray.shape) // HASH_SIDE
     return resample.reduce(gray, factor) if factor > 1 else gray
 

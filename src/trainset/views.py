@@ -19,8 +19,15 @@ search view of the other. Comparing sub-box with sub-box as well would let two d
 pictures meet in some corner: on copies made from real images that costs precision for no
 recall. Views are cut from the hash input (``hashing.hash_input``: the grayscale image
 box-reduced to about 64 px on its short side); a view whose box equals another's reuses its
-thumbnail. The order of :data:`VIEW_NAMES` is the order of the ``phash_views`` list in the audit
+hash. The order of :data:`VIEW_NAMES` is the order of the ``phash_views`` list in the audit
 manifest.
+
+An image with transparency is trimmed to the box of its visible (non-zero alpha) pixels
+(:func:`alpha_box`), which is exact where a colour tolerance would eat into a dark outline. A
+picture whose border covers :data:`BORDER_DOMINANT` of its area or more (a sprite on a transparent
+canvas, a small picture on a large one) is known by its trimmed picture alone: every view is the
+trimmed view (mirrors its mirror), because the plain pHash of such an image mostly describes the
+empty canvas, and two different sprites on one canvas size then sit a few bits apart.
 """
 
 from __future__ import annotations
@@ -41,6 +48,9 @@ TRIM_MIN_FRACTION = 0.98
 
 TRIM_MIN_KEEP = 0.2
 """A trim that keeps less than this share of either side is refused (a nearly flat image)."""
+
+BORDER_DOMINANT = 0.5
+"""Share of the area at which the border outweighs the picture: from there on, every view is the trimmed one."""
 
 TRIM_PASSES = 3
 """Nested borders (a coloured pad around a white background) trim in successive passes."""
@@ -114,6 +124,17 @@ def border_box(gray: np.ndarray) -> tuple[int, int, int, int]:
     return tuple(int(v) for v in box)
 
 
+def alpha_box(alpha: np.ndarray) -> tuple[int, int, int, int] | None:
+    """``(left, top, right, bottom)`` of the visible pixels (alpha above 0) of ``alpha`` (2-D), or
+    ``None`` when nothing is transparent or nothing is visible."""
+    visible = alpha > 0
+    if visible.all() or not visible.any():
+        return None
+    rows = np.flatnonzero(visible.any(axis=1))
+    cols = np.flatnonzero(visible.any(axis=0))
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
 def sub_box(box: tuple[int, int, int, int], fractions: tuple[float, float, float, float]) -> tuple[int, int, int, int]:
     """The part of ``box`` (pixels, Pillow's crop order) that ``fractions`` names; ``box`` itself
     when that would be empty."""
@@ -133,9 +154,10 @@ def view_inputs(
     (``hashing.box_lows``) of every other distinct box, then of the mirrored trimmed picture; and
     for each view in :data:`VIEW_NAMES` order its row among ``thumbs`` then ``lows``. Views of one
     box (``trim_*`` of a picture without border) share a row, so each is hashed once. ``trim``:
-    the :func:`border_box` of ``small``, when already found."""
+    the trimmed box (:func:`border_box` of ``small`` when not given)."""
     gray = np.asarray(small.convert("L")) if isinstance(small, Image.Image) else small
     trim = border_box(gray) if trim is None else tuple(trim)
+    trim = (0, 0, gray.shape[1], gray.shape[0]) if trim[2] <= trim[0] or trim[3] <= trim[1] else trim
     distinct, rows, trim_row = _layout(gray.shape[1], gray.shape[0], trim)
     thumbs = np.stack([plain, plain[:, ::-1]])
     lows = hashing.box_lows(gray, distinct) if distinct else np.zeros((0, kernels.PHASH_LOW**2))
@@ -148,10 +170,13 @@ def view_inputs(
 def _layout(width: int, height: int, trim: tuple[int, int, int, int]):
     """For :func:`view_inputs`: the distinct boxes besides the whole picture, each view's row
     (0 the plain thumbnail, 1 its mirror, then the boxes, then the mirrored trim when there is a
-    border), and the trimmed picture's row when there is one."""
+    border), and the trimmed picture's row when there is one. A border of :data:`BORDER_DOMINANT`
+    or more makes every view the trimmed one."""
     whole = (0, 0, width, height)
-    boxes = [whole, trim] + [sub_box(whole, f) for f in BOXES.values()] + [sub_box(trim, f) for f in BOXES.values()]
     thumbs = 2
+    if _fraction(whole, trim) >= BORDER_DOMINANT:
+        return (trim,), (thumbs,) * len(SEARCH_VIEWS) + (thumbs + 1,) * len(MIRROR_VIEWS), thumbs
+    boxes = [whole, trim] + [sub_box(whole, f) for f in BOXES.values()] + [sub_box(trim, f) for f in BOXES.values()]
     row_of = {whole: 0}
     distinct = []
     for box in boxes:
@@ -165,10 +190,15 @@ def _layout(width: int, height: int, trim: tuple[int, int, int, int]):
 
 
 def border_fraction(gray: np.ndarray, trim: tuple[int, int, int, int] | None = None) -> float:
-    """Share of the picture's area that is uniform border (:func:`border_box`): 0 without one."""
+    """Share of the picture's area that is uniform border (:func:`border_box`, or the ``trim`` box
+    given): 0 without one."""
     height, width = gray.shape
-    left, top, right, bottom = border_box(gray) if trim is None else trim
-    return 1.0 - ((right - left) * (bottom - top)) / float(width * height) + 0.0
+    return _fraction((0, 0, width, height), border_box(gray) if trim is None else trim)
+
+
+def _fraction(whole: tuple[int, int, int, int], trim: tuple[int, int, int, int]) -> float:
+    left, top, right, bottom = trim
+    return 1.0 - ((right - left) * (bottom - top)) / float(whole[2] * whole[3]) + 0.0
 
 
 def hash_views(small: Image.Image, plain: np.ndarray) -> list[str]:
