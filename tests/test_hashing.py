@@ -361,3 +361,65 @@ def test_hash_of_the_reduced_input_stays_within_a_few_bits_of_the_full_image(pat
     full, small = hashing.phash(gray), hashing.phash(hashing.hash_input(gray))
     assert bin(full ^ small).count("1") <= 4
     assert hashing.to_hex(small) == str(imagehash.phash(hashing.hash_input(gray)))
+
+
+# --- box DCT: the view hashes -----------------------------------------------------------------
+
+
+def _exact_box_lows(gray: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """The same coefficients in int64 (object-free exact integers), one box at a time."""
+    left, top, right, bottom = box
+    ys = hashing.box_dct_matrix(bottom - top).astype(np.int64)
+    xs = hashing.box_dct_matrix(right - left).astype(np.int64)
+    return (ys @ gray[top:bottom, left:right].astype(np.int64) @ xs.T).ravel()
+
+
+def _gray(name: str, size: tuple[int, int]) -> np.ndarray:
+    with Image.open(next(p for p in BUNDLED if p.name == name)) as im:
+        return np.asarray(im.convert("L").resize(size, Image.Resampling.LANCZOS))
+
+
+def test_box_lows_are_the_exact_integer_products_of_every_box():
+    gray = _gray("astronaut.png", (90, 70))
+    boxes = ((0, 0, 90, 70), (4, 3, 86, 67), (9, 0, 90, 63), (0, 7, 81, 70), (30, 20, 61, 52), (10, 10, 42, 42))
+    got = hashing.box_lows(gray, boxes)
+    assert got.shape == (len(boxes), 64)
+    for row, box in zip(got, boxes):
+        assert np.array_equal(row.astype(np.int64), _exact_box_lows(gray, box))
+        assert np.array_equal(row, np.rint(row))
+
+
+def test_box_lows_stay_exact_on_the_largest_sums():
+    """White everywhere on a very long line: the bound of BOX_DCT_BITS holds (no float rounding)."""
+    white = np.full((64, 10_000), 255, dtype=np.uint8)
+    boxes = ((0, 0, 10_000, 64), (500, 6, 9_500, 58))
+    got = hashing.box_lows(white, boxes)
+    assert np.abs(got).max() < 2.0**53
+    for row, box in zip(got, boxes):
+        assert np.array_equal(row.astype(np.int64), _exact_box_lows(white, box))
+
+
+@pytest.mark.parametrize("n", [7, 31, 32, 33, 58, 64, 127])
+def test_mirrored_box_lows_are_the_lows_of_the_mirrored_box(n):
+    rng = np.random.default_rng(n)
+    gray = rng.integers(0, 256, size=(n + 5, n + 9), dtype=np.uint8)
+    box = (3, 2, 3 + n, 2 + n)
+    flipped = gray[:, ::-1].copy()
+    width = gray.shape[1]
+    mirrored_box = (width - box[2], box[1], width - box[0], box[3])
+    assert np.array_equal(hashing.mirror_lows(hashing.box_lows(gray, (box,))), hashing.box_lows(flipped, (mirrored_box,)))
+
+
+def test_box_phash_is_close_to_the_phash_of_the_box_thumbnail():
+    """The box pHash skips only the thumbnail's rounding to 8 bits (and its clipping)."""
+    from trainset import kernels
+
+    bits = []
+    for name in ("astronaut.png", "chelsea.png", "coffee.png", "camera.png", "rocket.jpg"):
+        gray = _gray(name, (96, 72))
+        boxes = ((0, 0, 96, 72), (5, 4, 91, 68), (10, 0, 96, 65), (0, 7, 86, 72))
+        ours = kernels.phash_from_lows(hashing.box_lows(gray, boxes))
+        for value, (left, top, right, bottom) in zip(ours, boxes):
+            theirs = int(str(imagehash.phash(Image.fromarray(gray[top:bottom, left:right]))), 16)
+            bits.append(bin(int(value) ^ theirs).count("1"))
+    assert max(bits) <= 6 and np.mean(bits) <= 1.0
