@@ -1,6 +1,7 @@
 rule caption:
     input:
-        DEDUPED,
+        deduped=DEDUPED,
+        dictionaries=config["tags"]["dictionaries"],
     output:
         CAPTIONED,
     params:

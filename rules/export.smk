@@ -5,7 +5,7 @@ rule export:
         directory(EXPORT),
     params:
         export=config["export"],
-        trigger_word=config["caption"]["trigger_word"],
+        caption=config["caption"],
         seed=config["seed"],
         code=CODE,
     script:

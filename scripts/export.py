@@ -2,4 +2,4 @@
 from trainset.stages import export
 
 p = snakemake.params
-export.run(snakemake.input[0], snakemake.output[0], {**dict(p.export), "trigger_word": p.trigger_word, "seed": p.seed})
+export.run(snakemake.input[0], snakemake.output[0], {**dict(p.export), "caption": dict(p.caption), "seed": p.seed})

@@ -225,8 +225,9 @@ class Chain:
         )
 
     @_at_root
-    def caption(self, **kw) -> pd.DataFrame:
-        return caption.run(self.p["deduped"], self.p["captioned"], **kw)
+    def caption(self, tag_dictionaries: list[str] | None = None, **caption_params) -> pd.DataFrame:
+        """The caption stage with ``caption_params`` as params.yaml's ``caption`` block."""
+        return caption.run(self.p["deduped"], self.p["captioned"], caption_params, tag_dictionaries)
 
     @_at_root
     def split(self, seed: int = 1337, fractions: dict | None = None) -> pd.DataFrame:

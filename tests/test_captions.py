@@ -80,9 +80,12 @@ def _deduped(tmp_path):
 
 def test_stage_writes_captions(tmp_path):
     out = tmp_path / "captioned.parquet"
-    written = caption_stage.run(_deduped(tmp_path), out, trigger_word="sks")
+    written = caption_stage.run(_deduped(tmp_path), out, {"trigger_word": "sks"})
     got = dict(zip(written["item_id"], written["caption"]))
+    # "long hair" and "long_hair" are one canonical tag
     assert got == {"src:a.png": "sks, long hair, smile", "src:b.png": "sks", "src:c.png": "sks, hat"}
+    assert list(written["caption_tokens"]) == [6, 1, 3]  # CLIP BPE: "sks" "," "long" "hair" "," "smile"
+    assert not written["caption_over_limit"].any()
     on_disk = manifest.read(out, schemas.CAPTIONED)
     assert dict(zip(on_disk["item_id"], on_disk["caption"])) == got
     # tags themselves are untouched
@@ -91,9 +94,9 @@ def test_stage_writes_captions(tmp_path):
 
 def test_stage_options(tmp_path):
     out = tmp_path / "captioned.parquet"
-    written = caption_stage.run(_deduped(tmp_path), out, underscores_to_spaces=False, separator=" ")
+    written = caption_stage.run(_deduped(tmp_path), out, {"underscores_to_spaces": False, "separator": " "})
     got = dict(zip(written["item_id"], written["caption"]))
-    assert got == {"src:a.png": "long_hair smile long hair", "src:b.png": "", "src:c.png": "sks hat"}
+    assert got == {"src:a.png": "long_hair smile", "src:b.png": "", "src:c.png": "sks hat"}
 
 
 def test_stage_on_real_sidecars(tmp_path):
@@ -106,7 +109,7 @@ def test_stage_on_real_sidecars(tmp_path):
     c.through_dedup(min_side=64)
     written = c.caption(trigger_word="tok", separator=", ")
     assert dict(zip(written["item_id"], written["caption"])) == {
-        "src:a.png": "tok, space suit, 1girl",
+        "src:a.png": "tok, 1girl, space suit",  # people-count tags first
         "src:b.png": "tok, coffee cup, table",
     }
 
@@ -118,7 +121,7 @@ def test_stage_uses_caption_override(tmp_path):
     ]
     path = tmp_path / "deduped.parquet"
     H.write_manifest(rows, path, schemas.DEDUPED)
-    written = caption_stage.run(path, tmp_path / "captioned.parquet", trigger_word="sks")
+    written = caption_stage.run(path, tmp_path / "captioned.parquet", {"trigger_word": "sks"})
     got = dict(zip(written["item_id"], written["caption"]))
     # the override text is used as it is: no trigger word, no tag processing
     assert got == {"src:a.png": "a portrait, by hand", "src:b.png": "sks, hat"}
@@ -143,3 +146,167 @@ def test_stage_on_tags_merged_across_copies_and_an_overrides_file(tmp_path):
         "src:a.png": "tok, space suit, smile, helmet",
         "src:b.png": "my coffee, on a table",
     }
+
+
+# --------------------------------------------------------------------------- the caption builder
+
+from trainset import captions  # noqa: E402
+from trainset.captions import CaptionSpec, build  # noqa: E402
+from trainset.tags import TagDictionary  # noqa: E402
+
+# Rows shaped like a Danbooru tag export (name, category, post count, "aliases"): the form
+# TagDictionary reads and the booru tag-complete CSVs use.
+_DANBOORU_CSV = '''1girl,0,6008644,"1girls,sole_female"
+highres,5,5256195,"high_res,high_resolution,hires"
+solo,0,5000954,"female_solo,solo_female"
+long_hair,0,4350743,"/lh,longhair"
+smile,0,3400000,"smiling"
+absurdres,5,1800000,"absurd_res"
+commentary_request,5,1500000,
+looking_at_viewer,0,3000000,"looking_at_camera"
+twintails,0,900000,"twin_tails"
+aqua_hair,0,150000,
+aqua_eyes,0,200000,
+skirt,0,1700000,
+necktie,0,600000,"tie"
+white_background,0,900000,"white_bg"
+^_^,0,110141,^^
+>_<,0,64724,><
+o_o,0,20000,
+hatsune_miku,4,90000,"miku,hatsune_miku_(vocaloid)"
+vocaloid,3,150000,
+kaito_(vocaloid),4,10000,"kaito"
+wlop,1,900,
+2girls,0,900000,"2girl"
+holding_sword,0,120000,
+'''
+
+
+@pytest.fixture
+def dictionary(tmp_path) -> TagDictionary:
+    path = tmp_path / "danbooru.csv"
+    path.write_text(_DANBOORU_CSV)
+    return TagDictionary.load([path])
+
+
+def _count_words(text: str) -> int:
+    """A stand-in token counter for tests of the trimming logic alone (one token per comma-separated part)."""
+    return len([p for p in text.split(",") if p.strip()])
+
+
+_POST = ["highres", "smiling", "miku", "vocaloid", "1girls", "LongHair", "twin tails", "aqua_hair", "aqua_eyes",
+         "skirt", "tie", "looking_at_camera", "white_bg", "rating:general", "wlop", "^_^", "kaito", "absurd_res",
+         "commentary_request", "holding_sword", "explicit"]
+
+
+def test_booru_caption_canonical_dropped_and_ordered(dictionary):
+    spec = CaptionSpec.from_params({"trigger_word": "mikustyle"})
+    got = build(_POST, spec, dictionary)
+    assert got.text == ("mikustyle, 1girl, hatsune miku, kaito \\(vocaloid\\), vocaloid, wlop, smile, long hair, twintails, "
+                        "aqua hair, aqua eyes, skirt, necktie, looking at viewer, white background, ^_^, holding sword")
+    # aliases resolved (smiling, miku, 1girls, twin tails, tie, white_bg); meta (highres, absurd_res,
+    # commentary_request) and rating tags (rating:general, explicit) dropped; people-count first,
+    # then characters, copyright, artist, general
+    assert not got.over_limit and got.tokens > 0 and got.trimmed_tags == ()
+
+
+def test_category_order_and_people_first_are_params(dictionary):
+    spec = CaptionSpec.from_params({"category_order": ["general", "character", "copyright", "artist", "meta"], "people_first": False})
+    got = build(["wlop", "miku", "smile", "solo", "vocaloid"], spec, dictionary, count_tokens=_count_words)
+    assert got.text == "smile, solo, hatsune miku, vocaloid, wlop"
+
+
+def test_blacklist_and_kept_meta(dictionary):
+    spec = CaptionSpec.from_params({"blacklist": ["skirt", "Looking at viewer"], "drop_categories": [], "drop_tags": ["absurdres"]})
+    got = build(["skirt", "highres", "absurdres", "smile", "looking_at_camera"], spec, dictionary, count_tokens=_count_words)
+    assert got.text == "smile, highres"  # highres kept: meta is no longer a dropped category, and not in drop_tags
+
+
+@pytest.mark.parametrize(("tag", "written"), [
+    ("^_^", "^_^"), (">_<", ">_<"), ("o_o", "o_o"), ("u_u", "u_u"), ("||_||", "||_||"),
+    ("long_hair", "long hair"), ("hatsune_miku_(vocaloid)", "hatsune miku \\(vocaloid\\)"),
+    ("a_(b)_c", "a \\(b\\) c"), ("back\\slash", "back\\\\slash"),
+])
+def test_emoticons_keep_underscores_and_parentheses_are_escaped(tag, written):
+    assert captions.write_tag(tag, CaptionSpec()) == written
+
+
+def test_escaping_and_underscores_can_be_switched_off():
+    spec = CaptionSpec.from_params({"escape_parentheses": False, "underscores_to_spaces": False})
+    assert captions.write_tag("kaito_(vocaloid)", spec) == "kaito_(vocaloid)"
+
+
+def test_prefix_is_written_as_given_and_counts_in_keep_tokens(dictionary):
+    spec = CaptionSpec.from_params({"trigger_word": "sks", "prefix": ["score_9", "score_8_up"]})
+    assert spec.keep_tokens == 3
+    assert build(["smile", "score_9"], spec, dictionary).text == "sks, score_9, score_8_up, smile"
+    assert CaptionSpec.from_params({"prefix": "score_9, score_8_up"}).keep_tokens == 2
+    assert CaptionSpec().keep_tokens == 0
+
+
+def test_over_the_token_window_is_flagged_or_trimmed_from_the_end(dictionary):
+    tags = ["smile", "long_hair", "twintails", "skirt", "necktie"]
+    flag = CaptionSpec.from_params({"trigger_word": "sks", "max_tokens": 4})
+    flagged = build(tags, flag, dictionary, count_tokens=_count_words)
+    assert flagged.over_limit and flagged.tokens == 6 and flagged.trimmed_tags == ()
+    trim = CaptionSpec.from_params({"trigger_word": "sks", "max_tokens": 4, "over_limit": "trim"})
+    trimmed = build(tags, trim, dictionary, count_tokens=_count_words)
+    assert trimmed.text == "sks, smile, long hair, twintails"
+    assert not trimmed.over_limit and trimmed.trimmed_tags == ("skirt", "necktie")
+    # the trigger word and prefix are never trimmed: still over, and said so
+    tight = CaptionSpec.from_params({"trigger_word": "sks", "prefix": ["a", "b"], "max_tokens": 2, "over_limit": "trim"})
+    left = build(tags, tight, dictionary, count_tokens=_count_words)
+    assert left.text == "sks, a, b" and left.over_limit
+
+
+def test_real_clip_tokenizer_counts_bpe_pieces():
+    from trainset import clip_tokens
+
+    assert clip_tokens.count("smile") == 1
+    assert clip_tokens.count("absurdres") == 2  # one word, two BPE pieces
+    assert clip_tokens.count("sks, long hair, smile") == 6  # commas are tokens
+    tokens = clip_tokens.tokenizer().encode("1girl, solo")
+    assert clip_tokens.tokenizer().decode(tokens).strip() == "1 girl , solo"  # CLIP splits digits off
+
+
+def test_a_long_real_caption_is_trimmed_to_the_clip_window(dictionary):
+    tags = [f"tag_number_{k}" for k in range(60)]  # unknown tags: general, three words each
+    got = build(tags, CaptionSpec.from_params({"over_limit": "trim"}), dictionary)
+    assert got.tokens <= 75 and not got.over_limit and got.trimmed_tags
+    assert got.trimmed_tags == tuple(tags[-len(got.trimmed_tags):])
+    flagged = build(tags, CaptionSpec(), dictionary)
+    assert flagged.over_limit and flagged.tokens > 75
+
+
+def test_natural_caption_from_templates(dictionary):
+    spec = CaptionSpec.from_params({"format": "natural", "trigger_word": "mikustyle"})
+    got = build(_POST, spec, dictionary)
+    assert got.text == (
+        "mikustyle, A girl, Hatsune Miku and Kaito from Vocaloid, with long hair, twintails, aqua hair and aqua eyes, "
+        "wearing a skirt and a necktie, smiling, looking at the viewer and holding a sword, on a white background. "
+        "Art by Wlop. Also: ^_^."
+    )
+
+
+@pytest.mark.parametrize(("tags", "start"), [
+    (["2girls"], "Two girls."), (["no_humans", "white_background"], "A scene with no people, on a white background."),
+    (["6+girls"], "At least six girls."), ([], "A picture."), (["1girl", "1boy"], "A girl and a boy."),
+])
+def test_natural_subjects(dictionary, tags, start):
+    assert build(tags, CaptionSpec(format="natural"), dictionary, count_tokens=_count_words).text == start
+
+
+def test_both_is_the_sentence_then_the_tags(dictionary):
+    got = build(["1girl", "smile"], CaptionSpec(format="both", trigger_word="t"), dictionary, count_tokens=_count_words)
+    assert got.text == "t, A girl, smiling. 1girl, smile"
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"format": "prose"}, "caption.format"), ({"over_limit": "cut"}, "caption.over_limit"),
+    ({"max_tokens": 0}, "caption.max_tokens"), ({"prefix": [1]}, "caption.prefix"),
+    ({"category_order": ["general", "tags"]}, "unknown tag categories"), ({"trigger": "x"}, "unknown keys"),
+    ({"escape_parentheses": "yes"}, "caption.escape_parentheses"),
+])
+def test_bad_caption_params_fail_naming_the_key(params, message):
+    with pytest.raises(ValueError, match=message):
+        CaptionSpec.from_params(params)

@@ -319,6 +319,19 @@ def test_trigger_word_and_kohya_options(built, tmp_path):
         assert not (out / path).with_suffix(".txt").exists()
 
 
+def test_keep_tokens_follow_the_captions_fixed_start(built, tmp_path):
+    """Kohya keeps the trigger word and the prefix in place when it shuffles; a disagreeing value fails."""
+    c, _ = built
+    kohya = {k: v for k, v in H.DEFAULT_EXPORT["kohya"].items() if k != "keep_tokens"}
+    caption = {"trigger_word": "sks", "prefix": ["score_9", "score_8_up"]}
+    out = tmp_path / "export"
+    c.export({**H.DEFAULT_EXPORT, "kohya": kohya, "caption": caption}, out_dir=out)
+    assert tomllib.loads((out / "dataset_config.toml").read_text())["general"]["keep_tokens"] == 3
+    with pytest.raises(ValueError, match=r"keep_tokens is 1, but captions start with 3 fixed token"):
+        c.export({**H.DEFAULT_EXPORT, "kohya": {**kohya, "keep_tokens": 1}, "caption": caption}, out_dir=tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+
+
 def test_convert_to_jpeg(built, tmp_path):
     c, _ = built
     params = {**H.DEFAULT_EXPORT, "keep_formats": ["JPEG"], "convert_to": "JPEG"}

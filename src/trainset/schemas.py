@@ -127,7 +127,16 @@ POLICY_COLUMNS = {
 }
 FILTERED_COLUMNS = {**INGEST_COLUMNS, **IMAGE_COLUMNS, **CLUSTER_COLUMNS, **POLICY_COLUMNS}
 DEDUPED_COLUMNS = FILTERED_COLUMNS
-CAPTIONED_COLUMNS = {**DEDUPED_COLUMNS, "caption": _text()}
+CAPTIONED_COLUMNS = {
+    **DEDUPED_COLUMNS,
+    "caption": _text(),
+    # CLIP BPE tokens of the caption; over the window (caption.max_tokens) after any trimming;
+    # the tags trimmed from its end to fit (caption.over_limit: trim)
+    "caption_tokens": pa.Column("int64", pa.Check.ge(0)),
+    "caption_over_limit": pa.Column(bool),
+    "caption_trimmed": pa.Column(object, pa.Check(lambda v: isinstance(v, (list, tuple, np.ndarray)) and all(isinstance(t, str) for t in v),
+                                                  element_wise=True, error="caption_trimmed must be a list of strings")),
+}
 SPLIT_COLUMNS = {**CAPTIONED_COLUMNS, "split": _text(checks=pa.Check.isin(SPLITS))}
 
 REJECTED_COLUMNS = {

@@ -17,7 +17,7 @@ import pandas as pd
 import tomli_w
 from PIL import Image, ImageColor, ImageOps
 
-from .. import atomic, features, hashing, manifest, schemas
+from .. import atomic, captions, features, hashing, manifest, schemas
 
 EXTENSIONS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -181,13 +181,35 @@ def run(split_path: str | Path, out_dir: str | Path, params: dict) -> pd.DataFra
         if rows:
             df[["repeats", "width", "height"]] = df[["repeats", "width", "height"]].astype("int64")
         written = manifest.write(df, tmp / "manifest.parquet", schemas.EXPORT)
-        atomic.write_text(tmp / "dataset_config.toml", kohya_toml(written, out_dir, kohya, params.get("trigger_word", "")))
+        atomic.write_text(tmp / "dataset_config.toml", kohya_toml(written, out_dir, kohya, caption_spec(params)))
         atomic.write_text(tmp / "ATTRIBUTION.md", attribution(written))
     return written
 
 
-def kohya_toml(export: pd.DataFrame, out_dir: Path, kohya: dict, trigger_word: str = "") -> str:
+def caption_spec(params: dict) -> captions.CaptionSpec:
+    """The captions' spec (params' ``caption`` block; a bare ``trigger_word`` also works)."""
+    caption = params.get("caption")
+    if caption is None:
+        caption = {"trigger_word": params.get("trigger_word", "")}
+    return captions.CaptionSpec.from_params(caption)
+
+
+def keep_tokens(kohya: dict, spec: captions.CaptionSpec) -> int:
+    """Kohya's ``keep_tokens``: the caption's fixed start (trigger word and prefix). A value set in
+    ``export.kohya`` must agree, or shuffling would move the trigger word or split the prefix."""
+    given = kohya.get("keep_tokens")
+    if given is not None and int(given) != spec.keep_tokens:
+        raise ValueError(
+            f"export.kohya.keep_tokens is {given}, but captions start with {spec.keep_tokens} fixed token(s) "
+            f"(trigger word {spec.trigger_word!r} and prefix {list(spec.prefix)}): leave keep_tokens out, or make them agree"
+        )
+    return spec.keep_tokens
+
+
+def kohya_toml(export: pd.DataFrame, out_dir: Path, kohya: dict, spec: captions.CaptionSpec | None = None) -> str:
     """A dataset config in the form kohya's sd-scripts reads (``--dataset_config``)."""
+    spec = spec or captions.CaptionSpec()
+    trigger_word = spec.trigger_word.strip()
     train = export[export["split"] == "train"]
     subsets = []
     for folder, group in sorted(train.groupby(train["export_path"].str.split("/").str[1])):
@@ -199,7 +221,7 @@ def kohya_toml(export: pd.DataFrame, out_dir: Path, kohya: dict, trigger_word: s
     doc = {
         "general": {
             "caption_extension": kohya.get("caption_extension", ".txt"),
-            "keep_tokens": int(kohya.get("keep_tokens", 0)),
+            "keep_tokens": keep_tokens(kohya, spec),
             "shuffle_caption": bool(kohya.get("shuffle_caption", False)),
         },
         "datasets": [{
