@@ -6,6 +6,7 @@ rule caption:
         CAPTIONED,
     params:
         caption=config["caption"],
+        cache=f"{CACHE}/background",
         code=CODE,
     script:
         "../scripts/caption.py"

@@ -1,4 +1,5 @@
-"""Snakemake entry: captions from tags."""
+"""Snakemake entry: captions from tags, background tags checked against the pixels."""
 from trainset.stages import caption
 
-caption.run(snakemake.input.deduped, snakemake.output[0], dict(snakemake.params.caption), list(snakemake.input.dictionaries))
+p = snakemake.params
+caption.run(snakemake.input.deduped, snakemake.output[0], dict(p.caption), list(snakemake.input.dictionaries), p.cache)

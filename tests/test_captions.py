@@ -80,7 +80,7 @@ def _deduped(tmp_path):
 
 def test_stage_writes_captions(tmp_path):
     out = tmp_path / "captioned.parquet"
-    written = caption_stage.run(_deduped(tmp_path), out, {"trigger_word": "sks"})
+    written = caption_stage.run(_deduped(tmp_path), out, {"trigger_word": "sks", "background": {"check": False}})
     got = dict(zip(written["item_id"], written["caption"]))
     # "long hair" and "long_hair" are one canonical tag
     assert got == {"src:a.png": "sks, long hair, smile", "src:b.png": "sks", "src:c.png": "sks, hat"}
@@ -94,7 +94,7 @@ def test_stage_writes_captions(tmp_path):
 
 def test_stage_options(tmp_path):
     out = tmp_path / "captioned.parquet"
-    written = caption_stage.run(_deduped(tmp_path), out, {"underscores_to_spaces": False, "separator": " "})
+    written = caption_stage.run(_deduped(tmp_path), out, {"underscores_to_spaces": False, "separator": " ", "background": {"check": False}})
     got = dict(zip(written["item_id"], written["caption"]))
     assert got == {"src:a.png": "long_hair smile", "src:b.png": "", "src:c.png": "sks hat"}
 
@@ -121,7 +121,7 @@ def test_stage_uses_caption_override(tmp_path):
     ]
     path = tmp_path / "deduped.parquet"
     H.write_manifest(rows, path, schemas.DEDUPED)
-    written = caption_stage.run(path, tmp_path / "captioned.parquet", {"trigger_word": "sks"})
+    written = caption_stage.run(path, tmp_path / "captioned.parquet", {"trigger_word": "sks", "background": {"check": False}})
     got = dict(zip(written["item_id"], written["caption"]))
     # the override text is used as it is: no trigger word, no tag processing
     assert got == {"src:a.png": "a portrait, by hand", "src:b.png": "sks, hat"}

@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pandera.pandas as pa
 
+from .background import COLOURS as BACKGROUND_COLOURS
 from .rating import RATINGS
 
 SCHEMA_VERSION = 1
@@ -136,6 +137,11 @@ CAPTIONED_COLUMNS = {
     "caption_over_limit": pa.Column(bool),
     "caption_trimmed": pa.Column(object, pa.Check(lambda v: isinstance(v, (list, tuple, np.ndarray)) and all(isinstance(t, str) for t in v),
                                                   element_wise=True, error="caption_trimmed must be a list of strings")),
+    # the background colour the border shows (None: not checked, or no opinion: not uniform), the
+    # share of the border ring it covers, and how it compared with an X_background tag
+    "background": _text(nullable=True, checks=pa.Check.isin(list(BACKGROUND_COLOURS))),
+    "background_uniformity": pa.Column("float64", pa.Check.in_range(0, 1), nullable=True),
+    "background_check": _text(nullable=True, checks=pa.Check.isin(["agrees", "fixed", "flagged"])),
 }
 SPLIT_COLUMNS = {**CAPTIONED_COLUMNS, "split": _text(checks=pa.Check.isin(SPLITS))}
 

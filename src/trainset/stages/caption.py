@@ -11,27 +11,48 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import captions, manifest, schemas
+from .. import background, captions, manifest, schemas
 from ..tags import TagDictionary
 
 
-def run(deduped_path: str | Path, out: str | Path, caption: dict | None = None, tag_dictionaries: list[str] | None = None) -> pd.DataFrame:
+def run(
+    deduped_path: str | Path, out: str | Path, caption: dict | None = None, tag_dictionaries: list[str] | None = None,
+    cache_dir: str | Path | None = None,
+) -> pd.DataFrame:
+    caption = dict(caption or {})
+    settings = background.Settings.from_params(caption.pop("background", None))
     spec = captions.CaptionSpec.from_params(caption)
     dictionary = TagDictionary.load(tag_dictionaries or [])
     items = manifest.read(deduped_path, schemas.DEDUPED)
-    texts, tokens, over, trimmed = [], [], [], []
-    for tags, fixed in zip(items["tags"], items["caption_override"]):
+    found = background.estimates(list(zip(items["sha256"], items["path"])), settings, cache_dir) if settings.check else {}
+    columns: dict[str, list] = {k: [] for k in ("caption", "caption_tokens", "caption_over_limit", "caption_trimmed",
+                                                "background", "background_uniformity", "background_check")}
+    for sha, tags, fixed in zip(items["sha256"], items["tags"], items["caption_override"]):
+        seen = found.get(sha)
+        checked = background.check(list(tags), seen, settings.on_mismatch) if seen is not None else None
         if isinstance(fixed, str):  # the override's text, as it is
             n = captions.count_tokens(fixed)
             built = captions.Caption(fixed, n, n > spec.max_tokens)
         else:
-            built = captions.build(tags, spec, dictionary)
-        texts.append(built.text)
-        tokens.append(built.tokens)
-        over.append(built.over_limit)
-        trimmed.append(list(built.trimmed_tags))
-    items["caption"] = pd.Series(texts, index=items.index, dtype="str")
-    items["caption_tokens"] = pd.Series(tokens, index=items.index, dtype="int64")
-    items["caption_over_limit"] = pd.Series(over, index=items.index, dtype=bool)
-    items["caption_trimmed"] = pd.Series(trimmed, index=items.index, dtype=object)
+            built = captions.build(checked.tags if checked else tags, spec, dictionary)
+        columns["caption"].append(built.text)
+        columns["caption_tokens"].append(built.tokens)
+        columns["caption_over_limit"].append(built.over_limit)
+        columns["caption_trimmed"].append(list(built.trimmed_tags))
+        columns["background"].append(seen.name if seen else None)
+        columns["background_uniformity"].append(seen.uniformity if seen else float("nan"))
+        columns["background_check"].append(_verdict(checked))
+    for name, values in columns.items():
+        items[name] = pd.Series(values, index=items.index, dtype=_DTYPES[name])
     return manifest.write(items, out, schemas.CAPTIONED)
+
+
+_DTYPES = {"caption": "str", "caption_tokens": "int64", "caption_over_limit": bool, "caption_trimmed": object,
+           "background": object, "background_uniformity": "float64", "background_check": object}
+
+
+def _verdict(checked: background.Check | None) -> str | None:
+    """agrees | fixed | flagged (tag and pixels disagree); None: not checked, no tag, or no opinion."""
+    if checked is None or checked.agrees is None:
+        return None
+    return "agrees" if checked.agrees else checked.action
