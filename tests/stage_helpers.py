@@ -334,6 +334,12 @@ def item_row(item_id: str, sha: str | None = None, **over) -> dict:
         "override": None,
         "caption_override": None,
         "caption": "",
+        "caption_tokens": 0,
+        "caption_over_limit": False,
+        "caption_trimmed": [],
+        "background": None,
+        "background_uniformity": float("nan"),
+        "background_check": None,
         "split": "train",
         "schema_version": schemas.SCHEMA_VERSION,
     }

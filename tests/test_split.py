@@ -307,7 +307,10 @@ def test_run_on_real_chain_never_straddles(tmp_path):
     # keep every member: the filtered manifest holds every copy, each with its group's component
     filtered = c.read("filtered", schemas.FILTERED)
     assert len(filtered) == 10
-    filtered["caption"] = ""
+    defaults = H.item_row("x")
+    for column in schemas.CAPTIONED.columns:
+        if column not in filtered.columns:
+            filtered[column] = [defaults[column]] * len(filtered)
     manifest.write(filtered, c.p["captioned"], schemas.CAPTIONED)
     written = c.split(fractions={"train": 0.4, "val": 0.3, "test": 0.3})
     assert len(written) == 10

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import atomic, audit_checks, balance, ledger, manifest, schemas
+from .. import atomic, audit_checks, balance, caption_qa, ledger, manifest, schemas
 
 FIXES = {
     "zero_byte": "re-download or remove the empty files",
@@ -140,6 +140,7 @@ def run(
     }
     orphans = manifest.read(paths["unmatched"], schemas.UNMATCHED) if paths.get("unmatched") else manifest.empty(schemas.UNMATCHED)
     metrics["unmatched_records"] = len(orphans)
+    metrics["captions"] = caption_qa.summary(split, int(thresholds.get("rare_tag_under", 3)), int(thresholds.get("near_empty_tags", 1)))
     checks = decide(metrics, thresholds)
     metrics["go"] = all(c["ok"] for c in checks)
     thresholds_audit = {**audit_checks.DEFAULT_THRESHOLDS, **{k: v for k, v in (audit_params or {}).items() if k in audit_checks.DEFAULT_THRESHOLDS}}
@@ -241,6 +242,8 @@ def render(
         ])
     else:
         lines.append("No item changed split since the last build.")
+    if "captions" in metrics:
+        lines += caption_qa.render(metrics["captions"])
     lines += ["", "## Export", ""]
     lines.append(f"{metrics['converted']} items were converted for export; the rest keep their original bytes.")
     lines.append("")
