@@ -34,6 +34,7 @@ import io
 import itertools
 import json
 import os
+import stat
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -383,12 +384,8 @@ def decode(path: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict:
     """Everything :func:`extract` gives except the hashes, plus the thumbnails they are computed
     from (``_thumbs``, ``_lows`` and ``_views`` of ``views.view_inputs``, and ``_dthumb``), so
     :func:`finish` can hash many images in one batch. ``sha256`` is of the bytes decoded."""
-    if not os.path.isfile(path):
-        raise MissingFile(f"{path}: listed by the ingest manifest but not found (moved, or run from another folder?)")
-    size = os.path.getsize(path)
-    if size <= READ_WHOLE_LIMIT:
-        with open(path, "rb") as fh:
-            data = fh.read()
+    data, size = _read(path)
+    if data is not None:
         sha, source = hashing.sha256_bytes(data), io.BytesIO(data)
     else:  # a huge file (or a bomb refused from its header) is not held in memory twice
         sha, source = hashing.sha256_file(path), path
@@ -396,6 +393,31 @@ def decode(path: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict:
         # palette transparency given per index: Pillow warns on every P -> L conversion
         warnings.filterwarnings("ignore", message="Palette images with Transparency", category=UserWarning)
         return {"sha256": sha, **_extract(source, size, max_pixels)}
+
+
+def _read(path: str) -> tuple[bytes | None, int]:
+    """The bytes of ``path`` (``None`` above :data:`READ_WHOLE_LIMIT`) and its size, read with
+    plain system calls: for small files Python's buffered file object costs more than the read."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        fd = None
+    if fd is None:
+        raise MissingFile(f"{path}: listed by the ingest manifest but not found (moved, or run from another folder?)")
+    try:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            raise MissingFile(f"{path}: listed by the ingest manifest but not a regular file")
+        if status.st_size > READ_WHOLE_LIMIT:
+            return None, status.st_size
+        chunks, left = [], status.st_size
+        while left > 0 and (chunk := os.read(fd, left)):
+            chunks.append(chunk)
+            left -= len(chunk)
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return data, len(data)
+    finally:
+        os.close(fd)
 
 
 def finish(decoded: list[dict]) -> list[dict]:
@@ -414,9 +436,10 @@ def finish(decoded: list[dict]) -> list[dict]:
     n_lows = np.cumsum([0] + [len(decoded[k]["_lows"]) for k in have])
     for row, k in enumerate(have):
         values = [*thumbs[n_thumbs[row]:n_thumbs[row + 1]], *lows[n_lows[row]:n_lows[row + 1]]]
-        hexes = [hashing.to_hex(int(values[i])) for i in decoded[k]["_views"]]
+        texts = [hashing.to_hex(int(v)) for v in values]  # each distinct value once
+        hexes = [texts[i] for i in decoded[k]["_views"]]
         # row 0 is always the plain thumbnail: the stored pHash, whatever the views use
-        out[k].update(phash=hashing.to_hex(int(values[0])), phash_views=hexes, dhash=hashing.to_hex(int(dhashes[row])))
+        out[k].update(phash=texts[0], phash_views=hexes, dhash=hashing.to_hex(int(dhashes[row])))
     return out
 
 
@@ -451,7 +474,7 @@ def _extract(source, size: int, max_pixels: int | None) -> dict:
             if orientation in (5, 6, 7, 8):  # a quarter turn: the stored size is on its side
                 width, height = height, width
             gray = gray8(upright)
-            pixels = np.asarray(gray)
+            pixels = np.frombuffer(gray.tobytes(), dtype=np.uint8).reshape(gray.height, gray.width)
             # imagehash converts with Pillow (clipping 16-bit); for 8-bit images that is gray itself
             clipped = upright.mode.startswith("I") or upright.mode == "F"
             small = hashing.hash_input_array(np.asarray(upright.convert("L")) if clipped else pixels)
