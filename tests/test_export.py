@@ -332,6 +332,34 @@ def test_keep_tokens_follow_the_captions_fixed_start(built, tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+def test_exported_kohya_config_passes_the_sd_scripts_schema_with_bucketing_from_params(built, tmp_path):
+    from trainset import kohya_config
+
+    c, _ = built
+    kohya = {**{k: v for k, v in H.DEFAULT_EXPORT["kohya"].items() if k != "keep_tokens"}, "resolution": [768, 512],
+             "min_bucket_reso": 256, "max_bucket_reso": 1024, "bucket_reso_steps": 64, "bucket_no_upscale": True,
+             "shuffle_caption": True, "flip_aug": False}
+    out = tmp_path / "export"
+    c.export({**H.DEFAULT_EXPORT, "kohya": kohya, "caption": {"trigger_word": "sks"}}, out_dir=out)
+    doc = kohya_config.validate_file(out / "dataset_config.toml")
+    assert doc["general"] == {"caption_extension": ".txt", "shuffle_caption": True, "flip_aug": False, "keep_tokens": 1}
+    dataset = doc["datasets"][0]
+    assert dataset["resolution"] == [768, 512] and dataset["min_bucket_reso"] == 256 and dataset["bucket_no_upscale"] is True
+
+
+@pytest.mark.parametrize(("kohya", "message"), [
+    ({"num_repeat": 2}, r"unknown options \['num_repeat'\]"),
+    ({"image_dir": "x"}, "written by the export itself"),
+    ({"min_bucket_reso": 300}, "not divisible by bucket_reso_steps"),
+    ({"resolution": "1024"}, r"datasets\[0\]\.resolution"),
+])
+def test_kohya_options_sd_scripts_would_refuse_fail_before_anything_is_written(built, tmp_path, kohya, message):
+    c, _ = built
+    with pytest.raises(ValueError, match=message):
+        c.export({**H.DEFAULT_EXPORT, "kohya": {"caption_extension": ".txt", **kohya}}, out_dir=tmp_path / "export")
+    assert not (tmp_path / "export").exists()
+
+
 def test_convert_to_jpeg(built, tmp_path):
     c, _ = built
     params = {**H.DEFAULT_EXPORT, "keep_formats": ["JPEG"], "convert_to": "JPEG"}

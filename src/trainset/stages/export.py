@@ -17,7 +17,7 @@ import pandas as pd
 import tomli_w
 from PIL import Image, ImageColor, ImageOps
 
-from .. import atomic, captions, features, hashing, manifest, schemas
+from .. import atomic, captions, features, hashing, kohya_config, manifest, schemas
 
 EXTENSIONS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -206,10 +206,23 @@ def keep_tokens(kohya: dict, spec: captions.CaptionSpec) -> int:
     return spec.keep_tokens
 
 
+KOHYA_KEYS_MADE_HERE = frozenset({"image_dir", "num_repeats", "class_tokens", "keep_tokens", "metadata_file", "conditioning_data_dir", "is_reg"})
+"""Subset options the export writes itself (from the folders, repeats, trigger word and caption spec)."""
+
+
 def kohya_toml(export: pd.DataFrame, out_dir: Path, kohya: dict, spec: captions.CaptionSpec | None = None) -> str:
-    """A dataset config in the form kohya's sd-scripts reads (``--dataset_config``)."""
+    """A dataset config in the form kohya's sd-scripts reads (``--dataset_config``): dataset options
+    (resolution, batch size, bucketing) and subset options (caption extension, shuffling, ...) from
+    ``export.kohya`` in params, one DreamBooth subset per train folder; checked against sd-scripts'
+    schema (``trainset.kohya_config``) before it is written."""
     spec = spec or captions.CaptionSpec()
     trigger_word = spec.trigger_word.strip()
+    made = sorted(set(kohya) & (KOHYA_KEYS_MADE_HERE - {"keep_tokens"}))
+    if made:
+        raise ValueError(f"export.kohya: {made} are written by the export itself")
+    unknown = sorted(set(kohya) - set(kohya_config.DATASET_OPTIONS) - set(kohya_config.SUBSET_OPTIONS))
+    if unknown:
+        raise ValueError(f"export.kohya: unknown options {unknown} (sd-scripts would refuse them)")
     train = export[export["split"] == "train"]
     subsets = []
     for folder, group in sorted(train.groupby(train["export_path"].str.split("/").str[1])):
@@ -218,19 +231,13 @@ def kohya_toml(export: pd.DataFrame, out_dir: Path, kohya: dict, spec: captions.
             "num_repeats": int(group["repeats"].iloc[0]),
             "class_tokens": trigger_word or folder.split("_", 1)[1],
         })
-    doc = {
-        "general": {
-            "caption_extension": kohya.get("caption_extension", ".txt"),
-            "keep_tokens": keep_tokens(kohya, spec),
-            "shuffle_caption": bool(kohya.get("shuffle_caption", False)),
-        },
-        "datasets": [{
-            "resolution": kohya.get("resolution", 1024),
-            "batch_size": int(kohya.get("batch_size", 1)),
-            "enable_bucket": bool(kohya.get("enable_bucket", True)),
-            "subsets": subsets,
-        }],
-    }
+    general = {"caption_extension": ".txt", "shuffle_caption": False}
+    general.update({k: v for k, v in kohya.items() if k in kohya_config.SUBSET_OPTIONS})
+    general["keep_tokens"] = keep_tokens(kohya, spec)
+    dataset = {"resolution": 1024, "batch_size": 1, "enable_bucket": True}
+    dataset.update({k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in kohya.items() if k in kohya_config.DATASET_OPTIONS})
+    doc = {"general": general, "datasets": [{**dataset, "subsets": subsets}]}
+    kohya_config.validate(doc, "export.kohya -> dataset_config.toml")
     header = (
         "# Kohya sd-scripts dataset config (train split). image_dir paths are relative to the\n"
         "# repository root: run training from there, or pass absolute paths.\n"
