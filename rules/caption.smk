@@ -7,6 +7,7 @@ rule caption:
     params:
         caption=config["caption"],
         cache=f"{CACHE}/background",
+        triggers={s.name: s.trigger_word for s in SOURCES},
         code=CODE,
     script:
         "../scripts/caption.py"

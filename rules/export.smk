@@ -6,6 +6,7 @@ rule export:
     params:
         export=config["export"],
         caption=config["caption"],
+        triggers={s.name: s.trigger_word for s in SOURCES},
         seed=config["seed"],
         code=CODE,
     script:

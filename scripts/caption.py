@@ -2,4 +2,4 @@
 from trainset.stages import caption
 
 p = snakemake.params
-caption.run(snakemake.input.deduped, snakemake.output[0], dict(p.caption), list(snakemake.input.dictionaries), p.cache)
+caption.run(snakemake.input.deduped, snakemake.output[0], dict(p.caption), list(snakemake.input.dictionaries), p.cache, dict(p.triggers))

@@ -2,4 +2,4 @@
 from trainset.stages import export
 
 p = snakemake.params
-export.run(snakemake.input[0], snakemake.output[0], {**dict(p.export), "caption": dict(p.caption), "seed": p.seed})
+export.run(snakemake.input[0], snakemake.output[0], {**dict(p.export), "caption": dict(p.caption), "source_triggers": dict(p.triggers), "seed": p.seed})

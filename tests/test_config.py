@@ -76,12 +76,13 @@ def test_user_source_defaults(tmp_path):
 
 
 def test_user_source_all_fields(tmp_path):
-    entry = _entry(generated=True, weight=2.5, repeats=3, rating_scheme="gelbooru")
+    entry = _entry(generated=True, weight=2.5, repeats=3, rating_scheme="gelbooru", trigger_word=" artstyle ")
     (src,) = sources_from_params({"sources": [entry]}, tmp_path)
     assert src.generated is True
     assert src.weight == 2.5
     assert src.repeats == 3
     assert src.rating_scheme == "gelbooru"
+    assert src.trigger_word == "artstyle"
     assert src.as_dict() == {
         "name": "art",
         "kind": "image_folder",
@@ -91,7 +92,13 @@ def test_user_source_all_fields(tmp_path):
         "weight": 2.5,
         "repeats": 3,
         "rating_scheme": "gelbooru",
+        "trigger_word": "artstyle",
     }
+
+
+def test_source_trigger_word_must_be_text(tmp_path):
+    with pytest.raises(ConfigError, match="trigger_word must be text"):
+        sources_from_params({"sources": [_entry(trigger_word=["a"])]}, tmp_path)
 
 
 def test_numeric_strings_are_coerced(tmp_path):
@@ -319,7 +326,7 @@ def test_booru_source_parsed(tmp_path):
     assert src.rating_scheme == "danbooru"
     assert src.as_dict() == {
         "name": "dump", "kind": "booru", "path": str(tmp_path / "raw" / "dump" / "images"), "license": "see site",
-        "generated": False, "weight": 1.0, "repeats": 1, "rating_scheme": "danbooru",
+        "generated": False, "weight": 1.0, "repeats": 1, "rating_scheme": "danbooru", "trigger_word": "",
         "metadata": str(tmp_path / "raw" / "dump" / "posts.jsonl"), "site": "danbooru", "join": "md5",
     }
 
@@ -344,7 +351,7 @@ def test_booru_rating_scheme_equal_to_site_is_accepted(tmp_path):
 def test_image_folder_source_has_no_booru_fields(tmp_path):
     (src,) = sources_from_params({"sources": [_entry()]}, tmp_path)
     assert src.metadata is None and src.site is None and src.join == "auto"
-    assert set(src.as_dict()) == {"name", "kind", "path", "license", "generated", "weight", "repeats", "rating_scheme"}
+    assert set(src.as_dict()) == {"name", "kind", "path", "license", "generated", "weight", "repeats", "rating_scheme", "trigger_word"}
 
 
 @pytest.mark.parametrize("value", [_DROP, "", None])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import contextlib
 import tomllib
 from pathlib import Path
 
@@ -358,6 +359,53 @@ def test_kohya_options_sd_scripts_would_refuse_fail_before_anything_is_written(b
     with pytest.raises(ValueError, match=message):
         c.export({**H.DEFAULT_EXPORT, "kohya": {"caption_extension": ".txt", **kohya}}, out_dir=tmp_path / "export")
     assert not (tmp_path / "export").exists()
+
+
+def test_originals_only_beside_the_combined_export(built, tmp_path):
+    """The sequential option: originals/ holds the train split without generated images, with its own config."""
+    from trainset import kohya_config
+
+    c, _ = built
+    out = tmp_path / "export"
+    written = c.export({**H.DEFAULT_EXPORT, "originals_only": True}, out_dir=out)
+    train = written[written["split"] == "train"]
+    originals = train[~train["generated"]]
+    assert len(originals) and train["generated"].any()
+    for rel in train["export_path"]:
+        copy = out / "originals" / rel
+        if rel in set(originals["export_path"]):
+            assert copy.read_bytes() == (out / rel).read_bytes()
+            assert copy.with_suffix(".txt").read_text() == (out / rel).with_suffix(".txt").read_text()
+        else:
+            assert not copy.exists()
+    doc = kohya_config.validate_file(out / "originals" / "dataset_config.toml")
+    dirs = {Path(s["image_dir"]) for s in doc["datasets"][0]["subsets"]}
+    assert dirs == {out / "originals" / Path(rel).parent for rel in originals["export_path"]}
+    assert not (tmp_path / "plain").exists()
+    c.export(out_dir=tmp_path / "plain")
+    assert not (tmp_path / "plain" / "originals").exists()  # off by default
+
+
+def test_a_source_trigger_word_leads_its_captions_and_names_its_kohya_subset(built, tmp_path):
+    from trainset.stages import caption as caption_stage
+
+    c, _ = built
+    with contextlib.chdir(c.root):
+        written = caption_stage.run(c.p["deduped"], tmp_path / "captioned.parquet", {"background": {"check": False}},
+                                    source_triggers={"gen": "genstyle"})
+    by_source = {s: set(g["caption"].str.split(", ").str[0]) for s, g in written.groupby("source")}
+    assert by_source["gen"] == {"genstyle"} and "genstyle" not in by_source["art"]
+    rows = written.copy()
+    rows["split"] = "train"
+    split_path = tmp_path / "split.parquet"
+    manifest.write(rows, split_path, schemas.SPLIT)
+    out = tmp_path / "export"
+    with contextlib.chdir(c.root):
+        export.run(split_path, out, {**H.DEFAULT_EXPORT, "source_triggers": {"gen": "genstyle"}})
+    subsets = tomllib.loads((out / "dataset_config.toml").read_text())["datasets"][0]["subsets"]
+    gen = [s for s in subsets if s["class_tokens"] == "genstyle"]
+    assert len(gen) == 1 and gen[0]["keep_tokens"] == 1  # its captions start with a fixed word the others lack
+    assert all("keep_tokens" not in s for s in subsets if s["class_tokens"] != "genstyle")
 
 
 def test_convert_to_jpeg(built, tmp_path):

@@ -46,6 +46,8 @@ class Source:
     metadata: Path | None = None
     site: str | None = None
     join: str = "auto"
+    # this source's captions start with it instead of caption.trigger_word ("" : the global one)
+    trigger_word: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         out = {
@@ -57,6 +59,7 @@ class Source:
             "weight": self.weight,
             "repeats": self.repeats,
             "rating_scheme": self.rating_scheme,
+            "trigger_word": self.trigger_word,
         }
         if self.kind == "booru":
             out.update(metadata=str(self.metadata), site=self.site, join=self.join)
@@ -144,6 +147,9 @@ def _parse_source(entry: Any, index: int, root: Path) -> Source:
     booru = _parse_booru(entry, kind, scheme, where, root)
     if booru:
         scheme = booru["site"]
+    trigger_word = entry.get("trigger_word") or ""
+    if not isinstance(trigger_word, str):
+        raise ConfigError(f"{where}: trigger_word must be text, got {trigger_word!r}")
     return Source(
         name=name,
         kind=kind,
@@ -153,6 +159,7 @@ def _parse_source(entry: Any, index: int, root: Path) -> Source:
         weight=weight,
         repeats=repeats,
         rating_scheme=scheme,
+        trigger_word=trigger_word.strip(),
         **booru,
     )
 

@@ -7,6 +7,7 @@ token count is kept, and a caption over the window is flagged, or trimmed when p
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pandas as pd
@@ -17,17 +18,21 @@ from ..tags import TagDictionary
 
 def run(
     deduped_path: str | Path, out: str | Path, caption: dict | None = None, tag_dictionaries: list[str] | None = None,
-    cache_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None, source_triggers: dict[str, str] | None = None,
 ) -> pd.DataFrame:
+    """``source_triggers``: a source's own trigger word (``sources[].trigger_word``), used for its
+    items instead of ``caption.trigger_word``."""
     caption = dict(caption or {})
     settings = background.Settings.from_params(caption.pop("background", None))
-    spec = captions.CaptionSpec.from_params(caption)
+    base = captions.CaptionSpec.from_params(caption)
+    specs = {name: dataclasses.replace(base, trigger_word=word) for name, word in (source_triggers or {}).items() if word}
     dictionary = TagDictionary.load(tag_dictionaries or [])
     items = manifest.read(deduped_path, schemas.DEDUPED)
     found = background.estimates(list(zip(items["sha256"], items["path"])), settings, cache_dir) if settings.check else {}
     columns: dict[str, list] = {k: [] for k in ("caption", "caption_tokens", "caption_over_limit", "caption_trimmed",
                                                 "background", "background_uniformity", "background_check")}
-    for sha, tags, fixed in zip(items["sha256"], items["tags"], items["caption_override"]):
+    for source, sha, tags, fixed in zip(items["source"], items["sha256"], items["tags"], items["caption_override"]):
+        spec = specs.get(source, base)
         seen = found.get(sha)
         checked = background.check(list(tags), seen, settings.on_mismatch) if seen is not None else None
         if isinstance(fixed, str):  # the override's text, as it is

@@ -9,7 +9,9 @@ the manifest says which and why.
 from __future__ import annotations
 
 import io
+import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -181,9 +183,31 @@ def run(split_path: str | Path, out_dir: str | Path, params: dict) -> pd.DataFra
         if rows:
             df[["repeats", "width", "height"]] = df[["repeats", "width", "height"]].astype("int64")
         written = manifest.write(df, tmp / "manifest.parquet", schemas.EXPORT)
-        atomic.write_text(tmp / "dataset_config.toml", kohya_toml(written, out_dir, kohya, caption_spec(params)))
+        spec, triggers = caption_spec(params), dict(params.get("source_triggers") or {})
+        atomic.write_text(tmp / "dataset_config.toml", kohya_toml(written, out_dir, kohya, spec, triggers))
+        if params.get("originals_only"):
+            originals_only(written, tmp, out_dir, kohya, spec, triggers, caption_ext)
         atomic.write_text(tmp / "ATTRIBUTION.md", attribution(written))
     return written
+
+
+def originals_only(written: pd.DataFrame, tmp: Path, out_dir: Path, kohya: dict, spec, triggers: dict, caption_ext: str) -> None:
+    """The sequential option: ``originals/kohya/`` holds the train split's original (not generated)
+    images and captions, with its own ``originals/dataset_config.toml``, for a first training pass
+    on originals before the combined set. Files are hard links to the combined export's where the
+    file system allows."""
+    originals = written[(written["split"] == "train") & ~written["generated"]]
+    for rel in originals["export_path"]:
+        for suffix in (None, caption_ext):
+            source = tmp / rel if suffix is None else (tmp / rel).with_suffix(suffix)
+            target = tmp / "originals" / (rel if suffix is None else Path(rel).with_suffix(suffix))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(source, target)
+            except OSError:
+                shutil.copyfile(source, target)
+    atomic.write_text(tmp / "originals" / "dataset_config.toml",
+                      kohya_toml(originals, out_dir, kohya, spec, triggers, root="originals/kohya"))
 
 
 def caption_spec(params: dict) -> captions.CaptionSpec:
@@ -210,7 +234,10 @@ KOHYA_KEYS_MADE_HERE = frozenset({"image_dir", "num_repeats", "class_tokens", "k
 """Subset options the export writes itself (from the folders, repeats, trigger word and caption spec)."""
 
 
-def kohya_toml(export: pd.DataFrame, out_dir: Path, kohya: dict, spec: captions.CaptionSpec | None = None) -> str:
+def kohya_toml(
+    export: pd.DataFrame, out_dir: Path, kohya: dict, spec: captions.CaptionSpec | None = None,
+    source_triggers: dict[str, str] | None = None, root: str = "kohya",
+) -> str:
     """A dataset config in the form kohya's sd-scripts reads (``--dataset_config``): dataset options
     (resolution, batch size, bucketing) and subset options (caption extension, shuffling, ...) from
     ``export.kohya`` in params, one DreamBooth subset per train folder; checked against sd-scripts'
@@ -224,16 +251,25 @@ def kohya_toml(export: pd.DataFrame, out_dir: Path, kohya: dict, spec: captions.
     if unknown:
         raise ValueError(f"export.kohya: unknown options {unknown} (sd-scripts would refuse them)")
     train = export[export["split"] == "train"]
+    general_keep = keep_tokens(kohya, spec)
     subsets = []
-    for folder, group in sorted(train.groupby(train["export_path"].str.split("/").str[1])):
-        subsets.append({
-            "image_dir": (out_dir / "kohya" / folder).as_posix(),
+    for folder, group in sorted(train.groupby(train["export_path"].str.split("/").str[-2])):
+        own = {(source_triggers or {}).get(source, "") for source in group["source"]}
+        if len(own) > 1:
+            raise ValueError(f"Kohya folder {folder} holds items of sources with different trigger words {sorted(own)}: "
+                             "give those sources different subset names")
+        word = own.pop() if own else ""
+        subset = {
+            "image_dir": (out_dir / root / folder).as_posix(),
             "num_repeats": int(group["repeats"].iloc[0]),
-            "class_tokens": trigger_word or folder.split("_", 1)[1],
-        })
+            "class_tokens": word or trigger_word or folder.split("_", 1)[1],
+        }
+        if word and not trigger_word:  # this subset's captions start with a trigger word the others lack
+            subset["keep_tokens"] = general_keep + 1
+        subsets.append(subset)
     general = {"caption_extension": ".txt", "shuffle_caption": False}
     general.update({k: v for k, v in kohya.items() if k in kohya_config.SUBSET_OPTIONS})
-    general["keep_tokens"] = keep_tokens(kohya, spec)
+    general["keep_tokens"] = general_keep
     dataset = {"resolution": 1024, "batch_size": 1, "enable_bucket": True}
     dataset.update({k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in kohya.items() if k in kohya_config.DATASET_OPTIONS})
     doc = {"general": general, "datasets": [{**dataset, "subsets": subsets}]}
