@@ -88,6 +88,7 @@ class CaptionSpec:
     def from_params(cls, caption: dict | None) -> CaptionSpec:
         """The spec from params.yaml's ``caption`` block; a bad value raises ``ValueError`` naming the key."""
         caption = dict(caption or {})
+        caption.pop("background", None)  # the background check's own block (trainset.background.Settings)
         known = {f for f in cls.__dataclass_fields__ if not f.startswith("_")}
         unknown = sorted(set(caption) - known)
         if unknown:
