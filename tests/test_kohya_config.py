@@ -86,3 +86,16 @@ def test_a_file_that_is_not_toml_or_not_a_dataset_config(tmp_path):
     prompts.write_text('[[prompts]]\ntarget = "van gogh"\n')
     with pytest.raises(KohyaConfigError, match="prompts"):
         kohya_config.validate_file(prompts)
+
+
+def test_the_command_checks_files(tmp_path, capsys):
+    from trainset import cli
+
+    good = tmp_path / "dataset.toml"
+    good.write_text(DREAMBOOTH)
+    bad = tmp_path / "bad.toml"
+    bad.write_text(DREAMBOOTH.replace("num_repeats = 10", "num_repeat = 10"))
+    assert cli.main(["kohya-check", str(good)]) == 0
+    assert "ok (1 datasets, 2 subsets)" in capsys.readouterr().out
+    assert cli.main(["kohya-check", str(good), str(bad)]) == 1
+    assert "num_repeat: extra keys not allowed" in capsys.readouterr().err

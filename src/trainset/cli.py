@@ -57,6 +57,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_kohya_check(args: argparse.Namespace) -> int:
+    from . import kohya_config
+
+    status = 0
+    for raw in args.paths:
+        try:
+            config = kohya_config.validate_file(raw)
+        except (kohya_config.KohyaConfigError, OSError) as exc:
+            print(exc, file=sys.stderr)
+            status = 1
+        else:
+            subsets = sum(len(d.get("subsets", [])) for d in config.get("datasets", []))
+            print(f"{raw}: ok ({len(config.get('datasets', []))} datasets, {subsets} subsets)")
+    return status
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="trainset", description=__doc__)
     parser.add_argument("--version", action="version", version=f"trainset {__version__}")
@@ -65,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("paths", nargs="+")
     p.add_argument("--schema", choices=sorted(SCHEMA_BY_NAME), help="schema name (default: from the file name)")
     p.set_defaults(func=cmd_validate)
+    p = sub.add_parser("kohya-check", help="check Kohya sd-scripts dataset configs (.toml) as sd-scripts checks them")
+    p.add_argument("paths", nargs="+")
+    p.set_defaults(func=cmd_kohya_check)
     p = sub.add_parser("demo", help="write the built-in demo source into a folder")
     p.add_argument("dest", type=Path)
     p.set_defaults(func=cmd_demo)
