@@ -324,7 +324,8 @@ def test_stage_schemas_extend_each_other():
     filtered = list(schemas.FILTERED.columns)
     assert filtered[: len(ingest)] == ingest
     assert set(schemas.DEDUPED.columns) >= set(filtered) | {"cluster_id", "cluster_key", "cluster_size", "component_key"}
-    assert set(schemas.CAPTIONED.columns) == set(schemas.DEDUPED.columns) | {"caption"}
+    assert set(schemas.CAPTIONED.columns) == set(schemas.DEDUPED.columns) | {
+        "caption", "caption_tokens", "caption_over_limit", "caption_trimmed", "background", "background_uniformity", "background_check"}
     assert set(schemas.SPLIT.columns) == set(schemas.CAPTIONED.columns) | {"split"}
     # filtered carries the audit measures, the groups' cluster columns and the policy's decision
     assert set(filtered) == set(ingest) | set(schemas.IMAGE_COLUMNS) | set(schemas.CLUSTER_COLUMNS) | set(schemas.POLICY_COLUMNS)
