@@ -295,7 +295,7 @@ def test_manifest_error_is_value_error():
 def test_all_expected_schemas_are_present():
     assert set(ALL_SCHEMAS) == {
         "INGEST", "UNMATCHED", "AUDIT", "NSFW_SCORES", "GROUPS", "FILTERED", "DEDUPED", "CAPTIONED", "SPLIT",
-        "REJECTED", "PAIRS", "REFERENCE_PAIRS", "MEMBERSHIP", "MOVES", "EXPORT",
+        "REJECTED", "PAIRS", "REFERENCE_PAIRS", "MEMBERSHIP", "MOVES", "EXPORT", "CONVERSATIONS", "CONVERSATIONS_REJECTED",
     }
 
 

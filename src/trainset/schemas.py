@@ -221,6 +221,39 @@ EXPORT_COLUMNS = {
 }
 
 
+def _is_messages(value: object) -> bool:
+    """A non-empty list of {role, content}: role system/user/assistant, content non-empty text."""
+    return (
+        isinstance(value, (list, tuple, np.ndarray)) and len(value) > 0
+        and all(isinstance(m, dict) and set(m) == {"role", "content"} and m["role"] in ("system", "user", "assistant")
+                and isinstance(m["content"], str) and m["content"].strip() for m in value)
+    )
+
+
+# one conversation (trainset.conversations): a stable id (source + original id or position), the
+# SHA-256 of its canonical form, its messages and where it comes from
+CONVERSATION_COLUMNS = {
+    "id": _text(unique=True),
+    "sha256": _text(checks=pa.Check.str_matches(_HEX64)),
+    "source": _text(),
+    "messages": pa.Column(object, pa.Check(_is_messages, element_wise=True,
+                                           error="messages must be a non-empty list of {role: system|user|assistant, content: text}")),
+    "tier": _text(),
+    "category": _text(),
+    "is_training_edge_case": pa.Column(bool),
+    "license": _text(),
+    "original_id": _text(nullable=True),
+    "rejected_reply": _text(nullable=True),  # a DPO pair's rejected reply
+}
+
+CONVERSATION_REJECTED_COLUMNS = {
+    "source": _text(),
+    "file": _text(),
+    "line": pa.Column("int64", pa.Check.ge(0)),
+    "reason": _text(),
+}
+
+
 def _schema(name: str, columns: dict, unique: list[str] | None = None) -> pa.DataFrameSchema:
     return pa.DataFrameSchema(columns, name=name, strict=True, unique=unique)
 
@@ -238,6 +271,8 @@ REFERENCE_PAIRS = _schema("reference_pairs", REFERENCE_PAIR_COLUMNS, unique=["sh
 MEMBERSHIP = _schema("clusters", MEMBERSHIP_COLUMNS)
 MOVES = _schema("split_moves", MOVE_COLUMNS)
 EXPORT = _schema("export", EXPORT_COLUMNS)
+CONVERSATIONS = _schema("conversations", CONVERSATION_COLUMNS)
+CONVERSATIONS_REJECTED = _schema("conversations_rejected", CONVERSATION_REJECTED_COLUMNS)
 
 # optional NSFW classifier score per item (trainset.stages.nsfw); NaN: undecodable, or no model configured
 NSFW_SCORES_COLUMNS = {
