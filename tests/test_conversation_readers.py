@@ -165,3 +165,11 @@ def test_sharegpt_keys_remapped_for_an_esconv_shaped_dialog(tmp_path):
     got, bad = read(source)
     assert not bad and got[0]["is_training_edge_case"]
     assert [m["role"] for m in got[0]["messages"]] == ["user", "assistant"]
+
+
+def test_a_speakers_consecutive_messages_are_one_turn(tmp_path):
+    path = _jsonl(tmp_path / "chat.jsonl", [{"messages": [
+        {"role": "user", "content": "Hey there\n"}, {"role": "user", "content": "How are you?"},
+        {"role": "assistant", "content": "hi"}]}])
+    got, _ = read(_source(path, "openai"))
+    assert got[0]["messages"] == [{"role": "user", "content": "Hey there\nHow are you?"}, {"role": "assistant", "content": "hi"}]

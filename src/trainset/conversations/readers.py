@@ -14,6 +14,8 @@ Shapes (``shape`` of a conversation source in params):
 - ``dpo``: ``prompt``, ``chosen``, ``rejected``: the prompt and the chosen reply as the
   conversation, the rejected reply kept beside it.
 
+In every shape, a speaker's consecutive messages become one turn.
+
 Files: JSON (an array of records), JSONL, CSV (quoted fields may hold newlines and be very large)
 and Parquet. A record that cannot be read becomes a rejection naming the file, its line (JSONL,
 CSV: the line the record starts on) or record number (JSON, Parquet), and the reason; the others
@@ -153,12 +155,20 @@ def _text(row: dict, key: str, required: bool = True) -> str:
 def _messages(items, role_key: str, content_key: str, roles: Roles) -> list[dict]:
     if not isinstance(items, list) or not items:
         raise BadRecord("no messages")
-    out = []
+    out: list[dict] = []
     for k, item in enumerate(items):
         if not isinstance(item, dict):
             raise BadRecord(f"message {k} is not an object")
-        out.append({"role": roles(item.get(role_key, "")), "content": _text(item, content_key)})
+        _add_turn(out, roles(item.get(role_key, "")), _text(item, content_key))
     return out
+
+
+def _add_turn(messages: list[dict], role: str, text: str) -> None:
+    """Append a message; a speaker's consecutive messages become one turn (joined by a newline)."""
+    if messages and messages[-1]["role"] == role:
+        messages[-1]["content"] = messages[-1]["content"].rstrip("\n") + "\n" + text
+    else:
+        messages.append({"role": role, "content": text})
 
 
 def _one(row: dict, source: ConversationSource, path: Path, line: int) -> dict:
@@ -224,12 +234,7 @@ def _transcripts(rows: list[tuple[int, dict]], source: ConversationSource, path:
         try:
             messages: list[dict] = []
             for _, line, row in utterances:
-                role = source.roles(row.get(col("role"), ""))
-                text = _text(row, col("text"))
-                if messages and messages[-1]["role"] == role:  # one speaker's run is one turn
-                    messages[-1]["content"] += "\n" + text
-                else:
-                    messages.append({"role": role, "content": text})
+                _add_turn(messages, source.roles(row.get(col("role"), "")), _text(row, col("text")))
         except (BadRecord, UnknownRole) as exc:
             bad.append(Rejection(source.name, str(path), line, f"transcript {key}: {exc}"))
             continue
