@@ -173,3 +173,30 @@ def test_a_speakers_consecutive_messages_are_one_turn(tmp_path):
         {"role": "assistant", "content": "hi"}]}])
     got, _ = read(_source(path, "openai"))
     assert got[0]["messages"] == [{"role": "user", "content": "Hey there\nHow are you?"}, {"role": "assistant", "content": "hi"}]
+
+
+def test_unreadable_files_are_rejected_by_name_and_the_other_files_go_on(tmp_path):
+    folder = tmp_path / "chats"
+    folder.mkdir()
+    _jsonl(folder / "a_good.jsonl", [{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}])
+    (folder / "b_broken.json").write_text('[{"messages": [')
+    (folder / "c_latin1.jsonl").write_bytes(
+        json.dumps({"messages": [{"role": "user", "content": "ok"}, {"role": "assistant", "content": "fine"}]}).encode() + b"\n"
+        + '{"messages": "caf\xe9"}\n'.encode("latin-1"))
+    (folder / "d_not.parquet").write_bytes(b"not parquet at all")
+    got, bad = read(_source(folder, "openai"))
+    # a folder's positions name their file: a_good line 1, and c's first line
+    assert sorted(c["id"] for c in got) == ["src:a_good.jsonl:1", "src:c_latin1.jsonl:1"]
+    by_file = {Path(r.file).name: (r.line, r.reason) for r in bad}
+    assert set(by_file) == {"b_broken.json", "c_latin1.jsonl", "d_not.parquet"}
+    assert by_file["b_broken.json"][0] == 0 and "JSONDecodeError" in by_file["b_broken.json"][1]
+    assert by_file["c_latin1.jsonl"] == (2, "not UTF-8 text")  # that line only
+    assert by_file["d_not.parquet"][0] == 0 and by_file["d_not.parquet"][1].startswith("unreadable from here on")
+
+
+def test_a_csv_row_that_is_not_utf8_is_rejected_alone(tmp_path):
+    path = tmp_path / "qa.csv"
+    path.write_bytes(b"q,a\nHow do I rest?,Sleep early.\n" + "Caf\xe9?,Yes.\n".encode("latin-1") + b"Why?,Because.\n")
+    got, bad = read(_source(path, "qa", columns={"question": "q", "answer": "a"}))
+    assert [c["id"] for c in got] == ["src:2", "src:4"]
+    assert [(r.line, r.reason) for r in bad] == [(3, "not UTF-8 text")]

@@ -113,11 +113,11 @@ def test_reduce_computes_its_own_pixels_where_pillow_agrees():
 
 
 def test_a_reduce_pillow_does_differently_is_left_to_pillow(monkeypatch):
-    resample._reduce_matches_pillow.cache_clear()
+    resample._probe_reduce.cache_clear()
     monkeypatch.setattr(resample, "_reduce", lambda a, factor, multipliers: np.zeros((1, 1), np.uint8))
     a = np.random.default_rng(2).integers(0, 256, size=(30, 50), dtype=np.uint8)
     try:
         assert not resample._reduce_matches_pillow(a.shape, 3)
         assert np.array_equal(resample.reduce(a, 3), np.asarray(Image.fromarray(a).reduce(3)))
     finally:
-        resample._reduce_matches_pillow.cache_clear()
+        resample._probe_reduce.cache_clear()

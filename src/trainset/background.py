@@ -56,8 +56,7 @@ class Background:
 
 def estimate(image: Image.Image, min_uniformity: float = 0.8) -> Background:
     """The background of ``image`` (any mode; EXIF orientation does not matter for a ring)."""
-    rgba = np.asarray(image.convert("RGBA"), dtype=np.float64)
-    ring = _ring(rgba)
+    ring = _ring(np.asarray(image.convert("RGBA"))).astype(np.float64)  # only the ring in float
     if (ring[:, 3] < 128).mean() >= min_uniformity:
         return Background((0, 0, 0), float((ring[:, 3] < 128).mean()), "transparent")
     opaque = ring[ring[:, 3] >= 128, :3]
@@ -122,12 +121,16 @@ def colour_of(tag: str) -> str:
 
 
 def open_small(path: str) -> Image.Image:
-    """The first frame of ``path``, EXIF-upright, decoded at about :data:`ANALYSIS_SIDE` (JPEG draft)."""
+    """The first frame of ``path``, EXIF-upright RGBA, at about :data:`ANALYSIS_SIDE` (JPEG draft
+    decoding, else a whole-factor box reduce): a border ring needs no more, and a large picture is
+    not held at full size in colour."""
     with Image.open(path) as im:
         if im.format in ("JPEG", "MPO"):
             im.draft("RGB", (ANALYSIS_SIDE, ANALYSIS_SIDE))
         im.load()
-        return ImageOps.exif_transpose(im)
+        rgba = ImageOps.exif_transpose(im).convert("RGBA")
+    factor = min(rgba.size) // ANALYSIS_SIDE
+    return rgba.reduce(factor) if factor > 1 else rgba
 
 
 @dataclass(frozen=True)
@@ -191,20 +194,14 @@ def estimates(items: list[tuple[str, str]], settings: Settings, cache_dir: str |
 
     key = params_digest({"min_uniformity": settings.min_uniformity, "code": code_digest("background"), "versions": versions()})
     cache = features.FeatureCache(Path(cache_dir), key) if cache_dir is not None else None
-    out: dict[str, Background] = {}
-    for sha, path in items:
-        if sha in out:
-            continue
-        hit = cache.get(sha) if cache is not None else None
-        if hit is None:
-            try:
-                image = open_small(path)
-            except OSError as exc:  # decoded by the audit: gone or changed since
-                raise RuntimeError(f"{path}: cannot be read for the background check ({exc}); rerun the workflow") from exc
-            found = estimate(image, settings.min_uniformity)
-            if cache is not None:
-                cache.put(sha, asdict(found))
-        else:
-            found = Background(tuple(hit["rgb"]), hit["uniformity"], hit["name"])
-        out[sha] = found
+    hits, todo, _ = features.partition_by_cache(items, cache.get if cache is not None else lambda sha: None)
+    out = {sha: Background(tuple(hit["rgb"]), hit["uniformity"], hit["name"]) for sha, hit in hits.items()}
+    for sha, path in todo:
+        try:
+            image = open_small(path)
+        except OSError as exc:  # decoded by the audit: gone or changed since
+            raise RuntimeError(f"{path}: cannot be read for the background check ({exc}); rerun the workflow") from exc
+        out[sha] = estimate(image, settings.min_uniformity)
+        if cache is not None:
+            cache.put(sha, asdict(out[sha]))
     return out

@@ -72,7 +72,7 @@ _STYLES = {"monochrome": "monochrome", "greyscale": "greyscale", "sketch": "a sk
            "comic": "a comic", "4koma": "a four-panel comic", "anime_coloring": "anime coloring", "retro_artstyle": "a retro art style"}
 
 
-def sentence(tags: list[str], dictionary: TagDictionary, spec=None) -> str:
+def sentence(tags: list[str], dictionary: TagDictionary) -> str:
     """A caption in sentences from canonical, already filtered tags (``captions.ordered_tags``)."""
     slots: dict[str, list[str]] = {k: [] for k in ("people", "character", "copyright", "artist", "features", "clothing",
                                                     "action", "background", "style", "other")}

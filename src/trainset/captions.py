@@ -26,6 +26,7 @@ tags by templates, :mod:`trainset.caption_templates`, for Flux/T5; no language m
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -123,6 +124,10 @@ class CaptionSpec:
             raise ValueError(f"caption: unknown tag categories {bad} (known: {sorted(CATEGORIES.values())})")
         return spec
 
+    def for_source(self, trigger_word: str) -> CaptionSpec:
+        """This spec for a source with its own trigger word (``sources[].trigger_word``; empty: this one)."""
+        return dataclasses.replace(self, trigger_word=trigger_word.strip()) if trigger_word.strip() else self
+
     def drops(self, tag: str, category: str | None) -> bool:
         """Is the canonical ``tag`` (of ``category``) left out of captions?"""
         return (
@@ -203,17 +208,17 @@ def build(tags: Iterable[str], spec: CaptionSpec, dictionary: TagDictionary, cou
 
 
 def _render(head: list[str], body: list[str], spec: CaptionSpec, dictionary: TagDictionary) -> str:
-    booru = spec.separator.join([*head, *(write_tag(t, spec) for t in body)])
+    """The caption text: the fixed start, then the tags (``booru``), the sentence (``natural``) or
+    the sentence followed by the tags (``both``)."""
+    tags = [write_tag(t, spec) for t in body]
     if spec.format == "booru":
-        return booru
+        return spec.separator.join([*head, *tags])
     from .caption_templates import sentence
 
-    natural = sentence(body, dictionary, spec)
-    lead = spec.separator.join(head)
-    if spec.format == "natural":
-        return f"{lead}{spec.separator}{natural}" if lead else natural
-    return f"{lead}{spec.separator}{natural} {spec.separator.join(write_tag(t, spec) for t in body)}".strip() if lead else \
-        f"{natural} {spec.separator.join(write_tag(t, spec) for t in body)}".strip()
+    text = sentence(body, dictionary)
+    if spec.format == "both" and tags:
+        text += " " + spec.separator.join(tags)
+    return spec.separator.join([*head, text])
 
 
 def caption(tags: Iterable[str], trigger_word: str = "", underscores_to_spaces: bool = True, separator: str = ", ") -> str:

@@ -37,7 +37,7 @@ import os
 import stat
 import warnings
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,38 +137,36 @@ def gray8(image: Image.Image) -> Image.Image:
     return Image.fromarray(scaled)
 
 
-def _alpha_plane(image: Image.Image) -> np.ndarray | None:
-    """The alpha of an image that can be transparent (an alpha mode, or a ``transparency`` entry),
-    as a 2-D uint8 array; ``None`` for an opaque mode."""
-    if image.mode in ALPHA_MODES:
-        return np.asarray(image.getchannel("A"))
-    if image.info.get("transparency") is not None and image.mode in _TRANSPARENCY_MODES:
-        return np.asarray(image.convert("RGBA").getchannel("A"))
-    return None
+def alpha_plane(image: Image.Image) -> np.ndarray | None:
+    """The alpha of an image that can be transparent, as a 2-D uint8 array (0 transparent, 255
+    opaque); ``None`` when it cannot be.
 
-
-def alpha_info(image: Image.Image) -> tuple[bool, int]:
-    """``(has_alpha, alpha_min)``: can the image be transparent, and the lowest alpha it uses.
-
-    Alpha modes (RGBA, LA, PA) read their alpha band; P/L/RGB (and 1, I, I;16) with a
-    ``transparency`` entry are transparent where the keyed colour or palette alpha is used.
-    Without alpha, ``(False, 255)``.
+    Alpha modes (RGBA, LA, PA) give their alpha band; P/L/RGB (and 1, I, I;16) with a
+    ``transparency`` entry are transparent where the keyed colour or palette alpha is used (a key
+    given as bytes, outside a palette, marks nothing).
     """
     mode = image.mode
     if mode in ALPHA_MODES:
-        return True, int(image.getchannel("A").getextrema()[0])
+        return np.asarray(image.getchannel("A"))
     key = image.info.get("transparency")
     if key is None or mode not in _TRANSPARENCY_MODES:
-        return False, 255
+        return None
     if mode == "P":
-        return True, int(image.convert("RGBA").getchannel("A").getextrema()[0])
+        return np.asarray(image.convert("RGBA").getchannel("A"))
     if isinstance(key, (bytes, bytearray)):
-        return True, 255
+        return np.full((image.height, image.width), 255, dtype=np.uint8)
     pixels = np.asarray(image)
     match = pixels == np.asarray(key, dtype=pixels.dtype if pixels.dtype != bool else np.uint8)
     if match.ndim == 3:
         match = match.all(axis=-1)
-    return True, 0 if bool(match.any()) else 255
+    return np.where(match, 0, 255).astype(np.uint8)
+
+
+def alpha_info(image: Image.Image, plane: np.ndarray | None | bool = False) -> tuple[bool, int]:
+    """``(has_alpha, alpha_min)``: can the image be transparent, and the lowest alpha it uses
+    (from :func:`alpha_plane`, or ``plane`` when it was already taken). Without alpha, ``(False, 255)``."""
+    plane = alpha_plane(image) if plane is False else plane
+    return (False, 255) if plane is None else (True, int(plane.min()))
 
 
 def laplacian_var(gray: Image.Image) -> float:
@@ -304,12 +302,15 @@ def _laplacian_line_var(a: np.ndarray) -> float:
     return float(lap.var())
 
 
-def measure(upright: Image.Image, gray: Image.Image | None = None, mode: str | None = None, pixels: np.ndarray | None = None) -> dict:
+def measure(
+    upright: Image.Image, gray: Image.Image | None = None, mode: str | None = None, pixels: np.ndarray | None = None,
+    alpha: np.ndarray | None | bool = False,
+) -> dict:
     """The pixel measures of one (upright, single-frame) image: alpha, bit depth, brightness,
     contrast, entropy and blur (``gray``: its :func:`gray8`, when already made, and ``pixels``
-    its array; ``mode``: the stored mode, when the decode changed it, as a JPEG decoded straight
-    to grayscale)."""
-    has_alpha, alpha_min = alpha_info(upright)
+    its array; ``alpha``: its :func:`alpha_plane`, when already taken; ``mode``: the stored mode,
+    when the decode changed it, as a JPEG decoded straight to grayscale)."""
+    has_alpha, alpha_min = alpha_info(upright, alpha)
     gray = gray8(upright) if gray is None else gray
     if _at_analysis_size(gray):  # one pass gives both
         counts, blur = _pixel_stats(np.asarray(gray) if pixels is None else pixels)
@@ -479,12 +480,12 @@ def _extract(source, size: int, max_pixels: int | None) -> dict:
             clipped = upright.mode.startswith("I") or upright.mode == "F"
             small = hashing.hash_input_array(np.asarray(upright.convert("L")) if clipped else pixels)
             plain = hashing.phash_thumb(small)
-            alpha = _alpha_plane(upright)
+            alpha = alpha_plane(upright)
             trim = views.alpha_box(hashing.hash_input_array(alpha)) if alpha is not None else None
             trim = trim or views.border_box(small)
             thumbs, lows, view_rows = views.view_inputs(small, plain, trim)
             dthumb = hashing.dhash_thumb(small)
-            measures = measure(upright, gray, mode, pixels)
+            measures = measure(upright, gray, mode, pixels, alpha)
             measures["border_fraction"] = views.border_fraction(small, trim)
     except UnidentifiedImageError:
         return _failed("not_image", "not a recognised image format (content does not match any decoder)")
@@ -518,10 +519,6 @@ def draft(im: Image.Image) -> None:
     header."""
     if im.format in ("JPEG", "MPO"):
         im.draft("L", (ANALYSIS_SIDE, ANALYSIS_SIDE))
-
-
-CACHE_WRITERS = 4
-"""Threads writing feature-cache files while decoding goes on."""
 
 
 @dataclass
@@ -579,19 +576,14 @@ def compute(
     stats = FeatureStats(items=len(items))
     result, todo, stats.contents = partition_by_cache(items, cache.get)
     stats.cache_hits = len(result)
-    # cached as each batch is hashed (a run stopped halfway keeps what it decoded), by writer
-    # threads: creating many small files is slow on some file systems, and the decodes go on meanwhile
-    with ThreadPoolExecutor(max_workers=CACHE_WRITERS) as writers:
-        writes = []
-        for (sha, path), feats in zip(todo, extract_many([p for _, p in todo], max_pixels, threads)):
-            if feats["sha256"] != sha:
-                raise ContentChanged(
-                    f"{path}: changed since it was ingested (manifest SHA-256 {sha}, file now {feats['sha256']}); "
-                    "run the build again so ingest records the new content"
-                )
-            writes.append(writers.submit(cache.put, sha, feats))
-            result[sha] = feats
-        for write in writes:
-            write.result()  # a failed write (disk full) fails the run
+    # cached as each batch is hashed: a run stopped halfway keeps what it decoded
+    for (sha, path), feats in zip(todo, extract_many([p for _, p in todo], max_pixels, threads)):
+        if feats["sha256"] != sha:
+            raise ContentChanged(
+                f"{path}: changed since it was ingested (manifest SHA-256 {sha}, file now {feats['sha256']}); "
+                "run the build again so ingest records the new content"
+            )
+        cache.put(sha, feats)
+        result[sha] = feats
     stats.decoded = len(todo)
     return result, stats

@@ -199,10 +199,17 @@ def _reduce_multipliers(factor: int) -> np.ndarray:
     return np.array([0] + [_reduce_multiplier(k) for k in range(1, factor * factor + 1)], dtype=np.uint64)
 
 
-@functools.lru_cache(maxsize=4096)
 def _reduce_matches_pillow(shape: tuple[int, int], factor: int) -> bool:
-    """Does :func:`reduce` reproduce Pillow's ``Image.reduce`` for this shape (probed once on random pixels)?"""
-    probe = np.random.default_rng(shape[0] * 7919 + shape[1] * 31 + factor).integers(0, 256, size=shape, dtype=np.uint8)
+    """Does :func:`reduce` reproduce Pillow's ``Image.reduce`` for this shape? Pillow's arithmetic
+    depends on the factor and on the partial blocks at the right and bottom edges only, so one
+    small probe per (factor, remainders) stands for every shape that shares them."""
+    return _probe_reduce(factor, shape[0] % factor, shape[1] % factor)
+
+
+@functools.lru_cache(maxsize=4096)
+def _probe_reduce(factor: int, rest_h: int, rest_w: int) -> bool:
+    shape = (2 * factor + rest_h, 3 * factor + rest_w)
+    probe = np.random.default_rng([factor, rest_h, rest_w]).integers(0, 256, size=shape, dtype=np.uint8)
     want = np.asarray(Image.fromarray(probe).reduce(factor))
     return np.array_equal(_reduce(probe, factor, _reduce_multipliers(factor)), want)
 

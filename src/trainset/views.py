@@ -157,7 +157,6 @@ def view_inputs(
     the trimmed box (:func:`border_box` of ``small`` when not given)."""
     gray = np.asarray(small.convert("L")) if isinstance(small, Image.Image) else small
     trim = border_box(gray) if trim is None else tuple(trim)
-    trim = (0, 0, gray.shape[1], gray.shape[0]) if trim[2] <= trim[0] or trim[3] <= trim[1] else trim
     distinct, rows, trim_row = _layout(gray.shape[1], gray.shape[0], trim)
     thumbs = np.stack([plain, plain[:, ::-1]])
     lows = hashing.box_lows(gray, distinct) if distinct else np.zeros((0, kernels.PHASH_LOW**2))

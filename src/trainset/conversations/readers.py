@@ -19,19 +19,24 @@ In every shape, a speaker's consecutive messages become one turn.
 Files: JSON (an array of records), JSONL, CSV (quoted fields may hold newlines and be very large)
 and Parquet. A record that cannot be read becomes a rejection naming the file, its line (JSONL,
 CSV: the line the record starts on) or record number (JSON, Parquet), and the reason; the others
-go on.
+go on. A file that cannot be read past some point (not UTF-8, not JSON, not Parquet) keeps the
+records before it and is one rejection from there (line 0: nothing could be read).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .canonical import Roles, UnknownRole, content_sha256
+
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+"""Bytes that were not UTF-8, as ``errors="surrogateescape"`` keeps them: the record is rejected, not the file."""
 
 SHAPES = ("openai", "sharegpt", "alpaca", "qa", "transcript", "dpo")
 FILE_TYPES = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
@@ -76,16 +81,23 @@ def read(source: ConversationSource) -> tuple[list[dict], list[Rejection]]:
     files = sorted(p for p in source.path.rglob("*") if p.suffix.lower() in FILE_TYPES) if source.path.is_dir() else [source.path]
     conversations, rejected = [], []
     for path in files:
-        rows = list(records(path))
+        rows: list[tuple[int, dict | Exception]] = []
+        try:
+            for item in records(path):
+                rows.append(item)
+        except (OSError, ValueError) as exc:  # not UTF-8, not JSON, not Parquet: the rest of the file is lost, said so
+            rows.append((rows[-1][0] + 1 if rows else 0, BadRecord(f"unreadable from here on ({type(exc).__name__}: {exc})")))
         good = [(line, row) for line, row in rows if not isinstance(row, Exception)]
         rejected += [Rejection(source.name, str(path), line, str(row)) for line, row in rows if isinstance(row, Exception)]
+        # a folder source's positions name their file, so two files' line 1 are two ids
+        where = path.relative_to(source.path).as_posix() + ":" if source.path.is_dir() else ""
         if source.shape == "transcript":
-            made, bad = _transcripts(good, source, path)
+            made, bad = _transcripts(good, source, path, where)
         else:
             made, bad = [], []
             for line, row in good:
                 try:
-                    made.append(_one(row, source, path, line))
+                    made.append(_one(row, source, line, where))
                 except (BadRecord, UnknownRole) as exc:
                     bad.append(Rejection(source.name, str(path), line, str(exc)))
         conversations += made
@@ -97,9 +109,12 @@ def records(path: Path) -> Iterator[tuple[int, dict | Exception]]:
     """``(line or record number, record)`` of one file; a record that cannot be parsed comes as an exception."""
     kind = FILE_TYPES.get(path.suffix.lower())
     if kind == "jsonl":
-        with open(path, encoding="utf-8") as fh:
+        with open(path, encoding="utf-8", errors="surrogateescape") as fh:
             for number, text in enumerate(fh, start=1):
                 if not text.strip():
+                    continue
+                if _UNDECODABLE.search(text):
+                    yield number, BadRecord("not UTF-8 text")
                     continue
                 try:
                     row = json.loads(text)
@@ -118,14 +133,16 @@ def records(path: Path) -> Iterator[tuple[int, dict | Exception]]:
             yield number, row if isinstance(row, dict) else BadRecord(f"record {number} is a {type(row).__name__}, not an object")
     elif kind == "csv":
         csv.field_size_limit(sys.maxsize)
-        with open(path, encoding="utf-8", newline="") as fh:
+        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as fh:
             reader = csv.reader(fh)
             header = next(reader, None)
             if header is None:
                 return
             start = reader.line_num + 1
             for row in reader:
-                if len(row) != len(header):
+                if any(_UNDECODABLE.search(value) for value in row):
+                    yield start, BadRecord("not UTF-8 text")
+                elif len(row) != len(header):
                     yield start, BadRecord(f"{len(row)} fields where the header has {len(header)}")
                 else:
                     yield start, dict(zip(header, row))
@@ -171,7 +188,7 @@ def _add_turn(messages: list[dict], role: str, text: str) -> None:
         messages.append({"role": role, "content": text})
 
 
-def _one(row: dict, source: ConversationSource, path: Path, line: int) -> dict:
+def _one(row: dict, source: ConversationSource, position: int, where: str) -> dict:
     shape, col = source.shape, source.column
     rejected = None
     if shape == "openai":
@@ -194,12 +211,15 @@ def _one(row: dict, source: ConversationSource, path: Path, line: int) -> dict:
                     {"role": "assistant", "content": _text(row, col("chosen"))}]
         rejected = _text(row, col("rejected"))
     original = row.get(col("id"))
-    return _conversation(source, messages, None if original in (None, "") else str(original), line, rejected)
+    return _conversation(source, messages, None if original in (None, "") else str(original), position, where, rejected)
 
 
-def _conversation(source: ConversationSource, messages: list[dict], original: str | None, position: int, rejected: str | None = None) -> dict:
+def _conversation(
+    source: ConversationSource, messages: list[dict], original: str | None, position: int, where: str, rejected: str | None = None,
+) -> dict:
+    """``where``: the file within a folder source (``"part-1.jsonl:"``), so ids stay unique across its files."""
     return {
-        "id": f"{source.name}:{original if original is not None else position}",
+        "id": f"{source.name}:{where}{original if original is not None else position}",
         "sha256": content_sha256(messages, source.casefold),
         "source": source.name,
         "messages": messages,
@@ -212,7 +232,7 @@ def _conversation(source: ConversationSource, messages: list[dict], original: st
     }
 
 
-def _transcripts(rows: list[tuple[int, dict]], source: ConversationSource, path: Path) -> tuple[list[dict], list[Rejection]]:
+def _transcripts(rows: list[tuple[int, dict]], source: ConversationSource, path: Path, where: str) -> tuple[list[dict], list[Rejection]]:
     col = source.column
     groups: dict[str, list[tuple[object, int, dict]]] = {}
     bad = []
@@ -238,5 +258,5 @@ def _transcripts(rows: list[tuple[int, dict]], source: ConversationSource, path:
         except (BadRecord, UnknownRole) as exc:
             bad.append(Rejection(source.name, str(path), line, f"transcript {key}: {exc}"))
             continue
-        made.append(_conversation(source, messages, key, utterances[0][1]))
+        made.append(_conversation(source, messages, key, utterances[0][1], where))
     return made, bad

@@ -7,7 +7,6 @@ token count is kept, and a caption over the window is flagged, or trimmed when p
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pandas as pd
@@ -25,7 +24,7 @@ def run(
     caption = dict(caption or {})
     settings = background.Settings.from_params(caption.pop("background", None))
     base = captions.CaptionSpec.from_params(caption)
-    specs = {name: dataclasses.replace(base, trigger_word=word) for name, word in (source_triggers or {}).items() if word}
+    specs = {name: base.for_source(word) for name, word in (source_triggers or {}).items()}
     dictionary = TagDictionary.load(tag_dictionaries or [])
     items = manifest.read(deduped_path, schemas.DEDUPED)
     found = background.estimates(list(zip(items["sha256"], items["path"])), settings, cache_dir) if settings.check else {}

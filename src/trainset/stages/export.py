@@ -243,7 +243,6 @@ def kohya_toml(
     ``export.kohya`` in params, one DreamBooth subset per train folder; checked against sd-scripts'
     schema (``trainset.kohya_config``) before it is written."""
     spec = spec or captions.CaptionSpec()
-    trigger_word = spec.trigger_word.strip()
     made = sorted(set(kohya) & (KOHYA_KEYS_MADE_HERE - {"keep_tokens"}))
     if made:
         raise ValueError(f"export.kohya: {made} are written by the export itself")
@@ -254,18 +253,19 @@ def kohya_toml(
     general_keep = keep_tokens(kohya, spec)
     subsets = []
     for folder, group in sorted(train.groupby(train["export_path"].str.split("/").str[-2])):
-        own = {(source_triggers or {}).get(source, "") for source in group["source"]}
-        if len(own) > 1:
-            raise ValueError(f"Kohya folder {folder} holds items of sources with different trigger words {sorted(own)}: "
-                             "give those sources different subset names")
-        word = own.pop() if own else ""
+        # the spec its captions were made with (caption stage: a source's own trigger word)
+        specs = {spec.for_source((source_triggers or {}).get(source, "")) for source in group["source"]}
+        if len(specs) > 1:
+            raise ValueError(f"Kohya folder {folder} holds items of sources with different trigger words "
+                             f"{sorted(s.trigger_word for s in specs)}: give those sources different subset names")
+        own = specs.pop() if specs else spec
         subset = {
             "image_dir": (out_dir / root / folder).as_posix(),
             "num_repeats": int(group["repeats"].iloc[0]),
-            "class_tokens": word or trigger_word or folder.split("_", 1)[1],
+            "class_tokens": own.trigger_word or folder.split("_", 1)[1],
         }
-        if word and not trigger_word:  # this subset's captions start with a trigger word the others lack
-            subset["keep_tokens"] = general_keep + 1
+        if own.keep_tokens != general_keep:  # its captions start with a trigger word the others lack
+            subset["keep_tokens"] = own.keep_tokens
         subsets.append(subset)
     general = {"caption_extension": ".txt", "shuffle_caption": False}
     general.update({k: v for k, v in kohya.items() if k in kohya_config.SUBSET_OPTIONS})
