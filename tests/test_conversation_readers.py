@@ -200,3 +200,32 @@ def test_a_csv_row_that_is_not_utf8_is_rejected_alone(tmp_path):
     got, bad = read(_source(path, "qa", columns={"question": "q", "answer": "a"}))
     assert [c["id"] for c in got] == ["src:2", "src:4"]
     assert [(r.line, r.reason) for r in bad] == [(3, "not UTF-8 text")]
+
+
+def test_groups_come_from_the_group_column_a_transcript_or_the_item_itself(tmp_path):
+    path = tmp_path / "counsel.csv"
+    pd.DataFrame({
+        "questionID": ["q1", "q1", "q2"], "answerID": ["a", "b", "c"],
+        "questionText": ["I can't sleep.", "I can't sleep.", "My partner ignores me."],
+        "answerText": ["Sleep is hard when worried.", "What keeps you up?", "That sounds lonely."],
+    }).to_csv(path, index=False)
+    grouped, _ = read(_source(path, "qa", columns={"question": "questionText", "answer": "answerText", "id": "answerID", "group": "questionID"}))
+    assert [(c["id"], c["group"]) for c in grouped] == [("src:a", "src:q1"), ("src:b", "src:q1"), ("src:c", "src:q2")]
+    alone, _ = read(_source(path, "qa", columns={"question": "questionText", "answer": "answerText", "id": "answerID"}))
+    assert [c["group"] for c in alone] == ["src:a", "src:b", "src:c"]
+
+
+def test_edge_case_flag_comes_from_params_and_rows_only_where_the_source_trusts_them(tmp_path):
+    path = _jsonl(tmp_path / "edge.jsonl", [
+        {"messages": [{"role": "user", "content": "I want to end it all."}, {"role": "assistant", "content": "I'm here. Are you safe?"}],
+         "edge": True},
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}], "edge": "no"},
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}], "edge": "maybe"},
+    ])
+    untrusted, _ = read(_source(path, "openai"))  # a row saying edge: true changes nothing
+    assert [c["is_training_edge_case"] for c in untrusted] == [False, False, False]
+    trusted, bad = read(_source(path, "openai", edge_case_column="edge"))
+    assert [c["is_training_edge_case"] for c in trusted] == [True, False]
+    assert [(r.line, r.reason) for r in bad] == [(3, "'edge' is 'maybe', not true or false")]
+    whole, _ = read(_source(path, "openai", edge_case=True))
+    assert all(c["is_training_edge_case"] for c in whole)

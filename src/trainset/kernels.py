@@ -629,3 +629,167 @@ def _near(hashes, base, max_distance, be: Backend | None, threads: int | None):
     width = max(len(hashes) if base is None else len(base), 1)
     block = max(1, min(2048, BRUTE_BLOCK_ELEMENTS.get(be.name, BRUTE_BLOCK_ELEMENTS["numpy"]) // width))
     return hamming_pairs(hashes, max_distance, block=block, be=be, threads=threads, base=base)
+
+
+# --- MinHash signatures (datasketch 2.0) ----------------------------------------------------
+
+#: Permutation schemes of ``datasketch.MinHash`` reproduced here. ``affine32`` is datasketch 2.0's
+#: default: each 32-bit shingle hash is pre-mixed once by the MurmurHash3 32-bit finalizer, then
+#: permuted by ``a_k * h + b_k mod 2**32`` (``a_k`` odd: a bijection), in uint32 wraparound
+#: arithmetic. ``legacy`` is the pre-2.0 scheme: ``(a_k * h + b_k) mod (2**61 - 1)`` in uint64
+#: wraparound arithmetic (the product overflows exactly as NumPy's does there), truncated to 32 bits.
+MINHASH_SCHEMES = ("affine32", "legacy")
+MINHASH_EMPTY = np.uint32(0xFFFFFFFF)
+"""Every value of the signature of an empty set (datasketch's initial hash values)."""
+_MERSENNE_61 = np.uint64((1 << 61) - 1)
+_MASK_32 = np.uint64(0xFFFFFFFF)
+#: Elements of one ``(docs, shingles, perms)`` block of the blockwise kernel, per backend.
+MINHASH_BLOCK_ELEMENTS = {"numpy": 1 << 22, "cupy": 1 << 27}
+
+
+@functools.lru_cache(maxsize=64)
+def minhash_permutations(num_perm: int, seed: int, scheme: str = "affine32") -> tuple[np.ndarray, np.ndarray]:
+    """``(a, b)`` of datasketch's ``MinHash(num_perm, seed, scheme)``, drawn from the same
+    ``np.random.RandomState(seed)`` calls in the same order, so signatures compare with its own.
+    uint32 for ``affine32``, uint64 for ``legacy``; read-only."""
+    _check_scheme(scheme)
+    if num_perm < 1:
+        raise ValueError(f"num_perm must be positive, got {num_perm}")
+    gen = np.random.RandomState(seed)
+    if scheme == "legacy":
+        pairs = [(gen.randint(1, _MERSENNE_61, dtype=np.uint64), gen.randint(0, _MERSENNE_61, dtype=np.uint64))
+                 for _ in range(num_perm)]
+        a, b = np.array(pairs, dtype=np.uint64).T.copy()
+    else:
+        a = gen.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+        b = gen.randint(0, 1 << 32, num_perm, dtype=np.uint32)
+    for x in (a, b):
+        x.setflags(write=False)
+    return a, b
+
+
+def _check_scheme(scheme: str) -> None:
+    if scheme not in MINHASH_SCHEMES:
+        raise ValueError(f"unknown MinHash scheme {scheme!r}: one of {', '.join(MINHASH_SCHEMES)}")
+
+
+def fmix32(h, xp):
+    """MurmurHash3's 32-bit finalizer on uint32 values (wrapping multiplies): datasketch's pre-mix."""
+    h = h ^ (h >> xp.uint32(16))
+    h = h * xp.uint32(0x85EBCA6B)
+    h = h ^ (h >> xp.uint32(13))
+    h = h * xp.uint32(0xC2B2AE35)
+    return h ^ (h >> xp.uint32(16))
+
+
+def _minhash_inputs(hashes, offsets) -> tuple[np.ndarray, np.ndarray]:
+    hashes = np.ascontiguousarray(hashes, dtype=np.uint32).ravel()
+    offsets = np.ascontiguousarray(offsets, dtype=np.int64).ravel()
+    if len(offsets) == 0 or offsets[0] != 0 or offsets[-1] != len(hashes) or np.any(np.diff(offsets) < 0):
+        raise ValueError("offsets must rise from 0 to len(hashes): document d owns hashes[offsets[d]:offsets[d + 1]]")
+    return hashes, offsets
+
+
+def minhash_signatures(hashes, offsets, num_perm: int = 128, seed: int = 1, scheme: str = "affine32",
+                       be: Backend | None = None, threads: int | None = None) -> np.ndarray:
+    """MinHash signatures of many documents at once: ``(docs, num_perm)`` uint32 on the host, equal value
+    for value to ``datasketch.MinHash(num_perm, seed, scheme=scheme)`` after ``update_batch`` of each
+    document's shingles (a document without shingles gets datasketch's empty signature, all
+    ``MINHASH_EMPTY``).
+
+    ``hashes``: the 32-bit shingle hashes (datasketch's ``sha1_hash32``) of all documents end to end;
+    document ``d`` owns ``hashes[offsets[d]:offsets[d + 1]]``. On NumPy a compiled numba kernel runs
+    on ``threads`` threads; on CuPy, :func:`minhash_blockwise`. Both use integer arithmetic only.
+    """
+    _check_scheme(scheme)
+    be = be or backend()
+    hashes, offsets = _minhash_inputs(hashes, offsets)
+    if be.name != "numpy":
+        return minhash_blockwise(hashes, offsets, num_perm, seed, scheme, be=be)
+    a, b = minhash_permutations(num_perm, seed, scheme)
+    out = np.empty((len(offsets) - 1, num_perm), dtype=np.uint32)
+    work = len(hashes) * num_perm
+    with _numba_threads(1 if work < PARALLEL_MIN_WORK // 16 else threads):
+        if scheme == "legacy":
+            _minhash_legacy(hashes.astype(np.uint64), offsets, a, b, out)
+        else:
+            _minhash_affine32(fmix32(hashes, np), offsets, a, b, out)
+    return out
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _minhash_affine32(mixed, offsets, a, b, out):
+    """Per document: the minimum of ``a * h + b mod 2**32`` over its pre-mixed hashes ``h``."""
+    num_perm = a.shape[0]
+    for d in numba.prange(offsets.shape[0] - 1):
+        row = np.full(num_perm, MINHASH_EMPTY, dtype=np.uint32)
+        for s in range(offsets[d], offsets[d + 1]):
+            h = np.uint64(mixed[s])
+            for p in range(num_perm):
+                v = np.uint32((np.uint64(a[p]) * h + np.uint64(b[p])) & _MASK_32)
+                if v < row[p]:
+                    row[p] = v
+        out[d, :] = row
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _minhash_legacy(hashes, offsets, a, b, out):
+    """Per document: the minimum of ``((a * h + b) wrapped to 64 bits) mod (2**61 - 1)``, low 32 bits."""
+    num_perm = a.shape[0]
+    for d in numba.prange(offsets.shape[0] - 1):
+        row = np.full(num_perm, MINHASH_EMPTY, dtype=np.uint32)
+        for s in range(offsets[d], offsets[d + 1]):
+            h = hashes[s]
+            for p in range(num_perm):
+                v = np.uint32(((a[p] * h + b[p]) % _MERSENNE_61) & _MASK_32)
+                if v < row[p]:
+                    row[p] = v
+        out[d, :] = row
+
+
+def minhash_blockwise(hashes, offsets, num_perm: int = 128, seed: int = 1, scheme: str = "affine32",
+                      be: Backend | None = None, block_elements: int | None = None) -> np.ndarray:
+    """What :func:`minhash_signatures` returns, on ``be.xp``: the CuPy path, and on NumPy the reference
+    the compiled kernels are tested against.
+
+    Documents are taken shortest first in blocks of about ``block_elements`` (documents x longest
+    document x ``num_perm``) values; within a block each document's hashes are padded to the longest
+    by repeating its own first hash, which leaves every minimum unchanged, so one broadcast
+    ``a * h + b`` and one ``min`` over the shingle axis sign the whole block.
+    """
+    _check_scheme(scheme)
+    be = be or backend()
+    xp = be.xp
+    hashes, offsets = _minhash_inputs(hashes, offsets)
+    lengths = np.diff(offsets)
+    out = np.full((len(lengths), num_perm), MINHASH_EMPTY, dtype=np.uint32)
+    order = np.argsort(lengths, kind="stable")
+    order = order[lengths[order] > 0]
+    if len(order) == 0:
+        return out
+    a, b = (xp.asarray(x) for x in minhash_permutations(num_perm, seed, scheme))
+    values = xp.asarray(hashes.astype(np.uint64)) if scheme == "legacy" else fmix32(xp.asarray(hashes), xp)
+    budget = block_elements or MINHASH_BLOCK_ELEMENTS.get(be.name, MINHASH_BLOCK_ELEMENTS["numpy"])
+    for docs in _minhash_blocks(lengths[order], budget // num_perm):
+        docs = order[docs]
+        width = int(lengths[docs[-1]])
+        gather = offsets[docs][:, None] + np.minimum(np.arange(width)[None, :], lengths[docs][:, None] - 1)
+        h = values[xp.asarray(gather)][:, :, None]
+        if scheme == "legacy":
+            permuted = ((h * a + b) % xp.uint64(_MERSENNE_61)) & xp.uint64(_MASK_32)
+        else:
+            permuted = h * a + b
+        out[docs] = be.to_host(permuted.min(axis=1)).astype(np.uint32)
+    return out
+
+
+def _minhash_blocks(sorted_lengths: np.ndarray, budget: int):
+    """Slices of documents (ascending lengths) whose padded block holds at most ``budget`` hashes
+    (at least one document a block)."""
+    start = 0
+    while start < len(sorted_lengths):
+        stop = start + 1
+        while stop < len(sorted_lengths) and (stop + 1 - start) * sorted_lengths[stop] <= budget:
+            stop += 1
+        yield slice(start, stop)
+        start = stop

@@ -236,6 +236,7 @@ CONVERSATION_COLUMNS = {
     "id": _text(unique=True),
     "sha256": _text(checks=pa.Check.str_matches(_HEX64)),
     "source": _text(),
+    "group": _text(),  # the thread: a split never puts one group on both sides
     "messages": pa.Column(object, pa.Check(_is_messages, element_wise=True,
                                            error="messages must be a non-empty list of {role: system|user|assistant, content: text}")),
     "tier": _text(),

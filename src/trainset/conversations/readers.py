@@ -14,6 +14,15 @@ Shapes (``shape`` of a conversation source in params):
 - ``dpo``: ``prompt``, ``chosen``, ``rejected``: the prompt and the chosen reply as the
   conversation, the rejected reply kept beside it.
 
+Every conversation carries a ``group``: the thread it belongs to, so a split never puts one
+thread on both sides. A transcript is its own group; other shapes take the ``group`` column when
+``columns`` names one (counsel-chat: ``questionID``, several therapists answering one question),
+else each conversation is its own group.
+
+``is_training_edge_case`` comes from the source's entry in params (``edge_case: true``), never
+from what a row says, unless that entry names an ``edge_case_column``: a trusted source whose rows
+carry the flag themselves (true/false, yes/no, 1/0; anything else rejects the row).
+
 In every shape, a speaker's consecutive messages become one turn.
 
 Files: JSON (an array of records), JSONL, CSV (quoted fields may hold newlines and be very large)
@@ -57,6 +66,8 @@ class ConversationSource:
     tier: str = "default"
     category: str = "general"
     edge_case: bool = False
+    # a trusted source may let its rows carry the edge-case flag: the column holding it (params only)
+    edge_case_column: str | None = None
     columns: dict[str, str] = field(default_factory=dict)  # shape fields -> the source's column names
     roles: Roles = field(default_factory=Roles.from_params)
     casefold: bool = False
@@ -119,7 +130,7 @@ def records(path: Path) -> Iterator[tuple[int, dict | Exception]]:
                 try:
                     row = json.loads(text)
                 except json.JSONDecodeError as exc:
-                    yield number, BadRecord(f"bad JSON ({exc.msg} at column {exc.colno})")
+                    yield number, BadRecord(f"bad JSON ({exc.msg.removesuffix(' at').lower()} at column {exc.colno})")
                     continue
                 yield number, row if isinstance(row, dict) else BadRecord(f"a JSON {type(row).__name__}, not an object")
     elif kind == "json":
@@ -211,21 +222,43 @@ def _one(row: dict, source: ConversationSource, position: int, where: str) -> di
                     {"role": "assistant", "content": _text(row, col("chosen"))}]
         rejected = _text(row, col("rejected"))
     original = row.get(col("id"))
-    return _conversation(source, messages, None if original in (None, "") else str(original), position, where, rejected)
+    group = row.get(col("group")) if "group" in source.columns else None
+    return _conversation(source, messages, None if original in (None, "") else str(original), position, where, rejected,
+                         group=None if group in (None, "") else str(group), edge_case=_edge_case(row, source))
+
+
+_TRUE = {"true", "yes", "1", "y", "t"}
+_FALSE = {"false", "no", "0", "n", "f", ""}
+
+
+def _edge_case(row: dict, source: ConversationSource) -> bool:
+    """The source's flag, or (a trusted source only) the row's own ``edge_case_column``."""
+    if not source.edge_case_column:
+        return bool(source.edge_case)
+    value = row.get(source.edge_case_column)
+    if value is None or isinstance(value, bool):
+        return bool(value) or bool(source.edge_case)
+    text = str(value).strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE or bool(source.edge_case)
+    raise BadRecord(f"{source.edge_case_column!r} is {value!r}, not true or false")
 
 
 def _conversation(
     source: ConversationSource, messages: list[dict], original: str | None, position: int, where: str, rejected: str | None = None,
+    group: str | None = None, edge_case: bool | None = None,
 ) -> dict:
     """``where``: the file within a folder source (``"part-1.jsonl:"``), so ids stay unique across its files."""
+    conversation_id = f"{source.name}:{where}{original if original is not None else position}"
     return {
-        "id": f"{source.name}:{where}{original if original is not None else position}",
+        "id": conversation_id,
         "sha256": content_sha256(messages, source.casefold),
         "source": source.name,
+        "group": f"{source.name}:{where}{group}" if group is not None else conversation_id,
         "messages": messages,
         "tier": source.tier,
         "category": source.category,
-        "is_training_edge_case": bool(source.edge_case),
+        "is_training_edge_case": bool(source.edge_case) if edge_case is None else edge_case,
         "license": source.license,
         "original_id": original,
         "rejected_reply": rejected,
@@ -258,5 +291,10 @@ def _transcripts(rows: list[tuple[int, dict]], source: ConversationSource, path:
         except (BadRecord, UnknownRole) as exc:
             bad.append(Rejection(source.name, str(path), line, f"transcript {key}: {exc}"))
             continue
-        made.append(_conversation(source, messages, key, utterances[0][1], where))
+        try:
+            edge_case = _edge_case(utterances[0][2], source)
+        except BadRecord as exc:
+            bad.append(Rejection(source.name, str(path), utterances[0][1], f"transcript {key}: {exc}"))
+            continue
+        made.append(_conversation(source, messages, key, utterances[0][1], where, edge_case=edge_case))
     return made, bad
