@@ -21,3 +21,14 @@ REPORT = "data/report/dataset-report.md"
 METRICS = "data/report/metrics.json"
 CACHE = "data/cache"
 RUN = "data/run"
+
+# conversations
+CONV = "data/conversations"
+CONV_SCORES = f"{CONV}/scores.parquet"
+CONV_FILTERED = f"{CONV}/filtered.parquet"
+CONV_DEDUPED = f"{CONV}/deduped.parquet"
+CONV_INDEX = f"{CONV}/dedup-index"  # everything seen, so a new batch is checked against it; versioned with the data
+CONV_SPLIT = f"{CONV}/split.parquet"
+CONV_STAGES = f"{CONV}/stages.parquet"
+CONV_REJECTED = f"{CONV}/rejected.parquet"
+CONV_EXPORT = "data/export-conversations"

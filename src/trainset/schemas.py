@@ -247,11 +247,30 @@ CONVERSATION_COLUMNS = {
     "rejected_reply": _text(nullable=True),  # a DPO pair's rejected reply
 }
 
+# a conversation (or an unreadable record: id "source:file#line") that was dropped, where and why
 CONVERSATION_REJECTED_COLUMNS = {
+    "id": _text(unique=True),
+    "sha256": _text(nullable=True),  # none for a record that never became a conversation
     "source": _text(),
-    "file": _text(),
-    "line": pa.Column("int64", pa.Check.ge(0)),
+    "stage": pa.Column(str, pa.Check.isin(["read", "filter", "dedup", "decontaminate", "curriculum"])),
+    "rule": _text(),
     "reason": _text(),
+    "duplicate_of": _text(nullable=True),  # the kept conversation (or eval item) a duplicate lost to
+    "file": _text(nullable=True),
+    "line": pa.Column("Int64", pa.Check.ge(0), nullable=True),
+}
+
+# after the quality gate: what the gate saw, changed (PII redacted) and flagged (never silently)
+CONVERSATION_KEPT_COLUMNS = {
+    **CONVERSATION_COLUMNS,
+    "flags": pa.Column(object, pa.Check(_is_str_list, element_wise=True, error="flags must be a list of strings")),
+}
+
+# split and curriculum: train/eval (by group) and the stage each kept conversation feeds
+CONVERSATION_SPLIT_COLUMNS = {
+    **CONVERSATION_KEPT_COLUMNS,
+    "split": pa.Column(str, pa.Check.isin(["train", "eval"])),
+    "stage": _text(),
 }
 
 
@@ -274,6 +293,8 @@ MOVES = _schema("split_moves", MOVE_COLUMNS)
 EXPORT = _schema("export", EXPORT_COLUMNS)
 CONVERSATIONS = _schema("conversations", CONVERSATION_COLUMNS)
 CONVERSATIONS_REJECTED = _schema("conversations_rejected", CONVERSATION_REJECTED_COLUMNS)
+CONVERSATIONS_KEPT = _schema("conversations_kept", CONVERSATION_KEPT_COLUMNS)
+CONVERSATIONS_SPLIT = _schema("conversations_split", CONVERSATION_SPLIT_COLUMNS)
 
 # optional NSFW classifier score per item (trainset.stages.nsfw); NaN: undecodable, or no model configured
 NSFW_SCORES_COLUMNS = {

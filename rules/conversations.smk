@@ -1,0 +1,122 @@
+# conversations: raw -> read (one job per source) -> filtered (structure, quality gates) -> deduped
+# (exact, near, semantic; decontaminated) -> split and staged -> exported -> reported.
+from trainset.conversations import sources as conv_sources
+
+CONV_PARAMS = config.get("conversations") or {}
+CONV_DEMO = bool(CONV_PARAMS.get("demo", False))
+CONV_SOURCES = {s.name: s for s in conv_sources.sources_from_params(config, ".")}
+CONV_EVAL = {s.name: s for s in conv_sources.eval_sets_from_params(config, ".")}
+CONV_DEMO_PATH = "data/raw/demo_conversations"
+
+
+def conv_files(source):
+    """A source's files: listed at parse time so an edit to any of them reruns its read job."""
+    path = Path(source.path)
+    if str(path).startswith(CONV_DEMO_PATH) and CONV_DEMO:
+        return [CONV_DEMO_PATH]
+    if path.is_dir():
+        return sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in (".json", ".jsonl", ".ndjson", ".csv", ".parquet"))
+    return [str(path)]
+
+
+rule conversations_demo:
+    output:
+        directory(CONV_DEMO_PATH),
+    params:
+        enabled=CONV_DEMO,
+        code=provenance.code_digest("conversations.demo"),
+    script:
+        "../scripts/conversations_demo.py"
+
+
+rule conversations_read:
+    input:
+        lambda w: conv_files({**CONV_SOURCES, **CONV_EVAL}[w.source]),
+    output:
+        kept=f"{CONV}/read/{{source}}.parquet",
+        rejected=f"{CONV}/read/{{source}}.rejected.parquet",
+    params:
+        source=lambda w: conv_sources.as_dict({**CONV_SOURCES, **CONV_EVAL}[w.source]),
+        code=CODE,
+    script:
+        "../scripts/conversations_read.py"
+
+
+rule conversations_filter:
+    input:
+        read=[f"{CONV}/read/{name}.parquet" for name in CONV_SOURCES],
+    output:
+        kept=CONV_FILTERED,
+        scores=CONV_SCORES,
+        rejected=f"{CONV}/rejected/filter.parquet",
+    params:
+        quality=CONV_PARAMS.get("quality") or {},
+        cache=f"{CACHE}/conversations",
+        code=CODE,
+    threads: workflow.cores
+    script:
+        "../scripts/conversations_filter.py"
+
+
+rule conversations_dedup:
+    input:
+        kept=CONV_FILTERED,
+        eval=[f"{CONV}/read/{name}.parquet" for name in CONV_EVAL],
+    output:
+        kept=CONV_DEDUPED,
+        rejected=f"{CONV}/rejected/dedup.parquet",
+    params:
+        dedup=CONV_PARAMS.get("dedup") or {},
+        index=CONV_INDEX,
+        cache=f"{CACHE}/conversations",
+        code=CODE,
+    threads: workflow.cores
+    script:
+        "../scripts/conversations_dedup.py"
+
+
+rule conversations_split:
+    input:
+        kept=CONV_DEDUPED,
+    output:
+        split=CONV_SPLIT,
+        stages=CONV_STAGES,
+        rejected=f"{CONV}/rejected/curriculum.parquet",
+    params:
+        split=CONV_PARAMS.get("split") or {},
+        curriculum=CONV_PARAMS.get("curriculum") or {},
+        seed=config["seed"],
+        code=CODE,
+    script:
+        "../scripts/conversations_split.py"
+
+
+rule conversations_rejected:
+    input:
+        read=[f"{CONV}/read/{name}.parquet" for name in CONV_SOURCES],
+        parts=[f"{CONV}/read/{name}.rejected.parquet" for name in CONV_SOURCES]
+        + [f"{CONV}/rejected/{part}.parquet" for part in ("filter", "dedup", "curriculum")],
+        kept=CONV_SPLIT,
+    output:
+        CONV_REJECTED,
+    params:
+        code=CODE,
+    script:
+        "../scripts/conversations_rejected.py"
+
+
+rule conversations_export:
+    input:
+        split=CONV_SPLIT,
+        stages=CONV_STAGES,
+        scores=CONV_SCORES,
+        rejected=CONV_REJECTED,
+    output:
+        directory(CONV_EXPORT),
+    params:
+        curriculum=CONV_PARAMS.get("curriculum") or {},
+        params_digest=provenance.params_digest({k: config.get(k) for k in ("seed", "conversations")}),
+        seed=config["seed"],
+        code=CODE,
+    script:
+        "../scripts/conversations_export.py"

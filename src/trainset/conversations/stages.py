@@ -1,0 +1,102 @@
+"""The conversation stages as the Snakemake scripts call them: read, filter, dedup, split, ledger, export.
+
+Each stage reads manifests, does one job through the modules beside it and writes manifests that
+the pandera schemas check (``trainset.schemas``: CONVERSATIONS, CONVERSATIONS_KEPT,
+CONVERSATIONS_SPLIT, CONVERSATIONS_REJECTED). Every conversation read ends in exactly one of
+the export or the rejected manifest, with its stage and reason (:func:`ledger`); records that
+never became a conversation are rejected at stage ``read`` under ids ``source:file#line``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from .. import atomic, manifest, schemas
+from ..ledger import ConservationError
+from . import readers, sources
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- read
+
+
+def read(source: dict, out: str | Path, rejected_out: str | Path) -> dict:
+    """One source's conversations and unreadable records, each to its manifest."""
+    src = sources.from_dict(source)
+    got, bad = readers.read(src)
+    kept = pd.DataFrame(got, columns=list(schemas.CONVERSATIONS.columns))
+    manifest.write(kept, out, schemas.CONVERSATIONS, sort_by="id")
+    manifest.write(read_rejections(src, bad), rejected_out, schemas.CONVERSATIONS_REJECTED, sort_by="id")
+    log.info("%s: %d conversations, %d records rejected", src.name, len(kept), len(bad))
+    return {"source": src.name, "read": len(kept), "rejected": len(bad)}
+
+
+def read_rejections(source: readers.ConversationSource, bad: list[readers.Rejection]) -> pd.DataFrame:
+    """Rejected rows for records that never became a conversation."""
+    base = source.path if source.path.is_dir() else source.path.parent
+    rows = []
+    for r in bad:
+        try:
+            where = Path(r.file).relative_to(base).as_posix()
+        except ValueError:
+            where = Path(r.file).name
+        rows.append({"id": f"{source.name}:{where}#{r.line}", "sha256": None, "source": source.name, "stage": "read",
+                     "rule": "unreadable", "reason": r.reason, "duplicate_of": None, "file": r.file, "line": r.line})
+    out = pd.DataFrame(rows, columns=list(schemas.CONVERSATIONS_REJECTED.columns))
+    out["line"] = out["line"].astype("Int64")
+    return out
+
+
+def rejections(rows: pd.DataFrame, stage: str, rule, reason, duplicate_of=None) -> pd.DataFrame:
+    """Rejected-manifest rows for conversations ``rows`` (each field: a value or a Series aligned to rows)."""
+    out = pd.DataFrame({
+        "id": rows["id"].astype(str), "sha256": rows["sha256"].astype(str), "source": rows["source"].astype(str),
+        "stage": stage, "rule": rule, "reason": reason,
+    }, index=rows.index)
+    out["duplicate_of"] = pd.Series(duplicate_of, index=out.index, dtype=object)
+    out["file"] = None
+    out["line"] = pd.Series([pd.NA] * len(out), index=out.index, dtype="Int64")
+    return out
+
+
+def load(paths: list[str | Path], schema=schemas.CONVERSATIONS) -> pd.DataFrame:
+    frames = [manifest.read(p, schema) for p in paths]
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else manifest.empty(schema)
+
+
+# --------------------------------------------------------------------------- ledger
+
+
+def merge_rejected(parts: list[str | Path], out: str | Path) -> pd.DataFrame:
+    frames = [manifest.read(p, schemas.CONVERSATIONS_REJECTED) for p in parts]
+    frames = [f for f in frames if len(f)]
+    merged = pd.concat(frames, ignore_index=True) if frames else manifest.empty(schemas.CONVERSATIONS_REJECTED)
+    dupes = merged["id"][merged["id"].duplicated()].tolist()
+    if dupes:
+        raise ConservationError(f"conversations rejected by more than one stage: {', '.join(dupes[:10])}")
+    merged["line"] = merged["line"].astype("Int64")
+    return manifest.write(merged, out, schemas.CONVERSATIONS_REJECTED, sort_by="id")
+
+
+def ledger(read_ids: set[str], read_rejected: int, kept: pd.DataFrame, rejected: pd.DataFrame) -> dict:
+    """Every conversation read is exported or rejected, never both, never neither; raises otherwise."""
+    rejected_ids = set(rejected.loc[rejected["stage"] != "read", "id"])
+    kept_ids = set(kept["id"])
+    problems = []
+    for name, ids in (("both kept and rejected", kept_ids & rejected_ids), ("neither kept nor rejected (lost)", read_ids - kept_ids - rejected_ids),
+                      ("not read from any source", (kept_ids | rejected_ids) - read_ids)):
+        if ids:
+            problems.append(f"{name}: {', '.join(sorted(ids)[:10])}")
+    if problems:
+        raise ConservationError("conversation ledger does not balance:\n  " + "\n  ".join(problems))
+    return {"read": len(read_ids), "unreadable_records": read_rejected, "kept": len(kept_ids), "rejected": len(rejected_ids)}
+
+
+def write_json(path: str | Path, data: dict) -> None:
+    atomic.write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
