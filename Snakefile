@@ -1,4 +1,5 @@
 # trainset workflow: raw -> audited -> filtered -> deduped -> captioned -> split -> exported -> reported
+# (images), and raw -> read -> filtered -> deduped -> split and staged -> exported -> reported (conversations)
 # Run from the repository root: snakemake --cores all
 
 from trainset import config as ts_config
@@ -20,6 +21,7 @@ include: "rules/caption.smk"
 include: "rules/split.smk"
 include: "rules/export.smk"
 include: "rules/report.smk"
+include: "rules/conversations.smk"
 
 
 rule all:
@@ -27,6 +29,9 @@ rule all:
         "data/export",
         REPORT,
         METRICS,
+        CONV_EXPORT,
+        CONV_REPORT,
+        CONV_METRICS,
 
 
 onsuccess:

@@ -120,3 +120,21 @@ rule conversations_export:
         code=CODE,
     script:
         "../scripts/conversations_export.py"
+
+
+rule conversations_report:
+    input:
+        read=[f"{CONV}/read/{name}.parquet" for name in CONV_SOURCES],
+        scores=CONV_SCORES,
+        split=CONV_SPLIT,
+        stages=CONV_STAGES,
+        rejected=CONV_REJECTED,
+        export=CONV_EXPORT,
+    output:
+        report=CONV_REPORT,
+        metrics=CONV_METRICS,
+    params:
+        thresholds=(config.get("report") or {}).get("conversations") or {},
+        code=CODE,
+    script:
+        "../scripts/conversations_report.py"
