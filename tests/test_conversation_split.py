@@ -140,7 +140,7 @@ def test_decontamination_hooks_add_findings_and_report_only_mode_keeps_items():
         assert set(held["source"]) == {"bench"} and "forum:clean" in set(train["id"])
         return pd.DataFrame([{"id": "forum:clean", "matched_id": "bench:3", "reason": "embedding near-duplicate"}])
 
-    side, found = split.run(df, {"eval_share": 0.0, "eval_only": ["bench"], "decontaminate": False}, seed=1, hooks=[near_duplicates])
+    side, found = split.run(df, {"eval_share": 0.0, "eval_only": ["bench"], "drop_contaminated": False}, seed=1, hooks=[near_duplicates])
     assert found.set_index("id")["reason"].to_dict() == {
         "forum:clean": "embedding near-duplicate", "forum:copy": "same content as an eval item",
         "forum:same-q": "same prompt as an eval item"}

@@ -273,6 +273,21 @@ CONVERSATION_SPLIT_COLUMNS = {
     "stage": _text(),
 }
 
+# the curriculum: each stage's target, what it could take and what it got (trainset.conversations.curriculum)
+CONVERSATION_STAGE_COLUMNS = {
+    "stage": _text(unique=True),
+    "format": pa.Column(str, pa.Check.isin(["messages", "dpo"])),
+    "target_share": pa.Column(float, pa.Check.in_range(0.0, 1.0)),
+    "target_count": pa.Column("int64", pa.Check.ge(0)),
+    "available": pa.Column("int64", pa.Check.ge(0)),
+    "selected": pa.Column("int64", pa.Check.ge(0)),
+    "achieved_share": pa.Column(float, pa.Check.in_range(0.0, 1.0)),
+    "shortfall": pa.Column("int64", pa.Check.ge(0)),
+    "shortfall_points": pa.Column(float, pa.Check.ge(0.0)),
+    "eval": pa.Column("int64", pa.Check.ge(0)),
+    "note": _text(nullable=True),
+}
+
 
 def _schema(name: str, columns: dict, unique: list[str] | None = None) -> pa.DataFrameSchema:
     return pa.DataFrameSchema(columns, name=name, strict=True, unique=unique)
@@ -295,6 +310,7 @@ CONVERSATIONS = _schema("conversations", CONVERSATION_COLUMNS)
 CONVERSATIONS_REJECTED = _schema("conversations_rejected", CONVERSATION_REJECTED_COLUMNS)
 CONVERSATIONS_KEPT = _schema("conversations_kept", CONVERSATION_KEPT_COLUMNS)
 CONVERSATIONS_SPLIT = _schema("conversations_split", CONVERSATION_SPLIT_COLUMNS)
+CONVERSATION_STAGES = _schema("conversation_stages", CONVERSATION_STAGE_COLUMNS)
 
 # optional NSFW classifier score per item (trainset.stages.nsfw); NaN: undecodable, or no model configured
 NSFW_SCORES_COLUMNS = {

@@ -4,7 +4,8 @@ falls short of its share.
 Each stage has a target share of the set and a format (``messages`` for supervised chat,
 ``dpo`` for preference pairs). A source's ``category`` enters only the stages its crossover rule
 lists, preferred first. Hard rules over the crossover: an edge-case item
-(``is_training_edge_case``) enters the edge-case stage and nothing else, whatever its category;
+(``is_training_edge_case``) enters the edge-case stage (``edge_case_stage``) and nothing else,
+whatever its category, and none at all when there is no such stage;
 a ``dpo`` stage takes only items with a rejected reply, and such items enter only ``dpo``
 stages. A category missing from the crossover is an error naming it, unless ``default_stages``
 gives the stages such categories may enter: a silent default would put a new source in
@@ -74,7 +75,7 @@ class Plan:
     crossover: dict[str, tuple[str, ...]]
     tier_weights: dict[str, float]
     size: int | None = None
-    edge_case_stage: str = "edge_cases"
+    edge_case_stage: str | None = "edge_cases"
     default_stages: tuple[str, ...] | None = None
 
     @property
@@ -97,8 +98,10 @@ def plan(params: dict) -> Plan:
     crossover = {str(c): tuple(v) for c, v in (params.get("crossover") or DEFAULT_CROSSOVER).items()}
     default = params.get("default_stages")
     default = tuple(default) if default else None
-    edge = str(params.get("edge_case_stage", "edge_cases"))
-    for where, listed in [*((f"crossover {c!r}", v) for c, v in crossover.items()), ("default_stages", default or ()), ("edge_case_stage", (edge,))]:
+    edge = params.get("edge_case_stage", "edge_cases" if "edge_cases" in names else None)
+    edge = None if edge is None else str(edge)
+    checks = [*((f"crossover {c!r}", v) for c, v in crossover.items()), ("default_stages", default or ()), ("edge_case_stage", (edge,) if edge else ())]
+    for where, listed in checks:
         unknown = [s for s in listed if s not in names]
         if unknown:
             raise CurriculumError(f"params.yaml: curriculum {where} names unknown stages {unknown} (stages: {names})")
@@ -109,6 +112,11 @@ def plan(params: dict) -> Plan:
     if size is not None and (int(size) != size or size < 0):
         raise CurriculumError(f"params.yaml: curriculum size must be a whole number >= 0 or null, got {size!r}")
     return Plan(stages, crossover, weights, None if size is None else int(size), edge, default)
+
+
+def formats(params: dict) -> dict[str, str]:
+    """Stage -> format, what the export needs."""
+    return {s.name: s.format for s in plan(params).stages}
 
 
 def _stage(spec: dict) -> Stage:
@@ -125,12 +133,17 @@ def has_rejected(value) -> bool:
     return isinstance(value, str) and bool(value.strip())
 
 
+def is_edge_case(value) -> bool:
+    """Only a true flag counts: a missing one (NaN, None) is not an edge case."""
+    return isinstance(value, (bool, np.bool_)) and bool(value)
+
+
 def allowed(row, p: Plan) -> tuple[list[str], str | None]:
     """The stages one item may enter, preferred first, and why there are none (None when some)."""
     dpo = has_rejected(getattr(row, "rejected_reply", None))
     kind = "a DPO pair" if dpo else "a conversation without a rejected reply"
-    if bool(getattr(row, "is_training_edge_case", False)):
-        listed, who = [p.edge_case_stage], "an edge case, which enters only"
+    if is_edge_case(getattr(row, "is_training_edge_case", False)):
+        listed, who = [p.edge_case_stage] if p.edge_case_stage else [], "an edge case, which enters only the edge-case stage"
     else:
         listed = list(p.crossover.get(row.category, p.default_stages or ()))
         who = f"category {row.category!r} enters"
@@ -142,7 +155,7 @@ def check_categories(df: pd.DataFrame, p: Plan) -> None:
     """A category without a crossover rule (and no ``default_stages``) is an error that names it."""
     if p.default_stages is not None:
         return
-    flagged = df["is_training_edge_case"].fillna(False).astype(bool) if "is_training_edge_case" in df else False
+    flagged = df["is_training_edge_case"].map(is_edge_case).astype(bool) if "is_training_edge_case" in df else False
     missing = sorted(set(df.loc[~flagged, "category"].astype(str)) - set(p.crossover))
     if missing:
         raise CurriculumError(
@@ -186,8 +199,8 @@ def assign(df: pd.DataFrame, split: pd.Series, params: dict, seed: int) -> tuple
             reason[k] = why
     weights = _weights(df, p)
     train = (side == TRAIN) & np.array([bool(f) for f, _ in choices]) & (weights > 0)
-    for k in np.flatnonzero((side == TRAIN) & (weights <= 0) & (reason == None)):  # noqa: E711
-        reason[k] = f"tier {rows[k].tier!r} has weight 0"
+    for k in np.flatnonzero((side == TRAIN) & (weights <= 0)):
+        reason[k] = reason[k] or f"tier {rows[k].tier!r} has weight 0"
     rank = _ranks(choices, p, train)
     size = int(train.sum()) if p.size is None else p.size
     goal = targets(p, size)

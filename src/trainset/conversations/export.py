@@ -83,13 +83,14 @@ def parquet_bytes(records: list[dict], form: str) -> bytes:
 
 
 def write(
-    df: pd.DataFrame, out_dir: str | Path, formats: dict[str, str], seed: int, params: dict,
+    df: pd.DataFrame, out_dir: str | Path, formats: dict[str, str], seed: int, params: dict | str,
     quality: dict | None = None, stages_table: pd.DataFrame | None = None, cwd: str | Path = ".",
 ) -> dict:
     """Export every row whose ``stage`` is in ``formats`` (stage -> ``messages`` | ``dpo``) and
     whose ``split`` is train or eval; returns the manifest written beside the files.
 
-    ``params``: what the export depends on (its digest goes into the manifest); ``quality``:
+    ``params``: what the export depends on (its digest goes into the manifest; a string is
+    taken as that digest already computed, as a rule's params give it); ``quality``:
     the caller's quality-metric summaries; ``stages_table``: the curriculum table, kept whole."""
     for name, form in formats.items():
         if not _SAFE_NAME.match(name) or form not in SCHEMAS:
@@ -123,7 +124,7 @@ def _manifest(rows, formats, files, seed, params, quality, stages_table, cwd) ->
     return {
         "git_commit": provenance.git_commit(cwd),
         "seed": int(seed),
-        "params_digest": provenance.params_digest(params),
+        "params_digest": params if isinstance(params, str) else provenance.params_digest(params),
         "code_digest": provenance.code_digest("conversations.split", "conversations.curriculum", "conversations.export"),
         "versions": {**provenance.versions(), "pyarrow": pa.__version__},
         "stages": {s: {"format": formats[s], **_counts(rows[rows["stage"] == s])} for s in sorted(formats)},

@@ -108,10 +108,15 @@ def _top_up(groups: pd.Series, sources: pd.Series, u: dict, to_eval: set, minimu
 
 def leakage(df: pd.DataFrame, split: pd.Series | None = None) -> list[str]:
     """Groups with items on both sides (sorted); must be empty."""
-    side = df["split"] if split is None else split
+    side = _aligned(df, df["split"] if split is None else split)
     mask = side.isin(SIDES)
     sides = side[mask].groupby(groups_of(df)[mask]).nunique()
     return sorted(sides.index[sides > 1])
+
+
+def _aligned(df: pd.DataFrame, split) -> pd.Series:
+    """``split`` by position, on ``df``'s index."""
+    return pd.Series(list(split), index=df.index, dtype=object)
 
 
 def source_shares(df: pd.DataFrame, split: pd.Series, eval_share: float, eval_only: Iterable[str] = ()) -> pd.DataFrame:
@@ -149,7 +154,8 @@ def contaminated(df: pd.DataFrame, split: pd.Series, hooks: Iterable[Hook] = (),
     """Training items that repeat an eval item: the same content (``sha256``), the same prompt
     (at least ``min_prompt_chars`` long, so "Hi" matches nothing), or a hook's finding.
     One row per training item (its first reason), sorted by id."""
-    train, held = df[split == TRAIN], df[split == EVAL]
+    side = _aligned(df, split)
+    train, held = df[side == TRAIN], df[side == EVAL]
     found = [_same_content(train, held), _same_prompt(train, held, min_prompt_chars)]
     for hook in hooks:
         found.append(pd.DataFrame(hook(train, held), columns=_CONTAMINATION_COLUMNS))
@@ -177,10 +183,10 @@ def run(df: pd.DataFrame, params: dict, seed: int, hooks: Iterable[Hook] = ()) -
     """The split column (``train`` / ``eval`` / ``contaminated``) and the contamination list.
 
     Params (``conversations.split``): ``eval_share``, ``eval_only``, ``min_eval_groups``,
-    ``decontaminate`` (false: report only), ``min_prompt_chars``."""
+    ``drop_contaminated`` (false: report only), ``min_prompt_chars``."""
     eval_only = list(params.get("eval_only") or [])
     side = assign(df, params.get("eval_share", 0.05), seed, eval_only, int(params.get("min_eval_groups", 0)))
     found = contaminated(df, side, hooks, int(params.get("min_prompt_chars", 32)))
-    if params.get("decontaminate", True):
+    if params.get("drop_contaminated", True):
         side = side.mask(df["id"].isin(found["id"]), CONTAMINATED)
     return side, found

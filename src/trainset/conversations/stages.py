@@ -100,3 +100,57 @@ def ledger(read_ids: set[str], read_rejected: int, kept: pd.DataFrame, rejected:
 
 def write_json(path: str | Path, data: dict) -> None:
     atomic.write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+# --------------------------------------------------------------------------- split and curriculum
+
+
+def split_and_stage(kept_path: str | Path, out: str | Path, stages_out: str | Path, rejected_out: str | Path,
+                    split_params: dict, curriculum_params: dict, seed: int) -> dict:
+    """Train/eval by group, train items that repeat an eval item dropped, then the curriculum."""
+    from . import curriculum, split
+
+    df = manifest.read(kept_path, schemas.CONVERSATIONS_KEPT).reset_index(drop=True)
+    side, found = split.run(df, split_params, seed)
+    leaks = split.leakage(df, side.where(side != split.CONTAMINATED, split.TRAIN))
+    if leaks:
+        raise ConservationError(f"groups on both sides of the split: {', '.join(leaks[:10])}")
+    staged, table = curriculum.assign(df, side, curriculum_params, seed)
+    contaminated = df.index[side == split.CONTAMINATED]
+    matched = found.drop_duplicates("id").set_index("id") if len(found) else None
+    gone = []
+    if len(contaminated):
+        rows = df.loc[contaminated]
+        gone.append(rejections(rows, "decontaminate", "eval_overlap",
+                               [f"repeats eval item {matched.at[i, 'matched_id']}: {matched.at[i, 'reason']}" for i in rows["id"]],
+                               duplicate_of=[matched.at[i, "matched_id"] for i in rows["id"]]))
+    unselected = df.index[(staged["stage"] == curriculum.UNSELECTED) & (side != split.CONTAMINATED)]
+    if len(unselected):
+        gone.append(rejections(df.loc[unselected], "curriculum", "unselected", staged.loc[unselected, "reason"].astype(str)))
+    rejected = pd.concat(gone) if gone else manifest.empty(schemas.CONVERSATIONS_REJECTED)
+    rejected["line"] = rejected["line"].astype("Int64")
+    manifest.write(rejected, rejected_out, schemas.CONVERSATIONS_REJECTED, sort_by="id")
+    chosen = df.drop(index=list(contaminated) + list(unselected)).copy()
+    chosen["split"] = side.loc[chosen.index]
+    chosen["stage"] = staged.loc[chosen.index, "stage"]
+    manifest.write(chosen, out, schemas.CONVERSATIONS_SPLIT, sort_by="id")
+    manifest.write(table, stages_out, schemas.CONVERSATION_STAGES, sort_by="stage")
+    for note in curriculum.shortfalls(table):
+        log.warning("%s", note)
+    return {"train": int((chosen["split"] == split.TRAIN).sum()), "eval": int((chosen["split"] == split.EVAL).sum()),
+            "contaminated": len(contaminated), "unselected": len(unselected)}
+
+
+# --------------------------------------------------------------------------- export
+
+
+def export(split_path: str | Path, stages_path: str | Path, scores_path: str | Path, out_dir: str | Path,
+           curriculum_params: dict, seed: int, params_digest: str) -> dict:
+    """Per-stage JSONL and Parquet files and their manifest (checksums, counts, commit, seed, params hash)."""
+    from . import curriculum, export as exporter, report
+
+    df = manifest.read(split_path, schemas.CONVERSATIONS_SPLIT)
+    table = manifest.read(stages_path, schemas.CONVERSATION_STAGES)
+    summary = report.quality_summary(manifest.read(scores_path, schemas.CONVERSATION_SCORES), df)
+    return exporter.write(df, out_dir, curriculum.formats(curriculum_params), seed, params_digest,
+                          quality=summary, stages_table=table)
