@@ -8,8 +8,8 @@ shingle, and an empty text has none.
 
 Signatures follow datasketch's default ``affine32`` scheme (``legacy`` on request): each shingle
 is hashed by datasketch's ``sha1_hash32`` (the first four bytes of its SHA-1, little-endian),
-here in one pass of C-level iteration over all shingles of a batch, and the permutation minimum
-runs in :func:`trainset.kernels.minhash_signatures`. So a signature equals
+here by a compiled SHA-1 over all shingles of a batch at once, and the permutation minimum runs
+in :func:`trainset.kernels.minhash_signatures`. So a signature equals
 ``datasketch.MinHash(num_perm, seed).update_batch(shingles)`` value for value, and the LSH bands
 are chosen as ``datasketch.MinHashLSH`` chooses them, so the candidates it would return are the
 candidates found here.
@@ -46,16 +46,23 @@ def shingles(text: str, n: int = 5) -> list[bytes]:
     return list(map(str.encode, map(" ".join, zip(*(words[k:] for k in range(n))))))
 
 
-def shingle_hashes(shingle_lists: Sequence[Sequence[bytes]]) -> tuple[np.ndarray, np.ndarray]:
+def shingle_hashes(shingle_lists: Sequence[Sequence[bytes]], method: str = "numba") -> tuple[np.ndarray, np.ndarray]:
     """``(hashes, offsets)`` for :func:`trainset.kernels.minhash_signatures`: datasketch's
-    ``sha1_hash32`` of every shingle, documents end to end, from one join of SHA-1 digests."""
+    ``sha1_hash32`` of every shingle, documents end to end. ``numba`` hashes one joined buffer with
+    the compiled SHA-1 (:func:`trainset.kernels.sha1_hash32_batch`); ``hashlib`` joins the digests of
+    one ``hashlib.sha1`` call per shingle (the reference, same values)."""
     counts = np.fromiter(map(len, shingle_lists), dtype=np.int64, count=len(shingle_lists))
     offsets = np.zeros(len(counts) + 1, dtype=np.int64)
     np.cumsum(counts, out=offsets[1:])
     flat = [s for doc in shingle_lists for s in doc]
-    digests = np.frombuffer(b"".join(map(_DIGEST, map(hashlib.sha1, flat))), dtype=np.uint8)
-    hashes = digests.reshape(-1, 20)[:, :4].copy().view("<u4").ravel().astype(np.uint32)
-    return hashes, offsets
+    if method == "hashlib":
+        digests = np.frombuffer(b"".join(map(_DIGEST, map(hashlib.sha1, flat))), dtype=np.uint8)
+        return digests.reshape(-1, 20)[:, :4].copy().view("<u4").ravel().astype(np.uint32), offsets
+    if method != "numba":
+        raise ValueError(f"unknown shingle hashing method {method!r}: numba or hashlib")
+    ends = np.zeros(len(flat) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, flat), dtype=np.int64, count=len(flat)), out=ends[1:])
+    return kernels.sha1_hash32_batch(b"".join(flat), ends), offsets
 
 
 def signatures_of_shingles(shingle_lists: Sequence[Sequence[bytes]], num_perm: int = 128, seed: int = 1,
