@@ -66,9 +66,10 @@ rule conversations_dedup:
         kept=CONV_DEDUPED,
         rejected=f"{CONV}/rejected/dedup.parquet",
     params:
-        dedup=CONV_PARAMS.get("dedup") or {},
+        dedup={**(CONV_PARAMS.get("dedup") or {}), "casefold": bool(CONV_PARAMS.get("casefold", True))},
         index=CONV_INDEX,
         cache=f"{CACHE}/conversations",
+        stats=f"{RUN}/conversations-dedup-stats.json",
         code=CODE,
     threads: workflow.cores
     script:

@@ -154,3 +154,53 @@ def export(split_path: str | Path, stages_path: str | Path, scores_path: str | P
     summary = report.quality_summary(manifest.read(scores_path, schemas.CONVERSATION_SCORES), df)
     return exporter.write(df, out_dir, curriculum.formats(curriculum_params), seed, params_digest,
                           quality=summary, stages_table=table)
+
+
+# --------------------------------------------------------------------------- dedup
+
+
+def deduplicate(kept_path: str | Path, eval_paths: list[str | Path], out: str | Path, rejected_out: str | Path,
+                dedup_params: dict, index_dir: str | Path, cache_dir: str | Path, stats_out: str | Path | None = None) -> dict:
+    """Drop conversations that repeat an evaluation item, then exact, near and semantic duplicates of
+    anything the persisted index has seen (the earliest seen is kept)."""
+    from . import dedup
+    from .embed import TextEncoder
+
+    settings = dedup.DedupSettings.from_params(dedup_params)
+    df = manifest.read(kept_path, schemas.CONVERSATIONS_KEPT)
+    records = to_records(df)
+    eval_sets = {}
+    for path in eval_paths:
+        frame = manifest.read(path, schemas.CONVERSATIONS)
+        if len(frame):
+            eval_sets[str(frame["source"].iloc[0])] = to_records(frame)
+    clean = dedup.decontaminate(records, eval_sets, settings) if eval_sets else None
+    survivors = clean.kept if clean else records
+    encoder = TextEncoder(Path(cache_dir) / "embeddings") if settings.semantic.enabled else None
+    result = dedup.dedup(survivors, index_dir, settings, encoder=encoder)
+    by_id = df.set_index("id", drop=False)
+    gone = []
+    for part, stage in ((clean.rejected if clean else None, "decontaminate"), (result.rejected, "dedup")):
+        if part is not None and len(part):
+            rows = by_id.loc[part["id"]]
+            gone.append(rejections(rows, stage, part["rule"].to_numpy(), part["reason"].to_numpy(), part["duplicate_of"].to_numpy()))
+    rejected = pd.concat(gone) if gone else manifest.empty(schemas.CONVERSATIONS_REJECTED)
+    rejected["line"] = rejected["line"].astype("Int64")
+    manifest.write(rejected, rejected_out, schemas.CONVERSATIONS_REJECTED, sort_by="id")
+    kept_ids = [c["id"] for c in result.kept]
+    manifest.write(by_id.loc[kept_ids].reset_index(drop=True), out, schemas.CONVERSATIONS_KEPT, sort_by="id")
+    stats = {**result.stats, **({"decontaminate": clean.stats} if clean else {})}
+    if stats_out:
+        write_json(stats_out, stats)
+    log.info("dedup: %s", stats)
+    return stats
+
+
+def to_records(df: pd.DataFrame) -> list[dict]:
+    """Manifest rows as reader-shaped dicts (messages as plain lists of {role, content})."""
+    records = df.to_dict("records")
+    for r in records:
+        r["messages"] = [{"role": str(m["role"]), "content": str(m["content"])} for m in r["messages"]]
+        if "flags" in r:
+            r["flags"] = [str(f) for f in r["flags"]]
+    return records
