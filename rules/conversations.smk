@@ -51,6 +51,7 @@ rule conversations_filter:
         rejected=f"{CONV}/rejected/filter.parquet",
     params:
         quality=CONV_PARAMS.get("quality") or {},
+        casefold=bool(CONV_PARAMS.get("casefold", True)),
         cache=f"{CACHE}/conversations",
         code=CODE,
     threads: workflow.cores

@@ -273,6 +273,36 @@ CONVERSATION_SPLIT_COLUMNS = {
     "stage": _text(),
 }
 
+# quality scores of every conversation read (trainset.conversations.quality.score); the gate reads them
+_COUNT = pa.Column("int64", pa.Check.ge(0))
+CONVERSATION_SCORE_COLUMNS = {
+    "id": _text(unique=True),
+    "sha256": _text(checks=pa.Check.str_matches(_HEX64)),
+    "turns": _COUNT,
+    "min_message_chars": _COUNT,
+    "max_message_chars": _COUNT,
+    "tokenizer": _text(),
+    "tokens_max_message": _COUNT,
+    "tokens_longest_turn": _COUNT,
+    "tokens_total": _COUNT,
+    "language": _text(),
+    "language_confidence": pa.Column(float, pa.Check.in_range(0.0, 1.0)),
+    "pii": pa.Column(str),  # kinds found, comma-separated ("" none)
+    # safety: the roles whose turns hit each lexicon, comma-separated ("" none)
+    "crisis": pa.Column(str),
+    "violence": pa.Column(str),
+    "abuse": pa.Column(str),
+    "toxicity": pa.Column(str),
+    "toxicity_model": pa.Column(float, pa.Check.in_range(0.0, 1.0), nullable=True),  # NaN: model off
+    "toxicity_model_turn": _COUNT,
+    "exchanges": _COUNT,
+    "coherence_mean": pa.Column(float, nullable=True),  # NaN: no user turn answered
+    "coherence_min": pa.Column(float, nullable=True),
+    "coherence_min_turn": _COUNT,
+    "empathy": pa.Column(float, pa.Check.in_range(0.0, 1.0), nullable=True),  # NaN: no assistant turn
+    "structure": pa.Column(str),  # structure problems, comma-separated ("" well-formed)
+}
+
 # the curriculum: each stage's target, what it could take and what it got (trainset.conversations.curriculum)
 CONVERSATION_STAGE_COLUMNS = {
     "stage": _text(unique=True),
@@ -310,6 +340,7 @@ CONVERSATIONS = _schema("conversations", CONVERSATION_COLUMNS)
 CONVERSATIONS_REJECTED = _schema("conversations_rejected", CONVERSATION_REJECTED_COLUMNS)
 CONVERSATIONS_KEPT = _schema("conversations_kept", CONVERSATION_KEPT_COLUMNS)
 CONVERSATIONS_SPLIT = _schema("conversations_split", CONVERSATION_SPLIT_COLUMNS)
+CONVERSATION_SCORES = _schema("conversation_scores", CONVERSATION_SCORE_COLUMNS)
 CONVERSATION_STAGES = _schema("conversation_stages", CONVERSATION_STAGE_COLUMNS)
 
 # optional NSFW classifier score per item (trainset.stages.nsfw); NaN: undecodable, or no model configured

@@ -63,7 +63,7 @@ _STREET = re.compile(
     r"\b\d{1,6}[A-Za-z]?\s+"                                    # house number (221B)
     r"(?:(?:[NSEW]\.?|North|South|East|West)\s+)?"              # a leading direction
     r"(?:(?:[A-Z][A-Za-z'-]*|\d+(?:st|nd|rd|th))\s+){1,4}"      # capitalized name words or 5th
-    rf"(?:{_STREET_SUFFIX})\b\.?"
+    rf"(?:{_STREET_SUFFIX})\b"
     r"(?:\s+(?:NW|NE|SW|SE|N|S|E|W)\b)?"
 )
 """House number, capitalized street name, suffix: "42 Maple Street", "1600 Pennsylvania Ave NW".

@@ -204,3 +204,126 @@ def to_records(df: pd.DataFrame) -> list[dict]:
         if "flags" in r:
             r["flags"] = [str(f) for f in r["flags"]]
     return records
+
+
+# --------------------------------------------------------------------------- filter
+
+
+_SCORING_MODULES = ("conversations.quality", "conversations.pii", "conversations.safety", "conversations.empathy",
+                    "conversations.language", "conversations.tokens", "conversations.toxicity", "conversations.structure")
+
+
+def score_key(conversation: dict, settings) -> str:
+    """What a conversation's scores depend on: its exact messages, the settings that change a score
+    (not the gate's thresholds) and the scoring code and lexicons."""
+    import hashlib
+
+    s = settings
+    knobs = (s.tokenizer, tuple(s.language_candidates), s.drop_trailing_user,
+             tuple(k for k, a in sorted(s.pii_actions.items()) if a != "off"), s.toxicity_model)
+    h = hashlib.sha256(_scoring_digest().encode())
+    h.update(repr(knobs).encode())
+    h.update(json.dumps(conversation["messages"], ensure_ascii=False, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _scoring_digest() -> str:
+    import hashlib
+
+    from .. import provenance
+
+    lexicons = sorted((Path(provenance.PACKAGE_DIR) / "data" / "lexicons").glob("*.txt"))
+    h = hashlib.sha256(provenance.code_digest(*_SCORING_MODULES).encode())
+    for path in lexicons:
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+class ScoreCache:
+    """Quality scores by :func:`score_key`, one Parquet part per computed batch (written atomically),
+    so a rerun or a new batch scores only conversations it has never seen with these settings."""
+
+    def __init__(self, root: str | Path):
+        self.dir = Path(root)
+
+    def get(self, keys: list[str]) -> pd.DataFrame:
+        import pyarrow.parquet as pq
+
+        parts = sorted(self.dir.glob("part-*.parquet"))
+        frames = []
+        wanted = set(keys)
+        for part in parts:
+            try:
+                frame = pq.read_table(part).to_pandas()
+            except (OSError, ValueError) as exc:
+                log.warning("%s: unreadable score part skipped (%s)", part, exc)
+                continue
+            frames.append(frame[frame["key"].isin(wanted)])
+        found = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["key"])
+        return found.drop_duplicates("key").set_index("key")
+
+    def put(self, frame: pd.DataFrame) -> None:
+        import hashlib
+
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not len(frame):
+            return
+        digest = hashlib.sha256("\n".join(sorted(frame["key"])).encode()).hexdigest()[:24]
+        with atomic.atomic_file(self.dir / f"part-{digest}.parquet") as tmp:
+            pq.write_table(pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False), tmp)
+
+
+def filter_conversations(read_paths: list[str | Path], out: str | Path, scores_out: str | Path, rejected_out: str | Path,
+                         quality_params: dict, cache_dir: str | Path, casefold: bool = True) -> dict:
+    """Score every conversation (cached by content and settings), then gate: structure, length,
+    tokens, language, personal data, safety (bypassed by training edge cases, flagged), coherence."""
+    from . import quality
+    from .canonical import content_sha256
+    from .embed import TextEncoder
+
+    settings = quality.Settings.from_params(quality_params)
+    df = load(read_paths)
+    records = to_records(df)
+    keys = [score_key(r, settings.resolve(r["tier"], r["category"])) for r in records]
+    cache = ScoreCache(Path(cache_dir) / "scores")
+    known = cache.get(keys)
+    todo = [(k, r) for k, r in zip(keys, records) if k not in known.index]
+    todo = list({k: r for k, r in todo}.items())
+    if todo:
+        fresh = quality.score([r for _, r in todo], settings, TextEncoder(Path(cache_dir) / "embeddings"))
+        fresh.insert(0, "key", [k for k, _ in todo])
+        cache.put(fresh.drop(columns=["id"]))
+        known = pd.concat([known, fresh.drop(columns=["id"]).set_index("key")])
+    scores = known.loc[keys].reset_index(drop=True)
+    scores.insert(0, "id", [r["id"] for r in records])
+    scores.insert(1, "sha256", [r["sha256"] for r in records])
+    result = quality.gate(records, scores, settings)
+    flags: dict[str, list[str]] = {}
+    pii_found = dict(zip(scores["id"], scores["pii"]))
+    edge = dict(zip(df["id"], df["is_training_edge_case"]))
+    for f in result.flags.itertuples():
+        if f.flag == "pii_redacted":
+            name = f"pii_redacted:{pii_found.get(f.id) or 'text'}"
+        elif edge.get(f.id) and f.flag not in ("dropped_trailing_user",):
+            name = f"edge_case:{f.flag}" + (f":{f.role}" if f.role else "")
+        else:
+            name = f.flag + (f":{f.role}" if f.role else "")
+        flags.setdefault(f.id, [])
+        if name not in flags[f.id]:
+            flags[f.id].append(name)
+    kept = pd.DataFrame(result.kept, columns=list(schemas.CONVERSATIONS.columns))
+    kept["sha256"] = [content_sha256(list(m), casefold) for m in kept["messages"]]  # redaction changes the content
+    kept["flags"] = [sorted(flags.get(i, [])) for i in kept["id"]]
+    by_id = df.set_index("id", drop=False)
+    rejected = result.rejected
+    out_rejected = (rejections(by_id.loc[rejected["id"]], "filter", rejected["rule"].to_numpy(), rejected["reason"].to_numpy())
+                    if len(rejected) else manifest.empty(schemas.CONVERSATIONS_REJECTED))
+    out_rejected["line"] = out_rejected["line"].astype("Int64")
+    manifest.write(out_rejected, rejected_out, schemas.CONVERSATIONS_REJECTED, sort_by="id")
+    manifest.write(kept, out, schemas.CONVERSATIONS_KEPT, sort_by="id")
+    manifest.write(scores, scores_out, schemas.CONVERSATION_SCORES, sort_by="id")
+    stats = {"read": len(df), "scored": len(todo), "scores_reused": len(records) - len(todo), "kept": len(kept), "rejected": len(rejected)}
+    log.info("filter: %s", stats)
+    return stats
