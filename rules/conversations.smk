@@ -53,6 +53,7 @@ rule conversations_filter:
         quality=CONV_PARAMS.get("quality") or {},
         casefold=bool(CONV_PARAMS.get("casefold", True)),
         cache=f"{CACHE}/conversations",
+        stats=f"{RUN}/conversations-filter-stats.json",
         code=CODE,
     threads: workflow.cores
     script:

@@ -3,4 +3,4 @@ from trainset.conversations import stages
 
 p = snakemake.params
 stages.filter_conversations(list(snakemake.input.read), snakemake.output.kept, snakemake.output.scores, snakemake.output.rejected,
-                            dict(p.quality), p.cache, bool(p.casefold))
+                            dict(p.quality), p.cache, bool(p.casefold), p.stats)

@@ -162,6 +162,10 @@ def _json_bytes(obj: dict) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False, default=str) + "\n").encode("utf-8")
 
 
+SNAKEMAKE_MARKER = ".snakemake_timestamp"
+"""Snakemake's mark on a directory output: not part of the export."""
+
+
 def verify(out_dir: str | Path) -> list[str]:
     """Files whose bytes no longer match the manifest, or that it lists but are missing; empty when whole."""
     out_dir = Path(out_dir)
@@ -173,7 +177,7 @@ def verify(out_dir: str | Path) -> list[str]:
             problems.append(f"{name}: missing")
         elif hashlib.sha256(path.read_bytes()).hexdigest() != entry["sha256"]:
             problems.append(f"{name}: checksum differs from the manifest")
-    listed = set(manifest["files"]) | {MANIFEST}
+    listed = set(manifest["files"]) | {MANIFEST, SNAKEMAKE_MARKER}
     problems += [f"{p.relative_to(out_dir).as_posix()}: not in the manifest"
                  for p in sorted(out_dir.rglob("*")) if p.is_file() and p.relative_to(out_dir).as_posix() not in listed]
     return problems

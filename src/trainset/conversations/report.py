@@ -35,7 +35,7 @@ def quality_summary(scores: pd.DataFrame, kept: pd.DataFrame | None = None) -> d
     out: dict = {}
     kept_ids = set(kept["id"]) if kept is not None else None
     for column in scores.columns:
-        if column in ("id", "sha256"):
+        if column in ("id", "sha256") or column.endswith("_turn"):  # positions, not measures
             continue
         values = scores[column]
         if pd.api.types.is_bool_dtype(values):

@@ -53,7 +53,8 @@ def read_rejections(source: readers.ConversationSource, bad: list[readers.Reject
 
 
 def rejections(rows: pd.DataFrame, stage: str, rule, reason, duplicate_of=None) -> pd.DataFrame:
-    """Rejected-manifest rows for conversations ``rows`` (each field: a value or a Series aligned to rows)."""
+    """Rejected-manifest rows for conversations ``rows`` (each field: a value or an array in row order)."""
+    rows = rows.reset_index(drop=True)
     out = pd.DataFrame({
         "id": rows["id"].astype(str), "sha256": rows["sha256"].astype(str), "source": rows["source"].astype(str),
         "stage": stage, "rule": rule, "reason": reason,
@@ -126,7 +127,7 @@ def split_and_stage(kept_path: str | Path, out: str | Path, stages_out: str | Pa
                                duplicate_of=[matched.at[i, "matched_id"] for i in rows["id"]]))
     unselected = df.index[(staged["stage"] == curriculum.UNSELECTED) & (side != split.CONTAMINATED)]
     if len(unselected):
-        gone.append(rejections(df.loc[unselected], "curriculum", "unselected", staged.loc[unselected, "reason"].astype(str)))
+        gone.append(rejections(df.loc[unselected], "curriculum", "unselected", staged.loc[unselected, "reason"].astype(str).to_numpy()))
     rejected = pd.concat(gone) if gone else manifest.empty(schemas.CONVERSATIONS_REJECTED)
     rejected["line"] = rejected["line"].astype("Int64")
     manifest.write(rejected, rejected_out, schemas.CONVERSATIONS_REJECTED, sort_by="id")
@@ -134,7 +135,7 @@ def split_and_stage(kept_path: str | Path, out: str | Path, stages_out: str | Pa
     chosen["split"] = side.loc[chosen.index]
     chosen["stage"] = staged.loc[chosen.index, "stage"]
     manifest.write(chosen, out, schemas.CONVERSATIONS_SPLIT, sort_by="id")
-    manifest.write(table, stages_out, schemas.CONVERSATION_STAGES, sort_by="stage")
+    manifest.write(table, stages_out, schemas.CONVERSATION_STAGES, sort_by=None)  # in the curriculum's order
     for note in curriculum.shortfalls(table):
         log.warning("%s", note)
     return {"train": int((chosen["split"] == split.TRAIN).sum()), "eval": int((chosen["split"] == split.EVAL).sum()),
@@ -276,7 +277,8 @@ class ScoreCache:
 
 
 def filter_conversations(read_paths: list[str | Path], out: str | Path, scores_out: str | Path, rejected_out: str | Path,
-                         quality_params: dict, cache_dir: str | Path, casefold: bool = True) -> dict:
+                         quality_params: dict, cache_dir: str | Path, casefold: bool = True,
+                         stats_out: str | Path | None = None) -> dict:
     """Score every conversation (cached by content and settings), then gate: structure, length,
     tokens, language, personal data, safety (bypassed by training edge cases, flagged), coherence."""
     from . import quality
@@ -325,5 +327,7 @@ def filter_conversations(read_paths: list[str | Path], out: str | Path, scores_o
     manifest.write(kept, out, schemas.CONVERSATIONS_KEPT, sort_by="id")
     manifest.write(scores, scores_out, schemas.CONVERSATION_SCORES, sort_by="id")
     stats = {"read": len(df), "scored": len(todo), "scores_reused": len(records) - len(todo), "kept": len(kept), "rejected": len(rejected)}
+    if stats_out:
+        write_json(stats_out, stats)
     log.info("filter: %s", stats)
     return stats
