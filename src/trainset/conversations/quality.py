@@ -10,9 +10,8 @@ A source marked ``is_training_edge_case`` (e.g. crisis conversations kept on pur
 the safety flags and the toxicity model, never the rest; its safety hits come back in the flags
 table, so nothing is kept silently.
 
-Coherence is the cosine between each user turn and the assistant reply that follows
-(all-MiniLM-L6-v2, :class:`~.embed.TextEncoder`): a reply about something else scores near 0.
-It measures topicality, not correctness.
+Coherence (:mod:`.coherence`) is the cosine between each user turn and the assistant reply that
+follows: a reply about something else scores near 0. It measures topicality, not correctness.
 
 Settings come from ``quality`` in params, with ``tiers`` and ``categories`` overrides merged over
 them for a conversation of that tier and category (category last).
@@ -29,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from . import empathy, language, pii, safety, structure, tokens, toxicity
+from .coherence import coherence, exchanges
 
 STAGE = "quality"
 
@@ -198,29 +198,6 @@ def prepare(messages: list[dict], settings: Settings) -> list[dict]:
         while messages and messages[-1]["role"] == "user":
             messages.pop()
     return messages
-
-
-def exchanges(messages: list[dict]) -> list[tuple[int, int]]:
-    """``(user index, assistant index)`` of each user turn and the reply right after it (system messages skipped)."""
-    order = [i for i, m in enumerate(messages) if m["role"] != "system"]
-    return [(a, b) for a, b in zip(order, order[1:]) if messages[a]["role"] == "user" and messages[b]["role"] == "assistant"]
-
-
-def coherence(conversations_messages: list[list[dict]], encoder) -> list[np.ndarray]:
-    """Per conversation, the cosine of each user turn with its reply (encoded in one batch)."""
-    pairs = [exchanges(messages) for messages in conversations_messages]
-    texts: list[str] = []
-    for messages, found in zip(conversations_messages, pairs):
-        for a, b in found:
-            texts += [str(messages[a]["content"]), str(messages[b]["content"])]
-    vectors = encoder.encode(texts) if texts else np.zeros((0, 1), dtype=np.float32)
-    out, at = [], 0
-    for found in pairs:
-        n = len(found)
-        users, replies = vectors[at:at + 2 * n:2], vectors[at + 1:at + 2 * n:2]
-        out.append(np.einsum("ij,ij->i", users, replies).astype(np.float64) if n else np.zeros(0))
-        at += 2 * n
-    return out
 
 
 def score(conversations: list[dict], settings: Settings, encoder) -> pd.DataFrame:

@@ -211,7 +211,7 @@ def to_records(df: pd.DataFrame) -> list[dict]:
 
 
 _SCORING_MODULES = ("conversations.quality", "conversations.pii", "conversations.safety", "conversations.empathy",
-                    "conversations.language", "conversations.tokens", "conversations.toxicity", "conversations.structure")
+                    "conversations.language", "conversations.tokens", "conversations.toxicity", "conversations.structure", "conversations.coherence")
 
 
 def score_key(conversation: dict, settings) -> str:
