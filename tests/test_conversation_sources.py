@@ -38,6 +38,9 @@ def test_source_names_are_unique_and_roles_checked():
     entry = {"name": "demo_general", "path": "a.jsonl", "shape": "openai", "license": "MIT"}
     with pytest.raises(ConfigError, match="repeated: demo_general"):
         sources.sources_from_params({"conversations": {"demo": True, "sources": [entry]}})
+    with pytest.raises(ConfigError, match="share a name: mine"):
+        sources.eval_sets_from_params({"conversations": {"sources": [{**entry, "name": "mine"}],
+                                                         "decontaminate": [{**entry, "name": "mine"}]}})
     with pytest.raises(ConfigError, match="unknown role 'moderator'"):
         sources.sources_from_params({"conversations": {"roles": {"moderator": ["mod"]}, "sources": [entry]}})
 

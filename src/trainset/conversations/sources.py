@@ -63,6 +63,9 @@ def eval_sets_from_params(params: dict[str, Any], root: str | Path = ".") -> lis
     casefold = as_flag(conv.get("casefold", True), "params.yaml: conversations.casefold")
     found = [_parse(e, i, root, roles(params), casefold, "conversations.decontaminate") for i, e in enumerate(entries)]
     _unique(found, "conversations.decontaminate")
+    clash = sorted({s.name for s in found} & {s.name for s in sources_from_params(params, root)})
+    if clash:
+        raise ConfigError(f"params.yaml: an evaluation set and a source share a name: {', '.join(clash)}")
     return found
 
 
