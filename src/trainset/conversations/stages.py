@@ -199,7 +199,7 @@ def deduplicate(kept_path: str | Path, eval_paths: list[str | Path], out: str | 
 
 def to_records(df: pd.DataFrame) -> list[dict]:
     """Manifest rows as reader-shaped dicts (messages as plain lists of {role, content})."""
-    records = df.to_dict("records")
+    records = df.astype(object).where(df.notna(), None).to_dict("records")
     for r in records:
         r["messages"] = [{"role": str(m["role"]), "content": str(m["content"])} for m in r["messages"]]
         if "flags" in r:
