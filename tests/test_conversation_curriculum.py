@@ -157,3 +157,21 @@ def test_eval_items_get_their_first_stage_without_sampling():
     assert table.set_index("stage")["eval"].to_dict() == {"foundation": 10, "reasoning": 0, "edge_cases": 0, "voice": 10, "safety_dpo": 5}
     # targets 4/2/2/2/0 of 10; the 40 general train items cannot fill edge_cases
     assert table.set_index("stage")["selected"].to_dict() == {"foundation": 4, "reasoning": 2, "edge_cases": 0, "voice": 2, "safety_dpo": 0}
+
+
+def test_overflow_keep_puts_leftovers_in_their_first_stage_and_loses_nothing():
+    df = pd.DataFrame(_items(300, "gen") + _items(20, "why", category="reasoning") + _items(5, "edge", category="edge_case", edge=True))
+    params = {"stages": [{"name": "foundation", "share": 0.5}, {"name": "reasoning", "share": 0.3}, {"name": "edge_cases", "share": 0.2}],
+              "crossover": {"general": ["foundation", "reasoning"], "reasoning": ["reasoning"], "edge_case": ["edge_cases"]}}
+    dropped, _ = curriculum.assign(df, _train(df), params, seed=0)
+    assert (dropped["stage"] == curriculum.UNSELECTED).sum() > 0
+    kept, table = curriculum.assign(df, _train(df), {**params, "overflow": "keep"}, seed=0)
+    assert not (kept["stage"] == curriculum.UNSELECTED).any()
+    # what the shares had taken is unchanged; the rest went to each item's first choice
+    taken = dropped["stage"] != curriculum.UNSELECTED
+    assert (kept.loc[taken, "stage"] == dropped.loc[taken, "stage"]).all()
+    assert (kept.loc[~taken, "stage"] == "foundation").all()
+    rows = table.set_index("stage")
+    assert rows.at["foundation", "achieved_share"] > 0.5 and rows.at["edge_cases", "shortfall"] > 0
+    with pytest.raises(curriculum.CurriculumError, match="overflow"):
+        curriculum.plan({"overflow": "spill"})

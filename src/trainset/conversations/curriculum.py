@@ -20,6 +20,10 @@ hash of (seed, id): a weighted sample without replacement that favours gold over
 same for the same seed, and in which an item's chance does not hinge on row order.
 
 Eval items get their first allowed stage without sampling, so each stage has its eval file.
+
+``overflow``: train items left over once their stages reached their targets are dropped
+(``drop``, the default: the shares hold) or kept in their first-choice stage (``keep``: nothing
+is lost, the shares drift and the table says by how much).
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ from .split import EVAL, TRAIN
 
 UNSELECTED = "unselected"
 FORMATS = ("messages", "dpo")
+OVERFLOW = ("drop", "keep")
+"""What happens to train items once their stages are full: dropped (unselected, so the shares hold),
+or kept in their first-choice stage (no data lost; the shares drift, and the table shows by how much)."""
 
 DEFAULT_STAGES = (
     {"name": "foundation", "share": 0.40, "format": "messages"},
@@ -77,6 +84,7 @@ class Plan:
     size: int | None = None
     edge_case_stage: str | None = "edge_cases"
     default_stages: tuple[str, ...] | None = None
+    overflow: str = "drop"
 
     @property
     def names(self) -> list[str]:
@@ -111,7 +119,10 @@ def plan(params: dict) -> Plan:
     size = params.get("size")
     if size is not None and (int(size) != size or size < 0):
         raise CurriculumError(f"params.yaml: curriculum size must be a whole number >= 0 or null, got {size!r}")
-    return Plan(stages, crossover, weights, None if size is None else int(size), edge, default)
+    overflow = str(params.get("overflow", "drop"))
+    if overflow not in OVERFLOW:
+        raise CurriculumError(f"params.yaml: curriculum overflow must be one of {OVERFLOW}, got {overflow!r}")
+    return Plan(stages, crossover, weights, None if size is None else int(size), edge, default, overflow)
 
 
 def formats(params: dict) -> dict[str, str]:
@@ -205,6 +216,9 @@ def assign(df: pd.DataFrame, split: pd.Series, params: dict, seed: int) -> tuple
     size = int(train.sum()) if p.size is None else p.size
     goal = targets(p, size)
     _draw(stage, rank, sample_keys(df["id"].astype(str), weights, seed), goal, p)
+    if p.overflow == "keep":
+        for k in np.flatnonzero(train & (stage == UNSELECTED)):
+            stage[k] = choices[k][0][0]
     for k in np.flatnonzero(train & (stage == UNSELECTED)):
         reason[k] = _full(choices[k][0], goal)
     result = pd.DataFrame({"stage": stage, "reason": reason}, index=df.index)
