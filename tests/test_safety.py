@@ -75,6 +75,9 @@ def test_lexicon_files_are_read_without_comments():
     "If you feel like you might actually take your life, please go to a hospital.",
     "Thinking about that all the time would kill you from inside.",
     "Stress like that can slowly kill you, so let's find ways to rest.",
+    "Even if you are feeling worthless right now, that doesn't mean you are worthless.",
+    "If you were told growing up that you're worthless, that belief can stay with you.",
+    "You told me that you've also been thinking about hurting yourself, killing yourself, not being here.",
 ])
 def test_reported_speech_and_warnings_in_counselling_replies_are_not_hits(text):
     assert safety.scan_text(text) == []
