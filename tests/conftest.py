@@ -49,6 +49,22 @@ def snakemake(cwd: Path, *args: str, check: bool = True) -> subprocess.Completed
     return run([sys.executable, "-m", "snakemake", "--cores", "2", *args], cwd, check=check)
 
 
+IMAGE_TARGETS = ("data/export", "data/report/dataset-report.md", "data/report/metrics.json")
+"""The image half of the workflow: tests about images need not build the conversations too."""
+
+
+def snakemake_images(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return snakemake(cwd, *args, *IMAGE_TARGETS, check=check)
+
+
+@pytest.fixture(scope="session")
+def built_demo(tmp_path_factory) -> Path:
+    """The whole workflow (images and conversations) built once on the demo data, shared by the end-to-end tests."""
+    project = copy_workflow(tmp_path_factory.mktemp("demo") / "project")
+    snakemake(project)
+    return project
+
+
 def set_params(project: Path, **changes) -> dict:
     path = project / "params.yaml"
     params = yaml.safe_load(path.read_text())

@@ -22,10 +22,8 @@ def _build(project: Path):
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory) -> Path:
-    project = copy_workflow(tmp_path_factory.mktemp("conversations") / "project")
-    _build(project)
-    return project
+def built(built_demo) -> Path:
+    return built_demo
 
 
 def _rejected(project: Path) -> pd.DataFrame:
@@ -167,12 +165,3 @@ def test_a_new_batch_costs_only_its_own_items_and_edge_cases_bypass_only_in_thei
     # nothing kept or staged before was displaced by the batch's duplicates
     after = set(_kept(project).index) | set(_rejected(project).query("stage == 'curriculum'").index)
     assert kept_before <= after
-
-
-def test_trailing_user_turn_dropped_when_asked(tmp_path: Path) -> None:
-    project = copy_workflow(tmp_path / "project")
-    set_params(project, conversations__quality__drop_trailing_user=True)
-    _build(project)
-    staged = set(_kept(project).index) | set(_rejected(project).query("stage == 'curriculum'").index)
-    assert "demo_sessions:s3" in staged
-    assert "demo_sessions:s3" not in set(_rejected(project).query("stage != 'curriculum'").index)

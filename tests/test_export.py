@@ -636,3 +636,24 @@ def test_run_applies_background_keep_alpha_16_bit_and_animation(tmp_path):
     assert pd.isna(row["conversion"]) and row["export_sha256"] == row["sha256"]  # an RGBA PNG stays as it is
     with Image.open(tmp_path / "kept" / row["export_path"]) as im:
         assert im.mode == "RGBA"
+
+
+def test_webdataset_and_hf_parquet_written_beside_the_kohya_layout_when_enabled(built, tmp_path):
+    from datasets import load_dataset
+
+    from trainset import export_formats
+
+    c, _ = built
+    params = {**H.DEFAULT_EXPORT, "webdataset": {"enabled": True, "shard_max_count": 5}, "hf_parquet": {"enabled": True}}
+    out = tmp_path / "export"
+    written = c.export(params, out_dir=out)
+    assert export_formats.verify(out, written) == []
+    shards = sorted((out / "webdataset").glob("*.tar"))
+    assert [s.name for s in shards if s.name.startswith("train")] == ["train-000000.tar", "train-000001.tar"]
+    train = load_dataset("parquet", data_files=export_formats.hf_data_files(out / "hf")["train"], split="train")
+    assert train.num_rows == int((written["split"] == "train").sum())
+    assert train[0]["image"].size[0] > 0 and isinstance(train[0]["tags"], list)
+    # the Kohya layout beside them is the same files
+    def files(root, skip=()):
+        return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.relative_to(root).parts[0] not in skip}
+    assert files(out, skip=("webdataset", "hf")) == files(c.p["export"])

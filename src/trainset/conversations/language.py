@@ -45,7 +45,8 @@ def detect(text: str, candidates: tuple[str, ...] = DEFAULT_CANDIDATES, min_char
     values = detector(tuple(candidates)).compute_language_confidence_values(text)
     if not values or values[0].value <= 0:
         return UNKNOWN, 0.0
-    return values[0].language.iso_code_639_1.name.lower(), float(values[0].value)
+    # rounded: lingua sums in hash-map order, so the last bits differ from run to run
+    return values[0].language.iso_code_639_1.name.lower(), round(float(values[0].value), 6)
 
 
 def conversation_text(messages: list[dict]) -> str:

@@ -43,7 +43,10 @@ DEFAULTS: dict = {
     "drop_trailing_user": False,
     "coherence": {"min_mean": 0.15, "min_each": None},
     "empathy": {"min": None},
-    "pii": {"action": "redact", "kinds": list(pii.KINDS), "actions": {}},
+    "pii": {
+        "action": "redact", "kinds": None, "actions": {}, "backend": "regex",
+        "presidio": {"model": "blank", "entities": list(pii.PRESIDIO_KINDS), "score_threshold": 0.5},
+    },
     "safety": {"crisis": "reject", "violence": "reject", "abuse": "reject", "toxicity": "reject", "roles": ["assistant"]},
     "toxicity_model": {"enabled": False, "threshold": 0.8},
     "tiers": {},
@@ -110,6 +113,7 @@ class Settings:
     coherence_min_each: float | None = None
     empathy_min: float | None = None
     pii_actions: dict[str, str] = field(default_factory=lambda: {kind: "redact" for kind in pii.KINDS})
+    pii_detector: pii.Detector = pii.REGEX
     safety_actions: dict[str, str] = field(default_factory=lambda: {flag: "reject" for flag in safety.FLAGS})
     safety_roles: tuple[str, ...] = ("assistant",)
     toxicity_model: bool = False
@@ -143,14 +147,16 @@ class Settings:
 def _build(p: dict) -> Settings:
     pii_params = p["pii"]
     default_action = _choice(pii_params["action"], pii.ACTIONS, "quality.pii.action")
-    kinds = pii_params["kinds"]
-    unknown = set(kinds) - set(pii.KINDS)
+    detector = pii.detector(pii_params, "quality.pii")
+    known = detector.kinds
+    kinds = known if pii_params["kinds"] is None else pii_params["kinds"]
+    unknown = set(kinds) - set(known)
     if unknown:
-        raise ValueError(f"quality.pii.kinds: unknown {sorted(unknown)} (known: {', '.join(pii.KINDS)})")
-    pii_actions = {kind: default_action if kind in kinds else "off" for kind in pii.KINDS}
+        raise ValueError(f"quality.pii.kinds: unknown {sorted(unknown)} for the {detector.backend} backend (known: {', '.join(known)})")
+    pii_actions = {kind: default_action if kind in kinds else "off" for kind in known}
     for kind, action in (pii_params.get("actions") or {}).items():
-        if kind not in pii.KINDS:
-            raise ValueError(f"quality.pii.actions: unknown kind {kind!r} (known: {', '.join(pii.KINDS)})")
+        if kind not in known:
+            raise ValueError(f"quality.pii.actions: unknown kind {kind!r} for the {detector.backend} backend (known: {', '.join(known)})")
         pii_actions[kind] = _choice(action, pii.ACTIONS, f"quality.pii.actions.{kind}")
     safety_params = p["safety"]
     roles = tuple(safety_params["roles"])
@@ -169,6 +175,7 @@ def _build(p: dict) -> Settings:
         coherence_min_each=_optional(p["coherence"]["min_each"], "quality.coherence.min_each"),
         empathy_min=_optional(p["empathy"]["min"], "quality.empathy.min"),
         pii_actions=pii_actions,
+        pii_detector=detector,
         safety_actions={flag: _choice(safety_params[flag], safety.ACTIONS, f"quality.safety.{flag}") for flag in safety.FLAGS},
         safety_roles=roles,
         toxicity_model=bool(p["toxicity_model"]["enabled"]),
@@ -214,7 +221,7 @@ def score(conversations: list[dict], settings: Settings, encoder) -> pd.DataFram
         counts = tokens.count_messages(messages, s.tokenizer)
         longest = int(np.argmax(counts)) if counts else -1
         lang, confidence = language.detect(language.conversation_text(messages), s.language_candidates)
-        found_pii = sorted({kind for m in messages for kind, _, _ in pii.find(str(m.get("content", "")), _pii_kinds(s))})
+        found_pii = sorted({kind for m in messages for kind, _, _ in pii.find(str(m.get("content", "")), _pii_kinds(s), s.pii_detector)})
         hit_roles = safety.roles_by_flag(safety.scan(messages))
         pairs = exchanges(messages)
         rows.append({
@@ -294,7 +301,7 @@ def gate(conversations: list[dict], scores: pd.DataFrame, settings: Settings) ->
             item_flags.append(("dropped_trailing_user", "user", f"removed {len(conversation['messages']) - len(messages)} unanswered user turn(s) at the end"))
         out, redacted = _redacted(conversation, messages, s)
         if redacted:
-            item_flags.append(("pii_redacted", "", "redacted " + ", ".join(pii.DESCRIPTIONS[k] for k in redacted)))
+            item_flags.append(("pii_redacted", "", "redacted " + ", ".join(pii.describe(k) for k in redacted)))
         kept.append(out)
         flags += [{"id": conversation["id"], "flag": f, "role": r, "reason": why} for f, r, why in item_flags]
     return GateResult(kept, pd.DataFrame(rejected, columns=list(REJECTED_COLUMNS)), pd.DataFrame(flags, columns=list(FLAG_COLUMNS)))
@@ -323,9 +330,9 @@ def _check(conversation: dict, messages: list[dict], row, s: Settings, item_flag
         return "language", f"language {row['language']} (confidence {row['language_confidence']:.2f}) is not one of {', '.join(s.languages)}"
     rejecting = tuple(k for k, a in s.pii_actions.items() if a == "reject")
     for i, m in enumerate(messages, start=1):
-        found = pii.find(str(m["content"]), rejecting) if rejecting else []
+        found = pii.find(str(m["content"]), rejecting, s.pii_detector) if rejecting else []
         if found:
-            return "pii", f"{pii.DESCRIPTIONS[found[0][0]]} in the {m['role']} turn {i}"
+            return "pii", f"{pii.describe(found[0][0])} in the {m['role']} turn {i}"
     failure = _safety(conversation, messages, row, s, item_flags)
     if failure:
         return failure
@@ -372,13 +379,13 @@ def _redacted(conversation: dict, messages: list[dict], s: Settings) -> tuple[di
     out_messages = []
     for m in messages:
         text = str(m["content"])
-        spans = pii.find(text, kinds) if kinds else []
+        spans = pii.find(text, kinds, s.pii_detector) if kinds else []
         found.update(kind for kind, _, _ in spans)
-        out_messages.append({**m, "content": pii.redact(text, kinds)} if spans else dict(m))
+        out_messages.append({**m, "content": pii.redact(text, kinds, s.pii_detector)} if spans else dict(m))
     out = {**conversation, "messages": out_messages}
     if kinds and isinstance(conversation.get("rejected_reply"), str):
-        spans = pii.find(conversation["rejected_reply"], kinds)
+        spans = pii.find(conversation["rejected_reply"], kinds, s.pii_detector)
         if spans:
             found.update(kind for kind, _, _ in spans)
-            out["rejected_reply"] = pii.redact(conversation["rejected_reply"], kinds)
-    return out, [k for k in pii.KINDS if k in found]
+            out["rejected_reply"] = pii.redact(conversation["rejected_reply"], kinds, s.pii_detector)
+    return out, [k for k in s.pii_detector.kinds if k in found]

@@ -221,7 +221,7 @@ def score_key(conversation: dict, settings) -> str:
 
     s = settings
     knobs = (s.tokenizer, tuple(s.language_candidates), s.drop_trailing_user,
-             tuple(k for k, a in sorted(s.pii_actions.items()) if a != "off"), s.toxicity_model)
+             tuple(k for k, a in sorted(s.pii_actions.items()) if a != "off"), repr(s.pii_detector), s.toxicity_model)
     h = hashlib.sha256(_scoring_digest().encode())
     h.update(repr(knobs).encode())
     h.update(json.dumps(conversation["messages"], ensure_ascii=False, sort_keys=True).encode())

@@ -19,7 +19,7 @@ import pandas as pd
 import tomli_w
 from PIL import Image, ImageColor, ImageOps
 
-from .. import atomic, captions, features, hashing, kohya_config, manifest, schemas
+from .. import atomic, captions, export_formats, features, hashing, kohya_config, manifest, schemas
 
 EXTENSIONS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -188,6 +188,7 @@ def run(split_path: str | Path, out_dir: str | Path, params: dict) -> pd.DataFra
         if params.get("originals_only"):
             originals_only(written, tmp, out_dir, kohya, spec, triggers, caption_ext)
         atomic.write_text(tmp / "ATTRIBUTION.md", attribution(written))
+        export_formats.write(written, tmp, params)  # WebDataset shards, Hugging Face Parquet: when enabled
     return written
 
 
