@@ -12,9 +12,59 @@ rule demo:
         "../scripts/demo.py"
 
 
+MATERIALIZED = {s.name: s for s in SOURCES if s.kind in ts_config.MATERIALIZED_KINDS}
+
+
+def materialized_input(source):
+    """What an unpacked or downloaded source's folder stands for: its done mark."""
+    if source.kind == "url_list":
+        return f"{ts_config.MATERIALIZED_DIR}/_downloads/{source.name}.json"
+    return f"{ts_config.MATERIALIZED_DIR}/{source.name}"
+
+
+def source_inputs(source):
+    """The files an archive, Parquet or WebDataset source is made from (listed now, so an edit reruns it)."""
+    path = Path(source.path)
+    if path.is_dir():
+        suffixes = {"archive": (".zip", ".tar", ".tgz", ".gz", ".bz2", ".xz"), "parquet": (".parquet",), "webdataset": (".tar",)}[source.kind]
+        return sorted(str(p) for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(suffixes))
+    return [str(path)]
+
+
+rule materialize:
+    input:
+        lambda w: source_inputs(MATERIALIZED[w.name]),
+    output:
+        directory(f"{ts_config.MATERIALIZED_DIR}/{{name}}"),
+    wildcard_constraints:
+        name="[^/]+",
+    params:
+        source=lambda w: MATERIALIZED[w.name].as_dict(),
+        limits=config["ingest"].get("archive_limits") or {},
+        report=lambda w: f"{RUN}/materialize-{w.name}.json",
+        code=CODE,
+    script:
+        "../scripts/materialize.py"
+
+
+rule download:
+    input:
+        lambda w: MATERIALIZED[w.name].path,
+    output:
+        f"{ts_config.MATERIALIZED_DIR}/_downloads/{{name}}.json",
+    params:
+        source=lambda w: MATERIALIZED[w.name].as_dict(),
+        folder=lambda w: str(MATERIALIZED[w.name].folder),
+        network=config.get("network") or {},
+        code=CODE,
+    script:
+        "../scripts/download.py"
+
+
 rule ingest:
     input:
         ["data/raw/demo"] if DEMO else [],
+        [materialized_input(s) for s in MATERIALIZED.values()],
     output:
         ingest=INGEST,
         unmatched=UNMATCHED,

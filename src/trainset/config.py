@@ -12,7 +12,12 @@ import yaml
 
 from .rating import SCHEMES
 
-SOURCE_KINDS = ("image_folder", "booru")
+SOURCE_KINDS = ("image_folder", "booru", "archive", "parquet", "webdataset", "url_list")
+# kinds whose items are unpacked (or downloaded) by the workflow into MATERIALIZED_DIR/<name>, an
+# image folder every later stage reads like any other
+MATERIALIZED_KINDS = ("archive", "parquet", "webdataset", "url_list")
+MATERIALIZED_DIR = "data/materialized"
+_PARQUET_KEYS = ("image_column", "key_column")
 # booru sources: which site the post records come from (it sets how a bare "s" rating reads)
 BOORU_SITES = ("danbooru", "gelbooru", "safebooru", "moebooru")
 # how a booru record finds its image: by the file's md5, by file name, or md5 first then file name
@@ -48,6 +53,15 @@ class Source:
     join: str = "auto"
     # this source's captions start with it instead of caption.trigger_word ("" : the global one)
     trigger_word: str = ""
+    # archive / parquet / webdataset / url_list: the folder the workflow unpacks or downloads into
+    materialized: Path | None = None
+    image_column: str | None = None  # parquet: the image column (None: detected)
+    key_column: str | None = None    # parquet: the column naming each file (None: key or id, else the row)
+
+    @property
+    def folder(self) -> Path:
+        """Where this source's image files are: its path, or the folder it is materialized into."""
+        return self.materialized if self.materialized is not None else self.path
 
     def as_dict(self) -> dict[str, Any]:
         out = {
@@ -63,6 +77,8 @@ class Source:
         }
         if self.kind == "booru":
             out.update(metadata=str(self.metadata), site=self.site, join=self.join)
+        if self.kind == "parquet":
+            out.update(image_column=self.image_column, key_column=self.key_column)
         return out
 
 
@@ -150,6 +166,13 @@ def _parse_source(entry: Any, index: int, root: Path) -> Source:
     trigger_word = entry.get("trigger_word") or ""
     if not isinstance(trigger_word, str):
         raise ConfigError(f"{where}: trigger_word must be text, got {trigger_word!r}")
+    stray = [k for k in _PARQUET_KEYS if entry.get(k) is not None and kind != "parquet"]
+    if stray:
+        raise ConfigError(f"{where}: {', '.join(stray)} only apply to kind 'parquet' (this source is {kind!r})")
+    materialized = {}
+    if kind in MATERIALIZED_KINDS:
+        materialized = {"materialized": root / MATERIALIZED_DIR / name, "built_by_workflow": True,
+                        **{k: (str(entry[k]) if entry.get(k) is not None else None) for k in _PARQUET_KEYS}}
     return Source(
         name=name,
         kind=kind,
@@ -161,6 +184,7 @@ def _parse_source(entry: Any, index: int, root: Path) -> Source:
         rating_scheme=scheme,
         trigger_word=trigger_word.strip(),
         **booru,
+        **materialized,
     )
 
 

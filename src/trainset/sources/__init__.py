@@ -4,12 +4,21 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
-from ..config import Source
+import dataclasses
+
+from ..config import MATERIALIZED_KINDS, Source
 from . import booru, image_folder
+
+
+def read_materialized(source: Source, **options) -> Iterable[dict]:
+    """An archive, Parquet, WebDataset or URL-list source, read as the image folder it was unpacked into."""
+    return image_folder.read(dataclasses.replace(source, path=source.folder), **options)
+
 
 READERS: dict[str, Callable[..., Iterable[dict]]] = {
     "image_folder": image_folder.read,
     "booru": booru.read,
+    **{kind: read_materialized for kind in MATERIALIZED_KINDS},
 }
 
 # per kind: a digest of what the reader depends on (changes when any input file changes)
