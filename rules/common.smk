@@ -34,3 +34,4 @@ CONV_REJECTED = f"{CONV}/rejected.parquet"
 CONV_EXPORT = "data/export-conversations"
 CONV_REPORT = "data/report/conversations-report.md"
 CONV_METRICS = "data/report/conversations-metrics.json"
+TAKEDOWN = "takedown.txt"  # content SHA-256s taken down (trainset purge): every build rejects them

@@ -45,6 +45,7 @@ rule conversations_read:
 rule conversations_filter:
     input:
         read=[f"{CONV}/read/{name}.parquet" for name in CONV_SOURCES],
+        takedown=TAKEDOWN,
     output:
         kept=CONV_FILTERED,
         scores=CONV_SCORES,

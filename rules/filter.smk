@@ -7,6 +7,7 @@ rule filter:
         dictionaries=config["tags"]["dictionaries"],
         annotations=config["annotations"],
         overrides=[config["overrides"]] if config["overrides"] else [],
+        takedown=TAKEDOWN,
     output:
         kept=FILTERED,
         rejected=f"{M}/rejected/filter.parquet",

@@ -1,4 +1,5 @@
 """Snakemake entry: audit checks and content policy."""
+from trainset import versions
 from trainset.stages import filter as filter_stage
 
 i, p = snakemake.input, snakemake.params
@@ -11,4 +12,5 @@ filter_stage.run(
     tag_dictionaries=list(i.dictionaries),
     annotation_files=list(i.annotations),
     overrides_file=i.overrides[0] if i.overrides else None,
+    takedown=versions.takedown_set("."),
 )

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ("Snakefile", "params.yaml", "dvc.yaml", "rules", "scripts", "src")
+WORKFLOW_FILES = ("Snakefile", "params.yaml", "dvc.yaml", "takedown.txt", "rules", "scripts", "src")
 
 
 def copy_workflow(dest: Path) -> Path:

@@ -202,6 +202,7 @@ class Chain:
         overrides: str | Path | None = None,
         dictionaries: list[str | Path] | None = None,
         audit_params: dict | None = None,
+        takedown: set[str] | None = None,
     ) -> pd.DataFrame:
         """The filter stage; ``audit_params`` (thresholds, ``actions``) win over ``min_side``."""
         return filter_stage.run(
@@ -213,6 +214,7 @@ class Chain:
             tag_dictionaries=[str(d) for d in dictionaries or []],
             annotation_files=[str(a) for a in annotations or []],
             overrides_file=str(overrides) if overrides else None,
+            takedown=takedown,
         )
 
     @_at_root

@@ -538,3 +538,16 @@ def test_policy_rejections_and_filter_rejections_together(policy_chain):
     }
     assert sorted(kept) == ["src:annotated/hi.png", "src:annotated/lo.png", "src:tags/by_artist.png", "src:tags/plain.png",
                             "src:tags/tree.png", "src:untagged/tree_copy.png"]
+
+
+def test_taken_down_content_is_rejected_before_anything_else(chain):
+    c, kept, _ = chain
+    sha = H.by_id(kept)["src:good.png"]["sha256"]
+    try:
+        after = c.filter(MIN_SIDE, overrides=None, takedown={sha})
+        rejected = H.by_id(c.read("rej_filter", schemas.REJECTED))
+        assert "src:good.png" not in set(after["item_id"])
+        row = rejected["src:good.png"]
+        assert (row["stage"], row["rule"], row["reason"]) == ("policy", "takedown", "content taken down")
+    finally:
+        c.filter(MIN_SIDE)  # the module's other tests read the filter outputs

@@ -73,6 +73,29 @@ def cmd_kohya_check(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_purge(args: argparse.Namespace) -> int:
+    from . import versions
+
+    try:
+        result = versions.purge(args.root, args.sha256, reason=args.reason, delete_raw=args.delete_raw,
+                                delete_cache=not args.keep_cache, scan_tags=not args.no_tags)
+    except (ValueError, manifest.ManifestError) as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(versions.format_purge(result))
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    import json
+
+    from . import versions
+
+    result = versions.diff(args.root, args.rev1, args.rev2)
+    print(json.dumps(result, indent=2, default=str) if args.json else versions.format_diff(result))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="trainset", description=__doc__)
     parser.add_argument("--version", action="version", version=f"trainset {__version__}")
@@ -87,6 +110,21 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("demo", help="write the built-in demo source into a folder")
     p.add_argument("dest", type=Path)
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("purge", help="take contents down by SHA-256: list them in takedown.txt, drop them from the export now, "
+                                     "and print the DVC objects (cache, remote, older tags) that still hold them")
+    p.add_argument("sha256", nargs="+", help="content SHA-256 (the manifests' sha256 column)")
+    p.add_argument("--reason", default="", help="a note written beside each SHA-256 in takedown.txt")
+    p.add_argument("--root", type=Path, default=Path("."), help="the repository root (default: .)")
+    p.add_argument("--delete-raw", action="store_true", help="also delete the raw source files holding the content")
+    p.add_argument("--keep-cache", action="store_true", help="leave the local DVC cache objects in place")
+    p.add_argument("--no-tags", action="store_true", help="do not look through older git tags for the content")
+    p.set_defaults(func=cmd_purge)
+    p = sub.add_parser("diff", help="items added, removed and changed, caption and policy changes between two versions")
+    p.add_argument("rev1", help="git revision (tag, branch, commit)")
+    p.add_argument("rev2", nargs="?", default=None, help="git revision (default: the workspace)")
+    p.add_argument("--root", type=Path, default=Path("."), help="the repository root (default: .)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.set_defaults(func=cmd_diff)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -278,7 +278,7 @@ class ScoreCache:
 
 def filter_conversations(read_paths: list[str | Path], out: str | Path, scores_out: str | Path, rejected_out: str | Path,
                          quality_params: dict, cache_dir: str | Path, casefold: bool = True,
-                         stats_out: str | Path | None = None) -> dict:
+                         stats_out: str | Path | None = None, takedown: set[str] | None = None) -> dict:
     """Score every conversation (cached by content and settings), then gate: structure, length,
     tokens, language, personal data, safety (bypassed by training edge cases, flagged), coherence."""
     from . import quality
@@ -287,6 +287,8 @@ def filter_conversations(read_paths: list[str | Path], out: str | Path, scores_o
 
     settings = quality.Settings.from_params(quality_params)
     df = load(read_paths)
+    taken = df[df["sha256"].isin(takedown or set())]  # trainset purge: nothing overrides it
+    df = df.drop(index=taken.index)
     records = to_records(df)
     keys = [score_key(r, settings.resolve(r["tier"], r["category"])) for r in records]
     cache = ScoreCache(Path(cache_dir) / "scores")
@@ -320,13 +322,15 @@ def filter_conversations(read_paths: list[str | Path], out: str | Path, scores_o
     kept["flags"] = [sorted(flags.get(i, [])) for i in kept["id"]]
     by_id = df.set_index("id", drop=False)
     rejected = result.rejected
-    out_rejected = (rejections(by_id.loc[rejected["id"]], "filter", rejected["rule"].to_numpy(), rejected["reason"].to_numpy())
-                    if len(rejected) else manifest.empty(schemas.CONVERSATIONS_REJECTED))
+    parts = [rejections(by_id.loc[rejected["id"]], "filter", rejected["rule"].to_numpy(), rejected["reason"].to_numpy())] if len(rejected) else []
+    if len(taken):
+        parts.append(rejections(taken, "filter", "takedown", "content taken down (listed in takedown.txt)"))
+    out_rejected = pd.concat(parts) if parts else manifest.empty(schemas.CONVERSATIONS_REJECTED)
     out_rejected["line"] = out_rejected["line"].astype("Int64")
     manifest.write(out_rejected, rejected_out, schemas.CONVERSATIONS_REJECTED, sort_by="id")
     manifest.write(kept, out, schemas.CONVERSATIONS_KEPT, sort_by="id")
     manifest.write(scores, scores_out, schemas.CONVERSATION_SCORES, sort_by="id")
-    stats = {"read": len(df), "scored": len(todo), "scores_reused": len(records) - len(todo), "kept": len(kept), "rejected": len(rejected)}
+    stats = {"read": len(df) + len(taken), "taken_down": len(taken), "scored": len(todo), "scores_reused": len(records) - len(todo), "kept": len(kept), "rejected": len(rejected)}
     if stats_out:
         write_json(stats_out, stats)
     log.info("filter: %s", stats)

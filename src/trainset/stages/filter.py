@@ -59,7 +59,10 @@ def run(
     tag_dictionaries: list[str] | None = None,
     annotation_files: list[str] | None = None,
     overrides_file: str | None = None,
+    takedown: set[str] | None = None,
 ) -> pd.DataFrame:
+    """``takedown``: content SHA-256s taken down (``trainset purge``): rejected before anything else."""
+    takedown = takedown or set()
     items = manifest.read(paths["ingest"], schemas.INGEST)
     audit = manifest.read(paths["audit"], schemas.AUDIT)
     groups = manifest.read(paths["groups"], schemas.GROUPS)
@@ -100,6 +103,13 @@ def run(
         decision = policy.decide(record, override)
         flags = list(decision.flags)
         verdict = None
+        if row.sha256 in takedown:  # nothing overrides a takedown
+            verdicts.append(("policy", "takedown", "content taken down", "listed in takedown.txt (trainset purge)", []))
+            flags_col.append(flags)
+            nsfw_col.append(bool(decision.nsfw))
+            override_col.append(decision.override)
+            caption_col.append(None)
+            continue
         if decision.exclusion is not None:
             ex = decision.exclusion
             verdict = ("policy", ex.rule, ex.reason, ex.detail, list(ex.triggered))
