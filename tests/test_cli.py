@@ -48,3 +48,22 @@ def test_every_workflow_manifest_has_a_schema() -> None:
     names |= set(re.findall(r'"([a-z_]+)"', parts))
     assert {"ingest", "filtered", "rejected", "filter", "dedup"} <= names
     assert names <= set(cli.SCHEMA_BY_NAME), names - set(cli.SCHEMA_BY_NAME)
+
+
+def test_validate_knows_the_conversation_manifests_by_their_place(tmp_path: Path, capsys) -> None:
+    import pandas as pd
+
+    from trainset import manifest, schemas
+
+    folder = tmp_path / "data" / "conversations"
+    (folder / "read").mkdir(parents=True)
+    row = {"id": "s:1", "sha256": "0" * 64, "source": "s", "group": "s:1",
+           "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}],
+           "tier": "default", "category": "general", "is_training_edge_case": False, "license": "CC0-1.0",
+           "original_id": None, "rejected_reply": None}
+    manifest.write(pd.DataFrame([row]), folder / "read" / "s.parquet", schemas.CONVERSATIONS, sort_by="id")
+    manifest.write(pd.DataFrame([{**row, "flags": []}]), folder / "filtered.parquet", schemas.CONVERSATIONS_KEPT, sort_by="id")
+    assert cli.main(["validate", str(folder / "read" / "s.parquet"), str(folder / "filtered.parquet")]) == 0
+    # the image schema of the same file name would not fit
+    assert cli.main(["validate", "--schema", "filtered", str(folder / "filtered.parquet")]) == 1
+    capsys.readouterr()

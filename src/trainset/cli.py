@@ -30,10 +30,39 @@ SCHEMA_BY_NAME = {
 }
 
 
+# the conversation manifests (under data/conversations/), by name; read/<source> are CONVERSATIONS
+CONVERSATION_SCHEMA_BY_NAME = {
+    "conversations": schemas.CONVERSATIONS,
+    "conversation_scores": schemas.CONVERSATION_SCORES,
+    "conversations_kept": schemas.CONVERSATIONS_KEPT,
+    "conversations_split": schemas.CONVERSATIONS_SPLIT,
+    "conversation_stages": schemas.CONVERSATION_STAGES,
+    "conversations_rejected": schemas.CONVERSATIONS_REJECTED,
+}
+_CONVERSATION_FILES = {"scores": "conversation_scores", "filtered": "conversations_kept", "deduped": "conversations_kept",
+                       "split": "conversations_split", "stages": "conversation_stages", "rejected": "conversations_rejected",
+                       "filter": "conversations_rejected", "dedup": "conversations_rejected", "curriculum": "conversations_rejected"}
+
+
+def _conversation_key(path: Path) -> str | None:
+    """The conversation schema a file under data/conversations/ follows, from its place there."""
+    parts = path.resolve().parts
+    if "conversations" not in parts:
+        return None
+    if path.parent.name == "read":
+        return "conversations_rejected" if path.name.endswith(".rejected.parquet") else "conversations"
+    return _CONVERSATION_FILES.get(path.stem)
+
+
 def _schema_for(path: Path, name: str | None):
+    if name in CONVERSATION_SCHEMA_BY_NAME:
+        return CONVERSATION_SCHEMA_BY_NAME[name]
+    conversation = None if name else _conversation_key(path)
+    if conversation:
+        return CONVERSATION_SCHEMA_BY_NAME[conversation]
     key = name or path.stem
     if key not in SCHEMA_BY_NAME:
-        raise SystemExit(f"{path}: cannot tell which schema applies; pass --schema ({', '.join(sorted(SCHEMA_BY_NAME))})")
+        raise SystemExit(f"{path}: cannot tell which schema applies; pass --schema ({', '.join(sorted(SCHEMA_BY_NAME) + sorted(CONVERSATION_SCHEMA_BY_NAME))})")
     return SCHEMA_BY_NAME[key]
 
 
@@ -102,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("validate", help="check manifests against their schemas")
     p.add_argument("paths", nargs="+")
-    p.add_argument("--schema", choices=sorted(SCHEMA_BY_NAME), help="schema name (default: from the file name)")
+    p.add_argument("--schema", choices=sorted(SCHEMA_BY_NAME) + sorted(CONVERSATION_SCHEMA_BY_NAME), help="schema name (default: from the file name and, under data/conversations/, its place)")
     p.set_defaults(func=cmd_validate)
     p = sub.add_parser("kohya-check", help="check Kohya sd-scripts dataset configs (.toml) as sd-scripts checks them")
     p.add_argument("paths", nargs="+")
