@@ -65,6 +65,25 @@ def built_demo(tmp_path_factory) -> Path:
     return project
 
 
+def init_repo(project: Path) -> None:
+    """Make ``project`` a git + DVC repository with the workflow committed."""
+    (project / ".gitignore").write_text("/data/*\n.snakemake/\n")
+    run(["git", "init", "-q"], project)
+    run(["dvc", "init", "-q"], project)
+    run(["dvc", "config", "core.analytics", "false"], project)
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "workflow"], project)
+
+
+@pytest.fixture(scope="session")
+def dvc_first(tmp_path_factory) -> Path:
+    """The demo built once by `dvc repro` in a git + DVC repository (shared by the DVC and S3 tests)."""
+    project = copy_workflow(tmp_path_factory.mktemp("dvc_first") / "project")
+    init_repo(project)
+    run(["dvc", "repro"], project)
+    return project
+
+
 def set_params(project: Path, **changes) -> dict:
     path = project / "params.yaml"
     params = yaml.safe_load(path.read_text())

@@ -7,22 +7,11 @@ import hashlib
 import json
 from pathlib import Path
 
-import pytest
-
-from conftest import copy_workflow, run, snakemake
+from conftest import copy_workflow, init_repo, run, snakemake
 
 CLEAN = "Data and pipelines are up to date."
 TRACKED = ("data/raw/demo", "data/manifests", "data/export", "data/report",
            "data/raw/demo_conversations", "data/conversations", "data/export-conversations")
-
-
-def init_repo(project: Path) -> None:
-    (project / ".gitignore").write_text("/data/*\n.snakemake/\n")
-    run(["git", "init", "-q"], project)
-    run(["dvc", "init", "-q"], project)
-    run(["dvc", "config", "core.analytics", "false"], project)
-    run(["git", "add", "-A"], project)
-    run(["git", "commit", "-qm", "workflow"], project)
 
 
 def dvc_status(project: Path) -> str:
@@ -39,14 +28,6 @@ def digests(project: Path) -> dict[str, str]:
                     data = json.dumps({k: v for k, v in json.loads(data).items() if k != "git_commit"}, sort_keys=True).encode()
                 out[path.relative_to(project).as_posix()] = hashlib.sha256(data).hexdigest()
     return out
-
-
-@pytest.fixture(scope="module")
-def dvc_first(tmp_path_factory) -> Path:
-    project = copy_workflow(tmp_path_factory.mktemp("dvc_first") / "project")
-    init_repo(project)
-    run(["dvc", "repro"], project)
-    return project
 
 
 def test_dvc_repro_then_snakemake_does_nothing(dvc_first: Path) -> None:

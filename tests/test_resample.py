@@ -121,3 +121,11 @@ def test_a_reduce_pillow_does_differently_is_left_to_pillow(monkeypatch):
         assert np.array_equal(resample.reduce(a, 3), np.asarray(Image.fromarray(a).reduce(3)))
     finally:
         resample._probe_reduce.cache_clear()
+
+
+@pytest.mark.parametrize("shape, size", [((8, 4), (1, 1)), ((17, 5), (1, 1)), ((20, 5), (1, 2)), ((39, 10), (1, 2)), ((35, 2), (1, 2))])
+def test_outputs_a_pixel_or_two_across_equal_pillow_on_many_images(shape, size):
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        a = rng.integers(0, 256, size=shape, dtype=np.uint8)
+        assert np.array_equal(resample.lanczos(a, size), _pillow(a, size))

@@ -9,8 +9,8 @@ needs three to five such thumbnails. This module computes the same pixels:
 - the same two passes, each summing ``pixel * coefficient`` from ``2**21`` and keeping
   ``sum >> 22`` clipped to 0..255 (exact integers, so the order of the sums does not matter);
 - the same order of the two passes: Pillow picks horizontal-first or vertical-first per shape,
-  so the order is learned once per (input size, output size) by resizing a random probe image
-  both ways and comparing with Pillow itself. A shape where neither order reproduces Pillow
+  so the order is learned once per (input size, output size) by resizing random probe images
+  both ways and comparing with Pillow itself (more probes when one cannot tell the orders apart). A shape where neither order reproduces Pillow
   (a Pillow whose arithmetic changed) is resized by Pillow from then on.
 
 The hash input (``hashing.hash_input``) is a whole-factor ``Image.reduce``; :func:`reduce` gives
@@ -52,6 +52,7 @@ def coefficients(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
     scale = in_size / out_size
     filterscale = max(scale, 1.0)
     support = _SUPPORT * filterscale
+    ss = 1.0 / filterscale  # Pillow multiplies by the reciprocal: dividing differs in the last bit now and then
     ksize = int(math.ceil(support)) * 2 + 1
     bounds = np.zeros((out_size, 2), dtype=np.int64)
     weights = np.zeros((out_size, ksize), dtype=np.int32)  # Pillow's INT32 coefficients and sums
@@ -59,7 +60,7 @@ def coefficients(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
         center = (xx + 0.5) * scale
         xmin = max(int(center - support + 0.5), 0)
         count = min(int(center + support + 0.5), in_size) - xmin
-        row = [_lanczos((x + xmin - center + 0.5) / filterscale) for x in range(count)]
+        row = [_lanczos((x + xmin - center + 0.5) * ss) for x in range(count)]
         total = 0.0
         for w in row:  # left to right, as Pillow adds them
             total += w
@@ -130,13 +131,25 @@ def _passes(a: np.ndarray, size: tuple[int, int], vertical_first: bool) -> np.nd
 
 @functools.lru_cache(maxsize=4096)
 def _order(shape: tuple[int, int], size: tuple[int, int]) -> str:
-    """'hv', 'vh' or 'pillow': which order of passes reproduces Pillow for this shape."""
-    probe = np.random.default_rng(sum(shape) * 7919 + sum(size)).integers(0, 256, size=shape, dtype=np.uint8)
-    want = np.asarray(Image.fromarray(probe).resize(size, Image.Resampling.LANCZOS))
-    for order in ("hv", "vh"):
-        if np.array_equal(_passes(probe, size, order == "vh"), want):
-            return order
-    return "pillow"
+    """'hv', 'vh' or 'pillow': which order of passes reproduces Pillow for this shape.
+
+    One random probe usually tells the orders apart; where both reproduce it, more probes,
+    uniform and black-and-white, break the tie. Outputs one or two pixels wide or high go to
+    Pillow itself: there, neither order reproduces every image."""
+    if min(size) <= 2:
+        return "pillow"
+    rng = np.random.default_rng(sum(shape) * 7919 + sum(size))
+    candidates = ["hv", "vh"]
+    for k in range(_TIE_PROBES):
+        probe = rng.integers(0, 256, size=shape, dtype=np.uint8) if k % 2 == 0 else rng.integers(0, 2, size=shape, dtype=np.uint8) * 255
+        want = np.asarray(Image.fromarray(probe).resize(size, Image.Resampling.LANCZOS))
+        candidates = [order for order in candidates if np.array_equal(_passes(probe, size, order == "vh"), want)]
+        if len(candidates) < 2:
+            break
+    return candidates[0] if candidates else "pillow"
+
+
+_TIE_PROBES = 16
 
 
 def lanczos(gray: np.ndarray, size: tuple[int, int]) -> np.ndarray:
