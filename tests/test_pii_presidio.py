@@ -120,7 +120,7 @@ def test_missing_model_ner_entities_and_packages_fail_clearly(detector, monkeypa
     with pytest.raises(ValueError, match="Presidio does not know \\['PASSPORT'\\]"):
         pii.detector({"backend": "presidio", "presidio": {"entities": ["PASSPORT"]}})
     monkeypatch.setitem(sys.modules, "presidio_analyzer", None)  # as if not installed
-    with pytest.raises(MissingDependency, match="install it with: pip install -c constraints.txt -e '\.\[pii\]'"):
+    with pytest.raises(MissingDependency, match=r"install it with: pip install -c constraints.txt -e '\.\[pii\]'"):
         pii.detector({"backend": "presidio"})
 
 
