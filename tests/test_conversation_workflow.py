@@ -165,3 +165,13 @@ def test_a_new_batch_costs_only_its_own_items_and_edge_cases_bypass_only_in_thei
     # nothing kept or staged before was displaced by the batch's duplicates
     after = set(_kept(project).index) | set(_rejected(project).query("stage == 'curriculum'").index)
     assert kept_before <= after
+
+
+def test_no_conversation_source_builds_empty_outputs_and_says_so(tmp_path: Path) -> None:
+    project = copy_workflow(tmp_path / "project")  # an image-only repository: `snakemake --cores all` must not fail here
+    set_params(project, conversations__demo=False)
+    _build(project)
+    assert len(_kept(project)) == 0 and len(_rejected(project)) == 0
+    assert _json(project, "data/export-conversations/manifest.json")["files"] == {}
+    assert _json(project, "data/report/conversations-metrics.json")["go"] is None
+    assert (project / "data/report/conversations-report.md").read_text().startswith("# Conversation report: no conversations")

@@ -53,7 +53,8 @@ def write(df: pd.DataFrame, path: str | Path, schema: pa.DataFrameSchema, sort_b
     missing = [c for c in schema.columns if c not in df.columns]
     if missing:
         raise ManifestError(f"{path}: {schema.name} manifest failed validation: missing column(s) {', '.join(missing)}")
-    df = _normalize_text(df[list(schema.columns)], schema)
+    # no rows: the schema's own dtypes (an empty frame built from records has none to check)
+    df = _normalize_text(df[list(schema.columns)], schema) if len(df) else empty(schema)
     if sort_by is not None and len(df):
         df = df.sort_values(sort_by, kind="stable")
     df = validate(df, schema, path)

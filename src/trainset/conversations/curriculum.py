@@ -209,7 +209,7 @@ def assign(df: pd.DataFrame, split: pd.Series, params: dict, seed: int) -> tuple
         elif not fit:
             reason[k] = why
     weights = _weights(df, p)
-    train = (side == TRAIN) & np.array([bool(f) for f, _ in choices]) & (weights > 0)
+    train = (side == TRAIN) & np.array([bool(f) for f, _ in choices], dtype=bool) & (weights > 0)
     for k in np.flatnonzero((side == TRAIN) & (weights <= 0)):
         reason[k] = reason[k] or f"tier {rows[k].tier!r} has weight 0"
     rank = _ranks(choices, p, train)

@@ -92,8 +92,9 @@ def run(paths: dict, out_md: str | Path, out_metrics: str | Path, thresholds: di
         "quality": export_manifest.get("quality") or {},
         "export_files": len(export_manifest.get("files") or {}),
     }
-    checks = decide(metrics, thresholds)
-    metrics["go"] = all(c["ok"] for c in checks)
+    # no conversation source at all (an image-only repository): nothing to decide
+    checks = decide(metrics, thresholds) if total else []
+    metrics["go"] = all(c["ok"] for c in checks) if total else None
     atomic.write_text(out_metrics, json.dumps(metrics, indent=2, sort_keys=True, default=str) + "\n")
     atomic.write_text(out_md, render(metrics, checks, rejected, table))
     return metrics
@@ -125,6 +126,9 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
 
 
 def render(metrics: dict, checks: list[dict], rejected: pd.DataFrame, table: pd.DataFrame) -> str:
+    if metrics["go"] is None:
+        return ("# Conversation report: no conversations\n\nNo conversation source is configured "
+                "(`conversations.sources` is empty and `conversations.demo` is false), so there is nothing to decide.\n")
     verdict = "GO" if metrics["go"] else "NO-GO"
     lines = [f"# Conversation report: {verdict}", ""]
     lines.append(

@@ -9,6 +9,8 @@ never became a conversation are rejected at stage ``read`` under ids ``source:fi
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -214,34 +216,38 @@ _SCORING_MODULES = ("conversations.quality", "conversations.pii", "conversations
                     "conversations.language", "conversations.tokens", "conversations.toxicity", "conversations.structure", "conversations.coherence")
 
 
-def score_key(conversation: dict, settings) -> str:
-    """What a conversation's scores depend on: its exact messages, the settings that change a score
-    (not the gate's thresholds) and the scoring code and lexicons."""
-    import hashlib
+def score_keys(records: list[dict], settings) -> list[str]:
+    """Per conversation, what its scores depend on: its exact messages, the settings that change a
+    score (not the gate's thresholds; resolved once per tier and category) and the scoring code
+    and lexicons."""
+    prefixes: dict[tuple[str, str], hashlib._Hash] = {}
+    keys = []
+    for r in records:
+        group = (r["tier"], r["category"])
+        if group not in prefixes:
+            s = settings.resolve(*group)
+            knobs = (s.tokenizer, tuple(s.language_candidates), s.drop_trailing_user,
+                     tuple(k for k, a in sorted(s.pii_actions.items()) if a != "off"), repr(s.pii_detector), s.toxicity_model)
+            prefixes[group] = hashlib.sha256((_scoring_digest() + repr(knobs)).encode())
+        h = prefixes[group].copy()
+        h.update(json.dumps(r["messages"], ensure_ascii=False, sort_keys=True).encode())
+        keys.append(h.hexdigest())
+    return keys
 
-    s = settings
-    knobs = (s.tokenizer, tuple(s.language_candidates), s.drop_trailing_user,
-             tuple(k for k, a in sorted(s.pii_actions.items()) if a != "off"), repr(s.pii_detector), s.toxicity_model)
-    h = hashlib.sha256(_scoring_digest().encode())
-    h.update(repr(knobs).encode())
-    h.update(json.dumps(conversation["messages"], ensure_ascii=False, sort_keys=True).encode())
-    return h.hexdigest()
 
-
+@functools.lru_cache(maxsize=1)
 def _scoring_digest() -> str:
-    import hashlib
-
+    """The scoring modules' code and the lexicons, read once per process."""
     from .. import provenance
 
-    lexicons = sorted((Path(provenance.PACKAGE_DIR) / "data" / "lexicons").glob("*.txt"))
     h = hashlib.sha256(provenance.code_digest(*_SCORING_MODULES).encode())
-    for path in lexicons:
+    for path in sorted((Path(provenance.PACKAGE_DIR) / "data" / "lexicons").glob("*.txt")):
         h.update(path.name.encode() + b"\0" + path.read_bytes())
     return h.hexdigest()
 
 
 class ScoreCache:
-    """Quality scores by :func:`score_key`, one Parquet part per computed batch (written atomically),
+    """Quality scores by :func:`score_keys`, one Parquet part per computed batch (written atomically),
     so a rerun or a new batch scores only conversations it has never seen with these settings."""
 
     def __init__(self, root: str | Path):
@@ -260,12 +266,13 @@ class ScoreCache:
                 log.warning("%s: unreadable score part skipped (%s)", part, exc)
                 continue
             frames.append(frame[frame["key"].isin(wanted)])
-        found = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["key"])
-        return found.drop_duplicates("key").set_index("key")
+        if not frames:
+            from .quality import SCORE_COLUMNS
+
+            return pd.DataFrame(columns=[c for c in SCORE_COLUMNS if c != "id"], index=pd.Index([], name="key"))
+        return pd.concat(frames, ignore_index=True).drop_duplicates("key").set_index("key")
 
     def put(self, frame: pd.DataFrame) -> None:
-        import hashlib
-
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -290,7 +297,7 @@ def filter_conversations(read_paths: list[str | Path], out: str | Path, scores_o
     taken = df[df["sha256"].isin(takedown or set())]  # trainset purge: nothing overrides it
     df = df.drop(index=taken.index)
     records = to_records(df)
-    keys = [score_key(r, settings.resolve(r["tier"], r["category"])) for r in records]
+    keys = score_keys(records, settings)
     cache = ScoreCache(Path(cache_dir) / "scores")
     known = cache.get(keys)
     todo = [(k, r) for k, r in zip(keys, records) if k not in known.index]
