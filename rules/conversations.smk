@@ -1,5 +1,6 @@
 # conversations: raw -> read (one job per source) -> filtered (structure, quality gates) -> deduped
 # (exact, near, semantic; decontaminated) -> split and staged -> exported -> reported.
+from trainset.conversations import readers as conv_readers
 from trainset.conversations import sources as conv_sources
 
 CONV_PARAMS = config.get("conversations") or {}
@@ -11,12 +12,9 @@ CONV_DEMO_PATH = "data/raw/demo_conversations"
 
 def conv_files(source):
     """A source's files: listed at parse time so an edit to any of them reruns its read job."""
-    path = Path(source.path)
-    if str(path).startswith(CONV_DEMO_PATH) and CONV_DEMO:
-        return [CONV_DEMO_PATH]
-    if path.is_dir():
-        return sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in (".json", ".jsonl", ".ndjson", ".csv", ".parquet"))
-    return [str(path)]
+    if CONV_DEMO and str(source.path).startswith(CONV_DEMO_PATH):
+        return [CONV_DEMO_PATH]  # made by conversations_demo
+    return [str(p) for p in conv_readers.files(source)]
 
 
 rule conversations_demo:

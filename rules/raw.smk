@@ -1,4 +1,5 @@
 # raw: the demo source and the ingest manifest of every source.
+from trainset.sources import materialize as ts_materialize
 from trainset.sources import source_fingerprint
 
 
@@ -22,18 +23,9 @@ def materialized_input(source):
     return f"{ts_config.MATERIALIZED_DIR}/{source.name}"
 
 
-def source_inputs(source):
-    """The files an archive, Parquet or WebDataset source is made from (listed now, so an edit reruns it)."""
-    path = Path(source.path)
-    if path.is_dir():
-        suffixes = {"archive": (".zip", ".tar", ".tgz", ".gz", ".bz2", ".xz"), "parquet": (".parquet",), "webdataset": (".tar",)}[source.kind]
-        return sorted(str(p) for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(suffixes))
-    return [str(path)]
-
-
 rule materialize:
     input:
-        lambda w: source_inputs(MATERIALIZED[w.name]),
+        lambda w: [str(p) for p in ts_materialize.inputs(MATERIALIZED[w.name])],
     output:
         directory(f"{ts_config.MATERIALIZED_DIR}/{{name}}"),
     wildcard_constraints:

@@ -89,9 +89,8 @@ def read(source: ConversationSource) -> tuple[list[dict], list[Rejection]]:
     record that could not be read."""
     if source.shape not in SHAPES:
         raise ValueError(f"conversation source {source.name!r}: unknown shape {source.shape!r} ({', '.join(SHAPES)})")
-    files = sorted(p for p in source.path.rglob("*") if p.suffix.lower() in FILE_TYPES) if source.path.is_dir() else [source.path]
     conversations, rejected = [], []
-    for path in files:
+    for path in files(source):
         rows: list[tuple[int, dict | Exception]] = []
         try:
             for item in records(path):
@@ -114,6 +113,13 @@ def read(source: ConversationSource) -> tuple[list[dict], list[Rejection]]:
         conversations += made
         rejected += bad
     return conversations, rejected
+
+
+def files(source: ConversationSource) -> list[Path]:
+    """The source's file, or its folder's conversation files in name order."""
+    if source.path.is_dir():
+        return sorted(p for p in source.path.rglob("*") if p.is_file() and p.suffix.lower() in FILE_TYPES)
+    return [source.path]
 
 
 def records(path: Path) -> Iterator[tuple[int, dict | Exception]]:

@@ -34,38 +34,31 @@ def roles(params: dict[str, Any]) -> Roles:
 
 def sources_from_params(params: dict[str, Any], root: str | Path = ".") -> list[ConversationSource]:
     """Every conversation source: the demo's first when ``conversations.demo`` is true."""
-    root = Path(root)
-    conv = block(params)
-    entries = []
-    if as_flag(conv.get("demo", False), "params.yaml: conversations.demo"):
-        entries += [{**e, "path": f"{demo.DEMO_PATH}/{e['path']}", "license": demo.DEMO_LICENSE} for e in demo.SOURCES]
-    raw = conv.get("sources") or []
-    if not isinstance(raw, list):
-        raise ConfigError("params.yaml: conversations.sources must be a list")
-    entries += raw
-    casefold = as_flag(conv.get("casefold", True), "params.yaml: conversations.casefold")
-    found = [_parse(e, i, root, roles(params), casefold, "conversations.sources") for i, e in enumerate(entries)]
-    _unique(found, "conversations.sources")
-    return found
+    return _entries(params, Path(root), "sources", demo.SOURCES)
 
 
 def eval_sets_from_params(params: dict[str, Any], root: str | Path = ".") -> list[ConversationSource]:
     """The evaluation sets training data is decontaminated against (``conversations.decontaminate``)."""
-    root = Path(root)
-    conv = block(params)
-    entries = []
-    if as_flag(conv.get("demo", False), "params.yaml: conversations.demo"):
-        entries += [{**e, "path": f"{demo.DEMO_PATH}/{e['path']}", "license": demo.DEMO_LICENSE} for e in demo.EVAL_SETS]
-    raw = conv.get("decontaminate") or []
-    if not isinstance(raw, list):
-        raise ConfigError("params.yaml: conversations.decontaminate must be a list")
-    entries += [{"license": "evaluation set", **e} if isinstance(e, dict) else e for e in raw]
-    casefold = as_flag(conv.get("casefold", True), "params.yaml: conversations.casefold")
-    found = [_parse(e, i, root, roles(params), casefold, "conversations.decontaminate") for i, e in enumerate(entries)]
-    _unique(found, "conversations.decontaminate")
+    found = _entries(params, Path(root), "decontaminate", demo.EVAL_SETS, defaults={"license": "evaluation set"})
     clash = sorted({s.name for s in found} & {s.name for s in sources_from_params(params, root)})
     if clash:
         raise ConfigError(f"params.yaml: an evaluation set and a source share a name: {', '.join(clash)}")
+    return found
+
+
+def _entries(params: dict[str, Any], root: Path, key: str, demo_entries: list[dict], defaults: dict | None = None) -> list[ConversationSource]:
+    """The demo's entries (when on), then ``conversations.<key>``, parsed and checked for unique names."""
+    conv = block(params)
+    entries = []
+    if as_flag(conv.get("demo", False), "params.yaml: conversations.demo"):
+        entries += [{**e, "path": f"{demo.DEMO_PATH}/{e['path']}", "license": demo.DEMO_LICENSE} for e in demo_entries]
+    raw = conv.get(key) or []
+    if not isinstance(raw, list):
+        raise ConfigError(f"params.yaml: conversations.{key} must be a list")
+    entries += [{**(defaults or {}), **e} if isinstance(e, dict) else e for e in raw]
+    casefold = as_flag(conv.get("casefold", True), "params.yaml: conversations.casefold")
+    found = [_parse(e, i, root, roles(params), casefold, f"conversations.{key}") for i, e in enumerate(entries)]
+    _unique(found, f"conversations.{key}")
     return found
 
 

@@ -300,13 +300,13 @@ def filter_conversations(read_paths: list[str | Path], out: str | Path, scores_o
     keys = score_keys(records, settings)
     cache = ScoreCache(Path(cache_dir) / "scores")
     known = cache.get(keys)
-    todo = [(k, r) for k, r in zip(keys, records) if k not in known.index]
-    todo = list({k: r for k, r in todo}.items())
+    todo = {k: r for k, r in zip(keys, records) if k not in known.index}  # each content once
     if todo:
-        fresh = quality.score([r for _, r in todo], settings, TextEncoder(Path(cache_dir) / "embeddings"))
-        fresh.insert(0, "key", [k for k, _ in todo])
+        fresh = quality.score(list(todo.values()), settings, TextEncoder(Path(cache_dir) / "embeddings"))
+        fresh.insert(0, "key", list(todo))
         cache.put(fresh.drop(columns=["id"]))
-        known = pd.concat([known, fresh.drop(columns=["id"]).set_index("key")])
+        fresh = fresh.drop(columns=["id"]).set_index("key")
+        known = pd.concat([known, fresh]) if len(known) else fresh  # an empty cache frame has no dtypes to keep
     scores = known.loc[keys].reset_index(drop=True)
     scores.insert(0, "id", [r["id"] for r in records])
     scores.insert(1, "sha256", [r["sha256"] for r in records])

@@ -19,11 +19,15 @@ from . import archive, parquet_images, url_list, webdataset
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".tar.gz", ".tar.bz2", ".tar.xz")
 
 
-def inputs(source: Source, suffixes: tuple[str, ...]) -> list[Path]:
-    """The source's file, or the matching files of its folder (sorted)."""
+SUFFIXES = {"archive": ARCHIVE_SUFFIXES, "parquet": (".parquet",), "webdataset": (".tar",)}
+
+
+def inputs(source: Source) -> list[Path]:
+    """The files an archive, Parquet or WebDataset source is made from: its file, or the matching
+    files of its folder (sorted); a missing path fails naming the source."""
     path = Path(source.path)
     if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(suffixes))
+        return sorted(p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(SUFFIXES[source.kind]))
     if not path.is_file():
         raise FileNotFoundError(f"source {source.name!r}: {path} does not exist")
     return [path]
@@ -34,15 +38,15 @@ def unpack(source: Source, dest: str | Path, limits: dict | None = None) -> dict
     bounds = archive.Limits.from_params(limits or {})
     dest = Path(dest)
     if source.kind == "archive":
-        files = inputs(source, ARCHIVE_SUFFIXES)
+        files = inputs(source)
         if len(files) == 1 and not Path(source.path).is_dir():
             return archive.extract(files[0], dest, bounds).as_dict()
         dest.mkdir(parents=True, exist_ok=True)  # a folder of archives: one subfolder each
         return {"archives": {f.name: archive.extract(f, dest / _stem(f), bounds).as_dict() for f in files}}
     if source.kind == "parquet":
-        return parquet_images.extract(inputs(source, (".parquet",)), dest, source.image_column, source.key_column, bounds).as_dict()
+        return parquet_images.extract(inputs(source), dest, source.image_column, source.key_column, bounds).as_dict()
     if source.kind == "webdataset":
-        return webdataset.extract(inputs(source, (".tar",)), dest, bounds).as_dict()
+        return webdataset.extract(inputs(source), dest, bounds).as_dict()
     raise ValueError(f"source {source.name!r}: kind {source.kind!r} is not unpacked")
 
 

@@ -103,17 +103,12 @@ def run(
         decision = policy.decide(record, override)
         flags = list(decision.flags)
         verdict = None
-        if row.sha256 in takedown:  # nothing overrides a takedown
-            verdicts.append(("policy", "takedown", "content taken down", "listed in takedown.txt (trainset purge)", []))
-            flags_col.append(flags)
-            nsfw_col.append(bool(decision.nsfw))
-            override_col.append(decision.override)
-            caption_col.append(None)
-            continue
-        if decision.exclusion is not None:
+        if row.sha256 in takedown:
+            verdict = TAKEDOWN
+        elif decision.exclusion is not None:
             ex = decision.exclusion
             verdict = ("policy", ex.rule, ex.reason, ex.detail, list(ex.triggered))
-        if verdict is None or verdict[1] != "minors":
+        if verdict is None or verdict[1] not in FINAL:
             failure = _failure(row)
             if failure is not None:
                 verdict = failure  # an unusable file is rejected whatever the policy says (minors aside)
@@ -141,6 +136,11 @@ def run(
     rejected = ledger.reject(hit, as_series(0), as_series(1), as_series(2), as_series(3), as_series(4)) if len(hit) else ledger.no_rejections()
     manifest.write(rejected, rejected_out, schemas.REJECTED)
     return manifest.write(df[~rejected_mask][list(schemas.FILTERED.columns)], out, schemas.FILTERED)
+
+
+TAKEDOWN = ("policy", "takedown", "content taken down", "listed in takedown.txt (trainset purge)", [])
+FINAL = ("minors", "takedown")
+"""Rules nothing else replaces: not an override, not a decode failure."""
 
 
 def _minors_follow_pairs(df: pd.DataFrame, verdicts: list) -> None:
