@@ -3,6 +3,7 @@
 # Run from the repository root: snakemake --cores all
 
 from trainset import config as ts_config
+from trainset import distributions
 from trainset import provenance
 
 configfile: "params.yaml"
@@ -29,6 +30,8 @@ rule all:
         "data/export",
         REPORT,
         METRICS,
+        HTML_REPORT,
+        PLOT_FILES,
         CONV_EXPORT,
         CONV_REPORT,
         CONV_METRICS,

@@ -19,6 +19,10 @@ REJECTED_PARTS = [f"{M}/rejected/{part}.parquet" for part in ("filter", "dedup")
 EXPORT = "data/export"
 REPORT = "data/report/dataset-report.md"
 METRICS = "data/report/metrics.json"
+HTML_REPORT = "data/report/html"  # index.html + thumbs/: opens from disk
+PLOTS_DIR = "data/report/plots"   # DVC plots data (dvc plots diff)
+PLOT_FILES = [f"{PLOTS_DIR}/{name}.csv" for name in distributions.PLOTS]
+THUMBS = "data/cache/thumbs"      # thumbnails by content hash, made once
 CACHE = "data/cache"
 RUN = "data/run"
 

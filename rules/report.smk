@@ -23,3 +23,29 @@ rule report:
         code=CODE,
     script:
         "../scripts/report.py"
+
+
+rule report_html:
+    input:
+        ingest=INGEST,
+        audit=AUDIT,
+        rejected=REJECTED,
+        split=SPLIT,
+        clusters=CLUSTERS,
+        metrics=METRICS,
+        conversation_metrics=CONV_METRICS,
+        conversation_stages=CONV_STAGES,
+    output:
+        html=directory(HTML_REPORT),
+        plots=PLOT_FILES,
+    params:
+        plots_dir=PLOTS_DIR,
+        cache_dir=THUMBS,
+        html=config["report"].get("html") or {},
+        thresholds=config["report"],
+        balance=config["balance"],
+        max_tokens=config["caption"]["max_tokens"],
+        nsfw_action=config["policy"]["nsfw"]["action"],
+        code=CODE,
+    script:
+        "../scripts/report_html.py"

@@ -345,7 +345,7 @@ def _rejected_row(**over) -> dict:
     row = {
         "item_id": "s:a.png", "sha256": "a" * 64, "source": "s", "path": "raw/a.png", "stage": "policy", "rule": "minors",
         "reason": "minor_sexual", "detail": "why", "triggered_tags": ["loli"], "duplicate_of": None,
-        "schema_version": schemas.SCHEMA_VERSION,
+        "nsfw_flag": True, "schema_version": schemas.SCHEMA_VERSION,
     }
     row.update(over)
     return row
@@ -367,6 +367,17 @@ def test_rejected_duplicate_of_names_the_kept_item_or_nothing(tmp_path):
     manifest.write(pd.DataFrame(rows), path, schemas.REJECTED)
     back = manifest.read(path, schemas.REJECTED).set_index("item_id")
     assert pd.isna(back.loc["s:a.png", "duplicate_of"]) and back.loc["s:b.png", "duplicate_of"] == "s:a.png"
+
+
+def test_rejected_written_before_nsfw_flag_existed_reads_as_not_flagged(tmp_path):
+    """A rejected manifest from an older version (no nsfw_flag column) stays readable, e.g. by trainset diff."""
+    path = tmp_path / "rejected.parquet"
+    old = pd.DataFrame([_rejected_row(), _rejected_row(item_id="s:b.png")]).drop(columns=["nsfw_flag"])
+    old.to_parquet(path)
+    back = manifest.read(path, schemas.REJECTED)
+    assert back["nsfw_flag"].dtype == bool and not back["nsfw_flag"].any()
+    with pytest.raises(ManifestError, match="nsfw_flag"):
+        manifest.write(old, tmp_path / "again.parquet", schemas.REJECTED)  # writing still needs it
 
 
 def test_nsfw_scores_are_probabilities_or_nan(tmp_path):

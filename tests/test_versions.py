@@ -43,7 +43,7 @@ def rejected_row(i: int, **over) -> dict:
     row = {
         "item_id": f"demo:{i:03d}", "sha256": sha(f"content {i}"), "source": "demo", "path": f"data/raw/demo/{i}.png",
         "stage": "filter", "rule": "blocklist", "reason": "blocked tag", "detail": "", "triggered_tags": [],
-        "duplicate_of": None, "schema_version": 1,
+        "duplicate_of": None, "nsfw_flag": False, "schema_version": 1,
     }
     row.update(over)
     return row

@@ -189,14 +189,14 @@ class Settings:
 def estimates(items: list[tuple[str, str]], settings: Settings, cache_dir: str | Path | None) -> dict[str, Background]:
     """The background of each distinct content among ``(sha256, path)`` items, read once and kept
     in a content-keyed cache (``cache_dir``) with the settings and this module's code in its key."""
-    from . import features
+    from . import features, progress
     from .provenance import code_digest, params_digest, versions
 
     key = params_digest({"min_uniformity": settings.min_uniformity, "code": code_digest("background"), "versions": versions()})
     cache = features.FeatureCache(Path(cache_dir), key) if cache_dir is not None else None
     hits, todo, _ = features.partition_by_cache(items, cache.get if cache is not None else lambda sha: None)
     out = {sha: Background(tuple(hit["rgb"]), hit["uniformity"], hit["name"]) for sha, hit in hits.items()}
-    for sha, path in todo:
+    for sha, path in progress.bar(todo, desc="background", unit="image"):
         try:
             image = open_small(path)
         except OSError as exc:  # decoded by the audit: gone or changed since

@@ -49,7 +49,7 @@ from typing import Callable, NoReturn
 import numpy as np
 from PIL import Image, ImageOps
 
-from . import atomic, features
+from . import atomic, features, progress
 from .provenance import code_digest, params_digest, versions
 
 log = logging.getLogger(__name__)
@@ -699,7 +699,7 @@ def embed_items(
     pre = embedder.preprocess
     min_side = DRAFT_FACTOR * max(pre.input_size)
     with ThreadPoolExecutor(max_workers=max(1, int(threads or 1))) as pool:
-        for start in range(0, len(todo), batch_size):
+        for start in progress.bar(range(0, len(todo), batch_size), desc="embed", unit="batch"):
             chunk = todo[start : start + batch_size]
             decoded = list(pool.map(lambda item: _decode(item[1], min_side), chunk))
             good = []

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from . import atomic, features, hashing, schemas
+from . import atomic, features, hashing, progress, schemas
 
 WEBDATASET_DIR = "webdataset"
 HF_DIR = "hf"
@@ -258,12 +258,13 @@ def write_webdataset(
     out_dir = Path(out_dir) if out_dir is not None else Path(export_dir) / WEBDATASET_DIR
     all_items = items(export, export_dir)
     files = []
-    with atomic.atomic_dir(out_dir) as tmp:
+    with atomic.atomic_dir(out_dir) as tmp, progress.bar(total=len(all_items), desc="export webdataset", unit="image") as shown:
         for split, chosen in _by_split(all_items):
             for n, run in enumerate(chunks([sample_tar_bytes(it) for it in chosen], max_count, max_bytes)):
                 path = tmp / f"{split}-{n:06d}.tar"
                 _write_shard(path, [chosen[i] for i in run])
                 files.append(_entry(path, split, len(run)))
+                shown.update(len(run))
         index = _index("webdataset", files, {"shard_max_count": max_count, "shard_max_bytes": max_bytes})
         _write_index(tmp, index)
     return index
@@ -323,13 +324,14 @@ def write_hf_parquet(
     out_dir = Path(out_dir) if out_dir is not None else Path(export_dir) / HF_DIR
     all_items = items(export, export_dir)
     files = []
-    with atomic.atomic_dir(out_dir) as tmp:
+    with atomic.atomic_dir(out_dir) as tmp, progress.bar(total=len(all_items), desc="export parquet", unit="image") as shown:
         for split, chosen in _by_split(all_items):
             parts = chunks([it.image_size for it in chosen], max_rows, max_bytes)
             for n, run in enumerate(parts):
                 path = tmp / f"{split}-{n:05d}-of-{len(parts):05d}.parquet"
                 _write_part(path, [chosen[i] for i in run], group_rows, group_bytes)
                 files.append(_entry(path, split, len(run)))
+                shown.update(len(run))
         settings = {"max_rows_per_file": max_rows, "max_bytes_per_file": max_bytes,
                     "row_group_rows": group_rows, "row_group_max_bytes": group_bytes}
         index = _index("hf_parquet", files, settings)

@@ -45,7 +45,7 @@ import numba
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from . import atomic, hashing, kernels, views
+from . import atomic, hashing, kernels, progress, views
 from .provenance import code_digest, params_digest, versions
 
 _ORIENTATION_TAG = 0x0112
@@ -577,7 +577,8 @@ def compute(
     result, todo, stats.contents = partition_by_cache(items, cache.get)
     stats.cache_hits = len(result)
     # cached as each batch is hashed: a run stopped halfway keeps what it decoded
-    for (sha, path), feats in zip(todo, extract_many([p for _, p in todo], max_pixels, threads)):
+    decoded = zip(todo, extract_many([p for _, p in todo], max_pixels, threads))
+    for (sha, path), feats in progress.bar(decoded, total=len(todo), desc="decode", unit="image"):
         if feats["sha256"] != sha:
             raise ContentChanged(
                 f"{path}: changed since it was ingested (manifest SHA-256 {sha}, file now {feats['sha256']}); "

@@ -22,6 +22,8 @@ import numpy as np
 import scipy.fftpack
 from numba.extending import intrinsic
 
+from . import progress
+
 log = logging.getLogger(__name__)
 
 _M1 = 0x5555555555555555
@@ -244,7 +246,7 @@ def blockwise_pairs(hashes, max_distance, block: int = 2048, be: Backend | None 
     hb = hq if base is None else xp.asarray(other)
     cols = xp.arange(len(other))[None, :]
     out_i, out_j, out_d = [], [], []
-    for start in range(0, len(query), block):
+    for start in progress.bar(range(0, len(query), block), desc="hash pairs", unit="block"):
         stop = min(start + block, len(query))
         dist = popcount64(hq[start:stop, None] ^ hb[None, :], xp)
         keep = dist <= max_distance
@@ -526,7 +528,7 @@ def mih_pairs(hashes, max_distance, base=None, threads: int | None = None):
         return hamming_pairs(query, t, be=HOST, threads=threads, base=base)
     masks = np.array([((1 << w) - 1) << off for off, w in mih_chunks(t)], dtype=np.uint64)
     out_i, out_j, out_d = [], [], []
-    for c, (offset, width) in enumerate(mih_chunks(t)):
+    for c, (offset, width) in enumerate(progress.bar(mih_chunks(t), desc="hash pairs", unit="chunk")):
         key = _chunk_keys(other, offset, width)
         order = np.argsort(key, kind="stable")  # stable: original indices ascend within a run
         keys = key[order]
@@ -770,7 +772,8 @@ def minhash_blockwise(hashes, offsets, num_perm: int = 128, seed: int = 1, schem
     a, b = (xp.asarray(x) for x in minhash_permutations(num_perm, seed, scheme))
     values = xp.asarray(hashes.astype(np.uint64)) if scheme == "legacy" else fmix32(xp.asarray(hashes), xp)
     budget = block_elements or MINHASH_BLOCK_ELEMENTS.get(be.name, MINHASH_BLOCK_ELEMENTS["numpy"])
-    for docs in _minhash_blocks(lengths[order], budget // num_perm):
+    blocks = progress.bar(_minhash_blocks(lengths[order], budget // num_perm), desc="minhash", unit="block")
+    for docs in blocks:
         docs = order[docs]
         width = int(lengths[docs[-1]])
         gather = offsets[docs][:, None] + np.minimum(np.arange(width)[None, :], lengths[docs][:, None] - 1)

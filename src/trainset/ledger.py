@@ -14,7 +14,8 @@ class ConservationError(RuntimeError):
 def reject(rows: pd.DataFrame, stage, rule, reason, detail, triggered=None, duplicate_of=None) -> pd.DataFrame:
     """Rejected-manifest rows for ``rows`` (each field: a value or a Series
     aligned to rows; triggered holds the tags that made a policy rule fire, duplicate_of the
-    item a dropped duplicate was dropped in favour of)."""
+    item a dropped duplicate was dropped in favour of). ``nsfw_flag`` comes from the rows when the
+    policy has judged them (filter and dedup), else False."""
     out = pd.DataFrame(
         {
             "item_id": rows["item_id"].astype(str),
@@ -36,6 +37,7 @@ def reject(rows: pd.DataFrame, stage, rule, reason, detail, triggered=None, dupl
         lists = [list(triggered) for _ in range(len(out))]
     out["triggered_tags"] = pd.Series(lists, index=out.index, dtype=object)
     out["duplicate_of"] = pd.Series(duplicate_of, index=out.index, dtype=object)
+    out["nsfw_flag"] = rows["nsfw_flag"].astype(bool) if "nsfw_flag" in rows.columns else False
     for col in ("stage", "rule", "reason", "detail"):
         out[col] = out[col].astype(str)
     return manifest.with_version(out)

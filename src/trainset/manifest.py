@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pandera.pandas as pa
 
-from . import atomic
+from . import atomic, schemas
 from .schemas import SCHEMA_VERSION
 
 
@@ -83,10 +83,18 @@ def read(path: str | Path, schema: pa.DataFrameSchema) -> pd.DataFrame:
     if not path.exists():
         raise ManifestError(f"{path}: {schema.name} manifest is missing")
     df = pd.read_parquet(path)
+    for col, value in schemas.ADDED_LATER.get(schema.name, {}).items():
+        if col not in df.columns:
+            df.insert(len(df.columns) - ("schema_version" in df.columns), col, value)
     for col in ("tags", "artists", "flags", "triggered_tags"):
         if col in df.columns:
             df[col] = df[col].map(list)
     return validate(df, schema, path)
+
+
+def read_many(paths: dict, schemas_by_key: dict[str, pa.DataFrameSchema]) -> dict[str, pd.DataFrame]:
+    """``paths[key]`` read against ``schemas_by_key[key]``, for every key of the latter."""
+    return {key: read(paths[key], schema) for key, schema in schemas_by_key.items()}
 
 
 def empty(schema: pa.DataFrameSchema) -> pd.DataFrame:

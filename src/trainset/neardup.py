@@ -34,7 +34,7 @@ import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from . import hashing, kernels, views
+from . import hashing, kernels, progress, views
 from .config import ConfigError
 from .provenance import params_digest
 
@@ -464,7 +464,7 @@ def detect(paths: list[str], near_dup: dict, cache_dir: str | Path, threads: int
 
     cache_dir = Path(cache_dir)
     rule = Rule.from_params(near_dup, seed)
-    shas = [hashing.sha256_file(p) for p in paths]
+    shas = [hashing.sha256_file(p) for p in progress.bar(paths, desc="hash", unit="file")]
     table = group.feature_table(list(zip(shas, paths)), cache_dir, threads)
     pairs = group.search(rule, table, cache_dir, threads, index=False)[0] if len(table) else pd.DataFrame(columns=list(PAIR_FIELDS))
     rows_of: dict[str, list[int]] = {}

@@ -156,6 +156,9 @@ REJECTED_COLUMNS = {
     "triggered_tags": pa.Column(object, pa.Check(_is_str_list, element_wise=True, error="triggered_tags must be a list of strings")),
     # a dropped duplicate: the item (or reference file) it was dropped in favour of
     "duplicate_of": _text(nullable=True),
+    # the policy judged the item sexual content, whatever it was rejected for: the HTML report
+    # never shows such an item plainly (trainset.stages.html_report)
+    "nsfw_flag": pa.Column(bool),
     **_VERSION,
 }
 
@@ -317,6 +320,11 @@ CONVERSATION_STAGE_COLUMNS = {
     "eval": pa.Column("int64", pa.Check.ge(0)),
     "note": _text(nullable=True),
 }
+
+
+# columns added after a manifest kind first shipped, with the value older manifests read as
+# (manifest.read fills them, so older versions stay readable by trainset diff)
+ADDED_LATER = {"rejected": {"nsfw_flag": False}}
 
 
 def _schema(name: str, columns: dict, unique: list[str] | None = None) -> pa.DataFrameSchema:

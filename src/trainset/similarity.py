@@ -15,6 +15,7 @@ import math
 
 import numpy as np
 
+from . import progress
 from .kernels import Backend, backend
 
 #: Elements of one float64 similarity tile, per backend: 2048 x 2048 (32 MiB) on the CPU.
@@ -79,38 +80,44 @@ def _sorted(out, be: Backend):
     return i[order].astype(np.int64), j[order].astype(np.int64), c[order].astype(np.float64)
 
 
-def _within(rows: _Rows, threshold: float, block: int | None):
-    """Pairs i < j with cos >= threshold, tile by tile over the upper triangle."""
+def _within(rows: _Rows, threshold: float, block: int | None, show: bool = True):
+    """Pairs i < j with cos >= threshold, tile by tile over the upper triangle (a progress bar of
+    tiles unless ``show`` is False)."""
     be, xp, n = rows.be, rows.be.xp, len(rows)
     side = _side(be, block)
+    strips = -(-n // side)
     out = []
-    for r0 in range(0, n, side):
-        r1 = min(r0 + side, n)
-        a = rows.tile(r0, r1)
-        for c0 in range(r0, n, side):
-            c1 = min(c0 + side, n)
-            sims = a @ rows.tile(c0, c1).T
-            hit = sims >= threshold
-            if c0 == r0:  # the diagonal tile: only j > i
-                hit &= xp.arange(c1 - c0)[None, :] > xp.arange(r1 - r0)[:, None]
-            ii, jj = xp.nonzero(hit)
-            if len(ii):
-                out.append((ii + r0, jj + c0, sims[ii, jj]))
+    with progress.bar(total=strips * (strips + 1) // 2, desc="cosine pairs", unit="tile", show=show) as shown:
+        for r0 in range(0, n, side):
+            r1 = min(r0 + side, n)
+            a = rows.tile(r0, r1)
+            for c0 in range(r0, n, side):
+                c1 = min(c0 + side, n)
+                sims = a @ rows.tile(c0, c1).T
+                hit = sims >= threshold
+                if c0 == r0:  # the diagonal tile: only j > i
+                    hit &= xp.arange(c1 - c0)[None, :] > xp.arange(r1 - r0)[:, None]
+                ii, jj = xp.nonzero(hit)
+                if len(ii):
+                    out.append((ii + r0, jj + c0, sims[ii, jj]))
+                shown.update()
     return _sorted(out, be)
 
 
-def _between(q: _Rows, b: _Rows, threshold: float, block: int | None):
-    """All (qi, bj) with cos >= threshold."""
+def _between(q: _Rows, b: _Rows, threshold: float, block: int | None, show: bool = True):
+    """All (qi, bj) with cos >= threshold (a progress bar of tiles unless ``show`` is False)."""
     be, xp = q.be, q.be.xp
     side = _side(be, block)
     out = []
-    for r0 in range(0, len(q), side):
-        a = q.tile(r0, min(r0 + side, len(q)))
-        for c0 in range(0, len(b), side):
-            sims = a @ b.tile(c0, min(c0 + side, len(b))).T
-            ii, jj = xp.nonzero(sims >= threshold)
-            if len(ii):
-                out.append((ii + r0, jj + c0, sims[ii, jj]))
+    with progress.bar(total=-(-len(q) // side) * -(-len(b) // side), desc="cosine pairs", unit="tile", show=show) as shown:
+        for r0 in range(0, len(q), side):
+            a = q.tile(r0, min(r0 + side, len(q)))
+            for c0 in range(0, len(b), side):
+                sims = a @ b.tile(c0, min(c0 + side, len(b))).T
+                ii, jj = xp.nonzero(sims >= threshold)
+                if len(ii):
+                    out.append((ii + r0, jj + c0, sims[ii, jj]))
+                shown.update()
     return _sorted(out, be)
 
 
@@ -210,7 +217,7 @@ def _train(rows: _Rows, k: int, seed: int, iters: int, max_points_per_centroid: 
     host = _host(rows)
     centroids = _plus_plus(rows, k, rng)
     labels = None
-    for _ in range(max(1, int(iters))):
+    for _ in progress.bar(range(max(1, int(iters))), desc="k-means", unit="iter"):
         top, best = _top_centroids(rows, centroids, 1)
         if labels is not None and np.array_equal(top[:, 0], labels):
             break
@@ -283,14 +290,14 @@ def semdedup_pairs(
     homes = _groups(top[:, 0], np.arange(n), k)
     visits = _groups(top[:, 1:].ravel(), np.repeat(np.arange(n), top.shape[1] - 1), k)
     out = []
-    for members, visitors in zip(homes, visits):
+    for members, visitors in progress.bar(zip(homes, visits), total=k, desc="cosine pairs", unit="cluster"):
         if len(members) == 0:
             continue
         sub = rows.take(members)
-        i, j, cos = _within(sub, threshold, block)
+        i, j, cos = _within(sub, threshold, block, show=False)
         out.append((members[i], members[j], cos))
         if len(visitors):
-            qi, bj, cos = _between(rows.take(visitors), sub, threshold, block)
+            qi, bj, cos = _between(rows.take(visitors), sub, threshold, block, show=False)
             a, b = visitors[qi], members[bj]
             out.append((np.minimum(a, b), np.maximum(a, b), cos))
     i, j, cos = (np.concatenate([part[m] for part in out]) for m in range(3))

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import embeddings
+from .. import embeddings, progress
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class TextEncoder:
         if missing:
             vectors = _model(self.device).encode(
                 list(missing.values()), batch_size=self.batch_size, normalize_embeddings=True,
-                convert_to_numpy=True, show_progress_bar=False,
+                convert_to_numpy=True, show_progress_bar=progress.enabled(),  # its own bar, by trainset's rule
             ).astype(np.float32)
             fresh = dict(zip(missing, vectors))
             if self.store:

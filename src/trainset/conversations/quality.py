@@ -27,6 +27,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
+from .. import progress
 from . import empathy, language, pii, safety, structure, tokens, toxicity
 from .coherence import coherence, exchanges
 
@@ -215,7 +216,8 @@ def score(conversations: list[dict], settings: Settings, encoder) -> pd.DataFram
     cosines = coherence(prepared, encoder)
     model_scores = _toxicity_model_scores(conversations, prepared, resolve)
     rows = []
-    for conversation, messages, cos, model in zip(conversations, prepared, cosines, model_scores):
+    scored = zip(conversations, prepared, cosines, model_scores)
+    for conversation, messages, cos, model in progress.bar(scored, total=len(conversations), desc="score", unit="conversation"):
         s = resolve(conversation)
         chars = [len(str(m.get("content", "")).strip()) for m in messages]
         counts = tokens.count_messages(messages, s.tokenizer)

@@ -42,6 +42,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import progress
 from .canonical import Roles, UnknownRole, content_sha256
 
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
@@ -93,7 +94,7 @@ def read(source: ConversationSource) -> tuple[list[dict], list[Rejection]]:
     for path in files(source):
         rows: list[tuple[int, dict | Exception]] = []
         try:
-            for item in records(path):
+            for item in progress.bar(records(path), desc=f"read {path.name}", unit="record"):
                 rows.append(item)
         except (OSError, ValueError) as exc:  # not UTF-8, not JSON, not Parquet: the rest of the file is lost, said so
             rows.append((rows[-1][0] + 1 if rows else 0, BadRecord(f"unreadable from here on ({type(exc).__name__}: {exc})")))

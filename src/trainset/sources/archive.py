@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Callable, Iterator, Mapping
 
-from .. import hashing
+from .. import hashing, progress
 from ..atomic import atomic_dir, write_text
 from ..config import ConfigError, as_flag
 from ..rating import RatingError, normalize_rating
@@ -322,7 +322,7 @@ def _truncated(tf: tarfile.TarFile) -> bool:
 
 
 def _extract_tar(path: Path, root: Path, budget: Budget, report: Report) -> None:
-    for rel, src, compressed in tar_entries(path, budget, report):
+    for rel, src, compressed in progress.bar(tar_entries(path, budget, report), desc=f"unpack {path.name}", unit="file"):
         _write_entry(root, rel, rel, src, budget, compressed, report)
 
 
@@ -352,8 +352,8 @@ def _extract_zip(path: Path, root: Path, budget: Budget, report: Report) -> None
         _recover_zip(path, root, budget, report)
         return
     offsets: set[int] = set()
-    with zf:
-        for info in zf.infolist():
+    with zf, progress.bar(zf.infolist(), desc=f"unpack {path.name}", unit="file") as members:
+        for info in members:
             if not budget.next_member():
                 report.errors.append(f"more than max_members {budget.limits.max_members} entries; the rest was not read")
                 return

@@ -51,7 +51,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, Iterator
 from urllib.parse import unquote, urlsplit
 
-from .. import hashing
+from .. import hashing, progress
 from ..config import Source
 from ..rating import RatingError, normalize_rating
 from .image_folder import SourceError, file_row, normalize_extensions, walk
@@ -392,7 +392,7 @@ class _Images:
         if self._by_md5 is None:
             log.info("hashing %d image(s) under %s to join post records by md5", len(self.rels), self.root)
             self._by_md5 = {}
-            for rel in self.rels:
+            for rel in progress.bar(self.rels, desc=f"md5 {self.root.name}", unit="file"):
                 self._by_md5.setdefault(self.md5_of(rel), []).append(rel)
         return self._by_md5
 
@@ -494,7 +494,7 @@ def read(
 ) -> Iterator[dict]:
     """Yield one ingest row per image file, with the metadata of the post record joined to it."""
     joined = join_records(source, extensions)
-    for rel, st in joined.listing:
+    for rel, st in progress.bar(joined.listing, desc=f"hash {source.name}", unit="file"):
         match = joined.matches.get(rel)
         post = match.post if match else None
         row = {

@@ -19,6 +19,7 @@ import re
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
 
+from .. import progress
 from ..config import ConfigError, Source, as_flag
 from ..rating import RatingError, normalize_rating
 
@@ -126,7 +127,7 @@ def read(
     display_path: Callable[[Path], str],
 ) -> Iterator[dict]:
     """Yield one ingest row per image file. ``digest`` returns the file's SHA-256 (cached)."""
-    for rel, st in walk(source.path, extensions):
+    for rel, st in progress.bar(walk(source.path, extensions), desc=f"hash {source.name}", unit="file"):
         car = read_sidecar(source.path / rel, source)
         yield {
             **file_row(source, rel, st, digest, display_path),

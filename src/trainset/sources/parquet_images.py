@@ -26,6 +26,7 @@ from typing import Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .. import progress
 from .archive import Budget, Limits, MemberRefused, Report, input_digests, materialize, sniff_extension, write_new, write_sidecar
 
 IMAGE_COLUMNS = ("image", "jpg", "jpeg", "png", "webp", "img", "bytes")
@@ -107,18 +108,20 @@ def _file(path: Path, root: Path, budget: Budget, report: Report, image_col: str
     key = key_column(pf.schema_arrow, key_col)
     index = 0
     try:
-        for batch in pf.iter_batches(batch_size=batch_rows):
-            for row in batch.to_pylist():
-                if not budget.next_member():
-                    report.errors.append(f"more than max_members {budget.limits.max_members} rows; the rest was not read")
-                    return
-                stem = safe_stem(row.get(key)) if key else None
-                ref = f"{path.name}#{index}"
-                try:
-                    _row(root, row, stem or f"{path.stem}-{index:06d}", budget, report, col)
-                except MemberRefused as exc:
-                    report.refuse(ref, str(exc))
-                index += 1
+        with progress.bar(total=pf.metadata.num_rows, desc=f"unpack {path.name}", unit="row") as shown:
+            for batch in pf.iter_batches(batch_size=batch_rows):
+                for row in batch.to_pylist():
+                    if not budget.next_member():
+                        report.errors.append(f"more than max_members {budget.limits.max_members} rows; the rest was not read")
+                        return
+                    stem = safe_stem(row.get(key)) if key else None
+                    ref = f"{path.name}#{index}"
+                    try:
+                        _row(root, row, stem or f"{path.stem}-{index:06d}", budget, report, col)
+                    except MemberRefused as exc:
+                        report.refuse(ref, str(exc))
+                    index += 1
+                shown.update(batch.num_rows)
     except (OSError, pa.ArrowException) as exc:
         report.errors.append(f"{path.name}: row {index}: {exc}")
 

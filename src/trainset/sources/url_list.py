@@ -38,11 +38,12 @@ import os
 import random
 import re
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from .. import progress
 from ..atomic import write_text
 from ..config import ConfigError, as_flag
 from . import fetch
@@ -738,6 +739,8 @@ def download(entries: Iterable[Entry], dest_dir: str | Path, settings: Settings)
     with ThreadPoolExecutor(max_workers=settings.workers) as pool:
         jobs = {i: pool.submit(_guarded, entries[i], targets[i], settings, limiter, context)
                 for i in sorted(set(first.values()))}
+        for _ in progress.bar(as_completed(jobs.values()), total=len(jobs), desc="download", unit="url"):
+            pass  # the bar counts finished downloads; results are taken in list order below
         for i, job in jobs.items():
             results[i] = job.result()
     for i, target in enumerate(targets):

@@ -24,6 +24,7 @@ import json
 from pathlib import Path, PurePosixPath
 from typing import Iterable
 
+from .. import progress
 from .archive import READ_ERRORS, Budget, Limits, MemberRefused, Report, input_digests, materialize, read_member, tar_entries, write_new, write_sidecar
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
@@ -82,7 +83,7 @@ def _write_sample(root: Path, key: str, members: list[tuple[str, bytes]], budget
 
 def _shard(path: Path, root: Path, budget: Budget, keys: set[str], report: Report) -> None:
     key, members = None, []
-    for rel, src, compressed in tar_entries(path, budget, report):
+    for rel, src, compressed in progress.bar(tar_entries(path, budget, report), desc=f"unpack {path.name}", unit="file"):
         this, ext = split_key(rel)
         if this != key and key is not None:
             _write_sample(root, key, members, budget, keys, report)

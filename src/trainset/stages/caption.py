@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import background, captions, manifest, schemas
+from .. import background, captions, manifest, progress, schemas
 from ..tags import TagDictionary
 
 
@@ -30,7 +30,8 @@ def run(
     found = background.estimates(list(zip(items["sha256"], items["path"])), settings, cache_dir) if settings.check else {}
     columns: dict[str, list] = {k: [] for k in ("caption", "caption_tokens", "caption_over_limit", "caption_trimmed",
                                                 "background", "background_uniformity", "background_check")}
-    for source, sha, tags, fixed in zip(items["source"], items["sha256"], items["tags"], items["caption_override"]):
+    rows = zip(items["source"], items["sha256"], items["tags"], items["caption_override"])
+    for source, sha, tags, fixed in progress.bar(rows, total=len(items), desc="caption", unit="item"):
         spec = specs.get(source, base)
         seen = found.get(sha)
         checked = background.check(list(tags), seen, settings.on_mismatch) if seen is not None else None

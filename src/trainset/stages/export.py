@@ -19,7 +19,7 @@ import pandas as pd
 import tomli_w
 from PIL import Image, ImageColor, ImageOps
 
-from .. import atomic, captions, export_formats, features, hashing, kohya_config, manifest, schemas
+from .. import atomic, captions, export_formats, features, hashing, kohya_config, manifest, progress, schemas
 
 EXTENSIONS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -152,7 +152,7 @@ def run(split_path: str | Path, out_dir: str | Path, params: dict) -> pd.DataFra
     caption_ext = kohya.get("caption_extension", ".txt")
     rows = []
     with atomic.atomic_dir(out_dir) as tmp:
-        for row in items.itertuples(index=False):
+        for row in progress.bar(items.itertuples(index=False), total=len(items), desc="export", unit="image"):
             data, fmt = Path(row.path).read_bytes(), row.format
             if hashing.sha256_bytes(data) != row.sha256:
                 raise RuntimeError(f"{row.item_id}: {row.path} changed since ingest; rerun the workflow")

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import atomic, features, hashing, manifest, neardup, schemas
+from .. import atomic, features, hashing, manifest, neardup, progress, schemas
 from ..sources.image_folder import normalize_extensions, walk
 
 
@@ -108,7 +108,8 @@ def reference_features(near_dup: dict, cache_dir: Path, threads: int, extensions
     out = []
     for ref in near_dup.get("reference") or []:
         root = Path(ref["path"])
-        ref_items = [(hashing.sha256_file(root / rel), str(root / rel)) for rel, _ in walk(root, exts)]
+        listing = progress.bar(walk(root, exts), desc=f"hash reference {ref['name']}", unit="file")
+        ref_items = [(hashing.sha256_file(root / rel), str(root / rel)) for rel, _ in listing]
         out.append((str(ref["name"]), feature_table(ref_items, cache_dir, threads, max_pixels)))
     return out
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import features, manifest, nsfw_model, schemas
+from .. import features, manifest, nsfw_model, progress, schemas
 from ..features import FeatureCache, MissingFile
 from ..nsfw_model import ModelSpec
 
@@ -72,7 +72,7 @@ def compute(
     threads = max(1, int(threads or 1))
     step = spec.batch_size
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        for start in range(0, len(todo), step):  # decode one batch at a time: bounded memory
+        for start in progress.bar(range(0, len(todo), step), desc="nsfw", unit="batch"):  # one batch at a time: bounded memory
             chunk = todo[start : start + step]
             decoded = list(pool.map(_decode, [p for _, p in chunk]))
             good = [(sha, im) for (sha, _), im in zip(chunk, decoded) if not isinstance(im, BaseException)]
