@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 from conftest import copy_workflow, init_repo, run, snakemake
+from trainset import distributions
 
 CLEAN = "Data and pipelines are up to date."
 TRACKED = ("data/raw/demo", "data/manifests", "data/export", "data/report",
@@ -70,3 +72,32 @@ def test_dvc_sees_param_change(dvc_first: Path) -> None:
     finally:
         params.write_text(original)
     assert dvc_status(dvc_first) == CLEAN
+
+
+def test_metrics_and_plots_diff_compare_two_dataset_versions(dvc_first: Path, tmp_path: Path) -> None:
+    """The key numbers (metrics) and the distributions (plots) of two tagged versions, side by side."""
+    project = tmp_path / "project"
+    shutil.copytree(dvc_first, project, symlinks=True)
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "v1", "--allow-empty"], project)
+    run(["git", "tag", "v1"], project)
+    params = project / "params.yaml"
+    params.write_text(params.read_text().replace("min_side: 256", "min_side: 300"))
+    run(["dvc", "repro"], project)
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "v2"], project)
+    run(["git", "tag", "v2"], project)
+
+    metrics = json.loads(run(["dvc", "metrics", "diff", "v1", "v2", "--json"], project).stdout)
+    images = metrics["data/report/metrics.json"]
+    assert images["kept"]["new"] < images["kept"]["old"] and images["kept"]["diff"] == images["kept"]["new"] - images["kept"]["old"]
+    assert images["rejected_by_reason.too_small"]["new"] > images["rejected_by_reason.too_small"]["old"]
+
+    plots = json.loads(run(["dvc", "plots", "diff", "v1", "v2", "--json", "--split"], project).stdout)
+    data = plots["data"]
+    short_side = data["data/report/plots/short_side.csv"][0]["anchor_definitions"]["<DVC_METRIC_DATA>"]
+    kept_by_rev = {rev: sum(int(row["kept"]) for row in short_side if row["rev"] == rev) for rev in ("v1", "v2")}
+    assert kept_by_rev == {"v1": images["kept"]["old"], "v2": images["kept"]["new"]}
+    assert set(data) == {f"data/report/plots/{name}.csv" for name in distributions.PLOTS}
+    html = run(["dvc", "plots", "diff", "v1", "v2", "-o", str(tmp_path / "plots")], project)
+    assert (tmp_path / "plots" / "index.html").is_file(), html.stdout

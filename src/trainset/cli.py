@@ -125,6 +125,39 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    from . import repo_init
+
+    try:
+        result = repo_init.init(args.dir, demo=args.demo, sources=args.source, license=args.license,
+                                force=args.force, commit=args.commit)
+    except repo_init.InitError as exc:
+        print(f"trainset init: {exc}", file=sys.stderr)
+        return 1
+    print(repo_init.format_result(result))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from . import build_status
+
+    result = build_status.status(args.root, args.targets)
+    print(json.dumps(result, indent=2) if args.json else build_status.format_status(result))
+    return build_status.exit_code(result)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    import json
+
+    from . import doctor
+
+    checks = doctor.run(args.root, remote_timeout=args.remote_timeout)
+    print(json.dumps(doctor.as_json(checks), indent=2) if args.json else doctor.format_table(checks))
+    return doctor.exit_code(checks)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="trainset", description=__doc__)
     parser.add_argument("--version", action="version", version=f"trainset {__version__}")
@@ -154,6 +187,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", type=Path, default=Path("."), help="the repository root (default: .)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.set_defaults(func=cmd_diff)
+    p = sub.add_parser("init", help="a new data repository: the workflow files, git and DVC, files staged")
+    p.add_argument("dir", type=Path, help="the folder to make (must be empty unless --force)")
+    p.add_argument("--demo", action="store_true", help="keep the built-in demo images and conversations on")
+    p.add_argument("--source", action="append", default=[], metavar="NAME=PATH",
+                   help="an image folder source (repeatable); PATH relative to the current folder")
+    p.add_argument("--license", default="unknown", help="the license written for the --source entries (default: unknown)")
+    p.add_argument("--force", action="store_true", help="write into a non-empty folder (existing files are never overwritten)")
+    p.add_argument("--commit", action="store_true", help="also commit (with your git identity)")
+    p.set_defaults(func=cmd_init)
+    p = sub.add_parser("status", help="what a build would redo and why (Snakemake's plan per rule, and dvc status)")
+    p.add_argument("targets", nargs="*", help="Snakemake targets (default: the Snakefile's default target)")
+    p.add_argument("--root", type=Path, default=Path("."), help="the repository root (default: .)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser("doctor", help="check Python, packages, GPU, the repository, params.yaml sources, DVC remotes and optional tools")
+    p.add_argument("--root", type=Path, default=Path("."), help="the repository root (default: .)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--remote-timeout", type=float, default=20.0, help="seconds to wait for each DVC remote (default: 20)")
+    p.set_defaults(func=cmd_doctor)
     args = parser.parse_args(argv)
     return args.func(args)
 
