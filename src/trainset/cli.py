@@ -158,6 +158,36 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return doctor.exit_code(checks)
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    import json
+    import webbrowser
+
+    from . import tools, workflow
+
+    root = args.root.resolve()
+    if not args.no_build:
+        cores = str(args.cores) if args.cores else "all"
+        proc = tools.run(tools.snakemake("--cores", cores, "--quiet", "rules", "--", *workflow.REPORT_TARGETS), root)
+        if proc.returncode != 0:
+            print(proc.stdout[-4000:] + proc.stderr[-8000:], file=sys.stderr)
+            print(f"trainset report: the build failed in {root} ({tools.last_line(proc)})", file=sys.stderr)
+            return 1
+    index = root / workflow.HTML_INDEX
+    if not index.is_file():
+        print(f"trainset report: {index} does not exist; build it (trainset report without --no-build)", file=sys.stderr)
+        return 1
+    for name, label in (("metrics.json", "images"), ("conversations-metrics.json", "conversations")):
+        path = root / "data" / "report" / name
+        if path.is_file():
+            go = json.loads(path.read_text(encoding="utf-8")).get("go")
+            print(f"{label}: {'nothing to decide' if go is None else 'GO' if go else 'NO-GO'}")
+    print(f"report: {index}")
+    if args.open and not webbrowser.open(index.as_uri()):
+        print("trainset report: no browser could be started; open the file above", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="trainset", description=__doc__)
     parser.add_argument("--version", action="version", version=f"trainset {__version__}")
@@ -206,6 +236,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--remote-timeout", type=float, default=20.0, help="seconds to wait for each DVC remote (default: 20)")
     p.set_defaults(func=cmd_doctor)
+    p = sub.add_parser("report", help="build the reports (Markdown, metrics, HTML) and print the GO/NO-GO; --open shows the HTML report")
+    p.add_argument("--open", action="store_true", help="open data/report/html/index.html in the web browser")
+    p.add_argument("--no-build", action="store_true", help="do not run Snakemake first: use the report as it is")
+    p.add_argument("--cores", type=int, default=0, help="Snakemake cores (default: all)")
+    p.add_argument("--root", type=Path, default=Path("."), help="the repository root (default: .)")
+    p.set_defaults(func=cmd_report)
     args = parser.parse_args(argv)
     return args.func(args)
 

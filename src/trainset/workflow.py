@@ -12,6 +12,10 @@ from pathlib import Path
 
 #: What ``trainset init`` copies into a new data repository (folders whole, minus caches).
 FILES = ("Snakefile", "params.yaml", "dvc.yaml", "takedown.txt", "rules", "scripts")
+#: The report targets (Markdown, metrics, the HTML folder), as the rules name them (rules/common.smk).
+REPORT_TARGETS = ("data/report/dataset-report.md", "data/report/metrics.json", "data/report/conversations-report.md",
+                  "data/report/conversations-metrics.json", "data/report/html")
+HTML_INDEX = "data/report/html/index.html"
 #: Left out when copying folders.
 IGNORE = ("__pycache__", "*.pyc", "*.pyo")
 
