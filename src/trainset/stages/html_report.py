@@ -159,7 +159,7 @@ def _kept(kept: pd.DataFrame, thumbs: Thumbs, limit: int) -> str:
     if not len(kept):
         return "<p>No item was kept.</p>"
     sample = kept.sort_values(["sha256", "item_id"]).head(limit)
-    tiles = [_tile(thumbs, r.item_id, r.sha256, f"{r.split}{' · NSFW' if r.nsfw_flag else ''}: {r.caption}") for r in sample.itertuples()]
+    tiles = [_tile(thumbs, r.item_id, r.sha256, f"{r.split}{' · NSFW' if r.nsfw_flag else ''}: {r.caption or '(empty caption)'}") for r in sample.itertuples()]
     return (f"<p>{min(limit, len(kept))} of {len(kept)} kept items (the same sample every build: the lowest content hashes), "
             f'with the caption each is exported with.</p><div class="grid">{"".join(tiles)}</div>')
 
