@@ -262,9 +262,8 @@ def run(paths: dict, out_dir: str | Path, plots_dir: str | Path, cache_dir: str 
     thumbnails.prune(cache_dir, hidden)
     thumbnails.prune(cache_dir, blurred - hidden, plain_only=True)
     first = raw.drop_duplicates("sha256")
-    audit_by_id = audit.set_index("item_id")
-    undecoded = {sha: f"not decodable: {audit_by_id.at[i, 'reason']}" for i, sha in zip(raw["item_id"], raw["sha256"])
-                 if not bool(audit_by_id.at[i, "decoded"])}
+    failed = audit[~audit["decoded"]]
+    undecoded = {sha: f"not decodable: {reason}" for sha, reason in zip(failed["sha256"], failed["reason"])}
     tables = {
         "short_side": distributions.short_side(audit, kept),
         "aspect_ratio": distributions.aspect_ratio(audit, kept),
