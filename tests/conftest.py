@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -55,6 +57,24 @@ IMAGE_TARGETS = ("data/export", "data/report/dataset-report.md", "data/report/me
 
 def snakemake_images(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     return snakemake(cwd, *args, *IMAGE_TARGETS, check=check)
+
+
+# The outputs DVC tracks: what two builds of the same workflow must agree on byte for byte.
+TRACKED = ("data/raw/demo", "data/manifests", "data/export", "data/report",
+           "data/raw/demo_conversations", "data/conversations", "data/export-conversations")
+
+
+def digests(project: Path) -> dict[str, str]:
+    """SHA-256 of every tracked output file, by path (a manifest.json without its git commit)."""
+    out = {}
+    for top in TRACKED:
+        for path in sorted((project / top).rglob("*")):
+            if path.is_file() and path.name != ".snakemake_timestamp":
+                data = path.read_bytes()
+                if path.name == "manifest.json":  # names the git commit, which differs between repos
+                    data = json.dumps({k: v for k, v in json.loads(data).items() if k != "git_commit"}, sort_keys=True).encode()
+                out[path.relative_to(project).as_posix()] = hashlib.sha256(data).hexdigest()
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -3,33 +3,18 @@ fresh `dvc repro` builds the same bytes as `snakemake`."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
 
-from conftest import copy_workflow, init_repo, run, snakemake
+from conftest import copy_workflow, digests, init_repo, run, snakemake
 from trainset import distributions
 
 CLEAN = "Data and pipelines are up to date."
-TRACKED = ("data/raw/demo", "data/manifests", "data/export", "data/report",
-           "data/raw/demo_conversations", "data/conversations", "data/export-conversations")
 
 
 def dvc_status(project: Path) -> str:
     return run(["dvc", "status"], project).stdout.strip()
-
-
-def digests(project: Path) -> dict[str, str]:
-    out = {}
-    for top in TRACKED:
-        for path in sorted((project / top).rglob("*")):
-            if path.is_file() and path.name != ".snakemake_timestamp":
-                data = path.read_bytes()
-                if path.name == "manifest.json":  # names the git commit, which differs between the two repos
-                    data = json.dumps({k: v for k, v in json.loads(data).items() if k != "git_commit"}, sort_keys=True).encode()
-                out[path.relative_to(project).as_posix()] = hashlib.sha256(data).hexdigest()
-    return out
 
 
 def test_dvc_repro_then_snakemake_does_nothing(dvc_first: Path) -> None:
