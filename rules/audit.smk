@@ -1,16 +1,47 @@
-rule audit:
+checkpoint shard:
     input:
         INGEST,
     output:
-        AUDIT,
+        ingest=directory(f"{SHARDS}/ingest"),
+        index=SHARD_INDEX,
     params:
+        map=SHARD_MAP,
+        size=SHARD["size"],
+        code=CODE,
+    script:
+        "../scripts/shard.py"
+
+
+rule audit_shard:
+    input:
+        ancient(f"{SHARDS}/ingest/{{shard}}.parquet"),
+    output:
+        audit=f"{SHARDS}/audit/{{shard}}.parquet",
+        stats=f"{SHARD_RUN}/audit/{{shard}}.json",
+    params:
+        digest=shard_digest,
         cache=f"{CACHE}/features",
-        stats=f"{RUN}/audit-stats.json",
         max_pixels=config["audit"]["max_pixels"],  # the one audit param that changes a decode
         code=CODE,
-    threads: workflow.cores
+    threads: SHARD_THREADS
+    resources:
+        **SHARD_RESOURCES,
+        gpu=SHARD["gpu"],  # pHashes (CuPy when a GPU is there)
     script:
         "../scripts/audit.py"
+
+
+rule audit:
+    input:
+        audit=per_shard(f"{SHARDS}/audit/{{shard}}.parquet"),
+        stats=per_shard(f"{SHARD_RUN}/audit/{{shard}}.json"),
+    output:
+        AUDIT,
+    params:
+        stats=f"{RUN}/audit-stats.json",
+        code=CODE,
+    script:
+        "../scripts/audit_gather.py"
 
 
 rule nsfw_score:

@@ -1,3 +1,5 @@
+from trainset import shards as ts_shards
+
 # Paths shared by the rules: one place, so rules, scripts and dvc.yaml agree.
 
 M = "data/manifests"
@@ -39,3 +41,27 @@ CONV_EXPORT = "data/export-conversations"
 CONV_REPORT = "data/report/conversations-report.md"
 CONV_METRICS = "data/report/conversations-metrics.json"
 TAKEDOWN = "takedown.txt"  # content SHA-256s taken down (trainset purge): every build rejects them
+
+# shards: per-item work runs once per shard (src/trainset/shards.py)
+SHARDS = f"{M}/shards"
+SHARD_INDEX = f"{SHARDS}/index.json"
+SHARD_MAP = f"{M}/shard-map.parquet"  # which shard each content belongs to: kept across runs
+SHARD_RUN = f"{RUN}/shards"           # per-shard stats
+SHARD = ts_shards.settings(config.get("shards"))
+SHARD_THREADS = min(SHARD["threads"] or workflow.cores, workflow.cores)
+SHARD_RESOURCES = {"mem_mb": SHARD["mem_mb"], "runtime": SHARD["runtime"]}
+
+
+def shard_index():
+    """shard -> {digest, items, contents}, known once the shard checkpoint ran."""
+    return ts_shards.read_index(checkpoints.shard.get().output.index)
+
+
+def per_shard(*patterns):
+    """Input function: every pattern filled in for every shard."""
+    return lambda w: [p.format(shard=s) for s in sorted(shard_index()) for p in patterns]
+
+
+def shard_digest(w):
+    """The digest of a shard's ingest rows: its jobs rerun when it changes (their inputs are ancient)."""
+    return shard_index()[w.shard]["digest"]

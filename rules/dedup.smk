@@ -1,10 +1,72 @@
+from trainset import neardup as ts_neardup
 from trainset.sources.image_folder import fingerprint_folder
+
+
+NEAR_RULE = ts_neardup.Rule.from_params(config["near_dup"], config["seed"])
+# reference folders are not rule outputs: their listing triggers reruns
+REFERENCES = [fingerprint_folder(r["path"], config["ingest"]["extensions"]) for r in config["near_dup"].get("reference") or []]
+
+
+rule embed_shard:
+    input:
+        ingest=ancient(f"{SHARDS}/ingest/{{shard}}.parquet"),
+        audit=ancient(f"{SHARDS}/audit/{{shard}}.parquet"),
+    output:
+        embeddings=f"{SHARDS}/embeddings/{{shard}}.parquet",
+        stats=f"{SHARD_RUN}/embeddings/{{shard}}.json",
+    params:
+        digest=shard_digest,
+        near_dup=config["near_dup"],
+        seed=config["seed"],
+        cache=CACHE,
+        code=CODE,
+    threads: SHARD_THREADS
+    resources:
+        **SHARD_RESOURCES,
+        gpu=SHARD["gpu"],
+    script:
+        "../scripts/embed_shard.py"
+
+
+def shards_upto(pattern):
+    """Input function of a pair-search tile: the pattern for every shard up to this one, this one last."""
+    return lambda w: [ancient(pattern.format(shard=s)) for s in ts_shards.upto(shard_index(), w.shard)]
+
+
+rule pairs_shard:
+    input:
+        audit=shards_upto(f"{SHARDS}/audit/{{shard}}.parquet"),
+        embeddings=shards_upto(f"{SHARDS}/embeddings/{{shard}}.parquet") if NEAR_RULE.uses_cosine else [],
+    output:
+        pairs=f"{SHARDS}/pairs/{{shard}}.parquet",
+        reference=f"{SHARDS}/reference/{{shard}}.parquet",
+        stats=f"{SHARD_RUN}/pairs/{{shard}}.json",
+    params:
+        # this shard and every one it is compared with: a tile reruns when any of them changed
+        digests=lambda w: [shard_index()[s]["digest"] for s in ts_shards.upto(shard_index(), w.shard)],
+        near_dup=config["near_dup"],
+        seed=config["seed"],
+        cache=CACHE,
+        extensions=config["ingest"]["extensions"],
+        max_pixels=config["audit"]["max_pixels"],
+        references=REFERENCES,
+        code=CODE,
+    threads: SHARD_THREADS
+    resources:
+        **SHARD_RESOURCES,
+        gpu=SHARD["gpu"],  # Hamming and cosine pair search (CuPy when a GPU is there)
+    script:
+        "../scripts/pairs_shard.py"
 
 
 rule group:
     input:
         ingest=INGEST,
         audit=AUDIT,
+        pairs=per_shard(f"{SHARDS}/pairs/{{shard}}.parquet"),
+        reference=per_shard(f"{SHARDS}/reference/{{shard}}.parquet"),
+        stats=per_shard(f"{SHARD_RUN}/pairs/{{shard}}.json"),
+        embed_stats=per_shard(f"{SHARD_RUN}/embeddings/{{shard}}.json") if NEAR_RULE.uses_cosine else [],
     output:
         groups=GROUPS,
         pairs=PAIRS,
@@ -14,12 +76,7 @@ rule group:
         seed=config["seed"],
         cache=CACHE,
         stats=f"{RUN}/group-stats.json",
-        extensions=config["ingest"]["extensions"],
-        max_pixels=config["audit"]["max_pixels"],
-        # reference folders are not rule outputs: their listing triggers reruns
-        references=[fingerprint_folder(r["path"], config["ingest"]["extensions"]) for r in config["near_dup"].get("reference") or []],
         code=CODE,
-    threads: workflow.cores
     script:
         "../scripts/group.py"
 

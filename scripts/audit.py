@@ -1,4 +1,5 @@
-"""Snakemake entry: decode and measure every distinct content (cached)."""
+"""Snakemake entry: decode and measure every distinct content of one shard (cached)."""
 from trainset.stages import audit
 
-audit.run(snakemake.input[0], snakemake.output[0], snakemake.params.cache, snakemake.params.stats, params={"max_pixels": snakemake.params.max_pixels}, threads=snakemake.threads)
+p = snakemake.params
+audit.run(snakemake.input[0], snakemake.output.audit, p.cache, snakemake.output.stats, params={"max_pixels": p.max_pixels}, threads=snakemake.threads)

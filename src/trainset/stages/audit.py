@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import atomic, audit_checks, features, manifest, schemas
+from .. import atomic, audit_checks, features, manifest, schemas, shards
 from ..kernels import backend
 
 
@@ -47,3 +47,10 @@ def run(ingest_path: str | Path, out: str | Path, cache_dir: str | Path, stats_p
     written = manifest.write(df, out, schemas.AUDIT)
     atomic.write_text(stats_path, json.dumps({**asdict(stats), "backend": backend().name}, indent=2) + "\n")
     return written
+
+
+def gather(shard_paths: list, stats_paths: list, out: str | Path, stats_out: str | Path) -> pd.DataFrame:
+    """The audit manifest from the shards' (the workflow runs :func:`run` once per shard)."""
+    stats = shards.sum_stats(stats_paths)
+    atomic.write_text(stats_out, json.dumps({**dict.fromkeys(asdict(features.FeatureStats()), 0), "backend": backend().name, **stats}, indent=2) + "\n")
+    return manifest.write(shards.concat(shard_paths, schemas.AUDIT), out, schemas.AUDIT)

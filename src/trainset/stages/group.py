@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import atomic, features, hashing, manifest, neardup, progress, schemas
+from .. import atomic, features, hashing, manifest, neardup, progress, schemas, shards
 from ..sources.image_folder import normalize_extensions, walk
 
 
-def _embeddings(rule: neardup.Rule, items: list[tuple[str, str]], cache_dir: Path, threads: int):
+def embeddings(rule: neardup.Rule, items: list[tuple[str, str]], cache_dir: Path, threads: int):
     """Row-aligned embedding matrix (zeros where a content could not be embedded), the model key,
     and the embedding stats; (None, None, None) when no clause uses cosine."""
     if not rule.uses_cosine:
@@ -49,7 +49,7 @@ def search(rule: neardup.Rule, contents: pd.DataFrame, cache_dir: Path, threads:
     """Pairs among ``contents`` (sha256, path, phash_views; decoded ones only), the embedding
     matrix, the model key and stats."""
     items = list(zip(contents["sha256"], contents["path"]))
-    emb, model_key, embed_stats = _embeddings(rule, items, cache_dir, threads)
+    emb, model_key, embed_stats = embeddings(rule, items, cache_dir, threads)
     matrix = neardup.view_matrix(contents["phash_views"], rule)
     store = neardup.PairIndex(cache_dir / "neardup", rule.key(model_key)) if index else None
     pairs, stats = neardup.content_pairs(rule, list(contents["sha256"]), matrix, emb, store)
@@ -60,8 +60,10 @@ def search(rule: neardup.Rule, contents: pd.DataFrame, cache_dir: Path, threads:
 def run(
     ingest_path: str | Path, audit_path: str | Path, out: str | Path, pairs_out: str | Path, reference_out: str | Path,
     near_dup: dict, cache_dir: str | Path, stats_path: str | Path, seed: int = 0, threads: int = 1,
-    extensions=None, max_pixels: int | None = features.DEFAULT_MAX_PIXELS,
+    extensions=None, max_pixels: int | None = features.DEFAULT_MAX_PIXELS, tiles: dict | None = None,
 ) -> pd.DataFrame:
+    """``tiles``: the shard jobs' outputs (``trainset.stages.pairs``: lists of ``pairs``,
+    ``reference`` and ``stats`` files), gathered here; without them the search runs in this process."""
     cache_dir = Path(cache_dir)
     rule = neardup.Rule.from_params(near_dup, seed)
     items = manifest.read(ingest_path, schemas.INGEST)
@@ -73,10 +75,16 @@ def run(
     ranked = neardup.preference_order(merged, near_dup)
     contents = ranked.drop_duplicates("sha256").reset_index(drop=True)  # the best copy stands for each content
     hashed = contents[contents["phash_views"].map(len) > 0].reset_index(drop=True)
-    # reference images are decoded first: the decode workers fork, which must happen before the
-    # pair search starts numba's threads in this process
-    reference_sets = reference_features(near_dup, cache_dir, threads, extensions, max_pixels)
-    pairs, matrix, emb, stats = search(rule, hashed, cache_dir, threads)
+    if tiles is None:
+        # reference images are decoded first: the decode workers fork, which must happen before the
+        # pair search starts numba's threads in this process
+        reference_sets = reference_features(near_dup, cache_dir, threads, extensions, max_pixels)
+        pairs, matrix, emb, stats = search(rule, hashed, cache_dir, threads)
+        refs = references(rule, hashed, matrix, emb, reference_sets, cache_dir, threads)
+    else:
+        pairs = shards.concat(tiles["pairs"], schemas.PAIRS)
+        refs = shards.concat(tiles["reference"], schemas.REFERENCE_PAIRS)
+        stats = shards.sum_stats(tiles["stats"])
     manifest.write(pairs, pairs_out, schemas.PAIRS, sort_by=["a", "b"])
 
     position = {sha: k for k, sha in enumerate(contents["sha256"])}
@@ -95,7 +103,6 @@ def run(
     groups["cluster_size"] = groups.groupby("cluster_key")["item_id"].transform("size").astype("int64")
     groups["component_key"] = groups["sha256"].map(component_of).astype("str")
 
-    refs = references(rule, hashed, matrix, emb, reference_sets, cache_dir, threads)
     manifest.write(refs, reference_out, schemas.REFERENCE_PAIRS, sort_by=["sha256", "reference", "reference_path"])
     stats["reference_matches"] = len(refs)
     atomic.write_text(stats_path, json.dumps(stats, indent=2, sort_keys=True) + "\n")
@@ -133,7 +140,7 @@ def references(
     for name, table in reference_sets:
         if not len(table) or not len(hashed):
             continue
-        ref_emb, _, _ = _embeddings(rule, list(zip(table["sha256"], table["path"])), cache_dir, threads)
+        ref_emb, _, _ = embeddings(rule, list(zip(table["sha256"], table["path"])), cache_dir, threads)
         ref_matrix = neardup.view_matrix(table["phash_views"], rule)
         hits = neardup.find_pairs(rule, matrix, emb, ref_matrix, ref_emb)
         frames.append(pd.DataFrame({

@@ -1,0 +1,172 @@
+"""Shards: distinct contents in fixed-size, stable sets, so per-item work runs as one job per shard.
+
+A content keeps the shard it was first given (``data/manifests/shard-map.parquet``, versioned with
+the data); new contents fill the last shard and then open new ones. Adding a batch therefore
+leaves every full shard's rows, and so its digest, unchanged: Snakemake reruns only the shards
+whose digest changed (the rules read their shard with ``ancient`` and pass the digest as a
+param), plus the cheap gathers. All copies of one content share a shard, so each is decoded once.
+
+Changing ``shards.size`` deals every content out again, in ingest order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import atomic, manifest, schemas
+
+MAP_COLUMNS = ("sha256", "shard", "size")
+DEFAULTS = {"size": 5000, "threads": None, "mem_mb": 4000, "runtime": 60, "gpu": 0}
+
+
+class ShardError(ValueError):
+    pass
+
+
+def settings(params: dict | None) -> dict:
+    """``shards`` from params.yaml with defaults filled in; a bad value names itself."""
+    out = {**DEFAULTS, **(params or {})}
+    unknown = set(out) - set(DEFAULTS)
+    if unknown:
+        raise ShardError(f"params.yaml: shards has unknown keys {sorted(unknown)} (known: {sorted(DEFAULTS)})")
+    for key in ("size", "mem_mb", "runtime"):
+        value = out[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ShardError(f"params.yaml: shards.{key} must be a positive integer, got {value!r}")
+    for key in ("threads", "gpu"):
+        value = out[key]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise ShardError(f"params.yaml: shards.{key} must be a non-negative integer or null, got {value!r}")
+    return out
+
+
+def name(k: int) -> str:
+    return f"{k:05d}"
+
+
+def read_map(path: str | Path, size: int) -> pd.DataFrame | None:
+    """The previous assignment, or None when there is none or it was made for another shard size."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    previous = pd.read_parquet(path)
+    if list(previous.columns) != list(MAP_COLUMNS):
+        raise ShardError(f"{path}: expected columns {list(MAP_COLUMNS)}, got {list(previous.columns)}")
+    if len(previous) and int(previous["size"].iloc[0]) != size:
+        return None
+    return previous
+
+
+def assign(shas, previous: pd.DataFrame | None, size: int) -> pd.DataFrame:
+    """sha256 -> shard number for the distinct contents ``shas`` (in order of first appearance).
+    Contents seen before keep their shard; new ones fill the highest shard up to ``size``, then
+    open new shards. Contents no longer present are dropped (their shard shrinks)."""
+    order = list(dict.fromkeys(shas))
+    known = {} if previous is None else dict(zip(previous["sha256"], previous["shard"].astype(int)))
+    shard = {sha: known[sha] for sha in order if sha in known}
+    counts = pd.Series(list(shard.values()), dtype="int64").value_counts()
+    last = int(counts.index.max()) if len(counts) else (max(known.values()) if known else 0)
+    filled = int(counts.get(last, 0))
+    for sha in order:
+        if sha in shard:
+            continue
+        if filled >= size:
+            last, filled = last + 1, 0
+        shard[sha] = last
+        filled += 1
+    return pd.DataFrame({"sha256": order, "shard": [shard[s] for s in order], "size": size}).astype(
+        {"sha256": str, "shard": "int64", "size": "int64"})
+
+
+def rows_digest(rows: pd.DataFrame) -> str:
+    """Digest of a shard's ingest rows: what its per-item jobs read."""
+    h = hashlib.sha256()
+    for values in rows[["item_id", "sha256", "path"]].itertuples(index=False):
+        h.update("\x1f".join(map(str, values)).encode())
+        h.update(b"\x1e")
+    return h.hexdigest()
+
+
+def split_ingest(ingest_path: str | Path, out_dir: str | Path, index_path: str | Path, map_path: str | Path, size: int) -> dict:
+    """Write one ingest manifest per shard and the index (shard -> digest, items, contents)."""
+    items = manifest.read(ingest_path, schemas.INGEST)
+    mapping = assign(items["sha256"], read_map(map_path, size), size)
+    shard_of = dict(zip(mapping["sha256"], mapping["shard"]))
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    index = {}
+    by_shard = items.assign(_shard=items["sha256"].map(shard_of))
+    for k, rows in by_shard.groupby("_shard", sort=True):
+        rows = rows.drop(columns="_shard")
+        manifest.write(rows, out_dir / f"{name(int(k))}.parquet", schemas.INGEST)
+        index[name(int(k))] = {"digest": rows_digest(rows.sort_values("item_id")), "items": len(rows),
+                               "contents": int(rows["sha256"].nunique())}
+    with atomic.atomic_file(map_path) as tmp:
+        mapping.to_parquet(tmp, index=False)
+    atomic.write_text(index_path, json.dumps(index, indent=1, sort_keys=True) + "\n")
+    return index
+
+
+def read_index(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def upto(index: dict, shard: str) -> list[str]:
+    """The shards a pair job of ``shard`` compares it with: every shard up to it, itself last."""
+    return [s for s in sorted(index) if s <= shard]
+
+
+def concat(paths, schema, sort_by="item_id") -> pd.DataFrame:
+    """One manifest from shard manifests (validated on write; read here without a second check)."""
+    frames = [pd.read_parquet(p) for p in paths]
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return manifest.empty(schema)
+    return pd.concat(frames, ignore_index=True)
+
+
+def sum_stats(paths) -> dict:
+    """Numbers summed over the shards' stats files; other values taken from the first that has them."""
+    out: dict = {}
+    for path in paths:
+        for key, value in json.loads(Path(path).read_text()).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and isinstance(out.get(key, 0), (int, float)):
+                out[key] = out.get(key, 0) + value
+            elif isinstance(value, dict):
+                inner = out.setdefault(key, {})
+                for k, v in value.items():
+                    if isinstance(v, (int, float)) and not isinstance(v, bool):
+                        inner[k] = inner.get(k, 0) + v
+                    else:
+                        inner.setdefault(k, v)
+            else:
+                out.setdefault(key, value)
+    return out
+
+
+def contents(audit_rows: pd.DataFrame) -> pd.DataFrame:
+    """sha256 and phash_views of the hashed distinct contents among audit rows, by sha256."""
+    hashed = audit_rows[audit_rows["phash_views"].map(len) > 0]
+    return hashed.drop_duplicates("sha256").sort_values("sha256", ignore_index=True)[["sha256", "phash_views"]]
+
+
+def embedding_matrix(table: pd.DataFrame | None, shas) -> np.ndarray | None:
+    """Rows of the shard's embeddings aligned with ``shas`` (zeros where a content has none)."""
+    if table is None:
+        return None
+    dim = len(table["embedding"].iloc[0]) if len(table) else 1
+    row = dict(zip(table["sha256"], range(len(table))))
+    vectors = np.stack(table["embedding"].to_numpy()) if len(table) else np.zeros((0, dim), np.float32)
+    out = np.zeros((len(shas), dim), dtype=np.float32)
+    for k, sha in enumerate(shas):
+        if sha in row:
+            out[k] = vectors[row[sha]]
+    return out

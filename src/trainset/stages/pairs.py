@@ -1,0 +1,85 @@
+"""Per-shard steps of the near-duplicate search: embeddings, and the pair-search tile of a shard.
+
+The search over N contents is tiled by shard: the job of shard k compares its contents with each
+other and with every earlier shard's, one shard at a time, so no job holds more than two shards'
+hashes and embeddings, and the tiles together cover every pair exactly once. A new shard adds one
+job; the old shards' jobs stay done. ``trainset.stages.group`` gathers the tiles.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .. import atomic, manifest, neardup, schemas, shards
+from . import group
+
+EMBEDDING_COLUMNS = ("sha256", "embedding")
+
+
+def embed(ingest_path: str | Path, audit_path: str | Path, out: str | Path, stats_path: str | Path, near_dup: dict,
+          cache_dir: str | Path, seed: int = 0, threads: int = 1) -> pd.DataFrame:
+    """One shard's image embeddings (sha256, float32 vector) for the rule's cosine clauses."""
+    rule = neardup.Rule.from_params(near_dup, seed)
+    items = manifest.read(ingest_path, schemas.INGEST)
+    audit = manifest.read(audit_path, schemas.AUDIT)
+    hashed = set(shards.contents(audit)["sha256"])
+    todo = [(sha, path) for sha, path in dict(zip(items["sha256"], items["path"])).items() if sha in hashed]
+    todo.sort()
+    matrix, model_key, stats = group.embeddings(rule, todo, Path(cache_dir), threads)
+    table = pd.DataFrame({"sha256": [s for s, _ in todo], "embedding": list(matrix) if matrix is not None else [None] * len(todo)})
+    with atomic.atomic_file(out) as tmp:
+        table.to_parquet(tmp, index=False)
+    stats = {} if stats is None else {k: v for k, v in asdict(stats).items() if k != "failures"}
+    atomic.write_text(stats_path, json.dumps({"embeddings": stats, "model": model_key}, indent=2, sort_keys=True) + "\n")
+    return table
+
+
+def _load(audit_path, embed_path) -> tuple[pd.DataFrame, np.ndarray | None]:
+    table = shards.contents(pd.read_parquet(audit_path, columns=["sha256", "phash_views"]))
+    emb = None if embed_path is None else shards.embedding_matrix(pd.read_parquet(embed_path), table["sha256"])
+    return table, emb
+
+
+def tile(rule: neardup.Rule, own: pd.DataFrame, own_matrix: np.ndarray, own_emb, other: pd.DataFrame | None = None,
+         other_emb=None) -> pd.DataFrame:
+    """Accepted pairs (``a < b`` as SHA-256 strings) within ``own``, or between it and ``other``."""
+    shas = own["sha256"].to_numpy(dtype=object)
+    if other is None:
+        found = neardup.find_pairs(rule, own_matrix, own_emb)
+        return neardup.sha_pairs(shas, shas, found)
+    found = neardup.find_pairs(rule, own_matrix, own_emb, neardup.view_matrix(other["phash_views"], rule), other_emb)
+    return neardup.sha_pairs(shas, other["sha256"].to_numpy(dtype=object), found)
+
+
+def search(rule: neardup.Rule, audit_paths: list, embed_paths: list | None) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray, np.ndarray | None]:
+    """Pairs of the last shard in ``audit_paths`` with itself and each earlier shard (loaded one at a time)."""
+    embed_paths = embed_paths or [None] * len(audit_paths)
+    own, own_emb = _load(audit_paths[-1], embed_paths[-1])
+    matrix = neardup.view_matrix(own["phash_views"], rule)
+    frames = [tile(rule, own, matrix, own_emb)]
+    for audit_path, embed_path in zip(audit_paths[:-1], embed_paths[:-1]):
+        other, other_emb = _load(audit_path, embed_path)
+        if len(own) and len(other):
+            frames.append(tile(rule, own, matrix, own_emb, other, other_emb))
+    pairs = pd.concat(frames, ignore_index=True).sort_values(["a", "b"], ignore_index=True)
+    return pairs, own, matrix, own_emb
+
+
+def run(audit_paths: list, embed_paths: list | None, pairs_out: str | Path, reference_out: str | Path, stats_path: str | Path,
+        near_dup: dict, cache_dir: str | Path, seed: int = 0, threads: int = 1, extensions=None, max_pixels=None) -> pd.DataFrame:
+    """The pair-search tile of one shard, and its contents' matches in the reference sets."""
+    rule = neardup.Rule.from_params(near_dup, seed)
+    cache_dir = Path(cache_dir)
+    reference_sets = group.reference_features(near_dup, cache_dir, threads, extensions, max_pixels)
+    pairs, own, matrix, own_emb = search(rule, list(audit_paths), list(embed_paths) if embed_paths else None)
+    refs = group.references(rule, own, matrix, own_emb, reference_sets, cache_dir, threads)
+    manifest.write(refs, reference_out, schemas.REFERENCE_PAIRS, sort_by=["sha256", "reference", "reference_path"])
+    atomic.write_text(stats_path, json.dumps({"search": {"contents": len(own), "shards_compared": len(audit_paths),
+                                                          "new_pairs": len(pairs)}, "reference_matches": len(refs)},
+                                             indent=2, sort_keys=True) + "\n")
+    return manifest.write(pairs, pairs_out, schemas.PAIRS, sort_by=["a", "b"])
