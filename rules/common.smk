@@ -63,5 +63,7 @@ def per_shard(*patterns):
 
 
 def shard_digest(w):
-    """The digest of a shard's ingest rows: its jobs rerun when it changes (their inputs are ancient)."""
+    """The digest of a shard's ingest rows: its jobs rerun when it changes. The checkpoint rewrites every
+    shard file, so the jobs read theirs as ancient (only the jobs reading a checkpoint's files: an
+    ancient input made by an ordinary rule can leave jobs unrun after a checkpoint update in Snakemake 9)."""
     return shard_index()[w.shard]["digest"]

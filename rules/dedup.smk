@@ -10,7 +10,7 @@ REFERENCES = [fingerprint_folder(r["path"], config["ingest"]["extensions"]) for 
 rule embed_shard:
     input:
         ingest=ancient(f"{SHARDS}/ingest/{{shard}}.parquet"),
-        audit=ancient(f"{SHARDS}/audit/{{shard}}.parquet"),
+        audit=f"{SHARDS}/audit/{{shard}}.parquet",
     output:
         embeddings=f"{SHARDS}/embeddings/{{shard}}.parquet",
         stats=f"{SHARD_RUN}/embeddings/{{shard}}.json",
@@ -30,7 +30,7 @@ rule embed_shard:
 
 def shards_upto(pattern):
     """Input function of a pair-search tile: the pattern for every shard up to this one, this one last."""
-    return lambda w: [ancient(pattern.format(shard=s)) for s in ts_shards.upto(shard_index(), w.shard)]
+    return lambda w: [pattern.format(shard=s) for s in ts_shards.upto(shard_index(), w.shard)]
 
 
 rule pairs_shard:

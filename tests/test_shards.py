@@ -1,0 +1,169 @@
+"""Shards: stable assignment, per-shard manifests, the tiled pair search equal to the whole search,
+and the workflow sharded (small shards) equal to the unsharded build, rerunning only the shard a
+new image lands in."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import copy_workflow, set_params, snakemake
+from stage_helpers import item_row
+from trainset import manifest, neardup, schemas, shards, views
+from trainset.stages import pairs as pair_stage
+
+
+def _shas(n: int, prefix: str = "c") -> list[str]:
+    return [f"{prefix}{k:063d}" for k in range(n)]
+
+
+def test_assign_fills_the_last_shard_then_opens_new_ones() -> None:
+    first = shards.assign(_shas(7), None, 3)
+    assert first["shard"].tolist() == [0, 0, 0, 1, 1, 1, 2]
+    assert set(first["size"]) == {3}
+    # seen contents keep their shard whatever the order; new ones fill shard 2, then shard 3
+    grown = shards.assign(_shas(3, "n") + list(reversed(_shas(7))), first, 3)
+    shard = dict(zip(grown["sha256"], grown["shard"]))
+    assert all(shard[s] == k for s, k in zip(first["sha256"], first["shard"]))
+    assert [shard[s] for s in _shas(3, "n")] == [2, 2, 3]
+
+
+def test_assign_drops_removed_contents_and_keeps_the_rest_in_place() -> None:
+    first = shards.assign(_shas(6), None, 3)
+    kept = [s for k, s in enumerate(_shas(6)) if k != 1]
+    again = shards.assign(kept, first, 3)
+    assert dict(zip(again["sha256"], again["shard"])) == {s: k for s, k in zip(first["sha256"], first["shard"]) if s in kept}
+    # the freed slot in shard 0 is not refilled: new contents go to the last shard, so shard 0's jobs stay done
+    more = shards.assign(kept + _shas(1, "n"), again, 3)
+    assert more.set_index("sha256").loc[_shas(1, "n")[0], "shard"] == 2
+
+
+def test_a_new_shard_size_deals_everything_out_again(tmp_path: Path) -> None:
+    path = tmp_path / "map.parquet"
+    shards.assign(_shas(5), None, 2).to_parquet(path, index=False)
+    assert shards.read_map(path, 2) is not None
+    assert shards.read_map(path, 4) is None
+    assert shards.read_map(tmp_path / "missing.parquet", 2) is None
+
+
+@pytest.mark.parametrize("bad", [{"size": 0}, {"size": "big"}, {"gpu": -1}, {"threads": 1.5}, {"sise": 10}])
+def test_bad_settings_name_the_key(bad: dict) -> None:
+    key = next(iter(bad))
+    with pytest.raises(shards.ShardError, match=key):
+        shards.settings(bad)
+
+
+def _ingest_rows(names: list[tuple[str, str]]) -> pd.DataFrame:
+    """Ingest rows (item_id, content) with every column the schema needs."""
+    columns = [c for c in schemas.INGEST.columns if c != "schema_version"]
+    return manifest.with_version(pd.DataFrame([item_row(item, sha) for item, sha in names])[columns])
+
+
+def test_split_ingest_keeps_full_shards_byte_stable(tmp_path: Path) -> None:
+    ingest = tmp_path / "ingest.parquet"
+    names = [(f"s/{k:03d}", sha) for k, sha in enumerate(_shas(5))] + [("s/copy", _shas(5)[0])]
+    manifest.write(_ingest_rows(names), ingest, schemas.INGEST)
+    out, index_path, map_path = tmp_path / "shards", tmp_path / "index.json", tmp_path / "map.parquet"
+    first = shards.split_ingest(ingest, out, index_path, map_path, 2)
+    assert sorted(first) == ["00000", "00001", "00002"]
+    assert first["00000"] == {"digest": first["00000"]["digest"], "items": 3, "contents": 2}  # the copy sits with its original
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    manifest.write(_ingest_rows(names + [("s/new", "e" * 64)]), ingest, schemas.INGEST)
+    second = shards.split_ingest(ingest, out, index_path, map_path, 2)
+    assert json.loads(index_path.read_text()) == second
+    assert {k: second[k]["digest"] for k in ("00000", "00001")} == {k: first[k]["digest"] for k in ("00000", "00001")}
+    assert second["00002"]["digest"] != first["00002"]["digest"] and second["00002"]["contents"] == 2
+    assert all((out / name).read_bytes() == data for name, data in before.items() if name != "00002.parquet")
+    assert manifest.read(out / "00002.parquet", schemas.INGEST)["item_id"].tolist() == ["s/004", "s/new"]
+
+
+def _views(hashes: np.ndarray) -> list[list[str]]:
+    """phash_views with every view of a content equal to its one hash."""
+    return [[f"{int(h):016x}"] * len(views.VIEW_NAMES) for h in hashes]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_tiles_cover_every_pair_of_the_whole_search(tmp_path: Path, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 2**63, size=40, dtype=np.uint64)
+    near = base[rng.integers(0, 40, size=30)] ^ (np.uint64(1) << rng.integers(0, 64, size=30).astype(np.uint64))
+    hashes = np.concatenate([base, near])
+    shas = [f"{k:064x}" for k in rng.permutation(len(hashes))]
+    rule = neardup.Rule.from_params({"rule": [{"max_distance": 8}]})
+    whole, _ = neardup.content_pairs(rule, shas, neardup.view_matrix(_views(hashes), rule), None, None)
+    assert len(whole) >= 30
+
+    size = 9
+    paths = []
+    for k, start in enumerate(range(0, len(shas), size)):
+        audit = pd.DataFrame({"sha256": shas[start:start + size], "phash_views": _views(hashes[start:start + size])})
+        paths.append(tmp_path / f"{k}.parquet")
+        audit.to_parquet(paths[-1], index=False)
+    tiles = [pair_stage.search(rule, paths[: k + 1], None)[0] for k in range(len(paths))]
+    gathered = pd.concat(tiles, ignore_index=True).sort_values(["a", "b"], ignore_index=True)
+    assert not gathered.duplicated(["a", "b"]).any(), "each pair is found by exactly one tile"
+    pd.testing.assert_frame_equal(gathered[list(neardup.PAIR_FIELDS)], whole[list(neardup.PAIR_FIELDS)], check_dtype=False)
+
+
+def test_sum_stats_adds_numbers_and_keeps_labels(tmp_path: Path) -> None:
+    for k, stats in enumerate([{"items": 2, "backend": "numpy", "search": {"contents": 3, "model": "m"}},
+                               {"items": 5, "backend": "cupy", "search": {"contents": 4}}]):
+        (tmp_path / f"{k}.json").write_text(json.dumps(stats))
+    assert shards.sum_stats(sorted(tmp_path.glob("*.json"))) == {"items": 7, "backend": "numpy", "search": {"contents": 7, "model": "m"}}
+
+
+# --- the workflow ---------------------------------------------------------------------------------
+
+MAIN_MANIFESTS = ("ingest", "audit", "pairs", "groups", "reference_pairs", "filtered", "deduped", "clusters",
+                  "captioned", "split", "rejected")
+
+
+def _jobs(log: str, rule: str) -> list[str]:
+    """The shards a per-shard rule ran for, from Snakemake's log."""
+    return sorted(re.findall(rf"rule {rule}:\n(?:    .*\n)*?    wildcards: shard=(\d+)", log))
+
+
+@pytest.mark.e2e
+def test_small_shards_build_the_same_manifests_and_a_new_image_reruns_one_shard(built_demo: Path, tmp_path: Path) -> None:
+    project = copy_workflow(tmp_path / "project")
+    set_params(project, shards__size=7)
+    snakemake(project, "data/export", "data/manifests/rejected.parquet")
+    index = shards.read_index(project / "data/manifests/shards/index.json")
+    assert len(index) == 4 and [v["contents"] for v in index.values()][:3] == [7, 7, 7]
+    for name in MAIN_MANIFESTS:
+        path = f"data/manifests/{name}.parquet"
+        assert (project / path).read_bytes() == (built_demo / path).read_bytes(), path
+    for path in sorted((built_demo / "data/export").rglob("*")):
+        if path.is_file() and path.name != "manifest.json":
+            assert (project / path.relative_to(built_demo)).read_bytes() == path.read_bytes(), path
+
+    # a shrunk copy of a kept demo image, from a new source: it lands in the last shard, which had room
+    kept = manifest.read(project / "data/manifests/split.parquet", schemas.SPLIT)
+    original = kept[kept["source"] == "demo"].iloc[0]
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    with Image.open(original["path"] if Path(original["path"]).is_absolute() else project / original["path"]) as im:
+        im.convert("RGB").resize((im.width * 9 // 10, im.height * 9 // 10)).save(extra / "copy.png")
+    params = set_params(project, shards__size=7)
+    params["sources"] = [{"name": "extra", "kind": "image_folder", "path": str(extra), "license": "CC0-1.0"}]
+    set_params(project, sources=params["sources"])
+    proc = snakemake(project, "data/export", "data/manifests/rejected.parquet")
+    log = proc.stdout + proc.stderr
+    assert _jobs(log, "audit_shard") == ["00003"]
+    assert _jobs(log, "embed_shard") == ["00003"]
+    assert _jobs(log, "pairs_shard") == ["00003"], "only the tile of the shard that changed"
+
+    ingest = manifest.read(project / "data/manifests/ingest.parquet", schemas.INGEST)
+    new_sha = ingest.loc[ingest["source"] == "extra", "sha256"].iloc[0]
+    found = manifest.read(project / "data/manifests/pairs.parquet", schemas.PAIRS)
+    assert {new_sha, original["sha256"]} in [{a, b} for a, b in zip(found["a"], found["b"])]
+    split = manifest.read(project / "data/manifests/split.parquet", schemas.SPLIT)
+    rejected = manifest.read(project / "data/manifests/rejected.parquet", schemas.REJECTED)
+    assert sorted([*split["item_id"], *rejected["item_id"]]) == sorted(ingest["item_id"]), "every item kept or rejected, once"
