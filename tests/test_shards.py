@@ -167,3 +167,22 @@ def test_small_shards_build_the_same_manifests_and_a_new_image_reruns_one_shard(
     split = manifest.read(project / "data/manifests/split.parquet", schemas.SPLIT)
     rejected = manifest.read(project / "data/manifests/rejected.parquet", schemas.REJECTED)
     assert sorted([*split["item_id"], *rejected["item_id"]]) == sorted(ingest["item_id"]), "every item kept or rejected, once"
+
+
+def test_hashed_views_reads_distinct_decoded_contents(tmp_path: Path) -> None:
+    width = len(views.VIEW_NAMES)
+    rows = pd.DataFrame({
+        "sha256": ["b" * 64, "a" * 64, "b" * 64, "c" * 64],
+        "phash_views": [[f"{k:016x}" for k in range(width)], [f"{7:016x}"] * width, [f"{9:016x}"] * width, []],
+    })
+    rows.to_parquet(tmp_path / "audit.parquet", index=False)
+    shas, matrix = shards.hashed_views(tmp_path / "audit.parquet")
+    assert shas.tolist() == ["a" * 64, "b" * 64]  # sorted, the first row of a copy, the undecoded one left out
+    assert matrix.dtype == np.uint64 and matrix[0].tolist() == [7] * width and matrix[1].tolist() == list(range(width))
+    expected = neardup.view_matrix(rows["phash_views"][[1, 0]], neardup.Rule.from_params({"rule": [{"max_distance": 1}]}))
+    assert (matrix[:, : expected.shape[1]] == expected).all()
+
+    rows.loc[1, "phash_views"] = ["abc"] * width
+    rows.to_parquet(tmp_path / "bad.parquet", index=False)
+    with pytest.raises(shards.ShardError, match="bad.parquet"):
+        shards.hashed_views(tmp_path / "bad.parquet")

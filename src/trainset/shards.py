@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from . import atomic, manifest, schemas
 
@@ -170,3 +172,30 @@ def embedding_matrix(table: pd.DataFrame | None, shas) -> np.ndarray | None:
         if sha in row:
             out[k] = vectors[row[sha]]
     return out
+
+
+def hashed_views(audit_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct hashed contents of an audit shard, by sha256: their SHA-256s and every view's
+    pHash as an (n, views) uint64 matrix. Parsed from Arrow's buffers in one pass: the pair search
+    reads each earlier shard once per later shard, so this runs N x shards / 2 rows per build."""
+    table = pq.read_table(audit_path, columns=["sha256", "phash_views"]).combine_chunks()
+    lists = table.column("phash_views").chunk(0) if table.num_rows else None
+    if lists is None:
+        return np.zeros(0, dtype=object), np.zeros((0, 0), dtype=np.uint64)
+    lengths = pc.list_value_length(lists).to_numpy(zero_copy_only=False)
+    hashed = np.flatnonzero(lengths > 0)
+    width = int(lengths[hashed[0]]) if len(hashed) else 0
+    shas = table.column("sha256").to_numpy()
+    unique_shas, first = np.unique(shas[hashed].astype(str), return_index=True)
+    rows = hashed[first]
+    if not len(rows):
+        return unique_shas.astype(object), np.zeros((0, width), dtype=np.uint64)
+    picked = lists.take(rows)
+    flat = picked.flatten()
+    sizes = pc.binary_length(flat)
+    if (lengths[rows] != width).any() or pc.min(sizes).as_py() != 16 or pc.max(sizes).as_py() != 16:
+        raise ShardError(f"{audit_path}: phash_views must hold {width} 16-digit hex pHashes per decoded item")
+    offsets = np.frombuffer(flat.buffers()[1], dtype=np.int32)[flat.offset: flat.offset + len(flat) + 1]
+    data = flat.buffers()[2].to_pybytes()[offsets[0]: offsets[-1]]
+    views = np.frombuffer(bytes.fromhex(data.decode("ascii")), dtype=">u8").astype(np.uint64).reshape(len(rows), width)
+    return unique_shas.astype(object), views

@@ -39,35 +39,36 @@ def embed(ingest_path: str | Path, audit_path: str | Path, out: str | Path, stat
     return table
 
 
-def _load(audit_path, embed_path) -> tuple[pd.DataFrame, np.ndarray | None]:
-    table = shards.contents(pd.read_parquet(audit_path, columns=["sha256", "phash_views"]))
-    emb = None if embed_path is None else shards.embedding_matrix(pd.read_parquet(embed_path), table["sha256"])
-    return table, emb
+def _load(rule: neardup.Rule, audit_path, embed_path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """A shard's hashed contents (by sha256): SHA-256s, the rule's view matrix, embeddings."""
+    shas, all_views = shards.hashed_views(audit_path)
+    matrix = np.ascontiguousarray(all_views[:, rule.view_indices]) if len(shas) else np.zeros((0, len(rule.view_indices)), np.uint64)
+    emb = None if embed_path is None else shards.embedding_matrix(pd.read_parquet(embed_path), shas)
+    return shas, matrix, emb
 
 
-def tile(rule: neardup.Rule, own: pd.DataFrame, own_matrix: np.ndarray, own_emb, other: pd.DataFrame | None = None,
-         other_emb=None) -> pd.DataFrame:
-    """Accepted pairs (``a < b`` as SHA-256 strings) within ``own``, or between it and ``other``."""
-    shas = own["sha256"].to_numpy(dtype=object)
-    if other is None:
-        found = neardup.find_pairs(rule, own_matrix, own_emb)
-        return neardup.sha_pairs(shas, shas, found)
-    found = neardup.find_pairs(rule, own_matrix, own_emb, neardup.view_matrix(other["phash_views"], rule), other_emb)
-    return neardup.sha_pairs(shas, other["sha256"].to_numpy(dtype=object), found)
+def tile(rule: neardup.Rule, shas: np.ndarray, matrix: np.ndarray, emb, other_shas=None, other_matrix=None, other_emb=None) -> pd.DataFrame:
+    """Accepted pairs (``a < b`` as SHA-256 strings) within one shard, or between it and another."""
+    if other_shas is None:
+        return neardup.sha_pairs(shas, shas, neardup.find_pairs(rule, matrix, emb))
+    return neardup.sha_pairs(shas, other_shas, neardup.find_pairs(rule, matrix, emb, other_matrix, other_emb))
 
 
 def search(rule: neardup.Rule, audit_paths: list, embed_paths: list | None) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray, np.ndarray | None]:
-    """Pairs of the last shard in ``audit_paths`` with itself and each earlier shard (loaded one at a time)."""
+    """Pairs of the last shard in ``audit_paths`` with itself and each earlier shard (loaded one at a
+    time), and the last shard's contents (sha256, path-free), view matrix and embeddings."""
     embed_paths = embed_paths or [None] * len(audit_paths)
-    own, own_emb = _load(audit_paths[-1], embed_paths[-1])
-    matrix = neardup.view_matrix(own["phash_views"], rule)
-    frames = [tile(rule, own, matrix, own_emb)]
+    shas, matrix, emb = _load(rule, audit_paths[-1], embed_paths[-1])
+    frames = [tile(rule, shas, matrix, emb)]
     for audit_path, embed_path in zip(audit_paths[:-1], embed_paths[:-1]):
-        other, other_emb = _load(audit_path, embed_path)
-        if len(own) and len(other):
-            frames.append(tile(rule, own, matrix, own_emb, other, other_emb))
-    pairs = pd.concat(frames, ignore_index=True).sort_values(["a", "b"], ignore_index=True)
-    return pairs, own, matrix, own_emb
+        other = _load(rule, audit_path, embed_path)
+        if len(shas) and len(other[0]):
+            frames.append(tile(rule, shas, matrix, emb, *other))
+    frames = [f for f in frames if len(f)]
+    pairs = (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(neardup.PAIR_FIELDS)))
+    pairs = pairs.sort_values(["a", "b"], ignore_index=True).astype(
+        {"a": str, "b": str, "distance": np.int64, "cosine": np.float64, "rule": str})
+    return pairs, pd.DataFrame({"sha256": shas.astype(str)}), matrix, emb
 
 
 def run(audit_paths: list, embed_paths: list | None, pairs_out: str | Path, reference_out: str | Path, stats_path: str | Path,
