@@ -15,6 +15,7 @@ checkpoint shard:
 rule audit_shard:
     input:
         ancient(f"{SHARDS}/ingest/{{shard}}.parquet"),
+        checkpoint=SHARDS_DEALT,
     output:
         audit=f"{SHARDS}/audit/{{shard}}.parquet",
         stats=f"{SHARD_RUN}/audit/{{shard}}.json",

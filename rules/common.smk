@@ -52,9 +52,16 @@ SHARD_THREADS = min(SHARD["threads"] or workflow.cores, workflow.cores)
 SHARD_RESOURCES = {"mem_mb": SHARD["mem_mb"], "runtime": SHARD["runtime"]}
 
 
+# The checkpoint's folder, as an input of every job whose params read the index: a job run on its own
+# (a cluster job step) meets the checkpoint as done only then. Ancient: the checkpoint rewrites it.
+SHARDS_DEALT = ancient(f"{SHARDS}/ingest")
+
+
 def shard_index():
-    """shard -> {digest, items, contents}, known once the shard checkpoint ran."""
-    return ts_shards.read_index(checkpoints.shard.get().output.index)
+    """shard -> {digest, items, contents}, known once the shard checkpoint ran. Read through open(): with a
+    default storage provider (S3) Snakemake fetches the index's local copy first."""
+    with checkpoints.shard.get().output.index.open() as f:
+        return json.load(f)
 
 
 def per_shard(*patterns):

@@ -11,6 +11,7 @@ rule embed_shard:
     input:
         ingest=ancient(f"{SHARDS}/ingest/{{shard}}.parquet"),
         audit=f"{SHARDS}/audit/{{shard}}.parquet",
+        checkpoint=SHARDS_DEALT,
     output:
         embeddings=f"{SHARDS}/embeddings/{{shard}}.parquet",
         stats=f"{SHARD_RUN}/embeddings/{{shard}}.json",
@@ -37,6 +38,7 @@ rule pairs_shard:
     input:
         audit=shards_upto(f"{SHARDS}/audit/{{shard}}.parquet"),
         embeddings=shards_upto(f"{SHARDS}/embeddings/{{shard}}.parquet") if NEAR_RULE.uses_cosine else [],
+        checkpoint=SHARDS_DEALT,
     output:
         pairs=f"{SHARDS}/pairs/{{shard}}.parquet",
         reference=f"{SHARDS}/reference/{{shard}}.parquet",

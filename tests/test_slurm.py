@@ -32,7 +32,7 @@ def slurm(tmp_path_factory, request) -> slurm_cluster.Cluster:
     return cluster
 
 
-def finished(log: str) -> Counter:
+def finished_jobs(log: str) -> Counter:
     """Jobs per rule that Snakemake saw finish (the plan grows after the shard checkpoint, so the
     first job stats table is not the whole plan)."""
     return Counter(re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", log))
@@ -61,7 +61,7 @@ def test_demo_through_slurm_equals_the_local_build(slurm, built_demo: Path, tmp_
     log = proc.stdout + proc.stderr
     run_id = re.search(r"SLURM run ID: (\S+)", log).group(1)
 
-    expected = finished(log)
+    expected = finished_jobs(log)
     assert expected.pop("all") == 1  # the target: no job of its own
     assert {"shard", "audit_shard", "embed_shard", "pairs_shard", "group"} <= set(expected)
     by_job = submitted(log)
