@@ -1,3 +1,5 @@
+import json
+
 from trainset import shards as ts_shards
 
 # Paths shared by the rules: one place, so rules, scripts and dvc.yaml agree.
