@@ -42,7 +42,9 @@ CONV_REJECTED = f"{CONV}/rejected.parquet"
 CONV_EXPORT = "data/export-conversations"
 CONV_REPORT = "data/report/conversations-report.md"
 CONV_METRICS = "data/report/conversations-metrics.json"
-TAKEDOWN = "takedown.txt"  # content SHA-256s taken down (trainset purge): every build rejects them
+# content SHA-256s taken down (trainset purge): every build rejects them. A file of the repository (the
+# scripts read it from the working directory), so local() even with a default storage provider (S3)
+TAKEDOWN = local("takedown.txt")
 
 # shards: per-item work runs once per shard (src/trainset/shards.py)
 SHARDS = f"{M}/shards"

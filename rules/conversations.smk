@@ -13,13 +13,13 @@ CONV_DEMO_PATH = "data/raw/demo_conversations"
 def conv_files(source):
     """A source's files: listed at parse time so an edit to any of them reruns its read job."""
     if CONV_DEMO and str(source.path).startswith(CONV_DEMO_PATH):
-        return [CONV_DEMO_PATH]  # made by conversations_demo
-    return [str(p) for p in conv_readers.files(source)]
+        return [local(CONV_DEMO_PATH)]  # made by conversations_demo
+    return [local(str(p)) for p in conv_readers.files(source)]
 
 
 rule conversations_demo:
     output:
-        directory(CONV_DEMO_PATH),
+        local(directory(CONV_DEMO_PATH)),
     params:
         enabled=CONV_DEMO,
         code=provenance.code_digest("conversations.demo"),

@@ -5,7 +5,7 @@ from trainset.sources import source_fingerprint
 
 rule demo:
     output:
-        directory("data/raw/demo"),
+        local(directory("data/raw/demo")),
     params:
         enabled=DEMO,  # with demo: false the folder is left empty (DVC still tracks it)
         code=provenance.code_digest("demo"),
@@ -19,15 +19,15 @@ MATERIALIZED = {s.name: s for s in SOURCES if s.kind in ts_config.MATERIALIZED_K
 def materialized_input(source):
     """What an unpacked or downloaded source's folder stands for: its done mark."""
     if source.kind == "url_list":
-        return f"{ts_config.MATERIALIZED_DIR}/_downloads/{source.name}.json"
-    return f"{ts_config.MATERIALIZED_DIR}/{source.name}"
+        return local(f"{ts_config.MATERIALIZED_DIR}/_downloads/{source.name}.json")
+    return local(f"{ts_config.MATERIALIZED_DIR}/{source.name}")
 
 
 rule materialize:
     input:
-        lambda w: [str(p) for p in ts_materialize.inputs(MATERIALIZED[w.name])],
+        lambda w: [local(str(p)) for p in ts_materialize.inputs(MATERIALIZED[w.name])],
     output:
-        directory(f"{ts_config.MATERIALIZED_DIR}/{{name}}"),
+        local(directory(f"{ts_config.MATERIALIZED_DIR}/{{name}}")),
     wildcard_constraints:
         name="[^/]+",
     params:
@@ -41,9 +41,9 @@ rule materialize:
 
 rule download:
     input:
-        lambda w: MATERIALIZED[w.name].path,
+        lambda w: local(str(MATERIALIZED[w.name].path)),
     output:
-        f"{ts_config.MATERIALIZED_DIR}/_downloads/{{name}}.json",
+        local(f"{ts_config.MATERIALIZED_DIR}/_downloads/{{name}}.json"),
     params:
         source=lambda w: MATERIALIZED[w.name].as_dict(),
         folder=lambda w: str(MATERIALIZED[w.name].folder),
@@ -55,7 +55,7 @@ rule download:
 
 rule ingest:
     input:
-        ["data/raw/demo"] if DEMO else [],
+        [local("data/raw/demo")] if DEMO else [],
         [materialized_input(s) for s in MATERIALIZED.values()],
     output:
         ingest=INGEST,

@@ -39,7 +39,6 @@ rule report_html:
         html=directory(HTML_REPORT),
         plots=PLOT_FILES,
     params:
-        plots_dir=PLOTS_DIR,
         cache_dir=THUMBS,
         html=config["report"].get("html") or {},
         thresholds=config["report"],

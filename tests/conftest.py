@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -15,6 +17,27 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW_FILES = ("Snakefile", "params.yaml", "dvc.yaml", "takedown.txt", "rules", "scripts", "src")
+
+
+@contextlib.contextmanager
+def moto_s3(bucket: str, key_id: str, secret: str):
+    """moto's S3 server (a real HTTP server) on a free loopback port with one empty bucket:
+    ``(endpoint, boto3 client)``; stopped on exit."""
+    import boto3  # noqa: PLC0415
+    import moto.server as moto_server  # noqa: PLC0415
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per S3 request otherwise
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                              aws_access_key_id=key_id, aws_secret_access_key=secret)
+        client.create_bucket(Bucket=bucket)
+        yield endpoint, client
+    finally:
+        server.stop()
 
 
 def copy_workflow(dest: Path) -> Path:

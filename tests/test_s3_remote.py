@@ -5,15 +5,12 @@ server mode on loopback), then a fresh `git clone` + `dvc pull` gets the same by
 from __future__ import annotations
 
 import hashlib
-import logging
 from pathlib import Path
 
-import boto3
-import moto.server as moto_server
 import pytest
 import yaml
 
-from conftest import run, snakemake
+from conftest import moto_s3, run, snakemake
 
 CLEAN = "Data and pipelines are up to date."
 BUCKET = "trainset-remote"
@@ -48,18 +45,8 @@ def output(proc) -> str:
 
 @pytest.fixture(scope="module")
 def s3_endpoint():
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per S3 request otherwise
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                          aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET)
-    client.create_bucket(Bucket=BUCKET)
-    try:
-        yield endpoint, client
-    finally:
-        server.stop()
+    with moto_s3(BUCKET, KEY_ID, SECRET) as found:
+        yield found
 
 
 @pytest.fixture(scope="module")

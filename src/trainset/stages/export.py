@@ -141,9 +141,12 @@ def kohya_folder(row) -> str:
     return f"{repeats}_{row.subset}"
 
 
-def run(split_path: str | Path, out_dir: str | Path, params: dict) -> pd.DataFrame:
+def run(split_path: str | Path, out_dir: str | Path, params: dict, named_as: str | Path | None = None) -> pd.DataFrame:
+    """``named_as``: the export's path in the workflow when ``out_dir`` is a copy of it elsewhere (a
+    default storage provider's local copy): the Kohya configs name it by that path."""
     items = manifest.read(split_path, schemas.SPLIT)
     out_dir = Path(out_dir)
+    config_dir = Path(named_as) if named_as is not None else out_dir
     keep_formats = [f.upper() for f in params.get("keep_formats", ["PNG", "JPEG", "WEBP"])]
     keep_modes = list(params.get("keep_modes", ["RGB", "RGBA", "L"]))
     convert_to = str(params.get("convert_to", "PNG")).upper()
@@ -184,9 +187,9 @@ def run(split_path: str | Path, out_dir: str | Path, params: dict) -> pd.DataFra
             df[["repeats", "width", "height"]] = df[["repeats", "width", "height"]].astype("int64")
         written = manifest.write(df, tmp / "manifest.parquet", schemas.EXPORT)
         spec, triggers = caption_spec(params), dict(params.get("source_triggers") or {})
-        atomic.write_text(tmp / "dataset_config.toml", kohya_toml(written, out_dir, kohya, spec, triggers))
+        atomic.write_text(tmp / "dataset_config.toml", kohya_toml(written, config_dir, kohya, spec, triggers))
         if params.get("originals_only"):
-            originals_only(written, tmp, out_dir, kohya, spec, triggers, caption_ext)
+            originals_only(written, tmp, config_dir, kohya, spec, triggers, caption_ext)
         atomic.write_text(tmp / "ATTRIBUTION.md", attribution(written))
         export_formats.write(written, tmp, params)  # WebDataset shards, Hugging Face Parquet: when enabled
     return written
