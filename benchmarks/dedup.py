@@ -30,6 +30,7 @@ goes to a temp dir that is removed at the end.
 
 from __future__ import annotations
 
+import _results  # benchmarks/_results.py (the script's folder is on sys.path)
 import argparse
 import contextlib
 import datetime
@@ -884,16 +885,8 @@ def section_sprites(report: Report, args, work: Path) -> None:
 
 
 def write_section(out: Path, lines: list[str]) -> None:
-    """Replace this benchmark's section of ``out`` (between the markers), or append it."""
-    text = out.read_text() if out.exists() else ""
-    block = "\n".join([BEGIN, *lines, END]) + "\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
-        text = head + block + ("\n" + tail if tail else "")
-    else:
-        text = text.rstrip("\n") + ("\n\n" if text else "") + block
-    out.write_text(text)
+    """Replace this benchmark's section of ``out`` (between its markers), or append it."""
+    _results.write_section(out, BEGIN, END, lines)
 
 
 SECTIONS = ("hashing", "pairs", "quality", "sprites")
