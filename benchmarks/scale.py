@@ -350,13 +350,16 @@ class Repo:
         self.cache, self.run = root / "data" / "cache", root / "data" / "run"
         self.shard_run = self.run / "shards"
         self.bench = root / "bench"  # this benchmark's own notes: the plan, the shards that changed
-        for d in (m / "rejected", self.shards / "ingest", self.shards / "audit", self.shards / "pairs", self.shards / "reference",
+        for d in (m / "rejected", self.shards / "ingest", self.shards / "audit", self.shards / "hashes", self.shards / "pairs", self.shards / "reference",
                   self.shard_run / "audit", self.shard_run / "pairs", self.cache, self.bench):
             d.mkdir(parents=True, exist_ok=True)
         self.plan = self.bench / "plan.npz"
 
     def shard_file(self, kind: str, name: str) -> Path:
         return self.shards / kind / f"{name}.parquet"
+
+    def shard_hashes(self, name: str) -> Path:
+        return self.shards / "hashes" / f"{name}.npz"
 
     def shard_stats(self, kind: str, name: str) -> Path:
         return self.shard_run / kind / f"{name}.json"
@@ -366,10 +369,11 @@ class Repo:
 
 
 def write_audit_shard(repo: Repo, name: str, audit_rows) -> None:
-    """One shard's audit manifest and stats, as the ``audit_shard`` job leaves them."""
-    from trainset import manifest, schemas
+    """One shard's audit manifest, hashes file and stats, as the ``audit_shard`` job leaves them."""
+    from trainset import manifest, schemas, shards
 
     manifest.write(audit_rows, repo.shard_file("audit", name), schemas.AUDIT)
+    shards.write_hashes(repo.shard_file("audit", name), repo.shard_hashes(name))
     contents = int(audit_rows["sha256"].nunique())
     stats = {"items": len(audit_rows), "contents": contents, "decoded": contents, "cache_hits": 0, "backend": "numpy"}
     repo.shard_stats("audit", name).write_text(json.dumps(stats, indent=2) + "\n")
@@ -448,7 +452,7 @@ def step_pair_tiles(repo: Repo, params: dict, opts, save) -> dict:
     for name in names:
         start = time.perf_counter()
         upto = shards.upto(index, name)
-        pairs.run([repo.shard_file("audit", s) for s in upto], None, repo.shard_file("pairs", name),
+        pairs.run([repo.shard_hashes(s) for s in upto], None, repo.shard_file("pairs", name),
                   repo.shard_file("reference", name), repo.shard_stats("pairs", name), dict(params["near_dup"]), repo.cache,
                   seed=params["seed"], threads=THREADS, extensions=params["ingest"]["extensions"],
                   max_pixels=params["audit"]["max_pixels"])

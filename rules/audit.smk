@@ -18,6 +18,7 @@ rule audit_shard:
         checkpoint=SHARDS_DEALT,
     output:
         audit=f"{SHARDS}/audit/{{shard}}.parquet",
+        hashes=f"{SHARDS}/hashes/{{shard}}.npz",  # the pair tiles' input
         stats=f"{SHARD_RUN}/audit/{{shard}}.json",
     params:
         digest=shard_digest,

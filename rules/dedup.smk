@@ -36,7 +36,7 @@ def shards_upto(pattern):
 
 rule pairs_shard:
     input:
-        audit=shards_upto(f"{SHARDS}/audit/{{shard}}.parquet"),
+        hashes=shards_upto(f"{SHARDS}/hashes/{{shard}}.npz"),
         embeddings=shards_upto(f"{SHARDS}/embeddings/{{shard}}.parquet") if NEAR_RULE.uses_cosine else [],
         checkpoint=SHARDS_DEALT,
     output:

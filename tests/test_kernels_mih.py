@@ -200,6 +200,11 @@ def test_pair_method_rule():
     assert kernels.pair_method(big, -1) == "brute"
     assert kernels.pair_method(big[: kernels.MIH_MIN_N - 1], 4) == "brute"
     assert kernels.pair_method(big[: kernels.MIH_MIN_N], 4) == "mih"
+    # a cross search: the larger side at least MIH_MIN_N, the smaller (the indexed one) MIH_MIN_CROSS
+    small = big[: kernels.MIH_MIN_CROSS]
+    assert kernels.pair_method(small, 4, base=big) == "mih" and kernels.pair_method(big, 4, base=small) == "mih"
+    assert kernels.pair_method(small[:-1], 4, base=big) == "brute" and kernels.pair_method(big, 4, base=small[:-1]) == "brute"
+    assert kernels.pair_method(small, 4, base=big[: kernels.MIH_MIN_N - 1]) == "brute"
     # one huge bucket in every chunk: MIH would check each pair up to t + 1 times
     assert kernels.pair_method(np.zeros(20_000, dtype=np.uint64), 4) == "brute"
 
@@ -213,6 +218,22 @@ def test_mih_candidates_counts_bucket_pairs(t):
         _, counts = np.unique(keys, return_counts=True)
         expected += sum(int(c) * (int(c) - 1) // 2 for c in counts)
     assert kernels.mih_candidates(hashes, t) == expected
+
+
+@pytest.mark.parametrize("t", [0, 2, 5, 12])
+def test_mih_candidates_of_a_cross_search_count_bucket_pairs_either_way(t):
+    """Cross candidates: query-base pairs sharing a chunk value, summed over chunks; the same count
+    whichever side is the larger (the smaller side is the one indexed)."""
+    rng = np.random.default_rng(t)
+    query = _planted(rng, 300, 100, t)
+    base = np.concatenate([_planted(rng, 700, 200, t), query[:50]])
+    expected = 0
+    for offset, width in kernels.mih_chunks(t):
+        q = [(int(h) >> offset) & ((1 << width) - 1) for h in query]
+        b = [(int(h) >> offset) & ((1 << width) - 1) for h in base]
+        expected += sum(b.count(k) for k in q)
+    assert kernels.mih_candidates(query, t, base) == expected
+    assert kernels.mih_candidates(base, t, query) == expected
 
 
 class _Spy:

@@ -89,8 +89,10 @@ def _views(hashes: np.ndarray) -> list[list[str]]:
     return [[f"{int(h):016x}"] * len(views.VIEW_NAMES) for h in hashes]
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_the_tiles_cover_every_pair_of_the_whole_search(tmp_path: Path, seed: int) -> None:
+@pytest.mark.parametrize(("seed", "block"), [(0, 200_000), (1, 1), (2, 20)])
+def test_the_tiles_cover_every_pair_of_the_whole_search(tmp_path: Path, seed: int, block: int, monkeypatch) -> None:
+    """Whatever the blocks the earlier shards are compared in (one shard each, a few, all at once)."""
+    monkeypatch.setattr(pair_stage, "BLOCK_CONTENTS", block)
     rng = np.random.default_rng(seed)
     base = rng.integers(0, 2**63, size=40, dtype=np.uint64)
     near = base[rng.integers(0, 40, size=30)] ^ (np.uint64(1) << rng.integers(0, 64, size=30).astype(np.uint64))
@@ -104,8 +106,9 @@ def test_the_tiles_cover_every_pair_of_the_whole_search(tmp_path: Path, seed: in
     paths = []
     for k, start in enumerate(range(0, len(shas), size)):
         audit = pd.DataFrame({"sha256": shas[start:start + size], "phash_views": _views(hashes[start:start + size])})
-        paths.append(tmp_path / f"{k}.parquet")
-        audit.to_parquet(paths[-1], index=False)
+        audit.to_parquet(tmp_path / f"{k}.parquet", index=False)
+        paths.append(tmp_path / f"{k}.npz")
+        assert shards.write_hashes(tmp_path / f"{k}.parquet", paths[-1]) == len(audit)
     tiles = [pair_stage.search(rule, paths[: k + 1], None)[0] for k in range(len(paths))]
     gathered = pd.concat(tiles, ignore_index=True).sort_values(["a", "b"], ignore_index=True)
     assert not gathered.duplicated(["a", "b"]).any(), "each pair is found by exactly one tile"
@@ -181,6 +184,9 @@ def test_hashed_views_reads_distinct_decoded_contents(tmp_path: Path) -> None:
     assert matrix.dtype == np.uint64 and matrix[0].tolist() == [7] * width and matrix[1].tolist() == list(range(width))
     expected = neardup.view_matrix(rows["phash_views"][[1, 0]], neardup.Rule.from_params({"rule": [{"max_distance": 1}]}))
     assert (matrix[:, : expected.shape[1]] == expected).all()
+    assert shards.write_hashes(tmp_path / "audit.parquet", tmp_path / "hashes.npz") == 2
+    saved_shas, saved = shards.read_hashes(tmp_path / "hashes.npz")
+    assert saved_shas.tolist() == shas.tolist() and saved.dtype == np.uint64 and (saved == matrix).all()
 
     rows.loc[1, "phash_views"] = ["abc"] * width
     rows.to_parquet(tmp_path / "bad.parquet", index=False)

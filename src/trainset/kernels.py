@@ -476,8 +476,10 @@ def cuda_pairs(hashes, max_distance, base=None, capacity: int = 1 << 20):
 
 # Dispatch rule of ``near_pairs`` and ``near_pairs_between`` (see ``pair_method``), measured
 # against the compiled brute force on a 2-core CPU (``benchmarks/pairs.py --crossover``):
-#: smallest ``n`` (both sides, for a cross search) for multi-index hashing,
+#: smallest ``n`` (the larger side, for a cross search) for multi-index hashing,
 MIH_MIN_N = 5_000
+#: smallest smaller side of a cross search for it (each chunk of the larger side is looked up in it),
+MIH_MIN_CROSS = 2_000
 #: largest ``max_distance`` for it (``t + 1`` chunks of ``64 // (t + 1)`` bits),
 MIH_MAX_T = 10
 #: and at most this many candidate pairs per distance brute force computes.
@@ -526,6 +528,11 @@ def mih_pairs(hashes, max_distance, base=None, threads: int | None = None):
     t = int(np.floor(min(max_distance, 64)))  # distances are integers: d <= 4.5 iff d <= 4
     if t >= 64:
         return hamming_pairs(query, t, be=HOST, threads=threads, base=base)
+    if base is not None and len(other) > len(query):
+        # index the smaller side: each chunk sorts it, and the larger side only looks its keys up
+        # (a shard against every earlier shard: 5,000 sorted keys instead of a million per chunk)
+        j, i, d = mih_pairs(other, t, base=query, threads=threads)
+        return _sorted_pairs([i], [j], [d])
     masks = np.array([((1 << w) - 1) << off for off, w in mih_chunks(t)], dtype=np.uint64)
     out_i, out_j, out_d = [], [], []
     for c, (offset, width) in enumerate(progress.bar(mih_chunks(t), desc="hash pairs", unit="chunk")):
@@ -535,11 +542,10 @@ def mih_pairs(hashes, max_distance, base=None, threads: int | None = None):
         values = other[order]
         if base is None:  # sorted position p against the rest of its run
             rows, lo = values, np.arange(1, len(keys) + 1)
-            hi = np.searchsorted(keys, keys, side="right")
+            hi = _run_bounds(keys, keys, width)[1]
         else:
-            rows, query_key = query, _chunk_keys(query, offset, width)
-            lo = np.searchsorted(keys, query_key, side="left")
-            hi = np.searchsorted(keys, query_key, side="right")
+            rows = query
+            lo, hi = _run_bounds(keys, _chunk_keys(query, offset, width), width)
         args = (rows, values, lo, hi, np.uint64(t), masks[:c])
         p, j, d = _count_then_fill(len(rows), _count_ranges, _fill_ranges, args, threads, int((hi - lo).sum()))
         out_i.append(order[p] if base is None else p)
@@ -552,19 +558,47 @@ def _chunk_keys(h: np.ndarray, offset: int, width: int) -> np.ndarray:
     return (h >> np.uint64(offset)) & np.uint64((1 << width) - 1)
 
 
+DIRECT_MAX_WIDTH = 22
+"""Chunks up to this many bits are bucketed through a table of ``2**width`` run starts (32 MB at
+most): one gather per lookup, several times faster than a binary search for the short chunks
+MIH uses at the usual radii (7 bits at t = 8)."""
+
+
+def _key_counts(keys: np.ndarray, width: int) -> np.ndarray:
+    """How many of ``keys`` (each below ``2**width``, ``width <= DIRECT_MAX_WIDTH``) hold each value."""
+    return np.bincount(keys.astype(np.int64), minlength=1 << width)
+
+
+def _run_bounds(sorted_keys: np.ndarray, lookup: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """``[lo, hi)`` of the run of each ``lookup`` value in ``sorted_keys``; what ``searchsorted``
+    left and right give."""
+    if width > DIRECT_MAX_WIDTH:
+        return np.searchsorted(sorted_keys, lookup, side="left"), np.searchsorted(sorted_keys, lookup, side="right")
+    starts = np.zeros((1 << width) + 1, dtype=np.int64)
+    np.cumsum(_key_counts(sorted_keys, width), out=starts[1:])
+    at = lookup.astype(np.int64)
+    return starts[at], starts[at + 1]
+
+
 def mih_candidates(hashes, max_distance: int, base=None) -> int:
     """Candidate pairs :func:`mih_pairs` would check: pairs sharing a bucket, summed over chunks."""
     h = _as_hashes(hashes)
     other = None if base is None else _as_hashes(base)
     total = 0
     for offset, width in mih_chunks(max_distance):
-        key = _chunk_keys(h, offset, width)
         if other is None:
-            counts = np.bincount(key.astype(np.int64)) if width <= 22 else np.unique(key, return_counts=True)[1]
+            key = _chunk_keys(h, offset, width)
+            counts = _key_counts(key, width) if width <= DIRECT_MAX_WIDTH else np.unique(key, return_counts=True)[1]
             counts = counts.astype(np.int64)
             total += int((counts * (counts - 1) // 2).sum())
+            continue
+        # the smaller side's keys counted, looked up by the larger side's keys
+        small, large = (h, other) if len(h) < len(other) else (other, h)
+        key = _chunk_keys(large, offset, width)
+        if width <= DIRECT_MAX_WIDTH:
+            total += int(_key_counts(_chunk_keys(small, offset, width), width)[key.astype(np.int64)].sum())
         else:
-            values, counts = np.unique(_chunk_keys(other, offset, width), return_counts=True)
+            values, counts = np.unique(_chunk_keys(small, offset, width), return_counts=True)
             at = np.searchsorted(values, key).clip(max=max(len(values) - 1, 0))
             hit = values[at] == key if len(values) else np.zeros(len(key), dtype=bool)
             total += int(counts[at][hit].sum())
@@ -575,7 +609,8 @@ def pair_method(hashes, max_distance, base=None) -> str:
     """Which kernel :func:`near_pairs` (``base`` None) or :func:`near_pairs_between` uses:
     ``"mih"`` or ``"brute"``.
 
-    Rule: multi-index hashing when ``n >= MIH_MIN_N`` (5000; both sides of a cross search),
+    Rule: multi-index hashing when ``n >= MIH_MIN_N`` (5000; in a cross search the larger side, and
+    the smaller at least ``MIH_MIN_CROSS``, 2000: the smaller side is the one indexed),
     ``0 <= max_distance <= MIH_MAX_T`` (10) and the candidate pairs it would check
     (:func:`mih_candidates`) are at most ``MIH_MAX_CANDIDATE_RATIO`` (0.25) of the distances brute
     force computes (``n (n - 1) / 2``, or ``n_query * n_base``); brute force otherwise.
@@ -586,14 +621,19 @@ def pair_method(hashes, max_distance, base=None) -> str:
     ``t + 1`` sorts. Measured on 2 cores (min of 3-5 runs, other jobs running): from n = 5,000 MIH
     is faster up to t = 6 (5,000, t = 4: 3 ms vs 5 ms), from 10,000 up to t = 10 (100,000,
     t = 10: 0.87 s vs 3.7 s; t = 12 about even), and so in a cross search of 5,000 or 20,000
-    against 100,000 up to t = 10 (20,000 x 100,000, t = 10: 1.0 s vs 1.3 s). The candidate guard
+    against 100,000 up to t = 10 (20,000 x 100,000, t = 10: 1.0 s vs 1.3 s). Against 200,000, from
+    2,000 up to t = 8 (4,900: t = 4, 47 ms vs 776 ms; t = 8, 0.41 s vs 0.70 s). The candidate guard
     sends inputs dominated by identical or clustered hashes (one huge bucket in every chunk) to
     brute force, which compares each pair once instead of up to ``t + 1`` times. With a GPU
     backend brute force is much faster and the crossover has not been measured.
     """
     n_query = len(hashes)
-    n = n_query if base is None else min(n_query, len(base))
-    if n < MIH_MIN_N or not 0 <= max_distance <= MIH_MAX_T:
+    if base is None:
+        small = n_query if n_query >= MIH_MIN_N else 0
+    else:
+        sizes = sorted((n_query, len(base)))
+        small = sizes[0] if sizes[0] >= MIH_MIN_CROSS and sizes[1] >= MIH_MIN_N else 0
+    if not small or not 0 <= max_distance <= MIH_MAX_T:
         return "brute"
     comparisons = n_query * (n_query - 1) / 2 if base is None else float(n_query) * len(base)
     ratio = mih_candidates(hashes, int(np.floor(max_distance)), base) / comparisons

@@ -25,7 +25,9 @@ _FLOAT_COLUMNS = ("luma_mean", "luma_std", "entropy", "laplacian_var", "border_f
 _NOT_DECODE_PARAMS = frozenset({*audit_checks.DEFAULT_THRESHOLDS, "actions"})
 
 
-def run(ingest_path: str | Path, out: str | Path, cache_dir: str | Path, stats_path: str | Path, params: dict, threads: int = 1) -> pd.DataFrame:
+def run(ingest_path: str | Path, out: str | Path, cache_dir: str | Path, stats_path: str | Path, params: dict, threads: int = 1,
+        hashes_out: str | Path | None = None) -> pd.DataFrame:
+    """``hashes_out``: also the shard's hashed contents for the pair tiles (``shards.write_hashes``)."""
     items = manifest.read(ingest_path, schemas.INGEST)
     max_pixels = (params or {}).get("max_pixels", features.DEFAULT_MAX_PIXELS)
     max_pixels = None if max_pixels is None else int(max_pixels)
@@ -45,6 +47,8 @@ def run(ingest_path: str | Path, out: str | Path, cache_dir: str | Path, stats_p
         for col in _FLOAT_COLUMNS:
             df[col] = df[col].astype("float64")  # None (failed decode) -> NaN
     written = manifest.write(df, out, schemas.AUDIT)
+    if hashes_out is not None:
+        shards.write_hashes(out, hashes_out)
     atomic.write_text(stats_path, json.dumps({**asdict(stats), "backend": backend().name}, indent=2) + "\n")
     return written
 

@@ -1,9 +1,12 @@
 """Per-shard steps of the near-duplicate search: embeddings, and the pair-search tile of a shard.
 
 The search over N contents is tiled by shard: the job of shard k compares its contents with each
-other and with every earlier shard's, one shard at a time, so no job holds more than two shards'
-hashes and embeddings, and the tiles together cover every pair exactly once. A new shard adds one
-job; the old shards' jobs stay done. ``trainset.stages.group`` gathers the tiles.
+other and with every earlier shard's, so the tiles together cover every pair exactly once. The
+earlier shards are compared in blocks of at most :data:`BLOCK_CONTENTS` contents, so a job holds
+one block's hashes and embeddings besides its own shard's, whatever N is, and the work is a few
+large kernel calls rather than one per shard pair. Each shard's hashes come from the compact file
+its audit job writes (``shards.write_hashes``). A new shard adds one job; the old shards' jobs
+stay done. ``trainset.stages.group`` gathers the tiles.
 """
 
 from __future__ import annotations
@@ -39,31 +42,56 @@ def embed(ingest_path: str | Path, audit_path: str | Path, out: str | Path, stat
     return table
 
 
-def _load(rule: neardup.Rule, audit_path, embed_path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+BLOCK_CONTENTS = 200_000
+"""Earlier shards' contents compared with a tile's shard at once: hashes, their flattened views
+(up to 26 a content) and embeddings of one block stay within a few hundred MB."""
+
+
+def _load(rule: neardup.Rule, hash_path, embed_path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """A shard's hashed contents (by sha256): SHA-256s, the rule's view matrix, embeddings."""
-    shas, all_views = shards.hashed_views(audit_path)
+    shas, all_views = shards.read_hashes(hash_path)
     matrix = np.ascontiguousarray(all_views[:, rule.view_indices]) if len(shas) else np.zeros((0, len(rule.view_indices)), np.uint64)
     emb = None if embed_path is None else shards.embedding_matrix(pd.read_parquet(embed_path), shas)
     return shas, matrix, emb
 
 
+def _blocks(rule: neardup.Rule, hash_paths: list, embed_paths: list):
+    """The shards' contents concatenated into blocks of at least :data:`BLOCK_CONTENTS` (the last
+    one smaller): (SHA-256s, view matrix, embeddings or None)."""
+    pending: list = []
+    for hash_path, embed_path in zip(hash_paths, embed_paths):
+        pending.append(_load(rule, hash_path, embed_path))
+        if sum(len(part[0]) for part in pending) >= BLOCK_CONTENTS:
+            yield _joined(pending)
+            pending = []
+    if pending:
+        yield _joined(pending)
+
+
+def _joined(parts: list) -> tuple:
+    shas = np.concatenate([p[0] for p in parts])
+    matrix = np.concatenate([p[1] for p in parts])
+    emb = None if parts[0][2] is None else np.concatenate([p[2] for p in parts])
+    return shas, matrix, emb
+
+
 def tile(rule: neardup.Rule, shas: np.ndarray, matrix: np.ndarray, emb, other_shas=None, other_matrix=None, other_emb=None) -> pd.DataFrame:
-    """Accepted pairs (``a < b`` as SHA-256 strings) within one shard, or between it and another."""
+    """Accepted pairs (``a < b`` as SHA-256 strings) within one shard, or between it and a block."""
     if other_shas is None:
         return neardup.sha_pairs(shas, shas, neardup.find_pairs(rule, matrix, emb))
     return neardup.sha_pairs(shas, other_shas, neardup.find_pairs(rule, matrix, emb, other_matrix, other_emb))
 
 
-def search(rule: neardup.Rule, audit_paths: list, embed_paths: list | None) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray, np.ndarray | None]:
-    """Pairs of the last shard in ``audit_paths`` with itself and each earlier shard (loaded one at a
-    time), and the last shard's contents (sha256, path-free), view matrix and embeddings."""
-    embed_paths = embed_paths or [None] * len(audit_paths)
-    shas, matrix, emb = _load(rule, audit_paths[-1], embed_paths[-1])
+def search(rule: neardup.Rule, hash_paths: list, embed_paths: list | None) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray, np.ndarray | None]:
+    """Pairs of the last shard in ``hash_paths`` (``shards.write_hashes`` files) with itself and the
+    earlier shards (block by block), and the last shard's contents (sha256), view matrix and embeddings."""
+    embed_paths = embed_paths or [None] * len(hash_paths)
+    shas, matrix, emb = _load(rule, hash_paths[-1], embed_paths[-1])
     frames = [tile(rule, shas, matrix, emb)]
-    for audit_path, embed_path in zip(audit_paths[:-1], embed_paths[:-1]):
-        other = _load(rule, audit_path, embed_path)
-        if len(shas) and len(other[0]):
-            frames.append(tile(rule, shas, matrix, emb, *other))
+    if len(shas):
+        for block in _blocks(rule, hash_paths[:-1], embed_paths[:-1]):
+            if len(block[0]):
+                frames.append(tile(rule, shas, matrix, emb, *block))
     frames = [f for f in frames if len(f)]
     pairs = (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(neardup.PAIR_FIELDS)))
     pairs = pairs.sort_values(["a", "b"], ignore_index=True).astype(
@@ -71,16 +99,16 @@ def search(rule: neardup.Rule, audit_paths: list, embed_paths: list | None) -> t
     return pairs, pd.DataFrame({"sha256": shas.astype(str)}), matrix, emb
 
 
-def run(audit_paths: list, embed_paths: list | None, pairs_out: str | Path, reference_out: str | Path, stats_path: str | Path,
+def run(hash_paths: list, embed_paths: list | None, pairs_out: str | Path, reference_out: str | Path, stats_path: str | Path,
         near_dup: dict, cache_dir: str | Path, seed: int = 0, threads: int = 1, extensions=None, max_pixels=None) -> pd.DataFrame:
     """The pair-search tile of one shard, and its contents' matches in the reference sets."""
     rule = neardup.Rule.from_params(near_dup, seed)
     cache_dir = Path(cache_dir)
     reference_sets = group.reference_features(near_dup, cache_dir, threads, extensions, max_pixels)
-    pairs, own, matrix, own_emb = search(rule, list(audit_paths), list(embed_paths) if embed_paths else None)
+    pairs, own, matrix, own_emb = search(rule, list(hash_paths), list(embed_paths) if embed_paths else None)
     refs = group.references(rule, own, matrix, own_emb, reference_sets, cache_dir, threads)
     manifest.write(refs, reference_out, schemas.REFERENCE_PAIRS, sort_by=["sha256", "reference", "reference_path"])
-    atomic.write_text(stats_path, json.dumps({"search": {"contents": len(own), "shards_compared": len(audit_paths),
+    atomic.write_text(stats_path, json.dumps({"search": {"contents": len(own), "shards_compared": len(hash_paths),
                                                           "new_pairs": len(pairs)}, "reference_matches": len(refs)},
                                              indent=2, sort_keys=True) + "\n")
     return manifest.write(pairs, pairs_out, schemas.PAIRS, sort_by=["a", "b"])
