@@ -215,17 +215,52 @@ def _one_way_min(a: np.ndarray, b: np.ndarray, query: list[int], search: list[in
     return out
 
 
-def _flatten(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct (owner, hash) pairs of a view matrix: the flat hashes and who owns each."""
-    n, v = matrix.shape
-    owner = np.repeat(np.arange(n), v)
-    flat = matrix.ravel()
-    keep = np.ones(len(flat), dtype=bool)
-    if v > 1:
-        same = matrix[:, :, None] == matrix[:, None, :]
-        first = ~np.tril(same, -1).any(axis=2)
-        keep = first.ravel()
-    return flat[keep], owner[keep]
+@dataclass(frozen=True)
+class FlatViews:
+    """The distinct (owner row, hash) pairs of a view matrix, each with a bit mask of the columns
+    that hold it: what the pair kernels search. Built once per shard (``shards.write_hashes``), so
+    a tile selects a rule's query or search views with one mask test instead of sorting every row
+    of every earlier shard again."""
+
+    flat: np.ndarray     # uint64 hashes
+    owner: np.ndarray    # int64 row of the matrix
+    columns: np.ndarray  # uint64 bit c: column c holds this hash
+
+    @classmethod
+    def of(cls, matrix: np.ndarray) -> "FlatViews":
+        n, v = matrix.shape
+        if v > 64:
+            raise ValueError(f"at most 64 views a content, got {v}")
+        order = np.argsort(matrix, axis=1, kind="stable")
+        ordered = np.take_along_axis(matrix, order, axis=1).ravel()
+        bits = (np.uint64(1) << order.astype(np.uint64)).ravel()
+        starts = np.ones((n, v), dtype=bool)
+        starts[:, 1:] = ordered.reshape(n, v)[:, 1:] != ordered.reshape(n, v)[:, :-1]
+        at = np.flatnonzero(starts.ravel())
+        columns = np.bitwise_or.reduceat(bits, at) if len(at) else np.zeros(0, dtype=np.uint64)
+        return cls(ordered[at], (at // max(v, 1)).astype(np.int64), columns.astype(np.uint64))
+
+    def take(self, columns) -> tuple[np.ndarray, np.ndarray]:
+        """The hashes (and owners) held by any of ``columns``."""
+        mask = np.uint64(sum(1 << c for c in {int(c) for c in columns}))
+        keep = (self.columns & mask) != 0
+        return self.flat[keep], self.owner[keep]
+
+    def select(self, columns) -> "FlatViews":
+        """Renumbered to the matrix ``matrix[:, columns]`` (entries in none of them dropped)."""
+        remapped = np.zeros(len(self.columns), dtype=np.uint64)
+        for new, old in enumerate(columns):
+            remapped |= ((self.columns >> np.uint64(old)) & np.uint64(1)) << np.uint64(new)
+        keep = remapped != 0
+        return FlatViews(self.flat[keep], self.owner[keep], remapped[keep])
+
+    @staticmethod
+    def join(parts: list["FlatViews"], rows: list[int]) -> "FlatViews":
+        """Of the matrices stacked in order (``rows``: each one's row count)."""
+        offsets = np.concatenate([[0], np.cumsum(rows)[:-1]]).astype(np.int64)
+        return FlatViews(np.concatenate([p.flat for p in parts]),
+                         np.concatenate([p.owner + o for p, o in zip(parts, offsets)]),
+                         np.concatenate([p.columns for p in parts]))
 
 
 def _owner_pairs(i, j, owner_i, owner_j, same_set: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -240,21 +275,23 @@ def _owner_pairs(i, j, owner_i, owner_j, same_set: bool) -> tuple[np.ndarray, np
     return code >> 32, code & ((1 << 32) - 1)
 
 
-def hash_candidates(matrix: np.ndarray, radius: int, query: list[int], search: list[int], base: np.ndarray | None = None):
+def hash_candidates(matrix: np.ndarray, radius: int, query: list[int], search: list[int], base: np.ndarray | None = None,
+                    flat: FlatViews | None = None, base_flat: FlatViews | None = None):
     """Owner pairs where a query view of one is within ``radius`` bits of a search view of the
     other: ``(i, j)`` with i < j within ``matrix``, or ``(query row, base row)`` when ``base`` is
-    given (both directions searched)."""
+    given (both directions searched). ``flat`` / ``base_flat``: their :class:`FlatViews`, if at hand."""
     empty = np.zeros(0, dtype=np.int64)
     if radius < 0 or not len(matrix) or (base is not None and not len(base)):
         return empty, empty.copy()
-    qflat, qowner = _flatten(matrix[:, query])
+    flat = flat or FlatViews.of(matrix)
+    qflat, qowner = flat.take(query)
+    sflat, sowner = flat.take(search)
     if base is None:
-        sflat, sowner = _flatten(matrix[:, search])
         qi, sj, _ = kernels.near_pairs_between(qflat, sflat, radius)
         return _owner_pairs(qi, sj, qowner, sowner, True)
-    bq, bqowner = _flatten(base[:, query])
-    bs, bsowner = _flatten(base[:, search])
-    sflat, sowner = _flatten(matrix[:, search])
+    base_flat = base_flat or FlatViews.of(base)
+    bq, bqowner = base_flat.take(query)
+    bs, bsowner = base_flat.take(search)
     qi, bj, _ = kernels.near_pairs_between(qflat, bs, radius)
     a1, b1 = _owner_pairs(qi, bj, qowner, bsowner, False)
     bi, qj, _ = kernels.near_pairs_between(bq, sflat, radius)
@@ -304,13 +341,16 @@ def _cosine_candidates(rule: Rule, emb, emb_base=None):
 def find_pairs(
     rule: Rule, matrix: np.ndarray, emb: np.ndarray | None,
     base_matrix: np.ndarray | None = None, base_emb: np.ndarray | None = None,
+    flat: FlatViews | None = None, base_flat: FlatViews | None = None,
 ) -> pd.DataFrame:
     """Pairs the rule accepts, as row indices: within ``matrix`` (``a < b``), or between it and
     ``base`` (``a`` a query row, ``b`` a base row). ``emb`` rows align with the matrix rows (NaN
-    rows: no embedding). Columns :data:`PAIR_FIELDS`."""
+    rows: no embedding); ``flat`` / ``base_flat``: the matrices' :class:`FlatViews`, if at hand.
+    Columns :data:`PAIR_FIELDS`."""
     between = base_matrix is not None
     # mirrored query views searched at the full radius too: a superset, judged exactly below
-    hi, hj = hash_candidates(matrix, rule.hash_radius, list(rule.query + rule.mirror_query), list(rule.search), base_matrix if between else None)
+    hi, hj = hash_candidates(matrix, rule.hash_radius, list(rule.query + rule.mirror_query), list(rule.search),
+                             base_matrix if between else None, flat, base_flat if between else None)
     ci, cj = _cosine_candidates(rule, emb, base_emb if between else None)
     code = np.unique(np.concatenate([hi * (1 << 32) + hj, ci * (1 << 32) + cj]))
     a, b = code >> 32, code & ((1 << 32) - 1)
@@ -457,8 +497,8 @@ def content_pairs(
 
 def sha_pairs(shas_a: np.ndarray, shas_b: np.ndarray, found: pd.DataFrame) -> pd.DataFrame:
     """:func:`find_pairs` rows (``a`` into ``shas_a``, ``b`` into ``shas_b``) as SHA-256 pairs, ``a < b``."""
-    sa = np.asarray(shas_a, dtype=object)[found["a"].to_numpy(np.int64)]
-    sb = np.asarray(shas_b, dtype=object)[found["b"].to_numpy(np.int64)]
+    sa = np.asarray(shas_a)[found["a"].to_numpy(np.int64)].astype(str)  # str, or bytes from a hashes file
+    sb = np.asarray(shas_b)[found["b"].to_numpy(np.int64)].astype(str)
     return pd.DataFrame({
         "a": np.where(sa < sb, sa, sb).astype(str), "b": np.where(sa < sb, sb, sa).astype(str),
         "distance": found["distance"].to_numpy(np.int64), "cosine": found["cosine"].to_numpy(np.float64),

@@ -127,9 +127,14 @@ def upto(index: dict, shard: str) -> list[str]:
 
 
 def concat(paths, schema, sort_by="item_id") -> pd.DataFrame:
-    """One manifest from shard manifests (validated on write; read here without a second check)."""
-    frames = [pd.read_parquet(p) for p in paths]
-    frames = [f for f in frames if len(f)]
+    """One manifest from shard manifests (validated on write; read here without a second check).
+    The wide pHash lists stay Arrow (``manifest.CARRIED_LISTS``): the gather only passes them on."""
+    frames = []
+    for path in paths:
+        names = pq.read_schema(path).names
+        frame = manifest.read_columns(path, names, manifest.CARRIED_LISTS)
+        if len(frame):
+            frames.append(frame)
     if not frames:
         return manifest.empty(schema)
     return pd.concat(frames, ignore_index=True)
@@ -202,15 +207,25 @@ def hashed_views(audit_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def write_hashes(audit_path: str | Path, out: str | Path) -> int:
-    """A shard's :func:`hashed_views` in a file that loads in a millisecond (``.npz``): every pair
-    tile loads each earlier shard's, so a build loads shards x shards / 2 of them."""
+    """A shard's :func:`hashed_views`, and their ``neardup.FlatViews``, in a file that loads in a
+    few milliseconds (``.npz``): every pair tile loads each earlier shard's, so a build loads
+    shards x shards / 2 of them."""
+    from .neardup import FlatViews  # noqa: PLC0415  (neardup's kernels only where hashes are written)
+
     shas, views = hashed_views(audit_path)
+    flat = FlatViews.of(views)
     with atomic.atomic_file(out) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, sha256=shas.astype("S64"), views=views)
+        np.savez(handle, sha256=shas.astype("S64"), views=views, flat=flat.flat, owner=flat.owner.astype(np.int32),
+                 columns=flat.columns)
     return len(shas)
 
 
-def read_hashes(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """What :func:`write_hashes` wrote: the SHA-256s (object array) and the (n, views) uint64 matrix."""
+def read_hashes(path: str | Path):
+    """What :func:`write_hashes` wrote: the SHA-256s (ASCII bytes, ``S64``: decoding every earlier
+    shard's in every tile would cost more than the search; ``.astype(str)`` where needed), the
+    (n, views) uint64 matrix and its ``neardup.FlatViews``."""
+    from .neardup import FlatViews  # noqa: PLC0415
+
     with np.load(path) as saved:
-        return saved["sha256"].astype(str).astype(object), saved["views"]
+        flat = FlatViews(saved["flat"], saved["owner"].astype(np.int64), saved["columns"])
+        return saved["sha256"], saved["views"], flat

@@ -47,17 +47,18 @@ BLOCK_CONTENTS = 200_000
 (up to 26 a content) and embeddings of one block stay within a few hundred MB."""
 
 
-def _load(rule: neardup.Rule, hash_path, embed_path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """A shard's hashed contents (by sha256): SHA-256s, the rule's view matrix, embeddings."""
-    shas, all_views = shards.read_hashes(hash_path)
+def _load(rule: neardup.Rule, hash_path, embed_path) -> tuple:
+    """A shard's hashed contents (by sha256): SHA-256s, the rule's view matrix, embeddings, and
+    the matrix's ``FlatViews``."""
+    shas, all_views, flat = shards.read_hashes(hash_path)
     matrix = np.ascontiguousarray(all_views[:, rule.view_indices]) if len(shas) else np.zeros((0, len(rule.view_indices)), np.uint64)
-    emb = None if embed_path is None else shards.embedding_matrix(pd.read_parquet(embed_path), shas)
-    return shas, matrix, emb
+    emb = None if embed_path is None else shards.embedding_matrix(pd.read_parquet(embed_path), shas.astype(str))
+    return shas, matrix, emb, flat.select(rule.view_indices)
 
 
 def _blocks(rule: neardup.Rule, hash_paths: list, embed_paths: list):
     """The shards' contents concatenated into blocks of at least :data:`BLOCK_CONTENTS` (the last
-    one smaller): (SHA-256s, view matrix, embeddings or None)."""
+    one smaller): what :func:`_load` gives, for the block."""
     pending: list = []
     for hash_path, embed_path in zip(hash_paths, embed_paths):
         pending.append(_load(rule, hash_path, embed_path))
@@ -72,26 +73,28 @@ def _joined(parts: list) -> tuple:
     shas = np.concatenate([p[0] for p in parts])
     matrix = np.concatenate([p[1] for p in parts])
     emb = None if parts[0][2] is None else np.concatenate([p[2] for p in parts])
-    return shas, matrix, emb
+    return shas, matrix, emb, neardup.FlatViews.join([p[3] for p in parts], [len(p[0]) for p in parts])
 
 
-def tile(rule: neardup.Rule, shas: np.ndarray, matrix: np.ndarray, emb, other_shas=None, other_matrix=None, other_emb=None) -> pd.DataFrame:
+def tile(rule: neardup.Rule, shas: np.ndarray, matrix: np.ndarray, emb, flat=None,
+         other_shas=None, other_matrix=None, other_emb=None, other_flat=None) -> pd.DataFrame:
     """Accepted pairs (``a < b`` as SHA-256 strings) within one shard, or between it and a block."""
     if other_shas is None:
-        return neardup.sha_pairs(shas, shas, neardup.find_pairs(rule, matrix, emb))
-    return neardup.sha_pairs(shas, other_shas, neardup.find_pairs(rule, matrix, emb, other_matrix, other_emb))
+        return neardup.sha_pairs(shas, shas, neardup.find_pairs(rule, matrix, emb, flat=flat))
+    found = neardup.find_pairs(rule, matrix, emb, other_matrix, other_emb, flat=flat, base_flat=other_flat)
+    return neardup.sha_pairs(shas, other_shas, found)
 
 
 def search(rule: neardup.Rule, hash_paths: list, embed_paths: list | None) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray, np.ndarray | None]:
     """Pairs of the last shard in ``hash_paths`` (``shards.write_hashes`` files) with itself and the
     earlier shards (block by block), and the last shard's contents (sha256), view matrix and embeddings."""
     embed_paths = embed_paths or [None] * len(hash_paths)
-    shas, matrix, emb = _load(rule, hash_paths[-1], embed_paths[-1])
-    frames = [tile(rule, shas, matrix, emb)]
+    shas, matrix, emb, flat = _load(rule, hash_paths[-1], embed_paths[-1])
+    frames = [tile(rule, shas, matrix, emb, flat)]
     if len(shas):
         for block in _blocks(rule, hash_paths[:-1], embed_paths[:-1]):
             if len(block[0]):
-                frames.append(tile(rule, shas, matrix, emb, *block))
+                frames.append(tile(rule, shas, matrix, emb, flat, *block))
     frames = [f for f in frames if len(f)]
     pairs = (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(neardup.PAIR_FIELDS)))
     pairs = pairs.sort_values(["a", "b"], ignore_index=True).astype(
