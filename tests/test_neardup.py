@@ -277,3 +277,23 @@ def test_semdedup_partitions_still_find_planted_duplicates():
     found = set(zip(got["a"].tolist(), got["b"].tolist()))
     assert found <= want
     assert len(found & want) >= 0.95 * len(want) and len(want) >= 200
+
+
+@pytest.mark.parametrize(("n", "v"), [(0, 3), (5, 1), (200, 28), (50, 4)])
+def test_flat_views_hold_each_rows_distinct_hashes_per_column_set(n: int, v: int) -> None:
+    """take / select / join give what flattening the chosen columns of the matrix would."""
+    rng = np.random.default_rng(n + v)
+    matrix = rng.integers(0, 8, size=(n, v), dtype=np.uint64)  # few values: many repeats within a row
+    flat = neardup.FlatViews.of(matrix)
+
+    def pairs(hashes, owners):
+        listed = list(zip(owners.tolist(), hashes.tolist()))
+        assert len(listed) == len(set(listed)), "each (row, hash) once"
+        return sorted(listed)
+
+    for columns in ([0], list(range(v)), [v - 1, 0]):
+        assert pairs(*flat.take(columns)) == sorted({(r, int(matrix[r, c])) for r in range(n) for c in columns})
+    picked = flat.select([v - 1, 0])
+    assert pairs(*picked.take([0])) == sorted({(r, int(matrix[r, v - 1])) for r in range(n)})
+    joined = neardup.FlatViews.join([flat, flat], [n, n])
+    assert pairs(*joined.take(range(v))) == pairs(*neardup.FlatViews.of(np.concatenate([matrix, matrix])).take(range(v)))
