@@ -28,8 +28,9 @@ job does: its wall time is the stage call's, its peak RSS the process's own high
    with the previous shard map, and what Snakemake would rerun: the audit gather, the pair tiles of
    the changed and new shards and every gather after them.
 
-The near-duplicate rule is distance only (``[{max_distance: 8}]``: no embeddings); the other
-params are params.yaml's, except ``caption.background.check: false`` (the background check decodes
+The near-duplicate rule is params.yaml's without the clauses that need embeddings (feature rows
+have none): its distance-only clauses (``max_distance: 6`` as shipped); the other params are
+params.yaml's, except ``caption.background.check: false`` (the background check decodes
 each kept image). Targets (reported, not enforced): 1M items in under 10 minutes with peak RSS
 under 4 GB; the incremental step at most 3 % of the full build's wall time.
 
@@ -68,7 +69,6 @@ TARGET_WALL_S = 600.0
 TARGET_RSS = 4e9  # bytes (4 GB)
 TARGET_INCREMENTAL = 0.03
 NEW_SHARE = 0.01
-MAX_DISTANCE = 8
 THREADS = 2
 
 # planted shares
@@ -379,11 +379,25 @@ def write_audit_shard(repo: Repo, name: str, audit_rows) -> None:
     repo.shard_stats("audit", name).write_text(json.dumps(stats, indent=2) + "\n")
 
 
+def distance_clauses(params: dict) -> list[dict]:
+    """params.yaml's near-duplicate clauses that judge on the hash distance alone."""
+    clauses = [c for c in params["near_dup"]["rule"] if "min_cosine" not in c]
+    if not clauses:
+        raise SystemExit("params.yaml: near_dup.rule has no distance-only clause for feature rows without embeddings")
+    return clauses
+
+
+def max_distance() -> int:
+    import yaml
+
+    return max(int(c["max_distance"]) for c in distance_clauses(yaml.safe_load((ROOT / "params.yaml").read_text())))
+
+
 def load_params() -> dict:
     import yaml
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    near_dup = {**params["near_dup"], "rule": [{"max_distance": MAX_DISTANCE}]}
+    near_dup = {**params["near_dup"], "rule": distance_clauses(params)}
     caption = {**params["caption"], "background": {**params["caption"].get("background", {}), "check": False}}
     return {**params, "near_dup": near_dup, "caption": caption, "nsfw_model": {"backend": "none"}}
 
@@ -827,7 +841,7 @@ def report(results: list[dict], argv: list[str], started: float, noop: dict | No
     lines += [
         "Synthetic feature rows, no image decode: per-shard ingest and audit manifests as the audit stage writes them "
         f"(every view of a content one 64-bit hash), shard size {results[0]['shard_size']:,}; near-duplicate rule "
-        f"`[{{max_distance: {MAX_DISTANCE}}}]` (no embeddings); other params from params.yaml, except "
+        f"params.yaml's distance-only clauses (`max_distance: {max_distance()}`; the cosine clauses need embeddings, which feature rows lack); other params from params.yaml, except "
         "`caption.background.check: false` and `nsfw_model: {backend: none}`. Each step runs in a fresh process, as a "
         "Snakemake job does (all pair tiles of a build in one): its time is the stage call's wall time, its RSS the "
         "process's own peak (`ru_maxrss`, imports included"
@@ -896,7 +910,7 @@ def report(results: list[dict], argv: list[str], started: float, noop: dict | No
                          f"| {frac(c['near'])} ({c['pairs']:,} pairs in all) | {frac(c['minors'])} | {frac(c['nsfw'])} "
                          f"| {frac(c['undecodable'])} | {frac(c['small'])} | {'yes' if c['ok'] else '**no**'} |")
         lines += ["", "Near pairs beyond the planted ones are random hashes that happen to lie within "
-                  f"{MAX_DISTANCE} bits of each other (and pairs between two near copies of one original). "
+                  f"{max_distance()} bits of each other (and pairs between two near copies of one original). "
                   "The planted near pairs are also never both kept (else the column says no).", ""]
     for r in good:
         if "incremental" not in r:
