@@ -84,6 +84,26 @@ def test_split_ingest_keeps_full_shards_byte_stable(tmp_path: Path) -> None:
     assert manifest.read(out / "00002.parquet", schemas.INGEST)["item_id"].tolist() == ["s/004", "s/new"]
 
 
+def test_deal_splits_a_later_manifest_by_the_shard_of_each_content(tmp_path: Path) -> None:
+    """Captions run per shard after the global dedup: its manifest dealt out by the shard map, a file
+    per shard listed (empty when dedup left nothing there); a content in no shard is an error."""
+    ingest = tmp_path / "ingest.parquet"
+    names = [(f"s/{k:03d}", sha) for k, sha in enumerate(_shas(5))] + [("s/copy", _shas(5)[0])]
+    manifest.write(_ingest_rows(names), ingest, schemas.INGEST)
+    index = shards.split_ingest(ingest, tmp_path / "shards", tmp_path / "index.json", tmp_path / "map.parquet", 2)
+    later = tmp_path / "later.parquet"
+    manifest.write(_ingest_rows([n for n in names if n[0] not in ("s/002", "s/003")]), later, schemas.INGEST)
+
+    counts = shards.deal(later, tmp_path / "map.parquet", sorted(index), tmp_path / "dealt", schemas.INGEST)
+    assert counts == {"00000": 3, "00001": 0, "00002": 1}
+    assert manifest.read(tmp_path / "dealt" / "00000.parquet", schemas.INGEST)["item_id"].tolist() == ["s/000", "s/001", "s/copy"]
+    assert len(manifest.read(tmp_path / "dealt" / "00001.parquet", schemas.INGEST)) == 0
+
+    manifest.write(_ingest_rows([("s/stray", "f" * 64)]), later, schemas.INGEST)
+    with pytest.raises(shards.ShardError, match=r"s/stray .*is in no shard"):
+        shards.deal(later, tmp_path / "map.parquet", sorted(index), tmp_path / "dealt", schemas.INGEST)
+
+
 def _views(hashes: np.ndarray) -> list[list[str]]:
     """phash_views with every view of a content equal to its one hash."""
     return [[f"{int(h):016x}"] * len(views.VIEW_NAMES) for h in hashes]

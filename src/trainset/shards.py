@@ -224,3 +224,26 @@ def read_hashes(path: str | Path):
     with np.load(path) as saved:
         flat = FlatViews(saved["flat"], saved["owner"].astype(np.int64), saved["columns"])
         return saved["sha256"], saved["views"], flat
+
+
+def deal(manifest_path: str | Path, map_path: str | Path, shard_names, out_dir: str | Path, schema) -> dict[str, int]:
+    """A global manifest's rows split by the shard of their content (the shard map), one file per
+    shard (empty where a shard has none left), so per-item work after a global step (captions after
+    dedup) runs as one job per shard again. Returns rows per shard."""
+    rows = manifest.read(manifest_path, schema)
+    mapping = pd.read_parquet(map_path, columns=["sha256", "shard"])
+    at = pd.Index(mapping["sha256"]).get_indexer(rows["sha256"])
+    if (at < 0).any():
+        k = int(np.flatnonzero(at < 0)[0])
+        raise ShardError(f"{manifest_path}: item {rows['item_id'].iloc[k]} (content {rows['sha256'].iloc[k]}) is in no shard of {map_path}")
+    shard_of = mapping["shard"].to_numpy()[at]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    counts = {}
+    for shard in shard_names:
+        part = rows[shard_of == int(shard)]
+        manifest.write(part, out_dir / f"{shard}.parquet", schema)
+        counts[str(shard)] = len(part)
+    if sum(counts.values()) != len(rows):
+        raise ShardError(f"{manifest_path}: {len(rows) - sum(counts.values())} rows fall in shards the index does not list")
+    return counts
