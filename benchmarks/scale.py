@@ -20,7 +20,8 @@ job does: its wall time is the stage call's, its peak RSS the process's own high
 2. the pipeline, each step timed: ``shards.split_ingest`` (the ``shard`` checkpoint),
    ``audit.gather``, one ``pairs.run`` per shard (the tile of shard k against itself and every
    earlier shard; all tiles in one process), ``group.run`` (gathering the tiles), ``nsfw.run``
-   (``nsfw_model: {backend: none}``), ``filter.run``, ``dedup.run``, ``caption.run``,
+   (``nsfw_model: {backend: none}``), ``filter.run``, ``dedup.run``, ``shards.deal`` and one
+   ``caption.run`` per shard (gathered),
    ``split.run`` and ``rejected.run``.
 3. checks: every raw item is in exactly one of split and rejected; the planted copies, near
    copies, policy hits and undecodable rows were caught.
@@ -515,10 +516,17 @@ def step_dedup(repo: Repo, params: dict, opts, save) -> dict:
 
 
 def step_caption(repo: Repo, params: dict, opts, save) -> dict:
+    """``deal_deduped``, one ``caption_shard`` per shard, the ``caption`` gather."""
+    from trainset import manifest, schemas, shards
     from trainset.stages import caption
 
-    caption.run(repo.deduped, repo.captioned, dict(params["caption"]), list(params["tags"]["dictionaries"]),
-                repo.cache / "background", {s[0]: "" for s in SOURCES} | {MIRROR: ""})
+    names = repo.names()
+    dealt = repo.shards / "deduped"
+    shards.deal(repo.deduped, repo.map, names, dealt, schemas.DEDUPED)
+    for name in names:
+        caption.run(dealt / f"{name}.parquet", repo.shard_file("captioned", name), dict(params["caption"]),
+                    list(params["tags"]["dictionaries"]), repo.cache / "background", {s[0]: "" for s in SOURCES} | {MIRROR: ""})
+    manifest.write(shards.concat([repo.shard_file("captioned", s) for s in names], schemas.CAPTIONED), repo.captioned, schemas.CAPTIONED)
     return {}
 
 

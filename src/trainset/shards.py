@@ -247,3 +247,15 @@ def deal(manifest_path: str | Path, map_path: str | Path, shard_names, out_dir: 
     if sum(counts.values()) != len(rows):
         raise ShardError(f"{manifest_path}: {len(rows) - sum(counts.values())} rows fall in shards the index does not list")
     return counts
+
+
+def read_flat_views(path: str | Path):
+    """Only the ``neardup.FlatViews`` of a :func:`write_hashes` file, and its row count (each row
+    has at least one view, so the last owner tells): what a tile needs of an earlier shard until a
+    pair points into it."""
+    from .neardup import FlatViews  # noqa: PLC0415
+
+    with np.load(path) as saved:
+        owner = saved["owner"].astype(np.int64)
+        flat = FlatViews(saved["flat"], owner, saved["columns"])
+    return (int(owner[-1]) + 1 if len(owner) else 0), flat

@@ -56,24 +56,56 @@ def _load(rule: neardup.Rule, hash_path, embed_path) -> tuple:
     return shas, matrix, emb, flat.select(rule.view_indices)
 
 
+class _ShardRows:
+    """Rows of a block's per-shard arrays stacked (a hashes file's ``views`` or ``sha256``), each
+    shard's read only when a row of it is asked for: a tile's pairs point into few earlier shards,
+    and reading every earlier shard's views in every tile costs more than the search."""
+
+    def __init__(self, paths: list, counts: list[int], key: str, columns=None):
+        self.paths, self.key, self.columns = list(paths), key, columns
+        self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, rows) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        part = np.searchsorted(self.starts, rows, side="right") - 1
+        out = np.zeros((0, len(self.columns)), np.uint64) if self.columns is not None else np.zeros(0, "S64")
+        for k in np.unique(part):
+            with np.load(self.paths[k]) as saved:
+                values = saved[self.key]
+            values = values[:, self.columns] if self.columns is not None else values
+            if not len(out):
+                out = np.empty((len(rows), *values.shape[1:]), dtype=values.dtype)
+            chosen = part == k
+            out[chosen] = values[rows[chosen] - self.starts[k]]
+        return out
+
+
 def _blocks(rule: neardup.Rule, hash_paths: list, embed_paths: list):
-    """The shards' contents concatenated into blocks of at least :data:`BLOCK_CONTENTS` (the last
-    one smaller): what :func:`_load` gives, for the block."""
+    """The shards' contents in blocks of at least :data:`BLOCK_CONTENTS` (the last one smaller):
+    SHA-256s and view matrix read on demand (:class:`_ShardRows`), embeddings, ``FlatViews``."""
     pending: list = []
     for hash_path, embed_path in zip(hash_paths, embed_paths):
-        pending.append(_load(rule, hash_path, embed_path))
-        if sum(len(part[0]) for part in pending) >= BLOCK_CONTENTS:
-            yield _joined(pending)
+        if embed_path is None:
+            rows, flat = shards.read_flat_views(hash_path)
+            pending.append((hash_path, rows, None, flat.select(rule.view_indices)))
+        else:
+            shas, _, emb, flat = _load(rule, hash_path, embed_path)
+            pending.append((hash_path, len(shas), emb, flat))
+        if sum(part[1] for part in pending) >= BLOCK_CONTENTS:
+            yield _joined(rule, pending)
             pending = []
     if pending:
-        yield _joined(pending)
+        yield _joined(rule, pending)
 
 
-def _joined(parts: list) -> tuple:
-    shas = np.concatenate([p[0] for p in parts])
-    matrix = np.concatenate([p[1] for p in parts])
+def _joined(rule: neardup.Rule, parts: list) -> tuple:
+    paths, counts = [p[0] for p in parts], [p[1] for p in parts]
     emb = None if parts[0][2] is None else np.concatenate([p[2] for p in parts])
-    return shas, matrix, emb, neardup.FlatViews.join([p[3] for p in parts], [len(p[0]) for p in parts])
+    return (_ShardRows(paths, counts, "sha256"), _ShardRows(paths, counts, "views", list(rule.view_indices)), emb,
+            neardup.FlatViews.join([p[3] for p in parts], counts))
 
 
 def tile(rule: neardup.Rule, shas: np.ndarray, matrix: np.ndarray, emb, flat=None,
@@ -82,7 +114,8 @@ def tile(rule: neardup.Rule, shas: np.ndarray, matrix: np.ndarray, emb, flat=Non
     if other_shas is None:
         return neardup.sha_pairs(shas, shas, neardup.find_pairs(rule, matrix, emb, flat=flat))
     found = neardup.find_pairs(rule, matrix, emb, other_matrix, other_emb, flat=flat, base_flat=other_flat)
-    return neardup.sha_pairs(shas, other_shas, found)
+    other = other_shas[found["b"].to_numpy(np.int64)]  # only the rows the pairs point to
+    return neardup.sha_pairs(shas, other, found.assign(b=np.arange(len(found))))
 
 
 def search(rule: neardup.Rule, hash_paths: list, embed_paths: list | None) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray, np.ndarray | None]:
