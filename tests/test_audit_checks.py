@@ -313,3 +313,80 @@ def test_describe_unknown_code():
 def test_summarize_orders_decode_reasons_first_and_skips_zero():
     lines = summarize({"blurry": 2, "too_small": 1, "corrupt": 3, "cmyk": 0})
     assert lines == [describe("corrupt", 3), describe("too_small", 1), describe("blurry", 2)]
+
+
+# --------------------------------------------------------------------------- whole columns
+
+_NAMES = ["a.jpg", "a.JPG", "A.Jpeg", "dir/b.jpeg", "dir.jpg/b", "b.jpg/", ".jpg", "x/.png", "..png", "c.", "noext",
+          "c.tiff", "long_name_0001.webp", "d.jfif", "e.JPE", "f.png\n", "g.PNG", "ü.jpg", "h.ｊｐｇ", "i.K", "", "j.gif.png",
+          "k.bmp", "l.jpeg ", "名前.tif", "m./png", "n.foo"]
+_FORMATS = ["JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF", "FOO", "K", "", None]
+_MODES = ["RGB", "RGBA", "L", "LA", "La", "P", "PA", "CMYK", "1", "I", "F", "I;16", "I;16B", "YCbCr", None]
+
+
+def _random_audit_rows(seed: int, n: int = 800) -> pd.DataFrame:
+    """Mostly clean rows; each measure takes an odd value (an edge, a miss, a bad name) now and then."""
+    rng = np.random.default_rng(seed)
+
+    def vary(clean, odd: list) -> list:
+        return [odd[rng.integers(len(odd))] if rng.random() < 0.08 else clean for _ in range(n)]
+
+    df = pd.DataFrame({
+        "decoded": vary(True, [False]),
+        "reason": vary(None, ["corrupt", "truncated"]),
+        "detail": vary(None, ["broken"]),
+        "original_name": vary("photo.jpg", _NAMES),
+        "format": vary("JPEG", _FORMATS),
+        "mode": vary("RGB", _MODES),
+        "width": vary(800, [0, -3, 1, 64, 255, 256, 257, 4000]),
+        "height": vary(600, [0, 1, 85, 256, 300, 2401]),
+        "exif_orientation": vary(1, [3, 6, 8]),
+        "n_frames": vary(1, [2, 30]),
+        "animated": vary(False, [True]),
+        "has_alpha": vary(False, [True]),
+        "alpha_min": vary(255, [0, 128, 254]),
+        "bit_depth": vary(8, [0, 1, 16]),
+        "luma_mean": vary(120.0, [np.nan, 0.0, 19.99, 20.0, 240.0, 240.01, 255.0]),
+        "luma_std": vary(50.0, [np.nan, 0.0, 5.99, 6.0]),
+        "entropy": vary(7.0, [np.nan, 1.99, 2.0]),
+        "laplacian_var": vary(500.0, [np.nan, 0.0, 59.99, 60.0]),
+    })
+    for col in ("reason", "detail", "original_name", "format", "mode"):
+        df[col] = df[col].astype("str")
+    return df
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize(
+    "thresholds",
+    [None, {"min_side": 300, "max_aspect": 1.2, "min_luma": None}, {"min_entropy": None, "min_std": 10, "max_luma": 100, "max_aspect": 3.0}],
+)
+def test_may_find_is_true_wherever_a_check_fires(seed, thresholds):
+    df = _random_audit_rows(seed)
+    may = audit_checks.may_find(df, thresholds)
+    fired = np.array([bool(findings(row._asdict(), thresholds)) for row in df.itertuples(index=False)])
+    assert not (fired & ~may).any(), df[fired & ~may].to_dict("records")[:3]
+    assert (~may).sum() > 0
+
+
+def test_may_find_passes_clean_rows_and_doubts_odd_columns():
+    clean = pd.DataFrame({"decoded": [True], "original_name": ["a.png"], "format": ["PNG"], "mode": ["RGB"], "width": [512],
+                          "height": [512], "exif_orientation": [1], "luma_mean": [120.0], "laplacian_var": [500.0]})
+    assert not audit_checks.may_find(clean).any()
+    assert audit_checks.may_find(clean.astype({"mode": object})).all()  # not a text column: every row is checked
+    assert audit_checks.may_find(clean.iloc[:0]).shape == (0,)
+
+
+def test_findings_reads_only_the_fields_it_names():
+    class Watched(dict):
+        def get(self, key, default=None):
+            read.add(key)
+            return super().get(key, default)
+
+    read: set[str] = set()
+    row = {"decoded": True, "original_name": "a.png", "format": "JPEG", "mode": "I;16", "width": 10, "height": 900,
+           "exif_orientation": 6, "n_frames": 3, "animated": True, "has_alpha": True, "alpha_min": 0, "bit_depth": 16,
+           "luma_mean": 5.0, "luma_std": 1.0, "entropy": 0.5, "laplacian_var": 1.0}
+    assert len(findings(Watched(row))) >= 10
+    findings(Watched({"decoded": False, "reason": "corrupt", "detail": "x"}))
+    assert read == set(audit_checks.FIELDS)

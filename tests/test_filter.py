@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 from PIL import ImageFilter
 
 import stage_helpers as H
-from trainset import ledger, manifest, schemas
+from trainset import annotations, audit_checks, ledger, manifest, overrides, schemas
 from trainset.annotations import AnnotationError
 from trainset.config import ConfigError
 from trainset.overrides import OverridesError
+from trainset.policy import Policy, most_severe
 from trainset.stages import filter as filter_stage
+from trainset.tags import TagDictionary
 
 MIN_SIDE = 128
 
@@ -551,3 +554,176 @@ def test_taken_down_content_is_rejected_before_anything_else(chain):
         assert (row["stage"], row["rule"], row["reason"]) == ("policy", "takedown", "content taken down")
     finally:
         c.filter(MIN_SIDE)  # the module's other tests read the filter outputs
+
+
+# --------------------------------------------------------------------------- whole columns = item by item
+
+def _reference_merge_copies(items: pd.DataFrame) -> pd.DataFrame:
+    """The merge item by item: one group per cluster, in item-id order."""
+    items = items.sort_values("item_id").copy()
+    merged_tags, merged_artists, merged_rating = {}, {}, {}
+    for key, group in items.groupby("cluster_key", sort=False):
+        merged_tags[key] = list(dict.fromkeys(t for tags in group["tags"] for t in tags))
+        merged_artists[key] = list(dict.fromkeys(a for artists in group["artists"] for a in artists))
+        merged_rating[key] = most_severe(group["rating"])
+    keys = items["cluster_key"]
+    items["tags"] = [list(dict.fromkeys([*own, *merged_tags[k]])) for own, k in zip(items["tags"], keys)]
+    items["artists"] = [list(dict.fromkeys([*own, *merged_artists[k]])) for own, k in zip(items["artists"], keys)]
+    items["rating"] = keys.map(merged_rating).astype("str")
+    return items
+
+
+def _reference_annotations(items: pd.DataFrame, notes: pd.DataFrame) -> pd.DataFrame:
+    out = items.copy()
+    by_path = {r.filename: r for r in notes.itertuples() if "/" in r.filename}
+    by_name = {r.filename: r for r in notes.itertuples() if "/" not in r.filename}
+    matched = [by_path.get(rel) or by_name.get(name) for rel, name in zip(out["rel_path"], out["original_name"])]
+    for col, missing, dtype in (("archetype", None, "str"), ("emotion", None, "str"), ("harmony_score", math.nan, "float64"),
+                                ("annotation_notes", None, "str")):
+        out[col] = pd.Series([getattr(m, col) if m else missing for m in matched], index=out.index, dtype=dtype)
+    return out
+
+
+def _reference_filter(paths: dict, kept_out, rejected_out, audit_params, policy_params, annotation_files, overrides_file, takedown):
+    """The filter one item at a time: every rule asked of every item in turn."""
+    items = manifest.read(paths["ingest"], schemas.INGEST)
+    audit = manifest.read(paths["audit"], schemas.AUDIT)
+    groups = manifest.read(paths["groups"], schemas.GROUPS)
+    scores = manifest.read(paths["nsfw"], schemas.NSFW_SCORES)
+    df = items.merge(audit.drop(columns=["sha256", "schema_version"]), on="item_id", how="left", validate="one_to_one")
+    df = df.merge(groups[["item_id", *schemas.CLUSTER_COLUMNS]], on="item_id", how="left", validate="one_to_one")
+    df["nsfw_score"] = df["item_id"].map(dict(zip(scores["item_id"], scores["nsfw_score"]))).astype("float64")
+    df = _reference_annotations(df, annotations.load(annotation_files))
+    dictionary = TagDictionary.load([])
+    df["tags"] = df["tags"].map(dictionary.canonicalize)
+    df["artists"] = df["artists"].map(dictionary.canonicalize)
+    df = _reference_merge_copies(df)
+    edits = overrides.load(overrides_file)
+    df["tags"] = [filter_stage._apply_tag_edits(t, edits.get(sha), dictionary) for t, sha in zip(df["tags"], df["sha256"])]
+    policy = Policy.from_params(policy_params, dictionary)
+    thresholds, actions = filter_stage._audit_settings(audit_params)
+    verdicts, flags_col, nsfw_col, override_col, caption_col = [], [], [], [], []
+    for row in df.itertuples(index=False):
+        record, override = row._asdict(), edits.get(row.sha256)
+        decision = policy.decide(record, override)
+        flags, verdict = list(decision.flags), None
+        if row.sha256 in takedown:
+            verdict = filter_stage.TAKEDOWN
+        elif decision.exclusion is not None:
+            ex = decision.exclusion
+            verdict = ("policy", ex.rule, ex.reason, ex.detail, list(ex.triggered))
+        if verdict is None or verdict[1] not in filter_stage.FINAL:
+            failure = filter_stage._failure(row)
+            if failure is not None:
+                verdict = failure
+            elif verdict is None:
+                for code, detail in audit_checks.findings(record, thresholds):
+                    action = actions.get(code, "flag")
+                    if action == "reject" and not (override and override.get("action") == "keep"):
+                        verdict = verdict or ("filter", "audit", code, detail, [])
+                    elif action != "off":
+                        flags.append(code)
+        verdicts.append(verdict)
+        flags_col.append(flags)
+        nsfw_col.append(bool(decision.nsfw))
+        override_col.append(decision.override)
+        caption_col.append(override.get("caption") if override else None)
+    source = {}
+    for item_id, comp, verdict in zip(df["item_id"], df["component_key"], verdicts):
+        if verdict is not None and verdict[1] == "minors":
+            source.setdefault(comp, (item_id, verdict))
+    for k, (item_id, comp) in enumerate(zip(df["item_id"], df["component_key"])):
+        if comp in source and (verdicts[k] is None or verdicts[k][1] != "minors"):
+            other, verdict = source[comp]
+            detail = f"near-duplicate (through a chain of pairs) of {other}, which the minors rule excluded: {verdict[3]}"
+            verdicts[k] = ("policy", "minors", verdict[2], detail, list(verdict[4]))
+    df["flags"], df["nsfw_flag"], df["override"], df["caption_override"] = flags_col, nsfw_col, override_col, caption_col
+    for col in ("override", "caption_override"):
+        df[col] = df[col].astype("str")
+    rejected = pd.Series([v is not None for v in verdicts], index=df.index)
+    hit, picked = df[rejected], [v for v in verdicts if v is not None]
+    field = lambda k: pd.Series([v[k] for v in picked], index=hit.index, dtype=object)  # noqa: E731
+    manifest.write(ledger.reject(hit, *(field(k) for k in range(5))), rejected_out, schemas.REJECTED)
+    manifest.write(df[~rejected][list(schemas.FILTERED.columns)], kept_out, schemas.FILTERED)
+
+
+_POOL = ["loli", "Lolicon", "child", "Naked", "nude", "sex", "smile", "Long Hair", "long_hair", "tree", "Some Artist", "beach"]
+_WEIGHTS = np.array([1, 1, 1, 4, 4, 4, 20, 10, 10, 20, 5, 20]) / 100
+
+
+def _tricky_manifests(tmp_path, n: int = 240) -> tuple[dict, set, Path, Path]:
+    """Ingest, audit, groups and scores in shuffled row orders, with exact copies, clusters of up
+    to four, components chaining clusters, broken and too-small files, and an overrides file and
+    annotations naming some of the items."""
+    rng = np.random.default_rng(7)
+    names = ["a.png", "b.jpg", "c.PNG", "d.jpeg", "e.png"]
+    rows = []
+    for k in range(n):
+        item_id = f"src:{'dir/' if k % 3 == 0 else ''}{k:04d}{names[k % 5]}"
+        sha = H.fake_sha(f"content {k - 1 if k % 11 == 1 else k}")  # some exact copies
+        tags = list(dict.fromkeys(rng.choice(_POOL, size=rng.integers(0, 4), p=_WEIGHTS).tolist()))
+        odd = rng.random()
+        rows.append(H.item_row(
+            item_id, sha, original_name=item_id.split("/")[-1].split(":")[-1], tags=tags, rating=str(rng.choice(["general", "sensitive", "questionable", "explicit", "unknown"])),
+            license=str(rng.choice(["CC0-1.0", "proprietary"])), artists=["Some Artist"] if k % 17 == 0 else [],
+            format="JPEG" if k % 7 == 0 else "PNG", mode="L" if k % 13 == 0 else "RGB", width=100 if odd < 0.05 else 600,
+            luma_mean=10.0 if 0.05 <= odd < 0.08 else 120.0, laplacian_var=20.0 if 0.08 <= odd < 0.12 else 500.0,
+            ingest_reason="md5_mismatch" if k % 29 == 5 else None, ingest_detail="md5 differs" if k % 29 == 5 else None,
+        ))
+        if k % 23 == 4:
+            rows[-1].update(decoded=False, reason="corrupt", detail="cannot decode", format=None, mode=None, width=0, height=0,
+                            phash=None, dhash=None, phash_views=[], bit_depth=0, luma_mean=math.nan, luma_std=math.nan,
+                            entropy=math.nan, laplacian_var=math.nan, border_fraction=math.nan)
+        else:
+            rows[-1]["decoded"], rows[-1]["reason"], rows[-1]["detail"] = True, None, None
+    # clusters of consecutive items (by a shuffled order), components joining neighbouring clusters
+    order = rng.permutation(n)
+    start, clusters = 0, []
+    while start < n:
+        size = int(rng.choice([1, 1, 1, 2, 3, 4]))
+        clusters.append(order[start:start + size])
+        start += size
+    for c, members in enumerate(clusters):
+        key = rows[members[-1]]["sha256"]
+        component = rows[clusters[c - c % 3][-1]]["sha256"]  # three clusters per component
+        for m in members:
+            rows[m].update(cluster_key=key, cluster_id=key[:16], cluster_size=len(members), component_key=component)
+    m = tmp_path / "m"
+    paths = {"ingest": m / "ingest.parquet", "audit": m / "audit.parquet", "groups": m / "groups.parquet", "nsfw": m / "nsfw.parquet"}
+    for key, schema in (("ingest", schemas.INGEST), ("audit", schemas.AUDIT), ("groups", schemas.GROUPS)):
+        shuffled = [rows[i] for i in rng.permutation(n)]
+        manifest.write(H.frame(shuffled, schema), paths[key], schema, sort_by=None)
+    scored = [{**rows[i], "nsfw_score": float(rng.choice([0.0, 0.3, 0.95]))} for i in rng.permutation(n)[: n // 2]]
+    manifest.write(H.frame(scored, schemas.NSFW_SCORES), paths["nsfw"], schemas.NSFW_SCORES, sort_by=None)
+    shas = [r["sha256"] for r in rows]
+    edits = [[shas[3], "keep", "", "", "", ""], [shas[9], "exclude", "", "", "my caption", "no"],
+             [shas[20], "", "Lolicon, new tag", "smile", "", ""], [shas[45], "keep", "", "loli", "", ""]]
+    overrides_file = H.write_csv(tmp_path / "overrides.csv", ["sha256", "action", "add_tags", "remove_tags", "caption", "note"], edits)
+    notes = H.write_csv(tmp_path / "notes.csv", ["filename", "archetype", "emotion", "harmony_score", "notes"],
+                        [["dir/0000a.png", "hero", "calm", "3", ""], ["0001b.jpg", "", "sad", "1.0", "low"],
+                         ["0001b.jpg", "rogue", "", "4", "later row wins"], ["0003d.jpeg", "x", "y", "", ""]])
+    return paths, {shas[30], shas[31]}, overrides_file, notes
+
+
+@pytest.mark.parametrize(
+    ("policy_params", "audit_params"),
+    [
+        ({}, {"min_side": 256}),
+        ({"nsfw": {"action": "exclude", "score_threshold": 0.9}, "excluded_artists": ["Some Artist"], "license_allowlist": ["CC0-1.0"],
+          "untagged": "quarantine", "minors": {"exclude_at_any_rating": True}},
+         {"min_side": 256, "actions": {"grayscale": "reject", "blurry": "off", "too_dark": "reject"}}),
+        ({"nsfw": {"action": "allow"}, "untagged": "flag", "min_harmony": 2}, {"min_side": 50, "max_aspect": 1.1}),
+    ],
+)
+def test_filter_writes_what_the_item_by_item_rules_write(tmp_path, policy_params, audit_params):
+    paths, takedown, overrides_file, notes = _tricky_manifests(tmp_path)
+    args = dict(audit_params=audit_params, policy_params=policy_params, annotation_files=[str(notes)],
+                overrides_file=str(overrides_file), takedown=takedown)
+    filter_stage.run(paths, tmp_path / "kept.parquet", tmp_path / "rejected.parquet", **args)
+    _reference_filter(paths, tmp_path / "ref_kept.parquet", tmp_path / "ref_rejected.parquet", **args)
+    rejected = manifest.read(tmp_path / "rejected.parquet", schemas.REJECTED)
+    if not policy_params:  # the case covers every path
+        assert {"minors", "takedown", "decode", "ingest", "audit"} <= set(rejected["rule"]), set(rejected["rule"])
+        assert rejected["detail"].str.contains("through a chain of pairs").any()
+    assert (tmp_path / "kept.parquet").read_bytes() == (tmp_path / "ref_kept.parquet").read_bytes()
+    assert (tmp_path / "rejected.parquet").read_bytes() == (tmp_path / "ref_rejected.parquet").read_bytes()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -205,3 +207,68 @@ def test_minor_tag_on_any_copy_never_reaches_the_export(workspace, spelling, car
     assert set(exported["item_id"]) == {"s:b.png"}, (spelling, carrier, sexual)
     rejected = manifest.read(root / "m" / "rej_filter.parquet", schemas.REJECTED).set_index("item_id")
     assert all(rejected.loc[f"s:{c}", "rule"] == "minors" for c in COPIES)
+
+
+# --------------------------------------------------------------------------- a whole frame at once
+
+_TAG_POOL = ["loli", "child", "nude", "sex", "smile", "1girl", "tree", "some_artist", "other_artist", "beach"]
+
+
+def _items(seed: int, n: int = 400):
+    """Rows that vary every input decide() reads, with the values that tell rows apart only in
+    their details (-0.0 and 0.0, NaN, artists as tags or as artists, None artists)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for k in range(n):
+        tags = list(dict.fromkeys(rng.choice(_TAG_POOL, size=rng.integers(0, 4)).tolist()))
+        rows.append({
+            "item_id": f"s:{k:04d}",
+            "sha256": f"{k:064x}",
+            "tags": tags,
+            "rating": str(rng.choice(["general", "sensitive", "questionable", "explicit", "unknown"])),
+            "license": str(rng.choice(["CC0-1.0", "proprietary"])),
+            "artists": None if k % 50 == 7 else rng.choice(["some_artist", "painter"], size=rng.integers(0, 2)).tolist(),
+            "nsfw_score": float(rng.choice([math.nan, 0.0, -0.0, 0.2, 0.7, 0.7000001])),
+            "harmony_score": float(rng.choice([math.nan, 0.0, -0.0, 1.5, 3.0])),
+            "laplacian_var": float(rng.choice([math.nan, 10.0, 500.0])),
+        })
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},
+        {"nsfw": {"action": "exclude", "score_threshold": 0.0}, "min_harmony": 0.5, "untagged": "quarantine"},
+        {"nsfw": {"action": "flag", "score_threshold": 0.7, "ratings": ["explicit"]}, "excluded_artists": ["Some Artist"],
+         "license_allowlist": ["CC0-1.0"], "minors": {"exclude_at_any_rating": True}, "untagged": "flag",
+         "quality": {"column": "laplacian_var", "min": 100}},
+        {"min_harmony": None, "quality": {"column": "quality_text", "min": 1}, "explicit_tags_extra": ["beach"]},
+    ],
+)
+@pytest.mark.parametrize("seed", [1, 2])
+def test_decide_all_agrees_with_decide_row_by_row(params, seed):
+    df = _items(seed)
+    if params.get("quality", {}).get("column") == "quality_text":
+        df["quality_text"] = pd.Series([3.0, -0.0] * (len(df) // 2), dtype=object)  # every row decided on its own
+    overrides = {df["sha256"][k]: {"sha256": df["sha256"][k], "action": action, "note": None}
+                 for k, action in [(3, "keep"), (4, "exclude"), (5, None), (11, "keep")]}
+    p = policy(**params)
+    codes, decisions = p.decide_all(df, overrides)
+    assert len(codes) == len(df)
+    for code, row in zip(codes, df.itertuples(index=False)):
+        assert decisions[code] == p.decide(row._asdict(), overrides.get(row.sha256)), row
+
+
+def test_rows_differing_only_in_what_the_policy_ignores_share_a_decision():
+    df = _items(3)
+    df["tags"] = [["smile", "tree"][: k % 3] for k in range(len(df))]
+    df["harmony_score"] = math.nan
+    codes, decisions = policy().decide_all(df)
+    assert len(decisions) == 2 * 5  # tagged or not, times the ratings
+    assert len(set(codes.tolist())) == len(decisions)
+
+
+def test_decide_all_on_no_rows():
+    codes, decisions = policy().decide_all(_items(0).iloc[:0])
+    assert len(codes) == 0 and decisions == []

@@ -426,3 +426,23 @@ def test_minor_tag_variants_canonicalize_to_the_minor_tag(
     variant = data.draw(spelled(form), label="variant")
     assert default.canonical(variant) == minor
     assert default.canonicalize(["solo", variant, minor]) == ["solo", minor]
+
+
+def test_canonicalize_all_agrees_with_canonicalize_row_by_row(real: TagDictionary) -> None:
+    lists = [
+        [],
+        ["Long Hair", "longhair", "long_hair", "smile"],  # three spellings of one tag
+        ["smiling", ":)", "Smile"],
+        ["  ", "", "skirt", "__"],  # blank tags vanish
+        ["tails", "Tails", "tail", "many_tails"],
+        ("hatsune miku", "MIKU", "vocaloid"),
+        ["unknown Tag", "unknown_tag", "Unknown  Tag"],
+        ["１ｇｉｒｌ", "1girl", "sole_female"],  # full-width digits normalize (NFKC)
+    ]
+    assert real.canonicalize_all(lists) == [real.canonicalize(tags) for tags in lists]
+    assert real.canonicalize_all(iter(lists[:2])) == [real.canonicalize(tags) for tags in lists[:2]]
+
+
+def test_canonicalize_all_refuses_a_bare_string(real: TagDictionary) -> None:
+    with pytest.raises(TypeError, match="not strings"):
+        real.canonicalize_all([["smile"], "smile"])

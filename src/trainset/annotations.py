@@ -10,6 +10,7 @@ import csv
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 COLUMNS = ("archetype", "emotion", "harmony_score", "annotation_notes")
@@ -52,13 +53,36 @@ def load(paths: list[str | Path] | str | None) -> pd.DataFrame:
 
 
 def join(items: pd.DataFrame, notes: pd.DataFrame) -> pd.DataFrame:
-    """Add the annotation columns to ``items`` (by rel_path, then by file name)."""
-    out = items.copy()
-    by_path = {r.filename: r for r in notes.itertuples() if "/" in r.filename}
-    by_name = {r.filename: r for r in notes.itertuples() if "/" not in r.filename}
-    matched = [by_path.get(rel) or by_name.get(name) for rel, name in zip(out["rel_path"], out["original_name"])]
-    out["archetype"] = pd.Series([m.archetype if m else None for m in matched], index=out.index, dtype="str")
-    out["emotion"] = pd.Series([m.emotion if m else None for m in matched], index=out.index, dtype="str")
-    out["harmony_score"] = pd.Series([m.harmony_score if m else math.nan for m in matched], index=out.index, dtype="float64")
-    out["annotation_notes"] = pd.Series([m.annotation_notes if m else None for m in matched], index=out.index, dtype="str")
+    """Add the annotation columns to ``items`` (by rel_path, then by file name; a later row for
+    the same filename wins)."""
+    out = items.copy(deep=False)  # new columns only: the caller's frame is left alone
+    row = _matching_rows(out, notes)
+    matched = row >= 0
+    take = np.where(matched, row, 0)
+
+    def column(name: str, missing):
+        values = notes[name].to_numpy(dtype=object) if len(notes) else np.array([missing], dtype=object)
+        return np.where(matched, values[take], missing)
+
+    out["archetype"] = pd.Series(column("archetype", None), index=out.index, dtype="str")
+    out["emotion"] = pd.Series(column("emotion", None), index=out.index, dtype="str")
+    out["harmony_score"] = pd.Series(column("harmony_score", math.nan), index=out.index, dtype="float64")
+    out["annotation_notes"] = pd.Series(column("annotation_notes", None), index=out.index, dtype="str")
     return out
+
+
+def _matching_rows(items: pd.DataFrame, notes: pd.DataFrame) -> np.ndarray:
+    """Per item, the notes row it takes (-1: none): a filename with a folder part matches
+    rel_path, one without matches the file name."""
+    found = np.full(len(items), -1, dtype=np.int64)
+    if not len(notes):
+        return found
+    filenames = notes["filename"].astype(object)
+    last = ~filenames.duplicated(keep="last").to_numpy(dtype=bool)
+    with_folder = np.array(["/" in name for name in filenames], dtype=bool)
+    for rows, keys in ((last & with_folder, items["rel_path"]), (last & ~with_folder, items["original_name"])):
+        candidates = np.flatnonzero(rows)
+        hit = pd.Index(filenames.to_numpy()[candidates]).get_indexer(keys.astype(object))
+        fill = (found < 0) & (hit >= 0)
+        found[fill] = candidates[hit[fill]]
+    return found

@@ -30,6 +30,9 @@ from __future__ import annotations
 import math
 from pathlib import PurePath
 
+import numpy as np
+import pandas as pd
+
 from .schemas import DECODE_REASONS
 
 CODES = (
@@ -50,6 +53,12 @@ CODES = (
     "blurry",
 )
 """Finding codes :func:`findings` can return for a decoded image, in the order it checks them."""
+
+FIELDS = (
+    "decoded", "reason", "detail", "original_name", "format", "mode", "width", "height", "exif_orientation", "n_frames",
+    "animated", "has_alpha", "alpha_min", "bit_depth", "luma_mean", "luma_std", "entropy", "laplacian_var",
+)
+"""The row fields :func:`findings` reads (the rest of a row may be left out)."""
 
 DEFAULT_THRESHOLDS = {
     "min_side": 256,  # px: short side below this is too_small
@@ -245,6 +254,135 @@ def findings(row, thresholds: dict | None = None) -> list[tuple[str, str]]:
         if detail is not None:
             found.append((code, detail))
     return found
+
+
+# --------------------------------------------------------------------------- whole columns
+# may_find() answers for a whole frame at once where findings() may return something, so
+# per-row checks run only on those rows. Each test below is true at least wherever its check
+# fires; a column of an unexpected type makes its test true everywhere.
+
+_GRAYSCALE_OR_PALETTE_MODES = ("CMYK", "P", "PA", "LA", "La", *_GRAYSCALE_MODES)
+_TAIL = 6
+"""Characters at the end of a file name that settle its extension: the longest known one
+(``.jpeg``) and the character before it."""
+
+
+def may_find(frame: pd.DataFrame, thresholds: dict | None = None) -> np.ndarray:
+    """Per row of ``frame``: False where :func:`findings` surely returns nothing."""
+    t = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
+    may = np.zeros(len(frame), dtype=bool)
+    for test in (_decode_failed, _extension_may_mismatch, _mode_may_fire, _flags_may_fire, _size_may_fire, _measures_may_fire):
+        may |= test(frame, t)
+    return may
+
+
+def _numbers(frame: pd.DataFrame, name: str) -> np.ndarray | None:
+    """A column as float64 (NaN where missing or absent); None if it is not numeric."""
+    if name not in frame:
+        return np.full(len(frame), np.nan)
+    values = frame[name]
+    if not (isinstance(values.dtype, np.dtype) and values.dtype.kind in "biuf"):
+        return None
+    return values.to_numpy(dtype=np.float64)
+
+
+def _texts(frame: pd.DataFrame, name: str) -> pd.Series | None:
+    """A text column (all missing if absent); None if it holds anything but text."""
+    if name not in frame:
+        return pd.Series(np.nan, index=frame.index, dtype="str")
+    values = frame[name]
+    return values if isinstance(values.dtype, pd.StringDtype) else None
+
+
+def _everywhere(frame: pd.DataFrame) -> np.ndarray:
+    return np.ones(len(frame), dtype=bool)
+
+
+def _decode_failed(frame: pd.DataFrame, t: dict) -> np.ndarray:
+    decoded = _numbers(frame, "decoded")
+    return _everywhere(frame) if decoded is None else decoded == 0
+
+
+def _truthy(values: np.ndarray) -> np.ndarray:
+    return (values != 0) & ~np.isnan(values)
+
+
+def _flags_may_fire(frame: pd.DataFrame, t: dict) -> np.ndarray:
+    """animated, high_bit_depth, alpha, exif_rotated."""
+    animated, depth, has_alpha, lowest, orientation = (
+        _numbers(frame, name) for name in ("animated", "bit_depth", "has_alpha", "alpha_min", "exif_orientation")
+    )
+    may = _everywhere(frame) if animated is None else _truthy(animated)
+    may |= _everywhere(frame) if depth is None else depth > 8
+    may |= _everywhere(frame) if has_alpha is None or lowest is None else _truthy(has_alpha) & (lowest < 255)
+    may |= _everywhere(frame) if orientation is None else (orientation != 1) & ~np.isnan(orientation)
+    return may
+
+
+def _size_may_fire(frame: pd.DataFrame, t: dict) -> np.ndarray:
+    """too_small, extreme_aspect (on whole pixels, as the checks count them)."""
+    width, height = _numbers(frame, "width"), _numbers(frame, "height")
+    if width is None or height is None:
+        return _everywhere(frame)
+    short, long = np.minimum(np.trunc(width), np.trunc(height)), np.maximum(np.trunc(width), np.trunc(height))
+    sized = short > 0
+    may = np.zeros(len(frame), dtype=bool)
+    if t.get("min_side") is not None:
+        may |= sized & (short < t["min_side"])
+    if t.get("max_aspect") is not None:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            may |= sized & (long / np.where(sized, short, 1) * (1 + 1e-9) > t["max_aspect"])
+    return may
+
+
+def _measures_may_fire(frame: pd.DataFrame, t: dict) -> np.ndarray:
+    """low_information, too_dark, too_bright, blurry."""
+    may = np.zeros(len(frame), dtype=bool)
+    for name, limit, below in (
+        ("entropy", t.get("min_entropy"), True),
+        ("luma_std", t.get("min_std"), True),
+        ("luma_mean", t.get("min_luma"), True),
+        ("luma_mean", t.get("max_luma"), False),
+        ("laplacian_var", t.get("min_laplacian_var"), True),
+    ):
+        if limit is None:
+            continue
+        values = _numbers(frame, name)
+        may |= _everywhere(frame) if values is None else (values < limit) if below else (values > limit)
+    return may
+
+
+def _mode_may_fire(frame: pd.DataFrame, t: dict) -> np.ndarray:
+    """cmyk, palette, la, grayscale."""
+    mode = _texts(frame, "mode")
+    if mode is None:
+        return _everywhere(frame)
+    special = mode.isin(_GRAYSCALE_OR_PALETTE_MODES) | mode.str.startswith("I;16")
+    return special.to_numpy(dtype=bool, na_value=False)
+
+
+def _extension_may_mismatch(frame: pd.DataFrame, t: dict) -> np.ndarray:
+    """extension_mismatch, settled once per distinct (format, end of file name) pair."""
+    fmt, name = _texts(frame, "format"), _texts(frame, "original_name")
+    if fmt is None or name is None:
+        return _everywhere(frame)
+    fmt_codes, formats = pd.factorize(fmt)
+    tail_codes, tails = pd.factorize(name.str.slice(-_TAIL))
+    rows = np.flatnonzero((fmt_codes >= 0) & (tail_codes >= 0) & (fmt != "").to_numpy(dtype=bool, na_value=False))
+    pair_codes, pairs = pd.factorize(fmt_codes[rows].astype(np.int64) * len(tails) + tail_codes[rows])
+    formats, tails = formats.tolist(), tails.tolist()
+    fits = np.array([_extension_fits(formats[p // len(tails)], tails[p % len(tails)]) for p in pairs.tolist()], dtype=bool)
+    may = np.zeros(len(frame), dtype=bool)
+    may[rows] = ~fits[pair_codes]
+    return may
+
+
+def _extension_fits(fmt: str, tail: str) -> bool:
+    """Whether every file name ending in ``tail`` has an extension that matches ``fmt``."""
+    dot = tail.rfind(".")
+    if dot < 1 or "/" in tail[dot - 1 :]:
+        return False  # the extension may start before the tail, or the name has folders
+    return tail[dot:].lower() in FORMAT_EXTENSIONS.get(str(fmt).upper(), (f".{str(fmt).lower()}",))
 
 
 # --------------------------------------------------------------------------- report lines

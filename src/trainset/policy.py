@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Iterable
 
+import numpy as np
+import pandas as pd
 import yaml
 
 from .config import ConfigError
@@ -183,6 +185,70 @@ class Policy:
                 exclusion = None
             applied = _describe_override(override, None)
         return Decision(exclusion, tuple(flags), nsfw, applied)
+
+    def decide_all(self, items: pd.DataFrame, overrides: dict[str, dict] | None = None) -> tuple[np.ndarray, list[Decision]]:
+        """:meth:`decide` for every row of ``items`` (overrides keyed by the ``sha256`` column),
+        as one index per row into a list of distinct decisions.
+
+        decide() reads tags only through the policy's tag lists (and whether there are any
+        tags), so rows that agree on those and on every other input it reads share one call:
+        a million items need a few thousand."""
+        overrides = overrides or {}
+        codes = _combined_codes(self._input_keys(items, overrides), len(items))
+        _, first = np.unique(codes, return_index=True)
+        decisions = [
+            self.decide(row._asdict(), overrides.get(row.sha256) if overrides else None)
+            for row in items.iloc[first].itertuples(index=False)
+        ]
+        return codes, decisions
+
+    def _input_keys(self, items: pd.DataFrame, overrides: dict[str, dict]) -> list[np.ndarray]:
+        """Per-row codes of what decide() reads; rows equal on all of them decide alike."""
+        tags = items["tags"].to_numpy(dtype=object)
+        has_tags = np.fromiter(map(len, tags), dtype=np.int64, count=len(tags)) > 0
+        keys = [has_tags, _subset_keys(tags, self.minor_tags | self.explicit_tags | self.excluded_artists), _value_codes(items["rating"])]
+        if self.excluded_artists and "artists" in items:
+            artists = np.fromiter((() if a is None else a for a in items["artists"]), dtype=object, count=len(items))
+            keys.append(_subset_keys(artists, self.excluded_artists))
+        if self.license_allowlist is not None:
+            keys.append(_value_codes(items["license"]))
+        read_if_set = {"nsfw_score": self.nsfw_score_threshold, "harmony_score": self.min_harmony}
+        if self.quality_column and self.quality_min is not None:
+            read_if_set[self.quality_column] = self.quality_min
+        keys += [_value_codes(items[column]) for column, setting in read_if_set.items() if setting is not None and column in items]
+        if overrides:
+            overridden = items["sha256"].isin(list(overrides)).to_numpy(dtype=bool)
+            keys.append(np.where(overridden, np.arange(1, len(items) + 1), 0))  # each decided on its own
+        return keys
+
+
+def _subset_keys(lists: np.ndarray, relevant: frozenset[str]) -> np.ndarray:
+    """Per row: which of ``relevant`` the list holds, as a code (0: none, as for most rows)."""
+    touching = np.flatnonzero(~np.fromiter(map(relevant.isdisjoint, lists), dtype=bool, count=len(lists)))
+    ids: dict = {}
+    codes = np.zeros(len(lists), dtype=np.int64)
+    codes[touching] = [1 + ids.setdefault(tuple(sorted(relevant.intersection(lists[k]))), len(ids)) for k in touching.tolist()]
+    return codes
+
+
+def _value_codes(values: pd.Series) -> np.ndarray:
+    """Equal codes for equal values: floats by bit pattern (so -0.0 and 0.0, which print
+    differently, stay apart), text and integers by value, anything else one code per row."""
+    kind = values.dtype
+    if isinstance(kind, np.dtype) and kind.kind == "f":
+        return pd.factorize(values.to_numpy(dtype=np.float64).view(np.int64))[0]
+    if isinstance(kind, np.dtype) and kind.kind in "biu" or isinstance(kind, pd.StringDtype):
+        return pd.factorize(values)[0]
+    return np.arange(len(values))
+
+
+def _combined_codes(keys: list[np.ndarray], n: int) -> np.ndarray:
+    """One code per row, equal exactly where every key is equal."""
+    codes = np.zeros(n, dtype=np.int64)
+    for key in keys:
+        key = np.asarray(key, dtype=np.int64) + 1  # factorize's -1 (missing) becomes 0
+        codes = pd.factorize(codes * (int(key.max(initial=0)) + 1) + key)[0]
+    return codes
 
 
 def _present(value) -> bool:

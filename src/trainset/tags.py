@@ -33,6 +33,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import itertools
 import re
 import unicodedata
 from collections.abc import Iterable
@@ -138,6 +139,20 @@ class TagDictionary:
                 seen.setdefault(name, None)
         return list(seen)
 
+    def canonicalize_all(self, tag_lists: Iterable[Iterable[str]]) -> list[list[str]]:
+        """:meth:`canonicalize` for each of ``tag_lists``, resolving each distinct tag once: a
+        column of tag lists repeats a few thousand tags millions of times, and the lists then
+        share one string per canonical name."""
+        lists = tag_lists if isinstance(tag_lists, list) else list(tag_lists)
+        if any(map(isinstance, lists, itertools.repeat(str))):
+            raise TypeError("canonicalize_all() takes iterables of tags, not strings")
+        names = _Resolved(self.canonical)
+        resolve = names.__getitem__
+        out = [list(dict.fromkeys(map(resolve, tags))) if len(tags) else [] for tags in lists]
+        if "" in names.values():  # a tag that is all separators: dropped
+            out = [[name for name in row if name] if "" in row else row for row in out]
+        return out
+
     def aliases_of(self, canonical: str) -> set[str]:
         """The (normalized) aliases that resolve to ``canonical``'s canonical name; empty if none."""
         return set(self._aliases_of.get(self.canonical(canonical), ()))
@@ -163,6 +178,18 @@ class TagDictionary:
         lines += [f"n\0{name}\0{cats[name]}" for name in sorted(cats)]
         lines += [f"a\0{alias}\0{aliases[alias]}" for alias in sorted(aliases)]
         return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+class _Resolved(dict):
+    """tag -> resolve(tag), computed on first lookup."""
+
+    def __init__(self, resolve) -> None:
+        super().__init__()
+        self._resolve = resolve
+
+    def __missing__(self, tag: str) -> str:
+        value = self[tag] = self._resolve(tag)
+        return value
 
 
 def _parse_csv(text: str, source: str) -> Iterable[tuple[str, str, list[str]]]:
