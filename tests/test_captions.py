@@ -269,6 +269,16 @@ def test_real_clip_tokenizer_counts_bpe_pieces():
     assert clip_tokens.tokenizer().decode(tokens).strip() == "1 girl , solo"  # CLIP splits digits off
 
 
+@pytest.mark.parametrize("text", [
+    "1girl, solo, long hair, smile", "sks, score_9, absurdres, \\(cosplay\\), ^_^, o_o", "A girl, smiling. Also: it's 3d.",
+    "  two  spaces ", "caf\u00e9, na\u00efve", "tom &amp; jerry", "", "<|startoftext|>hi",
+])
+def test_token_count_by_words_matches_the_whole_text(text):
+    from trainset import clip_tokens
+
+    assert captions.count_tokens(text) == clip_tokens.count(text)
+
+
 def test_a_long_real_caption_is_trimmed_to_the_clip_window(dictionary):
     tags = [f"tag_number_{k}" for k in range(60)]  # unknown tags: general, three words each
     got = build(tags, CaptionSpec.from_params({"over_limit": "trim"}), dictionary)

@@ -495,11 +495,11 @@ def test_failure_while_writing_leaves_previous_file_and_no_temp(tmp_path, monkey
     manifest.write(_valid(), path, schemas.INGEST)
     before = path.read_bytes()
 
-    def broken_to_parquet(self, target, *args, **kwargs):
+    def broken_write_table(table, target, *args, **kwargs):
         Path(target).write_bytes(b"PAR1 half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(pd.DataFrame, "to_parquet", broken_to_parquet)
+    monkeypatch.setattr(manifest.pq, "write_table", broken_write_table)
     with pytest.raises(OSError, match="disk full"):
         manifest.write(_valid(2), path, schemas.INGEST)
     assert path.read_bytes() == before
@@ -628,3 +628,73 @@ def test_manifest_write_inside_atomic_dir(tmp_path):
         manifest.write(_valid(), tmp / "manifest.parquet", schemas.INGEST)
     assert len(manifest.read(target / "manifest.parquet", schemas.INGEST)) == 4
     assert os.listdir(target) == ["manifest.parquet"]
+
+
+# --- whole-column validation and Arrow-held lists ----------------------------------------
+
+
+def test_tags_holding_bytes_are_rejected(tmp_path):
+    # Arrow would take b"b" into a text list; the check still judges every element's type
+    df = _frame(_row(0), _row(1, tags=["ok", b"b"]))
+    msg = _error(tmp_path, df)
+    assert "row 1 (item_id 'src:dir/001.png'), column 'tags'" in msg
+
+
+def test_phash_views_with_a_trailing_newline_match_as_python_does(tmp_path):
+    # Python's $ matches before a final newline: the per-row verdict decides, not the faster check
+    view = "0123456789abcdef\n"
+    assert schemas._HEX16_RE.match(view)
+    df = manifest.with_version(pd.DataFrame([_audit_row(phash_views=[view])]))
+    manifest.write(df, tmp_path / "audit.parquet", schemas.AUDIT)
+
+
+def _audit_frame() -> pd.DataFrame:
+    return manifest.with_version(pd.DataFrame([
+        _audit_row(),
+        _audit_row(item_id="s:b.png", decoded=False, reason="truncated", detail="cut", format=None, mode=None,
+                   width=0, height=0, phash=None, dhash=None, phash_views=[], bit_depth=0, luma_mean=None,
+                   luma_std=None, entropy=None, laplacian_var=None, border_fraction=None),
+    ]))
+
+
+@pytest.mark.parametrize("views", [None, [[], []]])
+def test_arrow_held_lists_write_the_same_bytes(tmp_path, views):
+    df = _audit_frame()
+    if views is not None:
+        df["phash_views"] = pd.Series(views, dtype=object)
+    manifest.write(df, tmp_path / "plain.parquet", schemas.AUDIT)
+    held = manifest.read(tmp_path / "plain.parquet", schemas.AUDIT, arrow_lists=manifest.CARRIED_LISTS)
+    assert manifest.is_arrow_list(held["phash_views"].dtype)
+    manifest.write(held, tmp_path / "held.parquet", schemas.AUDIT)
+    assert (tmp_path / "held.parquet").read_bytes() == (tmp_path / "plain.parquet").read_bytes()
+
+
+def test_arrow_held_bad_view_names_file_row_and_column(tmp_path):
+    path = tmp_path / "audit.parquet"
+    df = _audit_frame()
+    df.at[1, "phash_views"] = ["0123456789ABCDEF"]
+    df.to_parquet(path, index=False)
+    with pytest.raises(ManifestError) as info:
+        manifest.read(path, schemas.AUDIT, arrow_lists=manifest.CARRIED_LISTS)
+    assert str(path) in str(info.value)
+    assert "row 1 (item_id 's:b.png'), column 'phash_views'" in str(info.value)
+
+
+def test_read_some_columns(tmp_path):
+    path = tmp_path / "ingest.parquet"
+    manifest.write(_valid(), path, schemas.INGEST)
+    part = manifest.read(path, schemas.INGEST, columns=["sha256", "item_id", "tags"])
+    assert list(part.columns) == ["sha256", "item_id", "tags"]
+    assert part["tags"].map(type).eq(list).all()
+
+
+def test_read_some_columns_still_checks_the_file(tmp_path):
+    path = tmp_path / "ingest.parquet"
+    df = _valid()
+    df.loc[2, "sha256"] = "x"
+    df.to_parquet(path, index=False)
+    with pytest.raises(ManifestError, match=r"row 2 \(item_id 'src:dir/002.png'\), column 'sha256'"):
+        manifest.read(path, schemas.INGEST, columns=["item_id", "sha256"])
+    df.assign(surprise=7).to_parquet(path, index=False)
+    with pytest.raises(ManifestError, match="surprise"):
+        manifest.read(path, schemas.INGEST, columns=["item_id"])

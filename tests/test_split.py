@@ -362,3 +362,11 @@ def test_split_keeps_policy_columns(tmp_path):
     assert list(row["flags"]) == ["nsfw", "blurry"]
     assert (row["nsfw_flag"], row["nsfw_score"], row["archetype"], row["emotion"]) == (True, 0.75, "hero", "joy")
     assert (row["harmony_score"], row["override"], row["caption_override"]) == (3.0, "action=keep", "fixed")
+
+
+@pytest.mark.parametrize("fractions", [{"train": 0.8, "val": 0.1, "test": 0.1}, {"train": 1 / 3, "val": 1 / 3, "test": 1 / 3},
+                                       {"train": 0.0, "val": 0.0, "test": 1.0}, {"train": 0.7, "val": 0.3, "test": 0.0}])
+def test_assign_many_agrees_with_assign(fractions):
+    rng = random.Random(5)
+    keys = pd.Series([f"{rng.getrandbits(256):064x}" for _ in range(3000)] * 2, dtype="str")
+    assert list(split.assign_many(keys, 11, fractions)) == [assign(k, 11, fractions) for k in keys]

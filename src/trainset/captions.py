@@ -154,16 +154,7 @@ def write_tag(tag: str, spec: CaptionSpec) -> str:
 
 def ordered_tags(tags: Iterable[str], spec: CaptionSpec, dictionary: TagDictionary) -> list[str]:
     """The canonical tags a caption holds, in caption order, without the trigger word and prefix."""
-    canonical = dictionary.canonicalize(tags)
-    fixed = {normalize(t) for t in (spec.trigger_word, *spec.prefix) if t.strip()}
-    kept = [(t, dictionary.category(t)) for t in canonical if t not in fixed]
-    kept = [(t, c) for t, c in kept if not spec.drops(t, c)]
-    people = [t for t, _ in kept if spec.people_first and PEOPLE_COUNT.match(t)]
-    rank = {name: k for k, name in enumerate(spec.category_order)}
-    rest = [(t, c) for t, c in kept if t not in people]
-    # unknown tags (not in any dictionary) read as general
-    rest.sort(key=lambda tc: rank.get(tc[1] or "general", len(rank)))
-    return people + [t for t, _ in rest]
+    return Captioner(spec, dictionary).ordered_tags(tags)
 
 
 def leading(spec: CaptionSpec) -> list[str]:
@@ -182,35 +173,95 @@ class Caption:
     trimmed_tags: tuple[str, ...] = ()
 
 
+_PLAIN_ASCII = re.compile(r"[\x20-\x25\x27-\x7e]*")
+"""Printable ASCII without ``&``: text CLIP's cleaning (ftfy, HTML unescaping) leaves as it is."""
+
+
 def count_tokens(text: str) -> int:
-    """CLIP BPE tokens of ``text`` (:func:`trainset.clip_tokens.count`)."""
+    """CLIP BPE tokens of ``text`` (:func:`trainset.clip_tokens.count`). CLIP's tokens never span
+    whitespace, so plain text is counted word by word: captions share their words, and each
+    word's count is cached."""
     from .clip_tokens import count
 
+    if _PLAIN_ASCII.fullmatch(text):
+        return sum(count(word) for word in text.split(" ") if word)
     return count(text)
 
 
 def build(tags: Iterable[str], spec: CaptionSpec, dictionary: TagDictionary, count_tokens=count_tokens) -> Caption:
     """The caption of one item's tags; ``count_tokens`` (text -> int) is CLIP's BPE tokenizer."""
-    body = ordered_tags(tags, spec, dictionary)
-    head = leading(spec)
-    text = _render(head, body, spec, dictionary)
-    tokens = count_tokens(text)
-    if tokens <= spec.max_tokens:
-        return Caption(text, tokens, False)
-    if spec.over_limit == "flag":
-        return Caption(text, tokens, True)
-    trimmed = []
-    while body and tokens > spec.max_tokens:  # drop from the end: the least ordered tags go first
-        trimmed.append(body.pop())
-        text = _render(head, body, spec, dictionary)
-        tokens = count_tokens(text)
-    return Caption(text, tokens, tokens > spec.max_tokens, tuple(reversed(trimmed)))
+    return Captioner(spec, dictionary, count_tokens).build(tags)
 
 
-def _render(head: list[str], body: list[str], spec: CaptionSpec, dictionary: TagDictionary) -> str:
+class Captioner:
+    """Captions of many items by one spec and dictionary: each distinct tag is resolved, judged
+    and written once."""
+
+    def __init__(self, spec: CaptionSpec, dictionary: TagDictionary, count_tokens=count_tokens) -> None:
+        self.spec, self.dictionary, self.count_tokens = spec, dictionary, count_tokens
+        self._head = leading(spec)
+        self._fixed = {normalize(t) for t in (spec.trigger_word, *spec.prefix) if t.strip()}
+        self._rank = {name: k for k, name in enumerate(spec.category_order)}
+        self._judged: dict[str, tuple[str, bool, bool, int]] = {}
+        self._written: dict[str, str] = {}
+
+    def _judge(self, tag: str) -> tuple[str, bool, bool, int]:
+        """(canonical name, kept in captions, a people-count tag, category rank) of a raw tag."""
+        name = self.dictionary.canonical(tag)
+        if not name:
+            return name, False, False, 0
+        category = self.dictionary.category(name)
+        kept = name not in self._fixed and not self.spec.drops(name, category)
+        people = bool(self.spec.people_first and PEOPLE_COUNT.match(name))
+        # unknown tags (not in any dictionary) read as general
+        return name, kept, people, self._rank.get(category or "general", len(self._rank))
+
+    def ordered_tags(self, tags: Iterable[str]) -> list[str]:
+        """The canonical tags a caption holds, in caption order, without the trigger word and prefix."""
+        if isinstance(tags, str):
+            raise TypeError("ordered_tags() takes an iterable of tags, not one string")
+        seen: dict[str, tuple[str, bool, bool, int]] = {}
+        for tag in tags:
+            judged = self._judged.get(tag)
+            if judged is None:
+                judged = self._judged[tag] = self._judge(tag)
+            if judged[0]:
+                seen.setdefault(judged[0], judged)
+        kept = [j for j in seen.values() if j[1]]
+        rest = sorted((j for j in kept if not j[2]), key=lambda j: j[3])
+        return [j[0] for j in kept if j[2]] + [j[0] for j in rest]
+
+    def build(self, tags: Iterable[str]) -> Caption:
+        """The caption of one item's tags."""
+        spec = self.spec
+        body = self.ordered_tags(tags)
+        text = self._render(body)
+        tokens = self.count_tokens(text)
+        if tokens <= spec.max_tokens:
+            return Caption(text, tokens, False)
+        if spec.over_limit == "flag":
+            return Caption(text, tokens, True)
+        trimmed = []
+        while body and tokens > spec.max_tokens:  # drop from the end: the least ordered tags go first
+            trimmed.append(body.pop())
+            text = self._render(body)
+            tokens = self.count_tokens(text)
+        return Caption(text, tokens, tokens > spec.max_tokens, tuple(reversed(trimmed)))
+
+    def _write(self, tag: str) -> str:
+        written = self._written.get(tag)
+        if written is None:
+            written = self._written[tag] = write_tag(tag, self.spec)
+        return written
+
+    def _render(self, body: list[str]) -> str:
+        return _render(self._head, body, self.spec, self.dictionary, [self._write(t) for t in body])
+
+
+def _render(head: list[str], body: list[str], spec: CaptionSpec, dictionary: TagDictionary, written: list[str] | None = None) -> str:
     """The caption text: the fixed start, then the tags (``booru``), the sentence (``natural``) or
-    the sentence followed by the tags (``both``)."""
-    tags = [write_tag(t, spec) for t in body]
+    the sentence followed by the tags (``both``). ``written``: the body's tags as :func:`write_tag` writes them."""
+    tags = [write_tag(t, spec) for t in body] if written is None else written
     if spec.format == "booru":
         return spec.separator.join([*head, *tags])
     from .caption_templates import sentence

@@ -5,13 +5,26 @@ A bad row fails loudly with the file, the row number, the item id and the column
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import json
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pandera.pandas as pa
+import pyarrow as pyarrow
+import pyarrow.parquet as pq
+from pandera.engines.pandas_engine import Engine
 
 from . import atomic, schemas
 from .schemas import SCHEMA_VERSION
+
+# list columns read as Python lists (others stay as pandas reads them: arrays)
+LIST_COLUMNS = ("tags", "artists", "flags", "triggered_tags")
+# the widest list column (a pHash per view), which stages after the audit only carry along
+CARRIED_LISTS = ("phash_views",)
 
 
 class ManifestError(ValueError):
@@ -40,12 +53,77 @@ def _describe(df: pd.DataFrame, path: str | Path, schema: pa.DataFrameSchema, er
 
 
 def validate(df: pd.DataFrame, schema: pa.DataFrameSchema, path: str | Path) -> pd.DataFrame:
-    """Validate ``df`` (rows renumbered from 0 so errors name the row in the file)."""
+    """Validate ``df`` (rows renumbered from 0 so errors name the row in the file).
+
+    Whole-column checks decide a valid frame; any doubt hands it to pandera, whose lazy
+    validation finds and reports every failing row."""
     df = df.reset_index(drop=True)
+    if _passes(df, schema):
+        return df
+    plain = _arrays_for_arrow_lists(df)
     try:
-        return schema.validate(df, lazy=True)
+        schema.validate(plain, lazy=True)
     except (pa.errors.SchemaErrors, pa.errors.SchemaError) as err:
-        raise ManifestError(_describe(df, path, schema, err)) from None
+        raise ManifestError(_describe(plain, path, schema, err)) from None
+    return df
+
+
+def is_arrow_list(dtype) -> bool:
+    """A list column held as Arrow (:func:`read` with ``arrow_lists``), not as Python objects."""
+    return isinstance(dtype, pd.ArrowDtype) and pyarrow.types.is_list(dtype.pyarrow_dtype)
+
+
+def _arrays_for_arrow_lists(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with Arrow-held list columns as object arrays, the way pandas reads list columns."""
+    held = [c for c in df.columns if is_arrow_list(df[c].dtype)]
+    if not held:
+        return df
+    return df.assign(**{c: pd.Series(list(df[c].to_numpy(dtype=object)), index=df.index, dtype=object) for c in held})
+
+
+def _passes(df: pd.DataFrame, schema: pa.DataFrameSchema) -> bool:
+    """Does ``df`` certainly satisfy ``schema``? Strict column set, dtypes, nulls, uniqueness and
+    every column check, each run over whole columns (pandera's own checks); a schema feature
+    this does not cover answers False."""
+    if not _plain_schema(schema):
+        return False
+    names = list(df.columns)
+    if len(set(names)) != len(names) or set(names) != set(schema.columns):
+        return False
+    if schema.unique and df.duplicated(subset=list(schema.unique)).any():
+        return False
+    return all(_column_passes(df[name], column) for name, column in schema.columns.items())
+
+
+def _plain_schema(schema: pa.DataFrameSchema) -> bool:
+    """Only the features :func:`_passes` checks: no coercion, parsers, index or frame-wide checks."""
+    plain = schema.strict is True and not (schema.coerce or schema.ordered or schema.checks or schema.parsers
+                                           or schema.add_missing_columns or schema.index is not None)
+    return plain and all(
+        col.required and not (col.regex or col.coerce or col.parsers or col.default is not None)
+        for col in schema.columns.values()
+    )
+
+
+def _column_passes(values: pd.Series, column: pa.Column) -> bool:
+    if not _dtype_passes(values, column):
+        return False
+    if not column.nullable and values.hasnans:
+        return False
+    if column.unique and not values.is_unique:
+        return False
+    return all(bool(np.all(check(values).check_passed)) for check in column.checks)
+
+
+def _dtype_passes(values: pd.Series, column: pa.Column) -> bool:
+    if column.dtype is None:
+        return True
+    if is_arrow_list(values.dtype):  # written as the object column of lists it stands for (see _table)
+        return str(column.dtype) == "object"
+    try:
+        return bool(np.all(column.dtype.check(Engine.dtype(values.dtype), values)))
+    except TypeError:
+        return False
 
 
 def write(df: pd.DataFrame, path: str | Path, schema: pa.DataFrameSchema, sort_by: str | list[str] | None = "item_id") -> pd.DataFrame:
@@ -58,9 +136,41 @@ def write(df: pd.DataFrame, path: str | Path, schema: pa.DataFrameSchema, sort_b
     if sort_by is not None and len(df):
         df = df.sort_values(sort_by, kind="stable")
     df = validate(df, schema, path)
+    table = _table(df)
     with atomic.atomic_file(path) as tmp:
-        df.to_parquet(tmp, index=False)
+        pq.write_table(table, str(tmp), compression="snappy")
     return df
+
+
+def _table(df: pd.DataFrame) -> pyarrow.Table:
+    """``df`` as :meth:`pandas.DataFrame.to_parquet` converts it. An Arrow-held list column comes
+    out as the object column of lists it stands for would (type and pandas metadata), so a file's
+    bytes do not depend on how a stage held it."""
+    table = pyarrow.Table.from_pandas(df, preserve_index=False)
+    held = [c for c in df.columns if is_arrow_list(df[c].dtype)]
+    if held:
+        table = _as_object_lists(table, held)
+    if df.attrs:
+        table = table.replace_schema_metadata({**table.schema.metadata, "PANDAS_ATTRS": json.dumps(df.attrs)})
+    # one chunk per column: where the writer gives up on a dictionary depends on the chunks
+    return table.combine_chunks()
+
+
+def _as_object_lists(table: pyarrow.Table, names: list[str]) -> pyarrow.Table:
+    """Arrow list columns typed and described as pandas infers them from Python lists of text:
+    ``list<item: string>``, or ``list<item: null>`` when no list holds anything."""
+    meta = json.loads(table.schema.metadata[b"pandas"])
+    entries = {entry["name"]: entry for entry in meta["columns"]}
+    for name in names:
+        column = table.column(name).combine_chunks()
+        empty = len(column.flatten()) == 0
+        value_type = column.type.value_type
+        if not (empty or pyarrow.types.is_string(value_type) or pyarrow.types.is_large_string(value_type)):
+            raise ManifestError(f"column {name!r}: lists of {value_type} cannot be written as lists of text")
+        column = column.cast(pyarrow.list_(pyarrow.null() if empty else pyarrow.string()))
+        table = table.set_column(table.schema.get_field_index(name), name, column)
+        entries[name].update(pandas_type="list[empty]" if empty else "list[unicode]", numpy_type="object")
+    return table.replace_schema_metadata({**table.schema.metadata, b"pandas": json.dumps(meta).encode()})
 
 
 def _is_text(col: pa.Column) -> bool:
@@ -68,8 +178,8 @@ def _is_text(col: pa.Column) -> bool:
 
 
 def _normalize_text(df: pd.DataFrame, schema: pa.DataFrameSchema) -> pd.DataFrame:
-    """Text columns as pandas' string dtype, so an all-missing column still types as text."""
-    df = df.copy()
+    """Text columns as pandas' string dtype, so an all-missing column still types as text
+    (``df`` is a fresh selection: its columns are replaced, the caller's frame is left alone)."""
     for name, col in schema.columns.items():
         values = df[name]
         if _is_text(col) and values.dtype == object:
@@ -78,18 +188,100 @@ def _normalize_text(df: pd.DataFrame, schema: pa.DataFrameSchema) -> pd.DataFram
     return df
 
 
-def read(path: str | Path, schema: pa.DataFrameSchema) -> pd.DataFrame:
+def read(path: str | Path, schema: pa.DataFrameSchema, columns: list[str] | None = None,
+         arrow_lists: tuple[str, ...] = ()) -> pd.DataFrame:
+    """The manifest at ``path``, validated. ``columns``: only these (in this order), for a stage
+    that needs a few columns of a wide manifest; the file must still hold exactly the schema's
+    columns, and the ones read are validated. ``arrow_lists``: list columns a stage only carries
+    through, held as Arrow (no Python object per element) and written back the same."""
     path = Path(path)
     if not path.exists():
         raise ManifestError(f"{path}: {schema.name} manifest is missing")
-    df = pd.read_parquet(path)
-    for col, value in schemas.ADDED_LATER.get(schema.name, {}).items():
+    stored = pq.read_schema(path).names
+    later = schemas.ADDED_LATER.get(schema.name, {})
+    if columns is None:
+        df = _with_added_later(read_columns(path, stored, arrow_lists), later)
+        return validate(df, schema, path)
+    _check_column_names(path, stored, schema)
+    df = _with_added_later(read_columns(path, [c for c in columns if c in stored], arrow_lists), later)
+    return validate(df[list(columns)], _subschema(schema, columns), path)
+
+
+def read_columns(path: str | Path, names: list[str], arrow_lists: tuple[str, ...] = ()) -> pd.DataFrame:
+    """``names`` of the file as pandas reads them, unvalidated; the list columns of
+    :data:`LIST_COLUMNS` as Python lists, those of ``arrow_lists`` held as Arrow."""
+    lists = [c for c in names if c in LIST_COLUMNS or c in arrow_lists]
+    df = pd.read_parquet(path, columns=[c for c in names if c not in lists])
+    if lists:
+        table = pq.read_table(path, columns=lists)
+        if not len(df.columns):
+            df = pd.DataFrame(index=pd.RangeIndex(table.num_rows))
+        for col in lists:
+            values = table.column(col)
+            held = col in arrow_lists and pyarrow.types.is_list(values.type)
+            df[col] = pd.Series(pd.arrays.ArrowExtensionArray(values) if held else _python_lists(values), index=df.index,
+                                dtype=None if held else object)
+        df = df[names]
+    return df
+
+
+def _with_added_later(df: pd.DataFrame, later: dict) -> pd.DataFrame:
+    """Columns added after the file was written, with the value older manifests read as."""
+    for col, value in later.items():
         if col not in df.columns:
             df.insert(len(df.columns) - ("schema_version" in df.columns), col, value)
-    for col in ("tags", "artists", "flags", "triggered_tags"):
-        if col in df.columns:
-            df[col] = df[col].map(list)
-    return validate(df, schema, path)
+    return df
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while millions of containers are built: each pass would walk
+    every one made so far, for nothing (they are live)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _python_lists(column: pyarrow.ChunkedArray) -> list:
+    """A list column as Python lists (None for a missing list), sliced from its flat values."""
+    with gc_paused():
+        return _lists_of_chunks(column)
+
+
+def _lists_of_chunks(column: pyarrow.ChunkedArray) -> list:
+    out: list = []
+    for chunk in column.chunks:
+        if not isinstance(chunk, (pyarrow.ListArray, pyarrow.LargeListArray)):
+            return column.to_pylist()
+        flat = chunk.values
+        values = flat.to_pylist() if pyarrow.types.is_null(flat.type) else flat.to_numpy(zero_copy_only=False).tolist()
+        offsets = chunk.offsets.to_numpy()
+        rows = [values[s:e] for s, e in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
+        if chunk.null_count:
+            rows = [row if ok else None for row, ok in zip(rows, chunk.is_valid().to_pylist())]
+        out.extend(rows)
+    return out
+
+
+def _check_column_names(path: Path, stored: list[str], schema: pa.DataFrameSchema) -> None:
+    """A file read in part still holds exactly the schema's columns (those added later may be absent)."""
+    names = set(stored) | set(schemas.ADDED_LATER.get(schema.name, {}))
+    missing, extra = sorted(set(schema.columns) - names), sorted(names - set(schema.columns))
+    if missing or extra:
+        raise ManifestError(f"{path}: {schema.name} manifest failed validation: missing column(s) {missing}, "
+                            f"column(s) not in the schema {extra}")
+
+
+def _subschema(schema: pa.DataFrameSchema, columns: list[str]) -> pa.DataFrameSchema:
+    """The schema's rules for ``columns`` alone (a frame-wide uniqueness only when all its columns are read)."""
+    unique = list(schema.unique or [])
+    keep_unique = bool(unique) and set(unique) <= set(columns)
+    return pa.DataFrameSchema({c: schema.columns[c] for c in columns}, name=schema.name, strict=True,
+                              unique=unique if keep_unique else None)
 
 
 def read_many(paths: dict, schemas_by_key: dict[str, pa.DataFrameSchema]) -> dict[str, pd.DataFrame]:

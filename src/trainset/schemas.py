@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from itertools import chain
+from operator import attrgetter
 
 import numpy as np
+import pandas as pd
 import pandera.pandas as pa
+import pyarrow as pyarrow
+import pyarrow.compute as pc
 
 from .background import COLOURS as BACKGROUND_COLOURS
 from .rating import RATINGS
@@ -16,6 +22,7 @@ DECODE_REASONS = ("zero_byte", "not_image", "truncated", "corrupt", "decompressi
 _HEX64 = r"^[0-9a-f]{64}$"
 _HEX16 = r"^[0-9a-f]{16}$"
 _HEX16_RE = re.compile(_HEX16)
+_NOT_LOWER_HEX = str.maketrans("", "", "0123456789abcdef")  # deletes hex digits: what is left is not one
 
 
 def _is_str_list(value: object) -> bool:
@@ -26,12 +33,95 @@ def _is_hex16_list(value: object) -> bool:
     return isinstance(value, (list, tuple, np.ndarray)) and all(isinstance(v, str) and _HEX16_RE.match(v) for v in value)
 
 
+def _is_list_of_str(value: object) -> bool:
+    return isinstance(value, (list, tuple, np.ndarray)) and all(isinstance(t, str) for t in value)
+
+
+def _elements(rows: np.ndarray) -> list | None:
+    """The elements of every row, in order: rows of lists, or of one-dimensional object arrays
+    (as pandas reads list columns); None for anything else."""
+    kinds = set(map(type, rows))
+    if kinds <= {list}:
+        return list(chain.from_iterable(rows))
+    if kinds == {np.ndarray} and set(map(attrgetter("dtype"), rows)) == {np.dtype(object)} \
+            and set(map(attrgetter("ndim"), rows)) == {1}:
+        return np.concatenate(rows).tolist()
+    return None
+
+
+def _arrow_elements_pass(values: pd.Series, arrow_ok: Callable[[pyarrow.ChunkedArray], bool] | None) -> bool:
+    """:func:`_all_elements_pass` for a list column held as Arrow: lists of text without missing
+    elements, all passing ``arrow_ok``."""
+    lists = values.array.__arrow_array__()
+    if not pyarrow.types.is_list(lists.type):
+        return False
+    flat = pc.list_flatten(lists)
+    if len(flat) == 0:
+        return True
+    text = pyarrow.types.is_string(flat.type) or pyarrow.types.is_large_string(flat.type)
+    return text and flat.null_count == 0 and (arrow_ok is None or arrow_ok(flat))
+
+
+def _all_elements_pass(values: pd.Series, element_ok: Callable[[list[str], str], bool] | None) -> bool:
+    """Is every value a list (or object array) of ``str`` whose elements all pass ``element_ok``
+    (given the elements and their concatenation)? Decided over the whole column at once."""
+    flat = _elements(values.to_numpy(dtype=object))
+    if flat is None:
+        return False
+    try:
+        joined = "".join(flat)  # fails on any element that is not a str
+    except TypeError:
+        return False
+    return element_ok is None or element_ok(flat, joined)
+
+
+def _non_empty(flat: list[str], joined: str) -> bool:
+    return "" not in flat
+
+
+def _hex16(flat: list[str], joined: str) -> bool:
+    return set(map(len, flat)) <= {16} and not joined.translate(_NOT_LOWER_HEX)
+
+
+def _non_empty_arrow(flat: pyarrow.ChunkedArray) -> bool:
+    return pc.min(pc.binary_length(flat)).as_py() > 0
+
+
+def _hex16_arrow(flat: pyarrow.ChunkedArray) -> bool:
+    return pc.all(pc.match_substring_regex(flat, _HEX16)).as_py()
+
+
+_ELEMENT_CHECKS_ON_ARROW = {_non_empty: _non_empty_arrow, _hex16: _hex16_arrow}
+
+
+def _list_check(is_valid: Callable[[object], bool], error: str, element_ok: Callable[[list[str], str], bool] | None = None) -> pa.Check:
+    """``is_valid`` for every row, run over the whole column: a column whose elements all pass
+    at once is valid; otherwise each row is judged by ``is_valid``, so the verdict is always its."""
+    arrow_ok = _ELEMENT_CHECKS_ON_ARROW.get(element_ok)
+
+    def passes_at_once(values: pd.Series) -> bool:
+        if not isinstance(values.dtype, pd.ArrowDtype):
+            return _all_elements_pass(values, element_ok)
+        return (element_ok is None or arrow_ok is not None) and _arrow_elements_pass(values, arrow_ok)
+
+    def check(values: pd.Series) -> pd.Series:
+        if passes_at_once(values):
+            return pd.Series(True, index=values.index)
+        return pd.Series([bool(is_valid(v)) for v in values.to_numpy(dtype=object)], index=values.index, dtype=bool)
+
+    return pa.Check(check, error=error)
+
+
 def _text(nullable: bool = False, **kw) -> pa.Column:
     return pa.Column(str, nullable=nullable, **kw)
 
 
+def _str_list(error: str) -> pa.Column:
+    return pa.Column(object, _list_check(_is_str_list, error, _non_empty))
+
+
 def _tags() -> pa.Column:
-    return pa.Column(object, pa.Check(_is_str_list, element_wise=True, error="tags must be a list of non-empty strings"))
+    return _str_list("tags must be a list of non-empty strings")
 
 
 INGEST_DEFAULTS = {"artists": [], "score": float("nan"), "source_url": None, "post_id": None, "ingest_reason": None, "ingest_detail": None}
@@ -61,7 +151,7 @@ INGEST_COLUMNS = {
     "sidecar": _text(nullable=True),
     "sidecar_error": _text(nullable=True),
     # metadata some source kinds carry (booru posts); empty or missing elsewhere
-    "artists": pa.Column(object, pa.Check(lambda v: _is_str_list(v) or len(v) == 0, element_wise=True, error="artists must be a list of strings")),
+    "artists": pa.Column(object, _list_check(lambda v: _is_str_list(v) or len(v) == 0, "artists must be a list of strings", _non_empty)),
     "score": pa.Column("float64", nullable=True),
     "source_url": _text(nullable=True),
     "post_id": _text(nullable=True),
@@ -80,7 +170,7 @@ IMAGE_COLUMNS = {
     "phash": _text(nullable=True, checks=pa.Check.str_matches(_HEX16)),
     "dhash": _text(nullable=True, checks=pa.Check.str_matches(_HEX16)),
     # pHashes of the views in trainset.views.VIEW_NAMES order (query, search, mirrored); [] if undecoded
-    "phash_views": pa.Column(object, pa.Check(_is_hex16_list, element_wise=True, error="phash_views must be a list of 16-digit hex strings")),
+    "phash_views": pa.Column(object, _list_check(_is_hex16_list, "phash_views must be a list of 16-digit hex strings", _hex16)),
     # measures from the same decode (trainset.features), judged by trainset.audit_checks;
     # a failed decode has n_frames 1, no alpha (alpha_min 255), bit_depth 0 and NaN floats
     "n_frames": pa.Column("int64", pa.Check.ge(1)),
@@ -116,7 +206,7 @@ CLUSTER_COLUMNS = {
 GROUP_COLUMNS = {**_ITEM, **CLUSTER_COLUMNS}
 # what the policy decided, on tags and ratings merged across each item's copies
 POLICY_COLUMNS = {
-    "flags": pa.Column(object, pa.Check(_is_str_list, element_wise=True, error="flags must be a list of strings")),
+    "flags": _str_list("flags must be a list of strings"),
     "nsfw_flag": pa.Column(bool),
     "nsfw_score": pa.Column("float64", nullable=True),
     "archetype": _text(nullable=True),
@@ -135,8 +225,7 @@ CAPTIONED_COLUMNS = {
     # the tags trimmed from its end to fit (caption.over_limit: trim)
     "caption_tokens": pa.Column("int64", pa.Check.ge(0)),
     "caption_over_limit": pa.Column(bool),
-    "caption_trimmed": pa.Column(object, pa.Check(lambda v: isinstance(v, (list, tuple, np.ndarray)) and all(isinstance(t, str) for t in v),
-                                                  element_wise=True, error="caption_trimmed must be a list of strings")),
+    "caption_trimmed": pa.Column(object, _list_check(_is_list_of_str, "caption_trimmed must be a list of strings")),
     # the background colour the border shows (None: not checked, or no opinion: not uniform), the
     # share of the border ring it covers, and how it compared with an X_background tag
     "background": _text(nullable=True, checks=pa.Check.isin(list(BACKGROUND_COLOURS))),
@@ -153,7 +242,7 @@ REJECTED_COLUMNS = {
     "rule": _text(),
     "reason": _text(),
     "detail": _text(),
-    "triggered_tags": pa.Column(object, pa.Check(_is_str_list, element_wise=True, error="triggered_tags must be a list of strings")),
+    "triggered_tags": _str_list("triggered_tags must be a list of strings"),
     # a dropped duplicate: the item (or reference file) it was dropped in favour of
     "duplicate_of": _text(nullable=True),
     # the policy judged the item sexual content, whatever it was rejected for: the HTML report
@@ -219,7 +308,7 @@ EXPORT_COLUMNS = {
     "generated": pa.Column(bool),
     "cluster_id": _text(checks=pa.Check.str_matches(_HEX16)),
     "nsfw_flag": pa.Column(bool),
-    "flags": pa.Column(object, pa.Check(_is_str_list, element_wise=True, error="flags must be a list of strings")),
+    "flags": _str_list("flags must be a list of strings"),
     **_VERSION,
 }
 
@@ -266,7 +355,7 @@ CONVERSATION_REJECTED_COLUMNS = {
 # after the quality gate: what the gate saw, changed (PII redacted) and flagged (never silently)
 CONVERSATION_KEPT_COLUMNS = {
     **CONVERSATION_COLUMNS,
-    "flags": pa.Column(object, pa.Check(_is_str_list, element_wise=True, error="flags must be a list of strings")),
+    "flags": _str_list("flags must be a list of strings"),
 }
 
 # split and curriculum: train/eval (by group) and the stage each kept conversation feeds

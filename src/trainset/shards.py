@@ -127,9 +127,14 @@ def upto(index: dict, shard: str) -> list[str]:
 
 
 def concat(paths, schema, sort_by="item_id") -> pd.DataFrame:
-    """One manifest from shard manifests (validated on write; read here without a second check)."""
-    frames = [pd.read_parquet(p) for p in paths]
-    frames = [f for f in frames if len(f)]
+    """One manifest from shard manifests (validated on write; read here without a second check).
+    The wide pHash lists stay Arrow (``manifest.CARRIED_LISTS``): the gather only passes them on."""
+    frames = []
+    for path in paths:
+        names = pq.read_schema(path).names
+        frame = manifest.read_columns(path, names, manifest.CARRIED_LISTS)
+        if len(frame):
+            frames.append(frame)
     if not frames:
         return manifest.empty(schema)
     return pd.concat(frames, ignore_index=True)

@@ -15,6 +15,10 @@ from .. import background, captions, manifest, progress, schemas
 from ..tags import TagDictionary
 
 
+# list columns only passed on: held as Arrow, never as Python objects
+_CARRIED_LISTS = ("phash_views", "artists", "flags")
+
+
 def run(
     deduped_path: str | Path, out: str | Path, caption: dict | None = None, tag_dictionaries: list[str] | None = None,
     cache_dir: str | Path | None = None, source_triggers: dict[str, str] | None = None,
@@ -24,22 +28,34 @@ def run(
     caption = dict(caption or {})
     settings = background.Settings.from_params(caption.pop("background", None))
     base = captions.CaptionSpec.from_params(caption)
-    specs = {name: base.for_source(word) for name, word in (source_triggers or {}).items()}
     dictionary = TagDictionary.load(tag_dictionaries or [])
-    items = manifest.read(deduped_path, schemas.DEDUPED)
+    captioner = captions.Captioner(base, dictionary)
+    captioners = {name: captions.Captioner(base.for_source(word), dictionary) for name, word in (source_triggers or {}).items()}
+    items = manifest.read(deduped_path, schemas.DEDUPED, arrow_lists=_CARRIED_LISTS)
     found = background.estimates(list(zip(items["sha256"], items["path"])), settings, cache_dir) if settings.check else {}
     columns: dict[str, list] = {k: [] for k in ("caption", "caption_tokens", "caption_over_limit", "caption_trimmed",
                                                 "background", "background_uniformity", "background_check")}
-    rows = zip(items["source"], items["sha256"], items["tags"], items["caption_override"])
-    for source, sha, tags, fixed in progress.bar(rows, total=len(items), desc="caption", unit="item"):
-        spec = specs.get(source, base)
+    rows = zip(*(items[c].to_numpy(dtype=object) for c in ("source", "sha256", "tags", "caption_override")))
+    with manifest.gc_paused():
+        _caption_rows(progress.bar(rows, total=len(items), desc="caption", unit="item"), captioner, captioners, found, settings, columns)
+    for name, values in columns.items():
+        items[name] = pd.Series(values, index=items.index, dtype=_DTYPES[name])
+    return manifest.write(items, out, schemas.CAPTIONED)
+
+
+def _caption_rows(rows, captioner: captions.Captioner, captioners: dict, found: dict, settings: background.Settings,
+                  columns: dict[str, list]) -> None:
+    """Append each (source, sha256, tags, caption override) row's caption and background columns."""
+    for source, sha, tags, fixed in rows:
+        maker = captioners.get(source, captioner)
+        spec = maker.spec
         seen = found.get(sha)
         checked = background.check(list(tags), seen, settings.on_mismatch) if seen is not None else None
         if isinstance(fixed, str):  # the override's text, as it is
             n = captions.count_tokens(fixed)
             built = captions.Caption(fixed, n, n > spec.max_tokens)
         else:
-            built = captions.build(checked.tags if checked else tags, spec, dictionary)
+            built = maker.build(checked.tags if checked else tags)
         columns["caption"].append(built.text)
         columns["caption_tokens"].append(built.tokens)
         columns["caption_over_limit"].append(built.over_limit)
@@ -47,9 +63,6 @@ def run(
         columns["background"].append(seen.name if seen else None)
         columns["background_uniformity"].append(seen.uniformity if seen else float("nan"))
         columns["background_check"].append(_verdict(checked))
-    for name, values in columns.items():
-        items[name] = pd.Series(values, index=items.index, dtype=_DTYPES[name])
-    return manifest.write(items, out, schemas.CAPTIONED)
 
 
 _DTYPES = {"caption": "str", "caption_tokens": "int64", "caption_over_limit": bool, "caption_trimmed": object,

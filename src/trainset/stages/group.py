@@ -66,16 +66,15 @@ def run(
     ``reference`` and ``stats`` files), gathered here; without them the search runs in this process."""
     cache_dir = Path(cache_dir)
     rule = neardup.Rule.from_params(near_dup, seed)
-    items = manifest.read(ingest_path, schemas.INGEST)
-    audit = manifest.read(audit_path, schemas.AUDIT)
-    merged = items.merge(
-        audit[["item_id", "decoded", "width", "height", "border_fraction", "phash_views"]], on="item_id", how="left", validate="one_to_one"
-    )
+    items = manifest.read(ingest_path, schemas.INGEST, columns=_ingest_columns(near_dup, searching=tiles is None))
+    audit_columns = ["item_id", "decoded", "width", "height", "border_fraction"] + (["phash_views"] if tiles is None else [])
+    audit = manifest.read(audit_path, schemas.AUDIT, columns=audit_columns)
+    merged = items.merge(audit, on="item_id", how="left", validate="one_to_one")
 
     ranked = neardup.preference_order(merged, near_dup)
     contents = ranked.drop_duplicates("sha256").reset_index(drop=True)  # the best copy stands for each content
-    hashed = contents[contents["phash_views"].map(len) > 0].reset_index(drop=True)
     if tiles is None:
+        hashed = contents[contents["phash_views"].map(len) > 0].reset_index(drop=True)
         # reference images are decoded first: the decode workers fork, which must happen before the
         # pair search starts numba's threads in this process
         reference_sets = reference_features(near_dup, cache_dir, threads, extensions, max_pixels)
@@ -87,26 +86,44 @@ def run(
         stats = shards.sum_stats(tiles["stats"])
     manifest.write(pairs, pairs_out, schemas.PAIRS, sort_by=["a", "b"])
 
-    position = {sha: k for k, sha in enumerate(contents["sha256"])}
-    a = pairs["a"].map(position).to_numpy(np.int64)
-    b = pairs["b"].map(position).to_numpy(np.int64)
-    rep = neardup.grow_clusters(len(contents), a, b, np.arange(len(contents)))
-    comp = neardup.components(len(contents), a, b)
-    shas = contents["sha256"].to_numpy(dtype=object)
-    comp_key = pd.Series(shas).groupby(comp).transform("min").to_numpy(dtype=object)
-    cluster_of = dict(zip(shas, shas[rep]))
-    component_of = dict(zip(shas, comp_key))
-
-    groups = merged[["item_id", "sha256"]].copy()
-    groups["cluster_key"] = groups["sha256"].map(cluster_of).astype("str")
-    groups["cluster_id"] = groups["cluster_key"].str[:16]
-    groups["cluster_size"] = groups.groupby("cluster_key")["item_id"].transform("size").astype("int64")
-    groups["component_key"] = groups["sha256"].map(component_of).astype("str")
-
+    groups = _groups(merged[["item_id", "sha256"]], contents["sha256"], pairs)
     manifest.write(refs, reference_out, schemas.REFERENCE_PAIRS, sort_by=["sha256", "reference", "reference_path"])
     stats["reference_matches"] = len(refs)
     atomic.write_text(stats_path, json.dumps(stats, indent=2, sort_keys=True) + "\n")
     return manifest.write(groups, out, schemas.GROUPS)
+
+
+# the ingest columns neardup.preference_order ranks by (the audit gives the pixels and border)
+_RANK_COLUMNS = ["item_id", "sha256", "generated", "source", "size", "sidecar", "tags"]
+
+
+def _ingest_columns(near_dup: dict, searching: bool) -> list[str]:
+    """The ingest columns grouping reads: the ranking's (with ``near_dup.quality_column`` when it
+    is an ingest column) and, for a search in this process, the paths."""
+    quality = near_dup.get("quality_column")
+    extra = [quality] if quality in schemas.INGEST.columns and quality not in _RANK_COLUMNS else []
+    return _RANK_COLUMNS + extra + (["path"] if searching else [])
+
+
+def _groups(items: pd.DataFrame, shas: pd.Series, pairs: pd.DataFrame) -> pd.DataFrame:
+    """Each item's cluster (grown around the best copy: ``shas`` come best first) and component."""
+    content_index = pd.Index(shas.to_numpy(dtype=object))
+    a, b = content_index.get_indexer(pairs["a"]), content_index.get_indexer(pairs["b"])
+    if (a < 0).any() or (b < 0).any():
+        unknown = pairs["a"][a < 0].tolist() + pairs["b"][b < 0].tolist()
+        raise ValueError(f"near-duplicate pairs name {len(unknown)} content(s) no item has, e.g. {unknown[0]!r}")
+    n = len(content_index)
+    rep = neardup.grow_clusters(n, a, b, np.arange(n))
+    comp = neardup.components(n, a, b)
+    comp_key = pd.Series(content_index.to_numpy(), dtype="str").groupby(comp).transform("min").to_numpy(dtype=object)
+    content = content_index.get_indexer(items["sha256"])
+    cluster = rep[content]
+    groups = items.copy()
+    groups["cluster_key"] = pd.Series(content_index.to_numpy()[cluster], index=items.index, dtype="str")
+    groups["cluster_id"] = groups["cluster_key"].str[:16]
+    groups["cluster_size"] = np.bincount(cluster, minlength=n)[cluster].astype("int64")
+    groups["component_key"] = pd.Series(comp_key[content], index=items.index, dtype="str")
+    return groups
 
 
 def reference_features(near_dup: dict, cache_dir: Path, threads: int, extensions, max_pixels) -> list[tuple[str, pd.DataFrame]]:

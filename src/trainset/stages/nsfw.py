@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .. import features, manifest, nsfw_model, progress, schemas
@@ -95,20 +96,15 @@ def run(
     cache_dir: str | Path,
     threads: int = 1,
 ) -> pd.DataFrame:
-    items = manifest.read(ingest_path, schemas.INGEST)
-    audited = manifest.read(audit_path, schemas.AUDIT)
-    decoded = dict(zip(audited["item_id"], audited["decoded"].astype(bool)))
-    missing = [i for i in items["item_id"] if i not in decoded]
-    if missing:
-        raise manifest.ManifestError(
-            f"{audit_path}: audit manifest lacks {len(missing)} item(s) of {ingest_path} (stale?), e.g. {missing[0]!r}"
-        )
+    items = manifest.read(ingest_path, schemas.INGEST, columns=["item_id", "sha256", "path"])
+    decoded = _decoded(items, manifest.read(audit_path, schemas.AUDIT, columns=["item_id", "decoded"]), ingest_path, audit_path)
     spec = spec_params if isinstance(spec_params, ModelSpec) else ModelSpec.from_params(spec_params)
 
-    scores: dict[str, float] = {}
+    score = np.full(len(items), math.nan)
     if spec is not None:
-        todo = [(s, p) for i, s, p in zip(items["item_id"], items["sha256"], items["path"]) if decoded[i]]
+        todo = [(s, p) for s, p, ok in zip(items["sha256"], items["path"], decoded) if ok]
         scores, _ = compute(todo, spec, ScoreCache(cache_dir, spec.digest), threads=threads)
+        score = np.array([scores.get(s, math.nan) if ok else math.nan for s, ok in zip(items["sha256"], decoded)], dtype=np.float64)
 
     if not len(items):
         df = manifest.empty(schemas.NSFW_SCORES)
@@ -116,9 +112,17 @@ def run(
         df = pd.DataFrame({
             "item_id": items["item_id"].astype("str"),
             "sha256": items["sha256"].astype("str"),
-            "nsfw_score": pd.Series(
-                [scores.get(s, math.nan) if decoded[i] else math.nan for i, s in zip(items["item_id"], items["sha256"])],
-                dtype="float64",
-            ),
+            "nsfw_score": pd.Series(score, index=items.index, dtype="float64"),
         })
     return manifest.write(df, out, schemas.NSFW_SCORES)
+
+
+def _decoded(items: pd.DataFrame, audited: pd.DataFrame, ingest_path, audit_path) -> np.ndarray:
+    """Whether the audit decoded each item (row-aligned); every item must have an audit row."""
+    row = pd.Index(audited["item_id"]).get_indexer(items["item_id"])
+    missing = items["item_id"].to_numpy(dtype=object)[row < 0]
+    if len(missing):
+        raise manifest.ManifestError(
+            f"{audit_path}: audit manifest lacks {len(missing)} item(s) of {ingest_path} (stale?), e.g. {missing[0]!r}"
+        )
+    return audited["decoded"].to_numpy(dtype=bool)[row]

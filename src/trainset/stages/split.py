@@ -11,11 +11,14 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .. import atomic, manifest, schemas
 
 _HISTORY_COLUMNS = ["item_id", "split", "component_key"]
+# carried through untouched: held as Arrow, never as Python objects
+_LIST_COLUMNS = ("tags", "artists", "phash_views", "flags", "caption_trimmed")
 
 
 class SplitError(ValueError):
@@ -34,6 +37,21 @@ def assign(component_key: str, seed: int, fractions: dict[str, float]) -> str:
     return schemas.SPLITS[-1]
 
 
+def assign_many(component_keys: pd.Series, seed: int, fractions: dict[str, float]) -> pd.Series:
+    """:func:`assign` for every key (one hash per distinct key), as a text column aligned with the keys."""
+    keys = pd.unique(component_keys.to_numpy(dtype=object))
+    prefixes = b"".join(hashlib.sha256(f"{seed}:{k}".encode()).digest()[:8] for k in keys)
+    u = np.frombuffer(prefixes, dtype=">u8").astype(np.float64) / 2**64
+    edges, edge = [], 0.0
+    for name in schemas.SPLITS:
+        edge += fractions[name]
+        edges.append(edge)
+    # the first split whose edge is above u (the last one when rounding leaves u past every edge)
+    index = np.minimum(np.searchsorted(np.array(edges), u, side="right"), len(schemas.SPLITS) - 1)
+    names = np.array(schemas.SPLITS, dtype=object)[index]
+    return pd.Series(names[pd.Index(keys).get_indexer(component_keys)], index=component_keys.index, dtype="str")
+
+
 def check_fractions(fractions: dict) -> dict[str, float]:
     try:
         out = {name: float(fractions.get(name, 0.0)) for name in schemas.SPLITS}
@@ -47,9 +65,8 @@ def check_fractions(fractions: dict) -> dict[str, float]:
 
 def run(captioned_path: str | Path, out: str | Path, moves_out: str | Path, history_path: str | Path, seed: int, fractions: dict) -> pd.DataFrame:
     fractions = check_fractions(fractions)
-    items = manifest.read(captioned_path, schemas.CAPTIONED)
-    by_key = {k: assign(k, seed, fractions) for k in items["component_key"].unique()}
-    items["split"] = items["component_key"].map(by_key).astype("str")
+    items = manifest.read(captioned_path, schemas.CAPTIONED, arrow_lists=_LIST_COLUMNS)
+    items["split"] = assign_many(items["component_key"], seed, fractions)
 
     history_path = Path(history_path)
     if history_path.exists():
