@@ -78,3 +78,26 @@ def shard_digest(w):
     shard file, so the jobs read theirs as ancient (only the jobs reading a checkpoint's files: an
     ancient input made by an ordinary rule can leave jobs unrun after a checkpoint update in Snakemake 9)."""
     return shard_index()[w.shard]["digest"]
+
+
+# conversation shards: dedup's MinHash signatures run once per shard (src/trainset/conversations/shards.py)
+CONV_SHARDS = f"{CONV}/shards"
+CONV_SHARD_INDEX = f"{CONV_SHARDS}/index.json"
+CONV_SHARD_MAP = f"{CONV}/shard-map.parquet"  # which shard each conversation content belongs to: kept across runs
+CONV_SHARDS_DEALT = ancient(f"{CONV_SHARDS}/filtered")  # as SHARDS_DEALT, for the conversations_shard checkpoint
+
+
+def conv_shard_index():
+    """shard -> {digest, items} of the filtered conversations, known once conversations_shard ran."""
+    with checkpoints.conversations_shard.get().output.index.open() as f:
+        return json.load(f)
+
+
+def conv_per_shard(pattern):
+    """Input function: the pattern filled in for every conversation shard."""
+    return lambda w: [pattern.format(shard=s) for s in sorted(conv_shard_index())]
+
+
+def conv_shard_digest(w):
+    """The digest of a conversation shard's rows: its job reruns when it changes (as shard_digest)."""
+    return conv_shard_index()[w.shard]["digest"]

@@ -1,5 +1,5 @@
-# conversations: raw -> read (one job per source) -> filtered (structure, quality gates) -> deduped
-# (exact, near, semantic; decontaminated) -> split and staged -> exported -> reported.
+# conversations: raw -> read (one job per source) -> filtered (structure, quality gates) -> signed (MinHash, one
+# job per shard) -> deduped (exact, near, semantic; decontaminated) -> split and staged -> exported -> reported.
 from trainset.conversations import readers as conv_readers
 from trainset.conversations import sources as conv_sources
 
@@ -8,6 +8,10 @@ CONV_DEMO = bool(CONV_PARAMS.get("demo", False))
 CONV_SOURCES = {s.name: s for s in conv_sources.sources_from_params(config, ".")}
 CONV_EVAL = {s.name: s for s in conv_sources.eval_sets_from_params(config, ".")}
 CONV_DEMO_PATH = "data/raw/demo_conversations"
+CONV_DEDUP = {**(CONV_PARAMS.get("dedup") or {}), "casefold": bool(CONV_PARAMS.get("casefold", True))}
+# what a signature depends on (not the thresholds: changing one re-signs nothing)
+CONV_SIGN = {"casefold": CONV_DEDUP["casefold"],
+             "near": {k: v for k, v in (CONV_DEDUP.get("near") or {}).items() if k != "threshold"}}
 
 
 def conv_files(source):
@@ -59,15 +63,48 @@ rule conversations_filter:
         "../scripts/conversations_filter.py"
 
 
+checkpoint conversations_shard:
+    input:
+        CONV_FILTERED,
+    output:
+        filtered=directory(f"{CONV_SHARDS}/filtered"),
+        index=CONV_SHARD_INDEX,
+    params:
+        map=CONV_SHARD_MAP,
+        size=SHARD["size"],
+        code=CODE,
+    script:
+        "../scripts/conversations_shard.py"
+
+
+rule conversations_sign:
+    input:
+        ancient(f"{CONV_SHARDS}/filtered/{{shard}}.parquet"),
+        checkpoint=CONV_SHARDS_DEALT,
+    output:
+        f"{CONV_SHARDS}/signatures/{{shard}}.npz",
+    params:
+        digest=conv_shard_digest,
+        dedup=CONV_SIGN,
+        code=CODE,
+    threads: SHARD_THREADS
+    resources:
+        **SHARD_RESOURCES,
+        gpu=SHARD["gpu"],  # MinHash (CuPy when a GPU is there)
+    script:
+        "../scripts/conversations_sign.py"
+
+
 rule conversations_dedup:
     input:
         kept=CONV_FILTERED,
         eval=[f"{CONV}/read/{name}.parquet" for name in CONV_EVAL],
+        signatures=conv_per_shard(f"{CONV_SHARDS}/signatures/{{shard}}.npz"),
     output:
         kept=CONV_DEDUPED,
         rejected=f"{CONV}/rejected/dedup.parquet",
     params:
-        dedup={**(CONV_PARAMS.get("dedup") or {}), "casefold": bool(CONV_PARAMS.get("casefold", True))},
+        dedup=CONV_DEDUP,
         index=CONV_INDEX,
         cache=f"{CACHE}/conversations",
         stats=f"{RUN}/conversations-dedup-stats.json",

@@ -294,3 +294,58 @@ def test_decontamination_rejects_copies_of_eval_items():
     assert rows["money-edit"].duplicate_of == "eval-money" and "held-out" in rows["money-edit"].reason
     assert "Jaccard" in rows["money-edit"].reason
     assert result.stats["by_eval_set"] == {"counsel-eval": 1, "held-out": 1}
+
+
+def _signed_ahead(tmp_path, parts, settings=SETTINGS) -> dd.Signatures:
+    """Each part signed as one shard job signs it, written and read back as dedup reads them."""
+    paths = []
+    for k, part in enumerate(parts):
+        paths.append(tmp_path / f"shard-{k}.npz")
+        dd.write_signatures(dd.sign(part, settings), paths[-1])
+    return dd.read_signatures(paths, settings)
+
+
+MIXED = [base(t) for t in QUESTIONS] + [
+    exact_copy("money", "money-copy"), near_copy("grief", "grief-edit"), conv("sleep-paraphrase", *PARAPHRASED_SLEEP)]
+
+
+def test_signatures_made_per_shard_equal_the_ones_dedup_computes(tmp_path, encoder):
+    made = _signed_ahead(tmp_path, [MIXED[:3], MIXED[3:]])
+    assert made.ids.tolist() == [c["id"] for c in MIXED] and made.values.dtype == np.uint32
+    dd.dedup(MIXED, tmp_path / "own", SETTINGS, encoder=encoder)
+    own = dd.DedupIndex.load(tmp_path / "own")
+    at = made.rows(own.items["exact"].tolist())
+    assert (at >= 0).all()
+    np.testing.assert_array_equal(made.values[at], own.signatures)
+
+
+def test_dedup_with_signatures_made_ahead_decides_and_counts_as_without(tmp_path, encoder):
+    without = dd.dedup(MIXED, tmp_path / "without", SETTINGS, encoder=encoder)
+    for name, parts in (("all", [MIXED[:4], MIXED[4:]]), ("some", [MIXED[:2]])):  # "some": the rest computed here
+        made = _signed_ahead(tmp_path / name, parts)
+        ahead = dd.dedup(MIXED, tmp_path / name / "index", SETTINGS, encoder=encoder, signatures=made)
+        assert [c["id"] for c in ahead.kept] == [c["id"] for c in without.kept]
+        assert ahead.rejected.equals(without.rejected) and ahead.stats == without.stats
+        np.testing.assert_array_equal(dd.DedupIndex.load(tmp_path / name / "index").signatures,
+                                      dd.DedupIndex.load(tmp_path / "without").signatures)
+
+
+def test_signatures_made_under_other_settings_are_not_used(tmp_path, monkeypatch):
+    other = dd.DedupSettings.from_params({"near": {"num_perm": 64}})
+    dd.write_signatures(dd.sign(MIXED, other), tmp_path / "other.npz")
+    assert len(dd.read_signatures([tmp_path / "other.npz"], SETTINGS).ids) == 0
+    made = _signed_ahead(tmp_path, [MIXED])
+    calls = []
+    real = dd._sign
+    monkeypatch.setattr(dd, "_sign", lambda texts, *a, **k: calls.append(len(texts)) or real(texts, *a, **k))
+    dd.dedup(MIXED, None, dd.DedupSettings.from_params({"semantic": {"enabled": False}}), signatures=made)
+    assert calls == []  # every signature looked up, none computed
+
+
+def test_decontamination_with_signatures_made_ahead_matches_without():
+    evals = {"heldout": [base("grief", "h-grief")]}
+    batch = [near_copy("grief", "grief-edit"), base("money"), exact_copy("grief", "grief-copy")]
+    without = dd.decontaminate(batch, evals, SETTINGS)
+    ahead = dd.decontaminate(batch, evals, SETTINGS, signatures=dd.sign(batch, SETTINGS))
+    assert set(without.rejected["id"]) == {"grief-edit", "grief-copy"}
+    assert ahead.rejected.equals(without.rejected) and ahead.stats == without.stats

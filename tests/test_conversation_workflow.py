@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from trainset import manifest, schemas
-from trainset.conversations import demo, export
+from trainset.conversations import demo, export, sources, stages
 
 from conftest import copy_workflow, set_params, snakemake
 
@@ -108,6 +110,38 @@ def test_exports_load_with_datasets_and_match_their_manifest(built: Path) -> Non
     assert sum(rows.values()) == 2 * len(kept)  # every kept conversation once in JSONL and once in Parquet
 
 
+SIGNATURES = "data/conversations/shards/signatures"
+DEDUP_OUTPUTS = ("data/conversations/deduped.parquet", "data/conversations/rejected/dedup.parquet",
+                 "data/run/conversations-dedup-stats.json")
+
+
+def _signed_ids(project: Path) -> dict[str, set[str]]:
+    """Shard -> the conversation ids its conversations_sign job wrote signatures for."""
+    out = {}
+    for path in sorted((project / SIGNATURES).glob("*.npz")):
+        with np.load(path) as saved:
+            out[path.stem] = set(saved["ids"].tolist())
+    return out
+
+
+def test_signatures_are_made_per_shard_and_dedup_decides_as_without_them(built: Path, tmp_path: Path) -> None:
+    shards = _json(built, "data/conversations/shards/index.json")
+    signed = _signed_ids(built)
+    assert sorted(signed) == sorted(shards) and shards
+    filtered = manifest.read(built / "data/conversations/filtered.parquet", schemas.CONVERSATIONS_KEPT)
+    assert set().union(*signed.values()) == set(filtered["id"])
+    # the dedup stage run alone, computing every signature itself on a fresh index: the same bytes
+    params = yaml.safe_load((built / "params.yaml").read_text())
+    conv = params["conversations"]
+    evals = [built / f"data/conversations/read/{s.name}.parquet" for s in sources.eval_sets_from_params(params, built)]
+    alone = {rel: tmp_path / Path(rel).name for rel in DEDUP_OUTPUTS}
+    stages.deduplicate(built / "data/conversations/filtered.parquet", evals, *list(alone.values())[:2],
+                       {**(conv.get("dedup") or {}), "casefold": bool(conv.get("casefold", True))}, tmp_path / "index",
+                       built / "data/cache/conversations", list(alone.values())[2])
+    for rel, path in alone.items():
+        assert path.read_bytes() == (built / rel).read_bytes(), rel
+
+
 def test_rerun_does_nothing(built: Path) -> None:
     proc = _build(built)
     assert NOTHING in proc.stdout + proc.stderr
@@ -134,8 +168,10 @@ def test_a_new_batch_costs_only_its_own_items_and_edge_cases_bypass_only_in_thei
                              "shoulder, hold for twenty seconds, then switch sides. Stop if it hurts.")},
     ])
     assert first.exists()
-    set_params(project, conversations__sources=[{"name": "mine", "path": str(folder), "shape": "openai", "license": "CC0-1.0"}])
+    set_params(project, conversations__sources=[{"name": "mine", "path": str(folder), "shape": "openai", "license": "CC0-1.0"}],
+               shards__size=10)
     _build(project)
+    signed_first = {p.stem: p.stat().st_mtime_ns for p in (project / SIGNATURES).glob("*.npz")}
     dedup_first = _json(project, "data/run/conversations-dedup-stats.json")
     filter_first = _json(project, "data/run/conversations-filter-stats.json")
     assert filter_first["scores_reused"] == 0
@@ -156,6 +192,11 @@ def test_a_new_batch_costs_only_its_own_items_and_edge_cases_bypass_only_in_thei
     assert filter_second["scored"] == 1 and filter_second["scores_reused"] == filter_first["read"] + 2
     assert dedup_second["new"] == 2 and dedup_second["signatures_computed"] == 2  # c3 never reaches dedup
     assert dedup_second["known"] == dedup_first["conversations"]
+    # only the shard(s) the new conversations landed in were signed again; full shards' jobs stayed done
+    signed = _signed_ids(project)
+    landed = {shard for shard, ids in signed.items() if ids & {"mine:part-2.jsonl:c1", "mine:part-2.jsonl:c2"}}
+    resigned = {p.stem for p in (project / SIGNATURES).glob("*.npz") if p.stat().st_mtime_ns != signed_first.get(p.stem)}
+    assert landed and resigned == landed and len(signed) > len(landed) + 1
     rejected = _rejected(project)
     assert rejected.at["mine:part-2.jsonl:c2", "rule"] == "exact"
     assert rejected.at["mine:part-2.jsonl:c2", "duplicate_of"] == "demo_general:g09"

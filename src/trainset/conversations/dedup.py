@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from .. import kernels, similarity
-from ..atomic import atomic_dir
+from ..atomic import atomic_dir, atomic_file
 from ..kernels import Backend
 from . import minhash
 from .canonical import canonical_text
@@ -138,9 +138,78 @@ def _prepare(conversations: list[dict], casefold: bool) -> _Prepared:
     return _Prepared(ids, shas, exact, texts)
 
 
-def _sign(texts: list[str], settings: DedupSettings, be: Backend | None) -> np.ndarray:
+def _sign(texts: list[str], settings: DedupSettings, be: Backend | None, threads: int | None = None) -> np.ndarray:
     near = settings.near
-    return minhash.signatures(texts, near.shingle, near.num_perm, near.seed, near.scheme, be=be)
+    return minhash.signatures(texts, near.shingle, near.num_perm, near.seed, near.scheme, be=be, threads=threads)
+
+
+# --- signatures made ahead (one Snakemake job per shard) -------------------------------------
+
+
+class Signatures(NamedTuple):
+    """MinHash signatures by exact key (canonical SHA-256): a conversation's signature depends only on
+    its canonical text and :meth:`DedupSettings.signature_key`, so signatures made ahead, per shard,
+    stand in for the ones dedup would compute."""
+
+    ids: np.ndarray    # str: the conversation each row was made for
+    exact: np.ndarray  # str: the canonical SHA-256 it is looked up by
+    values: np.ndarray  # (n, num_perm) uint32
+    key: dict
+
+    @classmethod
+    def empty(cls, settings: DedupSettings) -> Signatures:
+        return cls(np.zeros(0, dtype=str), np.zeros(0, dtype=str), np.zeros((0, settings.near.num_perm), np.uint32),
+                   settings.signature_key())
+
+    def rows(self, exact_keys: list[str]) -> np.ndarray:
+        """Each key's row here, -1 where there is none."""
+        at = {key: k for k, key in enumerate(self.exact.tolist())}
+        return np.fromiter((at.get(key, -1) for key in exact_keys), dtype=np.int64, count=len(exact_keys))
+
+
+def sign(conversations: list[dict], settings: DedupSettings, be: Backend | None = None,
+         threads: int | None = None) -> Signatures:
+    """The signatures dedup and decontamination would compute for ``conversations``."""
+    batch = _prepare(conversations, settings.casefold)
+    values = _sign(batch.texts, settings, be, threads) if batch.texts else Signatures.empty(settings).values
+    return Signatures(np.array(batch.ids, dtype=str), np.array(batch.exact, dtype=str), values, settings.signature_key())
+
+
+def write_signatures(signatures: Signatures, out: str | Path) -> None:
+    """An ``.npz`` of :class:`Signatures` (no pickled objects: it loads anywhere)."""
+    with atomic_file(out) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, ids=signatures.ids.astype(str), exact=signatures.exact.astype(str), values=signatures.values,
+                 key=np.array(json.dumps(signatures.key, sort_keys=True)))
+
+
+def read_signatures(paths: Iterable[str | Path], settings: DedupSettings) -> Signatures:
+    """The signatures of :func:`write_signatures` files made under ``settings``' signature key, in one
+    table; a file made under other settings is skipped (what it held is computed again)."""
+    key = json.dumps(settings.signature_key(), sort_keys=True)
+    parts = [Signatures.empty(settings)]
+    for path in paths:
+        with np.load(path) as saved:
+            if str(saved["key"]) != key:
+                log.warning("%s: signatures made under %s, not %s: not used", path, saved["key"], key)
+                continue
+            parts.append(Signatures(saved["ids"], saved["exact"], saved["values"], settings.signature_key()))
+    return Signatures(*(np.concatenate([getattr(p, name) for p in parts]) for name in ("ids", "exact", "values")),
+                      settings.signature_key())
+
+
+def _signatures_of(exact_keys: list[str], texts: list[str], settings: DedupSettings, be: Backend | None,
+                   made: Signatures | None) -> tuple[np.ndarray, int]:
+    """Signatures of the texts, taken from ``made`` where it has them and computed for the rest;
+    also how many were taken."""
+    out = np.zeros((len(texts), settings.near.num_perm), dtype=np.uint32)
+    at = made.rows(exact_keys) if made is not None else np.full(len(texts), -1, dtype=np.int64)
+    found = at >= 0
+    if found.any():
+        out[found] = made.values[at[found]]
+    missing = np.flatnonzero(~found)
+    if len(missing):
+        out[missing] = _sign([texts[k] for k in missing], settings, be)
+    return out, int(found.sum())
 
 
 # --- the index -------------------------------------------------------------------------------
@@ -260,11 +329,14 @@ def _apply_keys(index: DedupIndex, settings: DedupSettings, embedding_key: str |
         index.embedding_key = embedding_key
 
 
-def _fill_signatures(index: DedupIndex, settings: DedupSettings, be: Backend | None) -> int:
+def _fill_signatures(index: DedupIndex, settings: DedupSettings, be: Backend | None, made: Signatures | None) -> int:
+    """Sign the index's unsigned rows (from ``made`` where it has them); returns how many."""
     todo = np.flatnonzero(~index.items["signed"].to_numpy(dtype=bool))
     if len(todo):
-        index.signatures[todo] = _sign(index.items["text"].iloc[todo].tolist(), settings, be)
+        items = index.items.iloc[todo]
+        index.signatures[todo], taken = _signatures_of(items["exact"].tolist(), items["text"].tolist(), settings, be, made)
         index.items.loc[todo, "signed"] = True
+        log.info("dedup: %d signatures made ahead, %d computed here", taken, len(todo) - taken)
     return len(todo)
 
 
@@ -368,16 +440,18 @@ class DedupResult(NamedTuple):
 
 
 def dedup(conversations: list[dict], index_dir: str | Path | None, settings: DedupSettings | None = None,
-          encoder=None, be: Backend | None = None) -> DedupResult:
+          encoder=None, be: Backend | None = None, signatures: Signatures | None = None) -> DedupResult:
     """Keep the first copy of each conversation, checked against every conversation in the index at
     ``index_dir`` (None: no index, this batch alone) and earlier ones in the batch; the index is
     updated (written only when something changed).
 
     ``encoder``: anything with ``encode(texts) -> (n, d) unit float32 rows`` (default: a
     :class:`~trainset.conversations.embed.TextEncoder`), used only for conversations never embedded.
+    ``signatures``: MinHash signatures made ahead (:func:`sign`, per shard), used for the
+    conversations the index has no signature of; the others are computed here.
     Returns the kept conversations (input order), the rejected table (:data:`REJECTED_COLUMNS`) and
-    stats: counts per rule, new / known / changed conversations, signatures and embeddings computed
-    versus reused from the index.
+    stats: counts per rule, new / known / changed conversations, signatures (made ahead or here) and
+    embeddings computed versus reused from the index.
     """
     settings = settings or DedupSettings()
     batch = _prepare(conversations, settings.casefold)
@@ -389,7 +463,7 @@ def dedup(conversations: list[dict], index_dir: str | Path | None, settings: Ded
     work = {"signatures": 0, "embeddings": 0}
     if settings.near.enabled:
         stats["signatures_reused"] = int(index.items["signed"].to_numpy(dtype=bool)[rows].sum())
-        work["signatures"] = stats["signatures_computed"] = _fill_signatures(index, settings, be)
+        work["signatures"] = stats["signatures_computed"] = _fill_signatures(index, settings, be, signatures)
     if settings.semantic.enabled:
         stats["embeddings_reused"] = int(index.items["embedded"].to_numpy(dtype=bool)[rows].sum())
         encoder = encoder if encoder is not None else _default_encoder()
@@ -446,11 +520,11 @@ def _split(conversations: list[dict], index: DedupIndex, rows: np.ndarray) -> tu
 
 
 def decontaminate(conversations: list[dict], eval_sets: dict[str, Iterable[dict]], settings: DedupSettings | None = None,
-                  be: Backend | None = None) -> DedupResult:
+                  be: Backend | None = None, signatures: Signatures | None = None) -> DedupResult:
     """Reject conversations equal (canonical SHA-256) or near-duplicate (MinHash, ``near.threshold``)
     to any item of any evaluation set, so no evaluation item leaks into training. Rule
     ``contaminates``; the reason names the set and the item (the first set, then the first item,
-    that matches; exact matches before near ones)."""
+    that matches; exact matches before near ones). ``signatures``: as for :func:`dedup`."""
     settings = settings or DedupSettings()
     batch = _prepare(conversations, settings.casefold)
     names, items = [], []
@@ -469,7 +543,8 @@ def decontaminate(conversations: list[dict], eval_sets: dict[str, Iterable[dict]
             found[k] = (e, f"equals {evals.ids[e]} of eval set {names[e]} (same canonical SHA-256)")
     if settings.near.enabled and items and conversations:
         t = settings.near.threshold
-        qi, ej, score = minhash.near_pairs(_sign(batch.texts, settings, be), t, base=_sign(evals.texts, settings, be))
+        signed, _ = _signatures_of(batch.exact, batch.texts, settings, be, signatures)
+        qi, ej, score = minhash.near_pairs(signed, t, base=_sign(evals.texts, settings, be))
         for k, e, s in sorted(zip(qi.tolist(), ej.tolist(), score.tolist())):
             if k not in found:
                 found[k] = (e, f"near duplicate of {evals.ids[e]} of eval set {names[e]}: estimated Jaccard {s:.3f} >= {t}")

@@ -66,17 +66,17 @@ def shingle_hashes(shingle_lists: Sequence[Sequence[bytes]], method: str = "numb
 
 
 def signatures_of_shingles(shingle_lists: Sequence[Sequence[bytes]], num_perm: int = 128, seed: int = 1,
-                           scheme: str = "affine32", be: Backend | None = None) -> np.ndarray:
+                           scheme: str = "affine32", be: Backend | None = None, threads: int | None = None) -> np.ndarray:
     """``(docs, num_perm)`` uint32: ``MinHash(num_perm, seed, scheme=scheme).update_batch(shingles)``
-    of each document."""
+    of each document (``threads``: the CPU kernel's, None: numba's default)."""
     hashes, offsets = shingle_hashes(shingle_lists)
-    return kernels.minhash_signatures(hashes, offsets, num_perm, seed, scheme, be=be)
+    return kernels.minhash_signatures(hashes, offsets, num_perm, seed, scheme, be=be, threads=threads)
 
 
 def signatures(texts: Sequence[str], shingle: int = 5, num_perm: int = 128, seed: int = 1,
-               scheme: str = "affine32", be: Backend | None = None) -> np.ndarray:
+               scheme: str = "affine32", be: Backend | None = None, threads: int | None = None) -> np.ndarray:
     """Signatures of texts (already in canonical form: :func:`conversation_text`)."""
-    return signatures_of_shingles([shingles(t, shingle) for t in texts], num_perm, seed, scheme, be)
+    return signatures_of_shingles([shingles(t, shingle) for t in texts], num_perm, seed, scheme, be, threads)
 
 
 def is_empty(sigs: np.ndarray) -> np.ndarray:

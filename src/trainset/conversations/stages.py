@@ -163,13 +163,16 @@ def export(split_path: str | Path, stages_path: str | Path, scores_path: str | P
 
 
 def deduplicate(kept_path: str | Path, eval_paths: list[str | Path], out: str | Path, rejected_out: str | Path,
-                dedup_params: dict, index_dir: str | Path, cache_dir: str | Path, stats_out: str | Path | None = None) -> dict:
+                dedup_params: dict, index_dir: str | Path, cache_dir: str | Path, stats_out: str | Path | None = None,
+                signature_paths: list[str | Path] = ()) -> dict:
     """Drop conversations that repeat an evaluation item, then exact, near and semantic duplicates of
-    anything the persisted index has seen (the earliest seen is kept)."""
+    anything the persisted index has seen (the earliest seen is kept). ``signature_paths``: the
+    shards' MinHash signatures (:func:`sign_shard`); what they lack is computed here."""
     from . import dedup
     from .embed import TextEncoder
 
     settings = dedup.DedupSettings.from_params(dedup_params)
+    made = dedup.read_signatures(signature_paths, settings) if settings.near.enabled else None
     df = manifest.read(kept_path, schemas.CONVERSATIONS_KEPT)
     records = to_records(df)
     eval_sets = {}
@@ -177,10 +180,10 @@ def deduplicate(kept_path: str | Path, eval_paths: list[str | Path], out: str | 
         frame = manifest.read(path, schemas.CONVERSATIONS)
         if len(frame):
             eval_sets[str(frame["source"].iloc[0])] = to_records(frame)
-    clean = dedup.decontaminate(records, eval_sets, settings) if eval_sets else None
+    clean = dedup.decontaminate(records, eval_sets, settings, signatures=made) if eval_sets else None
     survivors = clean.kept if clean else records
     encoder = TextEncoder(Path(cache_dir) / "embeddings") if settings.semantic.enabled else None
-    result = dedup.dedup(survivors, index_dir, settings, encoder=encoder)
+    result = dedup.dedup(survivors, index_dir, settings, encoder=encoder, signatures=made)
     by_id = df.set_index("id", drop=False)
     gone = []
     for part, stage in ((clean.rejected if clean else None, "decontaminate"), (result.rejected, "dedup")):
@@ -197,6 +200,28 @@ def deduplicate(kept_path: str | Path, eval_paths: list[str | Path], out: str | 
         write_json(stats_out, stats)
     log.info("dedup: %s", stats)
     return stats
+
+
+def deal_shards(kept_path: str | Path, out_dir: str | Path, index_path: str | Path, map_path: str | Path, size: int) -> dict:
+    """The filtered conversations in stable shards, one manifest each, and their index (see
+    :mod:`trainset.conversations.shards`)."""
+    from . import shards
+
+    df = manifest.read(kept_path, schemas.CONVERSATIONS_KEPT)
+    return shards.deal(df, out_dir, index_path, map_path, size,
+                       write=lambda rows, path: manifest.write(rows, path, schemas.CONVERSATIONS_KEPT, sort_by="id"))
+
+
+def sign_shard(shard_path: str | Path, out: str | Path, dedup_params: dict, threads: int | None = None) -> int:
+    """One shard's MinHash signatures, as dedup would compute them, for dedup to look up."""
+    from . import dedup
+
+    settings = dedup.DedupSettings.from_params(dedup_params)
+    records = to_records(manifest.read(shard_path, schemas.CONVERSATIONS_KEPT))
+    signatures = dedup.sign(records, settings, threads=threads) if settings.near.enabled else dedup.Signatures.empty(settings)
+    dedup.write_signatures(signatures, out)
+    log.info("%s: %d signatures", shard_path, len(signatures.ids))
+    return len(signatures.ids)
 
 
 def to_records(df: pd.DataFrame) -> list[dict]:
