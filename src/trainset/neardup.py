@@ -397,6 +397,13 @@ def components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 # --- which copy to keep ------------------------------------------------------------------------------
 
+def _list_lengths(values: pd.Series) -> pd.Series:
+    """Entries of each list, whether held as Python lists or as Arrow (a stage that only carries them)."""
+    if isinstance(values.dtype, pd.ArrowDtype):
+        return values.list.len().fillna(0).astype(np.int64)
+    return values.map(len).astype(np.int64)
+
+
 def preference_order(items: pd.DataFrame, near_dup: dict | None = None) -> pd.DataFrame:
     """``items`` sorted so the copy to keep comes first, by ``near_dup.keep`` (default: an
     original over a generated copy, then an unpadded copy over a padded one (a uniform border of
@@ -418,7 +425,7 @@ def preference_order(items: pd.DataFrame, near_dup: dict | None = None) -> pd.Da
         "source_priority": items["source"].map(priority).fillna(len(priority)),
         "file_size": -items["size"].astype(np.int64),
         "sidecar": items["sidecar"].isna(),
-        "tags": -items["tags"].map(len),
+        "tags": -_list_lengths(items["tags"]),
     }
     if quality and quality not in items:
         raise ConfigError(f"params.yaml: near_dup.quality_column {quality!r} is not an item column")

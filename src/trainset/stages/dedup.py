@@ -45,7 +45,7 @@ def _reference_hits(items: pd.DataFrame, refs: pd.DataFrame, near_dup: dict) -> 
 
 
 # list columns only passed on: held as Arrow, never as Python objects
-_CARRIED_LISTS = ("phash_views", "artists")
+_CARRIED_LISTS = ("phash_views", "artists", "tags")
 # what neardup.preference_order ranks by (besides near_dup.quality_column)
 _RANK_COLUMNS = ["item_id", "sha256", "generated", "border_fraction", "width", "height", "source", "size", "sidecar", "tags"]
 
