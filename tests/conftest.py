@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from filelock import FileLock
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW_FILES = ("Snakefile", "params.yaml", "dvc.yaml", "takedown.txt", "rules", "scripts", "src")
@@ -100,12 +101,29 @@ def digests(project: Path) -> dict[str, str]:
     return out
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """``build(project)`` run once per test session, even across pytest-xdist workers: the first to come
+    builds under a file lock in the session's shared temporary folder, the others wait and reuse it."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # every worker's basetemp sits in the one folder of this run
+    root = base / f"shared-{name}"
+    with FileLock(f"{root}.lock"):
+        done = root / "built"
+        if not done.exists():
+            shutil.rmtree(root, ignore_errors=True)
+            project = copy_workflow(root / "project")
+            build(project)
+            done.touch()
+    return root / "project"
+
+
 @pytest.fixture(scope="session")
 def built_demo(tmp_path_factory) -> Path:
-    """The whole workflow (images and conversations) built once on the demo data, shared by the end-to-end tests."""
-    project = copy_workflow(tmp_path_factory.mktemp("demo") / "project")
-    snakemake(project)
-    return project
+    """The whole workflow (images and conversations) built once on the demo data, shared by the end-to-end
+    tests. Read-only: a test that changes it works on a copy, and a Snakemake run there takes no lock
+    (--nolock), so that a copy made meanwhile is not locked."""
+    return built_once(tmp_path_factory, "demo", snakemake)
 
 
 def init_repo(project: Path) -> None:
@@ -118,13 +136,23 @@ def init_repo(project: Path) -> None:
     run(["git", "commit", "-qm", "workflow"], project)
 
 
-@pytest.fixture(scope="session")
-def dvc_first(tmp_path_factory) -> Path:
-    """The demo built once by `dvc repro` in a git + DVC repository (shared by the DVC and S3 tests)."""
-    project = copy_workflow(tmp_path_factory.mktemp("dvc_first") / "project")
+def _dvc_repro(project: Path) -> None:
     init_repo(project)
     run(["dvc", "repro"], project)
-    return project
+    shutil.copytree(project, project.parent / "for-remote", symlinks=True)
+
+
+@pytest.fixture(scope="session")
+def dvc_first(tmp_path_factory) -> Path:
+    """The demo built once by `dvc repro` in a git + DVC repository (the DVC tests')."""
+    return built_once(tmp_path_factory, "dvc_first", _dvc_repro)
+
+
+@pytest.fixture(scope="session")
+def dvc_first_copy(tmp_path_factory) -> Path:
+    """A copy of `dvc_first`, made before any test ran there (the S3 remote tests', run meanwhile on
+    another pytest-xdist worker)."""
+    return built_once(tmp_path_factory, "dvc_first", _dvc_repro).parent / "for-remote"
 
 
 def set_params(project: Path, **changes) -> dict:
@@ -143,6 +171,16 @@ def set_params(project: Path, **changes) -> dict:
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     return copy_workflow(tmp_path / "project")
+
+
+def pytest_collection_modifyitems(items):
+    """Modules with long builds first (the end-to-end ones, then those of the shared builds), so that
+    the pytest-xdist workers (`--dist loadfile`: a module's tests on one) finish together."""
+    cost = {}
+    for item in items:
+        rank = 0 if item.get_closest_marker("e2e") else 1 if {"built_demo", "dvc_first", "dvc_first_copy"} & set(item.fixturenames) else 2
+        cost[item.path] = min(cost.get(item.path, 2), rank)
+    items.sort(key=lambda item: cost[item.path])
 
 
 def pytest_sessionfinish(session, exitstatus):

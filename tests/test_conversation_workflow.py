@@ -19,8 +19,8 @@ NOTHING = "Nothing to be done"
 TARGETS = ("data/export-conversations", "data/report/conversations-report.md", "data/report/conversations-metrics.json")
 
 
-def _build(project: Path):
-    return snakemake(project, *TARGETS)
+def _build(project: Path, *options: str):
+    return snakemake(project, *TARGETS, *options)
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +143,7 @@ def test_signatures_are_made_per_shard_and_dedup_decides_as_without_them(built: 
 
 
 def test_rerun_does_nothing(built: Path) -> None:
-    proc = _build(built)
+    proc = _build(built, "--nolock")  # the shared build: other tests may be copying it meanwhile
     assert NOTHING in proc.stdout + proc.stderr
 
 

@@ -7,7 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
-from conftest import copy_workflow, digests, init_repo, run, snakemake
+from conftest import digests, init_repo, run, snakemake
 from trainset import distributions
 
 CLEAN = "Data and pipelines are up to date."
@@ -26,10 +26,10 @@ def test_dvc_repro_then_snakemake_does_nothing(dvc_first: Path) -> None:
     assert "Running stage" not in again
 
 
-def test_snakemake_then_dvc_repro_rebuilds_nothing(dvc_first: Path, tmp_path: Path) -> None:
-    project = copy_workflow(tmp_path / "project")
+def test_snakemake_then_dvc_repro_rebuilds_nothing(dvc_first: Path, built_demo: Path, tmp_path: Path) -> None:
+    """On a copy of the Snakemake build, made a git + DVC repository."""
+    project = shutil.copytree(built_demo, tmp_path / "project", symlinks=True)
     init_repo(project)
-    snakemake(project)
     audit_mtime = (project / "data/manifests/audit.parquet").stat().st_mtime_ns
     proc = run(["dvc", "repro"], project)
     out = proc.stdout + proc.stderr

@@ -50,10 +50,10 @@ def s3_endpoint():
 
 
 @pytest.fixture(scope="module")
-def pushed(dvc_first: Path, s3_endpoint) -> Path:
-    """The demo built with `dvc repro` (the DVC tests' build), the remote configured and committed, and pushed."""
+def pushed(dvc_first_copy: Path, s3_endpoint) -> Path:
+    """The demo built with `dvc repro` (a copy of the DVC tests' build), the remote configured and committed, and pushed."""
     endpoint, _ = s3_endpoint
-    project = dvc_first
+    project = dvc_first_copy
     run(["dvc", "remote", "add", "-d", "store", f"s3://{BUCKET}/{PREFIX}"], project)
     run(["dvc", "remote", "modify", "store", "endpointurl", endpoint], project)
     set_credentials(project)

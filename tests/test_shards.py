@@ -1,19 +1,16 @@
-"""Shards: stable assignment, per-shard manifests, the tiled pair search equal to the whole search,
-and the workflow sharded (small shards) equal to the unsharded build, rerunning only the shard a
-new image lands in."""
+"""Shards: stable assignment, per-shard manifests, and the tiled pair search equal to the whole search.
+The workflow in small shards (equal to the unsharded build, rerunning only the shard a new image lands
+in) is tested on the build through SLURM (tests/test_slurm.py)."""
 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 
-from conftest import copy_workflow, set_params, snakemake
 from stage_helpers import item_row
 from trainset import manifest, neardup, schemas, shards, views
 from trainset.stages import pairs as pair_stage
@@ -140,56 +137,6 @@ def test_sum_stats_adds_numbers_and_keeps_labels(tmp_path: Path) -> None:
                                {"items": 5, "backend": "cupy", "search": {"contents": 4}}]):
         (tmp_path / f"{k}.json").write_text(json.dumps(stats))
     assert shards.sum_stats(sorted(tmp_path.glob("*.json"))) == {"items": 7, "backend": "numpy", "search": {"contents": 7, "model": "m"}}
-
-
-# --- the workflow ---------------------------------------------------------------------------------
-
-MAIN_MANIFESTS = ("ingest", "audit", "pairs", "groups", "reference_pairs", "filtered", "deduped", "clusters",
-                  "captioned", "split", "rejected")
-
-
-def _jobs(log: str, rule: str) -> list[str]:
-    """The shards a per-shard rule ran for, from Snakemake's log."""
-    return sorted(re.findall(rf"rule {rule}:\n(?:    .*\n)*?    wildcards: shard=(\d+)", log))
-
-
-@pytest.mark.e2e
-def test_small_shards_build_the_same_manifests_and_a_new_image_reruns_one_shard(built_demo: Path, tmp_path: Path) -> None:
-    project = copy_workflow(tmp_path / "project")
-    set_params(project, shards__size=7)
-    snakemake(project, "data/export", "data/manifests/rejected.parquet")
-    index = shards.read_index(project / "data/manifests/shards/index.json")
-    assert len(index) == 4 and [v["contents"] for v in index.values()][:3] == [7, 7, 7]
-    for name in MAIN_MANIFESTS:
-        path = f"data/manifests/{name}.parquet"
-        assert (project / path).read_bytes() == (built_demo / path).read_bytes(), path
-    for path in sorted((built_demo / "data/export").rglob("*")):
-        if path.is_file() and path.name != "manifest.json":
-            assert (project / path.relative_to(built_demo)).read_bytes() == path.read_bytes(), path
-
-    # a shrunk copy of a kept demo image, from a new source: it lands in the last shard, which had room
-    kept = manifest.read(project / "data/manifests/split.parquet", schemas.SPLIT)
-    original = kept[kept["source"] == "demo"].iloc[0]
-    extra = tmp_path / "extra"
-    extra.mkdir()
-    with Image.open(original["path"] if Path(original["path"]).is_absolute() else project / original["path"]) as im:
-        im.convert("RGB").resize((im.width * 9 // 10, im.height * 9 // 10)).save(extra / "copy.png")
-    params = set_params(project, shards__size=7)
-    params["sources"] = [{"name": "extra", "kind": "image_folder", "path": str(extra), "license": "CC0-1.0"}]
-    set_params(project, sources=params["sources"])
-    proc = snakemake(project, "data/export", "data/manifests/rejected.parquet")
-    log = proc.stdout + proc.stderr
-    assert _jobs(log, "audit_shard") == ["00003"]
-    assert _jobs(log, "embed_shard") == ["00003"]
-    assert _jobs(log, "pairs_shard") == ["00003"], "only the tile of the shard that changed"
-
-    ingest = manifest.read(project / "data/manifests/ingest.parquet", schemas.INGEST)
-    new_sha = ingest.loc[ingest["source"] == "extra", "sha256"].iloc[0]
-    found = manifest.read(project / "data/manifests/pairs.parquet", schemas.PAIRS)
-    assert {new_sha, original["sha256"]} in [{a, b} for a, b in zip(found["a"], found["b"])]
-    split = manifest.read(project / "data/manifests/split.parquet", schemas.SPLIT)
-    rejected = manifest.read(project / "data/manifests/rejected.parquet", schemas.REJECTED)
-    assert sorted([*split["item_id"], *rejected["item_id"]]) == sorted(ingest["item_id"]), "every item kept or rejected, once"
 
 
 def test_hashed_views_reads_distinct_decoded_contents(tmp_path: Path) -> None:

@@ -1,18 +1,22 @@
 """The demo workflow through a real SLURM cluster: one node on localhost (tests/slurm_cluster.py, Debian's
-slurm-wlm and munge), driven by `snakemake --profile profiles/slurm`. Every job Snakemake runs (all but the
-`all` target) is an sbatch job that SLURM records as COMPLETED, and the outputs equal a local build's byte
-for byte."""
+slurm-wlm and munge), driven by `snakemake --profile profiles/slurm`, in small shards (7 contents). Every
+job Snakemake runs (all but the `all` target) is an sbatch job that SLURM records as COMPLETED; the
+outputs equal the unsharded local build's byte for byte; and a new image reruns only the shard it lands
+in."""
 
 from __future__ import annotations
 
 import re
+import shutil
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 import slurm_cluster
-from conftest import REPO, copy_workflow, digests, snakemake
+from conftest import REPO, copy_workflow, digests, set_params, snakemake
+from trainset import manifest, schemas, shards
 
 pytestmark = pytest.mark.e2e
 
@@ -43,8 +47,17 @@ def submitted(log: str) -> dict[str, str]:
     return dict(re.findall(r"submitted with SLURM jobid (\d+) \(log: \S*/slurm_logs/rule_(\w+)/", log))
 
 
-def test_demo_through_slurm_equals_the_local_build(slurm, built_demo: Path, tmp_path: Path) -> None:
-    project = copy_workflow(tmp_path / "project")
+SHARD_SIZE = 7  # the demo's distinct contents in four shards, the last with room to spare
+SHARDING = ("data/manifests/shards/", "data/manifests/shard-map.parquet")  # how the contents were dealt out
+MAIN_MANIFESTS = ("ingest", "audit", "pairs", "groups", "reference_pairs", "filtered", "deduped", "clusters",
+                  "captioned", "split", "rejected")
+
+
+@pytest.fixture(scope="module")
+def slurm_build(slurm, tmp_path_factory) -> tuple[Path, str]:
+    """The whole demo built through the cluster in small shards: (project, Snakemake's output)."""
+    project = copy_workflow(tmp_path_factory.mktemp("slurm_build") / "project")
+    set_params(project, shards__size=SHARD_SIZE)
     proc = snakemake(
         project,
         "--profile", str(REPO / "profiles" / "slurm"),
@@ -53,17 +66,22 @@ def test_demo_through_slurm_equals_the_local_build(slurm, built_demo: Path, tmp_
         # moment a CPU frees, while the plugin only notices a job ended at its next status query.
         "--default-resources", f"mem_mb={slurm.memory_mb // slurm.cpus}", "runtime=30",
         "--jobs", str(2 * slurm.cpus),
-        # no accounting database: squeue, not sacct, answers the status queries; the plugin queries 2 s
-        # after a job ended (default 40), then 10 s later each time nothing ended
+        # no accounting database: squeue, not sacct, answers the status queries; the plugin queries 1 s
+        # after a job ended (default 40, the least it takes), then 10 s later each time nothing ended
         "--slurm-status-command", "squeue",
-        "--slurm-init-seconds-before-status-checks", "2",
+        "--slurm-init-seconds-before-status-checks", "1",
     )
-    log = proc.stdout + proc.stderr
+    return project, proc.stdout + proc.stderr
+
+
+def test_every_job_ran_as_a_completed_slurm_job(slurm, slurm_build) -> None:
+    _, log = slurm_build
     run_id = re.search(r"SLURM run ID: (\S+)", log).group(1)
 
     expected = finished_jobs(log)
     assert expected.pop("all") == 1  # the target: no job of its own
     assert {"shard", "audit_shard", "embed_shard", "pairs_shard", "group"} <= set(expected)
+    assert expected["audit_shard"] == expected["embed_shard"] == expected["pairs_shard"] == 4  # one per shard
     by_job = submitted(log)
     assert Counter(by_job.values()) == expected, "every job that ran was submitted to SLURM, none ran locally"
 
@@ -78,6 +96,49 @@ def test_demo_through_slurm_equals_the_local_build(slurm, built_demo: Path, tmp_
     assert sorted(job["JobId"] for job in finished) == sorted(by_job), "one completion record per job"
     assert {(job["JobState"], job["ExitCode"]) for job in finished} == {("COMPLETED", "0:0")}
 
-    local = digests(built_demo)
+
+def test_small_shards_through_slurm_equal_the_unsharded_local_build(slurm_build, built_demo: Path) -> None:
+    project, _ = slurm_build
+    index = shards.read_index(project / "data/manifests/shards/index.json")
+    assert len(index) == 4 and [v["contents"] for v in index.values()][:3] == [SHARD_SIZE] * 3
+    assert len(shards.read_index(built_demo / "data/manifests/shards/index.json")) == 1
+
+    local = {k: v for k, v in digests(built_demo).items() if not k.startswith(SHARDING)}
     assert len(local) > 50
-    assert digests(project) == local
+    assert {f"data/manifests/{name}.parquet" for name in MAIN_MANIFESTS} <= local.keys()
+    assert any(k.startswith("data/export/") for k in local) and any(k.startswith("data/export-conversations/") for k in local)
+    assert {k: v for k, v in digests(project).items() if not k.startswith(SHARDING)} == local
+
+
+def _jobs(log: str, rule: str) -> list[str]:
+    """The shards a per-shard rule ran for, from Snakemake's log."""
+    return sorted(re.findall(rf"rule {rule}:\n(?:    .*\n)*?    wildcards: shard=(\d+)", log))
+
+
+def test_a_new_image_reruns_only_the_shard_it_lands_in(slurm_build, tmp_path: Path) -> None:
+    """On a copy of the sharded build, locally: only the last shard, which had room, is audited,
+    embedded and searched again."""
+    project = shutil.copytree(slurm_build[0], tmp_path / "project", symlinks=True)
+    # a shrunk copy of a kept demo image, from a new source: it lands in the last shard, which had room
+    kept = manifest.read(project / "data/manifests/split.parquet", schemas.SPLIT)
+    original = kept[kept["source"] == "demo"].iloc[0]
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    with Image.open(original["path"] if Path(original["path"]).is_absolute() else project / original["path"]) as im:
+        im.convert("RGB").resize((im.width * 9 // 10, im.height * 9 // 10)).save(extra / "copy.png")
+    params = set_params(project, shards__size=SHARD_SIZE)
+    params["sources"] = [{"name": "extra", "kind": "image_folder", "path": str(extra), "license": "CC0-1.0"}]
+    set_params(project, sources=params["sources"])
+    proc = snakemake(project, "data/export", "data/manifests/rejected.parquet")
+    log = proc.stdout + proc.stderr
+    assert _jobs(log, "audit_shard") == ["00003"]
+    assert _jobs(log, "embed_shard") == ["00003"]
+    assert _jobs(log, "pairs_shard") == ["00003"], "only the tile of the shard that changed"
+
+    ingest = manifest.read(project / "data/manifests/ingest.parquet", schemas.INGEST)
+    new_sha = ingest.loc[ingest["source"] == "extra", "sha256"].iloc[0]
+    found = manifest.read(project / "data/manifests/pairs.parquet", schemas.PAIRS)
+    assert {new_sha, original["sha256"]} in [{a, b} for a, b in zip(found["a"], found["b"])]
+    split = manifest.read(project / "data/manifests/split.parquet", schemas.SPLIT)
+    rejected = manifest.read(project / "data/manifests/rejected.parquet", schemas.REJECTED)
+    assert sorted([*split["item_id"], *rejected["item_id"]]) == sorted(ingest["item_id"]), "every item kept or rejected, once"

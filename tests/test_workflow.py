@@ -110,7 +110,7 @@ def manifest_sha(data: bytes) -> str:
 
 def test_rerun_does_nothing(built: Path) -> None:
     before = {p: p.stat().st_mtime_ns for p in (built / "data/manifests").rglob("*.parquet")}
-    proc = snakemake(built)
+    proc = snakemake(built, "--nolock")  # the shared build: other tests may be copying it meanwhile
     assert NOTHING in proc.stdout + proc.stderr
     assert before == {p: p.stat().st_mtime_ns for p in (built / "data/manifests").rglob("*.parquet")}
 
