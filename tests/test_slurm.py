@@ -48,7 +48,8 @@ def submitted(log: str) -> dict[str, str]:
 
 
 SHARD_SIZE = 7  # the demo's distinct contents in four shards, the last with room to spare
-SHARDING = ("data/manifests/shards/", "data/manifests/shard-map.parquet")  # how the contents were dealt out
+SHARDING = ("data/manifests/shards/", "data/manifests/shard-map.parquet",  # how the contents were dealt out
+            "data/conversations/shards/", "data/conversations/shard-map.parquet")
 MAIN_MANIFESTS = ("ingest", "audit", "pairs", "groups", "reference_pairs", "filtered", "deduped", "clusters",
                   "captioned", "split", "rejected")
 
@@ -81,7 +82,8 @@ def test_every_job_ran_as_a_completed_slurm_job(slurm, slurm_build) -> None:
     expected = finished_jobs(log)
     assert expected.pop("all") == 1  # the target: no job of its own
     assert {"shard", "audit_shard", "embed_shard", "pairs_shard", "group"} <= set(expected)
-    assert expected["audit_shard"] == expected["embed_shard"] == expected["pairs_shard"] == 4  # one per shard
+    assert expected["audit_shard"] == expected["embed_shard"] == expected["pairs_shard"] == expected["caption_shard"] == 4  # one per shard
+    assert expected["conversations_sign"] >= 2  # the demo conversations in shards of 7
     by_job = submitted(log)
     assert Counter(by_job.values()) == expected, "every job that ran was submitted to SLURM, none ran locally"
 
