@@ -29,7 +29,7 @@ KEY_ID, SECRET = "testing-key-id", "testing-secret"  # moto accepts any credenti
 # on the local disk even with S3 storage: the raw sources (local()), and state the rules keep across runs
 # under paths given as params (the shard map, the conversation dedup index)
 LOCAL_ONLY = ("data/raw/demo/", "data/raw/demo_conversations/", "data/manifests/shard-map.parquet",
-              "data/conversations/dedup-index/")
+              "data/conversations/shard-map.parquet", "data/conversations/dedup-index/")
 MANIFESTS = ("ingest", "unmatched_records", "audit", "groups", "pairs", "reference_pairs", "nsfw_scores",
              "filtered", "deduped", "clusters", "captioned", "split", "split_moves", "rejected")
 
