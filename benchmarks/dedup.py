@@ -33,7 +33,6 @@ from __future__ import annotations
 import _results  # benchmarks/_results.py (the script's folder is on sys.path)
 import argparse
 import contextlib
-import datetime
 import functools
 import importlib
 import inspect
@@ -42,9 +41,7 @@ import multiprocessing
 import os
 import platform
 import re
-import shlex
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -115,23 +112,7 @@ def timed(fn, *args, **kwargs):
 # --- machine ---------------------------------------------------------------------------------
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def total_memory() -> int:
-    """Physical memory in bytes (``/proc/meminfo``; 16 GiB when unknown)."""
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024
-    return 16 * 2**30
+cpu_name, total_memory = _results.cpu_name, _results.total_memory
 
 
 def version(module: str) -> str:
@@ -142,12 +123,9 @@ def version(module: str) -> str:
 
 
 def machine_lines(argv: list[str]) -> list[str]:
-    commit = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
-                            capture_output=True, text=True).stdout.strip() or "?"
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     return [
-        f"`{shlex.join(['python', 'benchmarks/dedup.py', *argv])}` — "
-        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, trainset `{commit}`",
+        _results.run_line("benchmarks/dedup.py", argv),
         "",
         f"- Machine: {cpu_name()}, {os.cpu_count()} logical CPU(s), load average at start {load} "
         "(1 / 5 / 15 min; a shared VM: other jobs may run at the same time)",

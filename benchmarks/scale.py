@@ -43,13 +43,11 @@ from __future__ import annotations
 import _results  # benchmarks/_results.py (the script's folder is on sys.path)
 import argparse
 import contextlib
-import datetime
 import hashlib
 import json
 import os
 import platform
 import resource
-import shlex
 import shutil
 import signal
 import subprocess
@@ -814,25 +812,13 @@ def frac(t) -> str:
 
 
 def machine_lines(argv: list[str]) -> list[str]:
-    commit = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip() or "?"
-    cpu = "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    mem = "?"
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem = f"{int(line.split()[1]) / 2**20:.1f} GiB"
+    cpu, mem = _results.cpu_name(), f"{_results.total_memory() / 2**30:.1f} GiB"
     import pandas as pd
     import pyarrow
 
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     return [
-        f"`{shlex.join(['python', 'benchmarks/scale.py', *argv])}` — "
-        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, trainset `{commit}`",
+        _results.run_line("benchmarks/scale.py", argv),
         "",
         f"- Machine: {cpu}, {os.cpu_count()} logical CPU(s), {mem} RAM, load average at the end {load} "
         "(1 / 5 / 15 min; a shared VM: other jobs ran at the same time, see below)",

@@ -154,6 +154,9 @@ def test_hashed_views_reads_distinct_decoded_contents(tmp_path: Path) -> None:
     assert shards.write_hashes(tmp_path / "audit.parquet", tmp_path / "hashes.npz") == 2
     saved_shas, saved, flat = shards.read_hashes(tmp_path / "hashes.npz")
     assert saved_shas.astype(str).tolist() == shas.tolist() and saved.dtype == np.uint64 and (saved == matrix).all()
+    (tmp_path / "broken.npz").write_bytes((tmp_path / "hashes.npz").read_bytes()[:100])  # a write cut short
+    with pytest.raises(shards.ShardError, match="broken.npz.*rerun its audit_shard"):
+        shards.read_flat_views(tmp_path / "broken.npz")
 
     rows.loc[1, "phash_views"] = ["abc"] * width
     rows.to_parquet(tmp_path / "bad.parquet", index=False)

@@ -11,9 +11,11 @@ Changing ``shards.size`` deals every content out again, in ingest order.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -181,8 +183,8 @@ def embedding_matrix(table: pd.DataFrame | None, shas) -> np.ndarray | None:
 
 def hashed_views(audit_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """The distinct hashed contents of an audit shard, by sha256: their SHA-256s and every view's
-    pHash as an (n, views) uint64 matrix. Parsed from Arrow's buffers in one pass: the pair search
-    reads each earlier shard once per later shard, so this runs N x shards / 2 rows per build."""
+    pHash as an (n, views) uint64 matrix. Parsed from Arrow's buffers in one pass, once per shard:
+    :func:`write_hashes` keeps the result for the pair tiles."""
     table = pq.read_table(audit_path, columns=["sha256", "phash_views"]).combine_chunks()
     lists = table.column("phash_views").chunk(0) if table.num_rows else None
     if lists is None:
@@ -226,7 +228,7 @@ def read_hashes(path: str | Path):
     (n, views) uint64 matrix and its ``neardup.FlatViews``."""
     from .neardup import FlatViews  # noqa: PLC0415
 
-    with np.load(path) as saved:
+    with open_hashes(path) as saved:
         flat = FlatViews(saved["flat"], saved["owner"].astype(np.int64), saved["columns"])
         return saved["sha256"], saved["views"], flat
 
@@ -260,7 +262,18 @@ def read_flat_views(path: str | Path):
     pair points into it."""
     from .neardup import FlatViews  # noqa: PLC0415
 
-    with np.load(path) as saved:
+    with open_hashes(path) as saved:
         owner = saved["owner"].astype(np.int64)
         flat = FlatViews(saved["flat"], owner, saved["columns"])
     return (int(owner[-1]) + 1 if len(owner) else 0), flat
+
+
+@contextlib.contextmanager
+def open_hashes(path: str | Path):
+    """A :func:`write_hashes` file, open; a missing, truncated or foreign one is named."""
+    try:
+        with np.load(path) as saved:
+            yield saved
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+        raise ShardError(f"{path}: not a readable shard hashes file ({type(exc).__name__}: {exc}); "
+                         "delete it and rerun its audit_shard job") from exc

@@ -73,7 +73,7 @@ class _ShardRows:
         part = np.searchsorted(self.starts, rows, side="right") - 1
         out = np.zeros((0, len(self.columns)), np.uint64) if self.columns is not None else np.zeros(0, "S64")
         for k in np.unique(part):
-            with np.load(self.paths[k]) as saved:
+            with shards.open_hashes(self.paths[k]) as saved:
                 values = saved[self.key]
             values = values[:, self.columns] if self.columns is not None else values
             if not len(out):
