@@ -7,6 +7,7 @@ checkpoint shard:
     params:
         map=SHARD_MAP,
         size=SHARD["size"],
+        parts=f"{CACHE}/parts/ingest",  # each shard's file by content: unchanged shards are linked, not written
         code=CODE,
     script:
         "../scripts/shard.py"

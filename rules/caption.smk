@@ -1,13 +1,15 @@
-rule deal_deduped:
+checkpoint deal_deduped:
     input:
         manifest=DEDUPED,
         checkpoint=SHARDS_DEALT,
     output:
-        directory(f"{SHARDS}/deduped"),
+        parts=directory(DEDUPED_PARTS),
+        index=DEDUPED_INDEX,
     params:
         map=SHARD_MAP,
         shards=lambda w: sorted(shard_index()),
         schema="DEDUPED",
+        parts=f"{CACHE}/parts/deduped",  # each shard's file by content: unchanged shards are linked, not written
         code=CODE,
     script:
         "../scripts/deal.py"
@@ -15,11 +17,12 @@ rule deal_deduped:
 
 rule caption_shard:
     input:
-        dealt=f"{SHARDS}/deduped",
+        dealt=DEDUPED_DEALT,
         dictionaries=config["tags"]["dictionaries"],
     output:
         f"{SHARDS}/captioned/{{shard}}.parquet",
     params:
+        digest=deduped_digest,  # the shard's kept rows: only the shards whose rows changed caption again
         caption=config["caption"],
         cache=f"{CACHE}/background",
         triggers={s.name: s.trigger_word for s in SOURCES},

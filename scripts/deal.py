@@ -2,4 +2,5 @@
 from trainset import schemas, shards
 
 p = snakemake.params
-shards.deal(snakemake.input.manifest, p.map, list(p.shards), snakemake.output[0], getattr(schemas, p.schema))
+o = snakemake.output
+shards.deal(snakemake.input.manifest, p.map, list(p.shards), o.parts, getattr(schemas, p.schema), o.index, p.parts)

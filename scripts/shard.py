@@ -2,4 +2,4 @@
 from trainset import shards
 
 o, p = snakemake.output, snakemake.params
-shards.split_ingest(snakemake.input[0], o.ingest, o.index, p.map, p.size)
+shards.split_ingest(snakemake.input[0], o.ingest, o.index, p.map, p.size, p.parts)

@@ -5,7 +5,9 @@ filter let through."""
 from __future__ import annotations
 
 import imagehash
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from PIL import Image
 
@@ -510,3 +512,30 @@ def test_dedup_on_empty_input(tmp_path):
     assert len(kept) == 0
     for name, schema in [("deduped", schemas.DEDUPED), ("clusters", schemas.MEMBERSHIP), ("rejected", schemas.REJECTED)]:
         assert len(manifest.read(out[name], schema)) == 0
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_clusters_grown_over_linked_contents_equal_those_grown_over_all(seed):
+    """dedup visits only the contents in a pair (most are alone): the same representatives as
+    growing every content in order."""
+    rng = np.random.default_rng(seed)
+    n = 300
+    a, b = rng.integers(0, n, 150), rng.integers(0, n, 150)
+    a, b = a[a != b], b[a != b]
+    assert dedup._grow_clusters(n, a, b).tolist() == neardup.grow_clusters(n, a, b, np.arange(n)).tolist()
+
+
+def test_rows_equal_a_boolean_selection():
+    """The keepers' rows, taken column by column, are the frame's rows (Arrow columns in one chunk)."""
+    tags = pa.chunked_array([pa.array([["a"], []]), pa.array([["b", "c"], ["d"], []])])
+    frame = pd.DataFrame({
+        "item_id": pd.array(pa.chunked_array([pa.array(["i0", "i1"]), pa.array(["i2", "i3", "i4"])]).cast(pa.large_string()), dtype="str"),
+        "tags": pd.arrays.ArrowExtensionArray(tags),
+        "size": np.arange(5),
+        "sidecar": pd.Series(["s", None, "t", None, "u"], dtype="str"),
+    })
+    mask = np.array([True, False, True, True, False])
+    expected = frame[mask].reset_index(drop=True)
+    rows = dedup._rows(frame.copy(), mask)
+    pd.testing.assert_frame_equal(rows, expected)
+    assert [rows[c].array.__arrow_array__().num_chunks for c in ("item_id", "tags", "sidecar")] == [1, 1, 1]

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 import pandera.pandas as pa
+import pyarrow
+import pyarrow.compute as pc
 import pytest
 
 from trainset import atomic, manifest, schemas
@@ -698,3 +700,15 @@ def test_read_some_columns_still_checks_the_file(tmp_path):
     df.assign(surprise=7).to_parquet(path, index=False)
     with pytest.raises(ManifestError, match="surprise"):
         manifest.read(path, schemas.INGEST, columns=["item_id"])
+
+
+@pytest.mark.parametrize("views", [["0123456789ABCDEF"] * 8, ["0123456789abcdef", "0123"], ["0123456789abcdeg"] * 8,
+                                   ["0123456789abcdef0"] * 8])
+def test_arrow_held_phash_views_fail_on_the_bad_row(tmp_path, views):
+    """The whole-column check on Arrow's text buffer lets no bad view through; the row is named."""
+    df = manifest.with_version(pd.DataFrame([_audit_row(item_id="s:0.png"), _audit_row(phash_views=views)]))
+    df["phash_views"] = pd.Series(pd.arrays.ArrowExtensionArray(pyarrow.array(df["phash_views"].tolist(), pyarrow.list_(pyarrow.string()))))
+    msg = _error(tmp_path, df, schemas.AUDIT)
+    assert "row 1 (item_id 's:a.png'), column 'phash_views'" in msg
+    good = pyarrow.array([["0123456789abcdef"] * 3, [], ["fedcba9876543210"]], pyarrow.list_(pyarrow.large_string()))
+    assert schemas._hex16_arrow(pyarrow.chunked_array([pc.list_flatten(good)]))

@@ -4,6 +4,7 @@ in) is tested on the build through SLURM (tests/test_slurm.py)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -79,6 +80,60 @@ def test_split_ingest_keeps_full_shards_byte_stable(tmp_path: Path) -> None:
     assert second["00002"]["digest"] != first["00002"]["digest"] and second["00002"]["contents"] == 2
     assert all((out / name).read_bytes() == data for name, data in before.items() if name != "00002.parquet")
     assert manifest.read(out / "00002.parquet", schemas.INGEST)["item_id"].tolist() == ["s/004", "s/new"]
+
+
+def test_shard_digests_from_arrow_buffers_equal_the_row_by_row_digest(tmp_path: Path) -> None:
+    ingest = tmp_path / "ingest.parquet"
+    names = [(f"s/{k:03d}", sha) for k, sha in enumerate(_shas(7))] + [("s/copy", _shas(7)[2]), ("s/\u00e9t\u00e9", "d" * 64)]
+    manifest.write(_ingest_rows(names), ingest, schemas.INGEST)
+    index = shards.split_ingest(ingest, tmp_path / "shards", tmp_path / "index.json", tmp_path / "map.parquet", 3)
+    for shard, entry in index.items():
+        rows = manifest.read(tmp_path / "shards" / f"{shard}.parquet", schemas.INGEST)
+        assert entry["digest"] == shards.rows_digest(rows.sort_values("item_id"))
+        assert entry["items"] == len(rows) and entry["contents"] == rows["sha256"].nunique()
+
+
+def test_a_cached_split_writes_only_the_changed_parts_and_links_the_rest(tmp_path: Path) -> None:
+    """Snakemake empties a checkpoint's output folder before the job: unchanged shards come back as
+    links to the part cache (same inode, no write), a changed one is written, stale parts leave it."""
+    ingest, out, cache = tmp_path / "ingest.parquet", tmp_path / "shards", tmp_path / "cache"
+    names = [(f"s/{k:03d}", sha) for k, sha in enumerate(_shas(5))]
+    args = (tmp_path / "index.json", tmp_path / "map.parquet", 2, cache)
+    manifest.write(_ingest_rows(names), ingest, schemas.INGEST)
+    shards.split_ingest(ingest, out, *args)
+    before = {p.name: (p.stat().st_ino, p.read_bytes()) for p in out.iterdir()}
+    assert len(list(cache.iterdir())) == 3 and all(p.stat().st_nlink == 2 for p in out.iterdir())
+
+    manifest.write(_ingest_rows(names + [("s/new", "e" * 64)]), ingest, schemas.INGEST)
+    shards.split_ingest(ingest, out, *args)
+    after = {p.name: (p.stat().st_ino, p.read_bytes()) for p in out.iterdir()}
+    assert {k: after[k] for k in ("00000.parquet", "00001.parquet")} == {k: before[k] for k in ("00000.parquet", "00001.parquet")}
+    assert after["00002.parquet"][0] != before["00002.parquet"][0]
+    assert manifest.read(out / "00002.parquet", schemas.INGEST)["item_id"].tolist() == ["s/004", "s/new"]
+    assert len(list(cache.iterdir())) == 3  # the old shard 2 part is gone from the cache
+    # the parts read back as the rows of the whole manifest, with their own row numbers
+    whole = manifest.read(ingest, schemas.INGEST)
+    parts = pd.concat([manifest.read(out / n, schemas.INGEST) for n in sorted(after)], ignore_index=True)
+    pd.testing.assert_frame_equal(parts, whole)
+    assert list(pd.read_parquet(out / "00002.parquet").index) == [0, 1]
+
+
+def test_deal_writes_an_index_of_part_digests_that_change_only_with_their_rows(tmp_path: Path) -> None:
+    ingest = tmp_path / "ingest.parquet"
+    names = [(f"s/{k:03d}", sha) for k, sha in enumerate(_shas(6))]
+    manifest.write(_ingest_rows(names), ingest, schemas.INGEST)
+    index = shards.split_ingest(ingest, tmp_path / "shards", tmp_path / "index.json", tmp_path / "map.parquet", 2)
+    later = tmp_path / "later.parquet"
+    dealt, dealt_index, cache = tmp_path / "dealt", tmp_path / "dealt.json", tmp_path / "cache"
+    manifest.write(_ingest_rows(names), later, schemas.INGEST)
+    shards.deal(later, tmp_path / "map.parquet", sorted(index), dealt, schemas.INGEST, dealt_index, cache)
+    first = json.loads(dealt_index.read_text())
+    manifest.write(_ingest_rows([n for n in names if n[0] != "s/003"]), later, schemas.INGEST)
+    shards.deal(later, tmp_path / "map.parquet", sorted(index), dealt, schemas.INGEST, dealt_index, cache)
+    second = json.loads(dealt_index.read_text())
+    assert [k for k in sorted(first) if first[k]["digest"] != second[k]["digest"]] == ["00001"]
+    assert all(v["digest"] == hashlib.sha256((dealt / f"{k}.parquet").read_bytes()).hexdigest() for k, v in second.items())
+    assert second["00001"]["items"] == 1 and manifest.read(dealt / "00001.parquet", schemas.INGEST)["item_id"].tolist() == ["s/002"]
 
 
 def test_deal_splits_a_later_manifest_by_the_shard_of_each_content(tmp_path: Path) -> None:

@@ -167,7 +167,11 @@ def _as_object_lists(table: pyarrow.Table, names: list[str]) -> pyarrow.Table:
         value_type = column.type.value_type
         if not (empty or pyarrow.types.is_string(value_type) or pyarrow.types.is_large_string(value_type)):
             raise ManifestError(f"column {name!r}: lists of {value_type} cannot be written as lists of text")
-        column = column.cast(pyarrow.list_(pyarrow.null() if empty else pyarrow.string()))
+        if empty:  # no element to cast: the same lists (and missing ones) over no values
+            offsets = pyarrow.array(np.zeros(len(column) + 1, dtype=np.int32))
+            column = pyarrow.ListArray.from_arrays(offsets, pyarrow.nulls(0), mask=column.is_null())
+        else:
+            column = column.cast(pyarrow.list_(pyarrow.string()))
         table = table.set_column(table.schema.get_field_index(name), name, column)
         entries[name].update(pandas_type="list[empty]" if empty else "list[unicode]", numpy_type="object")
     return table.replace_schema_metadata({**table.schema.metadata, b"pandas": json.dumps(meta).encode()})

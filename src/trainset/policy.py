@@ -24,10 +24,12 @@ from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import yaml
 
 from .config import ConfigError
-from .tags import TagDictionary
+from .tags import TagDictionary, list_array
 
 SEXUAL_RATINGS = frozenset({"questionable", "explicit"})
 RATING_ORDER = ("unknown", "general", "sensitive", "questionable", "explicit")
@@ -204,12 +206,11 @@ class Policy:
 
     def _input_keys(self, items: pd.DataFrame, overrides: dict[str, dict]) -> list[np.ndarray]:
         """Per-row codes of what decide() reads; rows equal on all of them decide alike."""
-        tags = items["tags"].to_numpy(dtype=object)
-        has_tags = np.fromiter(map(len, tags), dtype=np.int64, count=len(tags)) > 0
+        tags = list_array(items["tags"])
+        has_tags = pc.fill_null(pc.list_value_length(tags), 0).to_numpy() > 0
         keys = [has_tags, _subset_keys(tags, self.minor_tags | self.explicit_tags | self.excluded_artists), _value_codes(items["rating"])]
         if self.excluded_artists and "artists" in items:
-            artists = np.fromiter((() if a is None else a for a in items["artists"]), dtype=object, count=len(items))
-            keys.append(_subset_keys(artists, self.excluded_artists))
+            keys.append(_subset_keys(list_array(items["artists"]), self.excluded_artists))
         if self.license_allowlist is not None:
             keys.append(_value_codes(items["license"]))
         read_if_set = {"nsfw_score": self.nsfw_score_threshold, "harmony_score": self.min_harmony}
@@ -222,12 +223,19 @@ class Policy:
         return keys
 
 
-def _subset_keys(lists: np.ndarray, relevant: frozenset[str]) -> np.ndarray:
-    """Per row: which of ``relevant`` the list holds, as a code (0: none, as for most rows)."""
-    touching = np.flatnonzero(~np.fromiter(map(relevant.isdisjoint, lists), dtype=bool, count=len(lists)))
+def _subset_keys(lists: pa.ListArray, relevant: frozenset[str]) -> np.ndarray:
+    """Per row: which of ``relevant`` the list holds, as a code (0: none, as for most rows).
+    Only the few values in ``relevant`` become Python objects."""
+    flat = lists.flatten()
+    hit = pc.is_in(flat, value_set=pa.array(sorted(relevant), type=pa.string())).to_numpy(zero_copy_only=False)
+    rows = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)[hit]
+    found: dict[int, set[str]] = {}
+    for row, value in zip(rows.tolist(), flat.filter(pa.array(hit)).to_pylist()):
+        found.setdefault(row, set()).add(value)
     ids: dict = {}
     codes = np.zeros(len(lists), dtype=np.int64)
-    codes[touching] = [1 + ids.setdefault(tuple(sorted(relevant.intersection(lists[k]))), len(ids)) for k in touching.tolist()]
+    for row, values in found.items():
+        codes[row] = 1 + ids.setdefault(tuple(sorted(values)), len(ids))
     return codes
 
 

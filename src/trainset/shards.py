@@ -14,12 +14,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import shutil
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -71,25 +73,33 @@ def assign(shas, previous: pd.DataFrame | None, size: int) -> pd.DataFrame:
     """sha256 -> shard number for the distinct contents ``shas`` (in order of first appearance).
     Contents seen before keep their shard; new ones fill the highest shard up to ``size``, then
     open new shards. Contents no longer present are dropped (their shard shrinks)."""
-    order = list(dict.fromkeys(shas))
-    known = {} if previous is None else dict(zip(previous["sha256"], previous["shard"].astype(int)))
-    shard = {sha: known[sha] for sha in order if sha in known}
-    counts = pd.Series(list(shard.values()), dtype="int64").value_counts()
-    last = int(counts.index.max()) if len(counts) else (max(known.values()) if known else 0)
-    filled = int(counts.get(last, 0))
-    for sha in order:
-        if sha in shard:
-            continue
-        if filled >= size:
-            last, filled = last + 1, 0
-        shard[sha] = last
-        filled += 1
-    return pd.DataFrame({"sha256": order, "shard": [shard[s] for s in order], "size": size}).astype(
-        {"sha256": str, "shard": "int64", "size": "int64"})
+    return assign_rows(shas, previous, size)[0]
+
+
+def assign_rows(shas, previous: pd.DataFrame | None, size: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """:func:`assign`, and the shard of each of ``shas`` (one hashing pass over the rows)."""
+    codes, order = pd.factorize(np.asarray(shas, dtype=object))
+    shard = np.zeros(len(order), dtype=np.int64)
+    known = np.full(len(order), -1, dtype=np.int64)
+    if previous is not None and len(previous):
+        known = pd.Index(previous["sha256"].to_numpy(dtype=object)).get_indexer(order)
+    old = known >= 0
+    if old.any():
+        shard[old] = previous["shard"].to_numpy(dtype=np.int64)[known[old]]
+        last = int(shard[old].max())
+        filled = int((shard[old] == last).sum())
+    else:
+        last = int(previous["shard"].max()) if previous is not None and len(previous) else 0
+        filled = 0
+    # new contents in order: the last shard's free places, then whole new shards
+    shard[~old] = last + (filled + np.arange(int((~old).sum()), dtype=np.int64)) // size
+    mapping = pd.DataFrame({"sha256": pd.Series(order, dtype="str"), "shard": shard,
+                            "size": np.full(len(order), size, dtype=np.int64)})
+    return mapping, shard[codes]
 
 
 def rows_digest(rows: pd.DataFrame) -> str:
-    """Digest of a shard's ingest rows: what its per-item jobs read."""
+    """Digest of a shard's ingest rows: what its per-item jobs read (:func:`_digests`, one row set)."""
     h = hashlib.sha256()
     for values in rows[["item_id", "sha256", "path"]].itertuples(index=False):
         h.update("\x1f".join(map(str, values)).encode())
@@ -97,26 +107,131 @@ def rows_digest(rows: pd.DataFrame) -> str:
     return h.hexdigest()
 
 
-def split_ingest(ingest_path: str | Path, out_dir: str | Path, index_path: str | Path, map_path: str | Path, size: int) -> dict:
-    """Write one ingest manifest per shard and the index (shard -> digest, items, contents)."""
-    items = manifest.read(ingest_path, schemas.INGEST)
-    mapping = assign(items["sha256"], read_map(map_path, size), size)
-    shard_of = dict(zip(mapping["sha256"], mapping["shard"]))
-    out_dir = Path(out_dir)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
+def _digests(table: pa.Table, bounds: np.ndarray) -> list[str]:
+    """:func:`rows_digest` of each run of rows ``bounds[k]:bounds[k + 1]`` of ``table``, from Arrow's
+    text buffers: each row's ``item_id``, ``sha256`` and ``path`` joined, one hash per run."""
+    joined = pc.binary_join_element_wise(*(table.column(c).combine_chunks().cast(pa.large_string()) for c in ("item_id", "sha256", "path")),
+                                         pa.scalar("\x1f", pa.large_string()))
+    joined = pc.binary_join_element_wise(joined, pa.scalar("", pa.large_string()), pa.scalar("\x1e", pa.large_string()))
+    if isinstance(joined, pa.ChunkedArray):
+        joined = joined.combine_chunks()
+    offsets = np.frombuffer(joined.buffers()[1], dtype=np.int64)[joined.offset: joined.offset + len(joined) + 1]
+    data = memoryview(joined.buffers()[2]) if joined.buffers()[2] is not None else memoryview(b"")
+    return [hashlib.sha256(data[offsets[a]:offsets[b]]).hexdigest() for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def split_ingest(ingest_path: str | Path, out_dir: str | Path, index_path: str | Path, map_path: str | Path, size: int,
+                 cache_dir: str | Path | None = None) -> dict:
+    """Write one ingest manifest per shard and the index (shard -> digest, items, contents). The rows
+    stay Arrow throughout; ``cache_dir``: see :func:`write_parts` (unchanged shards cost no write)."""
+    keys = manifest.read(ingest_path, schemas.INGEST, columns=["item_id", "sha256", "path"])  # validated
+    mapping, shard_of_row = assign_rows(keys["sha256"], read_map(map_path, size), size)
+    runs = ShardRuns.of(pq.read_table(ingest_path), shard_of_row)
+    write_parts(runs, None, out_dir, cache_dir)
+    present, bounds = runs.shards, runs.bounds
+    digests = _digests(runs.table, bounds)
+    contents = np.bincount(mapping["shard"].to_numpy(), minlength=int(present[-1]) + 1 if len(present) else 0)
     index = {}
-    by_shard = items.assign(_shard=items["sha256"].map(shard_of))
-    for k, rows in by_shard.groupby("_shard", sort=True):
-        rows = rows.drop(columns="_shard")
-        manifest.write(rows, out_dir / f"{name(int(k))}.parquet", schemas.INGEST)
-        index[name(int(k))] = {"digest": rows_digest(rows.sort_values("item_id")), "items": len(rows),
-                               "contents": int(rows["sha256"].nunique())}
+    for k, digest, a, b in zip(present.tolist(), digests, bounds[:-1].tolist(), bounds[1:].tolist()):
+        index[name(k)] = {"digest": digest, "items": int(b - a), "contents": int(contents[k])}
     with atomic.atomic_file(map_path) as tmp:
         mapping.to_parquet(tmp, index=False)
     atomic.write_text(index_path, json.dumps(index, indent=1, sort_keys=True) + "\n")
     return index
+
+
+class ShardRuns:
+    """A table's rows grouped by shard, in one reordering (their order within a shard kept):
+    shard ``shards[k]`` holds rows ``bounds[k]:bounds[k + 1]`` of ``table``."""
+
+    def __init__(self, table: pa.Table, shards: np.ndarray, bounds: np.ndarray):
+        self.table, self.shards, self.bounds = table, shards, bounds
+
+    @classmethod
+    def of(cls, table: pa.Table, shard_of_row) -> "ShardRuns":
+        shard_of_row = np.asarray(shard_of_row, dtype=np.int64)
+        order = np.argsort(shard_of_row, kind="stable")
+        present = np.unique(shard_of_row)
+        bounds = np.searchsorted(shard_of_row[order], np.append(present, present[-1] + 1 if len(present) else 0))
+        # one take over one chunk per column: a take per shard over many chunks costs a hundred times more
+        return cls(table.combine_chunks().take(order), present, bounds)
+
+    def count(self, shard: int) -> int:
+        k = int(np.searchsorted(self.shards, shard))
+        return int(self.bounds[k + 1] - self.bounds[k]) if k < len(self.shards) and self.shards[k] == shard else 0
+
+    def rows(self, shard: int) -> pa.Table:
+        k = int(np.searchsorted(self.shards, shard))
+        if k == len(self.shards) or self.shards[k] != shard:
+            return self.table.slice(0, 0)
+        return self.table.slice(int(self.bounds[k]), int(self.bounds[k + 1] - self.bounds[k]))
+
+
+def write_parts(runs: ShardRuns, names, out_dir: str | Path, cache_dir: str | Path | None) -> dict[str, dict]:
+    """One Parquet file per shard of ``runs`` in ``out_dir`` (which is replaced whole); ``names``:
+    the shards to write, an empty file where one has no rows (None: the shards that have rows).
+    Returns shard -> {digest of the part's content, items}.
+
+    A part's file depends only on its rows; its digest is the file's SHA-256. With a ``cache_dir``
+    each part is written there once, named by that digest, and hard-linked into ``out_dir``: a rerun after a 1 % change writes 1 % of
+    the parts (Snakemake removes a job's output folder before the job, so unchanged parts must come
+    from elsewhere). The cache keeps only the parts the last call linked."""
+    present = [name(int(k)) for k in runs.shards]
+    wanted = present if names is None else [str(n) for n in names]
+    stray = sorted(set(present) - set(wanted))
+    if stray:
+        raise ShardError(f"rows fall in shards {stray[:5]} that the index does not list")
+    meta = json.loads((runs.table.schema.metadata or {}).get(b"pandas", b"null"))
+    cache = Path(cache_dir) if cache_dir is not None else None
+    out: dict[str, dict] = {}
+    with atomic.atomic_dir(out_dir) as tmp_dir:
+        if cache is not None:
+            cache.mkdir(parents=True, exist_ok=True)
+        for shard in wanted:
+            data = _parquet_bytes(_part_table(runs.rows(int(shard)), meta))
+            digest = hashlib.sha256(data).hexdigest()
+            out[shard] = {"digest": digest, "items": int(runs.count(int(shard)))}
+            target = tmp_dir / f"{shard}.parquet"
+            if cache is None:
+                target.write_bytes(data)
+                continue
+            cached = cache / f"{digest}.parquet"
+            if not cached.exists():
+                atomic.write_bytes(cached, data)
+            _link(cached, target)
+    if cache is not None:
+        keep = {f"{v['digest']}.parquet" for v in out.values()}
+        for stale in cache.glob("*.parquet"):
+            if stale.name not in keep:
+                stale.unlink(missing_ok=True)
+    return out
+
+
+def _part_table(part: pa.Table, meta) -> pa.Table:
+    """A part as one chunk per column, its pandas metadata's row range its own (not the whole table's)."""
+    part = part.combine_chunks()
+    if meta:
+        meta = {**meta, "index_columns": [
+            {**c, "start": 0, "stop": part.num_rows, "step": 1} if isinstance(c, dict) and c.get("kind") == "range" else c
+            for c in meta.get("index_columns", [])]}
+        part = part.replace_schema_metadata({**part.schema.metadata, b"pandas": json.dumps(meta).encode()})
+    return part
+
+
+def _parquet_bytes(table: pa.Table) -> memoryview:
+    """The table as a Parquet file, in memory: equal rows give equal bytes whatever the table's
+    layout in memory (an Arrow IPC stream keeps slice offsets and padding, so it would not)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="snappy")
+    return memoryview(sink.getvalue())
+
+
+def _link(source: Path, target: Path) -> None:
+    """``target`` as a hard link to ``source`` (a copy where the filesystem has none)."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 def read_index(path: str | Path) -> dict:
@@ -130,11 +245,18 @@ def upto(index: dict, shard: str) -> list[str]:
 
 def concat(paths, schema, sort_by="item_id") -> pd.DataFrame:
     """One manifest from shard manifests (validated on write; read here without a second check).
-    The wide pHash lists stay Arrow (``manifest.CARRIED_LISTS``): the gather only passes them on."""
+    Every list column stays Arrow: the gather only passes them on, and ``manifest.write`` writes them
+    as the lists of text they stand for (a part whose lists are all empty types them as lists of
+    nothing; they are read as lists of text, so the parts concatenate)."""
     frames = []
     for path in paths:
-        names = pq.read_schema(path).names
-        frame = manifest.read_columns(path, names, manifest.CARRIED_LISTS)
+        fields = pq.read_schema(path)
+        lists = tuple(f.name for f in fields if pa.types.is_list(f.type))
+        frame = manifest.read_columns(path, fields.names, lists)
+        for name in lists:
+            if pa.types.is_null(fields.field(name).type.value_type):
+                frame[name] = pd.Series(pd.arrays.ArrowExtensionArray(pa.array(frame[name].array, pa.list_(pa.string()))),
+                                        index=frame.index)
         if len(frame):
             frames.append(frame)
     if not frames:
@@ -233,27 +355,29 @@ def read_hashes(path: str | Path):
         return saved["sha256"], saved["views"], flat
 
 
-def deal(manifest_path: str | Path, map_path: str | Path, shard_names, out_dir: str | Path, schema) -> dict[str, int]:
+def deal(manifest_path: str | Path, map_path: str | Path, shard_names, out_dir: str | Path, schema,
+         index_path: str | Path | None = None, cache_dir: str | Path | None = None) -> dict[str, int]:
     """A global manifest's rows split by the shard of their content (the shard map), one file per
     shard (empty where a shard has none left), so per-item work after a global step (captions after
-    dedup) runs as one job per shard again. Returns rows per shard."""
-    rows = manifest.read(manifest_path, schema)
+    dedup) runs as one job per shard again. Returns rows per shard. ``index_path``: where to write
+    shard -> {digest, items} (a job reruns only when its part's digest changed); ``cache_dir``: see
+    :func:`write_parts`."""
+    keys = manifest.read(manifest_path, schema, columns=["item_id", "sha256"])  # validated
     mapping = pd.read_parquet(map_path, columns=["sha256", "shard"])
-    at = pd.Index(mapping["sha256"]).get_indexer(rows["sha256"])
+    at = pd.Index(mapping["sha256"]).get_indexer(keys["sha256"])
     if (at < 0).any():
         k = int(np.flatnonzero(at < 0)[0])
-        raise ShardError(f"{manifest_path}: item {rows['item_id'].iloc[k]} (content {rows['sha256'].iloc[k]}) is in no shard of {map_path}")
+        raise ShardError(f"{manifest_path}: item {keys['item_id'].iloc[k]} (content {keys['sha256'].iloc[k]}) is in no shard of {map_path}")
     shard_of = mapping["shard"].to_numpy()[at]
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    counts = {}
-    for shard in shard_names:
-        part = rows[shard_of == int(shard)]
-        manifest.write(part, out_dir / f"{shard}.parquet", schema)
-        counts[str(shard)] = len(part)
-    if sum(counts.values()) != len(rows):
-        raise ShardError(f"{manifest_path}: {len(rows) - sum(counts.values())} rows fall in shards the index does not list")
-    return counts
+    listed = {int(s) for s in shard_names}
+    outside = ~np.isin(shard_of, list(listed))
+    if outside.any():
+        raise ShardError(f"{manifest_path}: {int(outside.sum())} rows fall in shards the index does not list "
+                         f"(first: item {keys['item_id'].iloc[int(np.flatnonzero(outside)[0])]})")
+    written = write_parts(ShardRuns.of(pq.read_table(manifest_path), shard_of), sorted(shard_names), out_dir, cache_dir)
+    if index_path is not None:
+        atomic.write_text(index_path, json.dumps(written, indent=1, sort_keys=True) + "\n")
+    return {k: v["items"] for k, v in written.items()}
 
 
 def read_flat_views(path: str | Path):

@@ -41,7 +41,12 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
-__all__ = ["CATEGORIES", "TagDictionary", "normalize"]
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+__all__ = ["CATEGORIES", "TagDictionary", "list_array", "normalize"]
 
 #: Danbooru category codes and the names :meth:`TagDictionary.category` returns.
 CATEGORIES: dict[int, str] = {0: "general", 1: "artist", 3: "copyright", 4: "character", 5: "meta"}
@@ -140,18 +145,27 @@ class TagDictionary:
         return list(seen)
 
     def canonicalize_all(self, tag_lists: Iterable[Iterable[str]]) -> list[list[str]]:
-        """:meth:`canonicalize` for each of ``tag_lists``, resolving each distinct tag once: a
-        column of tag lists repeats a few thousand tags millions of times, and the lists then
-        share one string per canonical name."""
+        """:meth:`canonicalize` for each of ``tag_lists`` (see :meth:`canonicalize_lists`)."""
         lists = tag_lists if isinstance(tag_lists, list) else list(tag_lists)
         if any(map(isinstance, lists, itertools.repeat(str))):
             raise TypeError("canonicalize_all() takes iterables of tags, not strings")
-        names = _Resolved(self.canonical)
-        resolve = names.__getitem__
-        out = [list(dict.fromkeys(map(resolve, tags))) if len(tags) else [] for tags in lists]
-        if "" in names.values():  # a tag that is all separators: dropped
-            out = [[name for name in row if name] if "" in row else row for row in out]
-        return out
+        return self.canonicalize_lists(pa.array([list(tags) for tags in lists], type=_LIST)).to_pylist()
+
+    def canonicalize_lists(self, lists: pa.ListArray) -> pa.ListArray:
+        """:meth:`canonicalize` for each list of an Arrow list column, without a Python object per
+        tag: a column of tag lists repeats a few thousand tags millions of times, so each distinct
+        tag is resolved once and the lists are rebuilt from positions."""
+        lists = lists.cast(_LIST)
+        flat = pc.dictionary_encode(lists.flatten())
+        index: dict[str, int] = {}
+        name_of = np.array([index.setdefault(self.canonical(tag), len(index)) for tag in flat.dictionary.to_pylist()], dtype=np.int64)
+        names = pa.array(list(index), type=pa.string())
+        name = name_of[flat.indices.to_numpy(zero_copy_only=False)] if len(flat) else np.zeros(0, dtype=np.int64)
+        row = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False).astype(np.int64)
+        keep = _first_of_each(row * max(len(index), 1) + name)  # first spelling of a name in its list
+        keep &= (pc.utf8_length(names).to_numpy(zero_copy_only=False) > 0)[name]  # a tag that is all separators: dropped
+        offsets = np.concatenate([[0], np.cumsum(np.bincount(row[keep], minlength=len(lists)))]).astype(np.int32)
+        return pa.ListArray.from_arrays(pa.array(offsets), names.take(pa.array(name[keep])))
 
     def aliases_of(self, canonical: str) -> set[str]:
         """The (normalized) aliases that resolve to ``canonical``'s canonical name; empty if none."""
@@ -180,16 +194,25 @@ class TagDictionary:
         return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
-class _Resolved(dict):
-    """tag -> resolve(tag), computed on first lookup."""
+_LIST = pa.list_(pa.string())
 
-    def __init__(self, resolve) -> None:
-        super().__init__()
-        self._resolve = resolve
 
-    def __missing__(self, tag: str) -> str:
-        value = self[tag] = self._resolve(tag)
-        return value
+def _first_of_each(keys: np.ndarray) -> np.ndarray:
+    """Where each value of ``keys`` occurs first (a stable sort: ``keys`` come nearly sorted)."""
+    order = np.argsort(keys, kind="stable")
+    ranked = keys[order]
+    first = np.ones(len(keys), dtype=bool)
+    first[order[1:]] = ranked[1:] != ranked[:-1]
+    return first
+
+
+def list_array(values: pd.Series) -> pa.ListArray:
+    """A column of lists of text as one Arrow ``list<string>`` array, whether a stage holds it as
+    Arrow (``manifest.read(..., arrow_lists=...)``) or as Python lists (missing lists stay missing)."""
+    if isinstance(values.dtype, pd.ArrowDtype):
+        held = pa.array(values.array)  # one chunk comes back as an array, several as a chunked array
+        return (held.combine_chunks() if isinstance(held, pa.ChunkedArray) else held).cast(_LIST)
+    return pa.array([None if v is None else list(v) for v in values], type=_LIST)
 
 
 def _parse_csv(text: str, source: str) -> Iterable[tuple[str, str, list[str]]]:

@@ -4,10 +4,15 @@ Clusters are grown again among the allowed contents, around the best copy by ``n
 (``trainset.neardup.preference_order``): each dropped copy is a near-duplicate of the kept one
 by the rule itself (never through a chain), and its rejected row names the item it was dropped
 in favour of. Items that duplicate an external reference set are rejected (or flagged) first.
+
+The choice reads only the columns it needs; the whole rows are read once it is made, for the
+keepers alone, so the wide manifest is never held next to the work on clusters.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -17,21 +22,89 @@ from .. import ledger, manifest, neardup, schemas
 from ..config import ConfigError
 
 REFERENCE_ACTIONS = ("reject", "flag")
+REFERENCE_FLAG = "reference_duplicate"
+
+# list columns only passed on: held as Arrow, never as Python objects
+_CARRIED_LISTS = ("phash_views", "artists", "tags", "flags")
+# what neardup.preference_order ranks by (besides near_dup.quality_column)
+_RANK_COLUMNS = ["item_id", "generated", "border_fraction", "width", "height", "source", "size", "sidecar", "tags"]
+# what choosing the keepers reads: the ranking, the contents and the rejected rows' fields
+_CHOICE_COLUMNS = [*_RANK_COLUMNS, "sha256", "path", "nsfw_flag"]
 
 
-def _reference_hits(items: pd.DataFrame, refs: pd.DataFrame, near_dup: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(items left, rejected rows) after the reference check."""
+@dataclass
+class _Choice:
+    """The keeper choice, over the rows of the filtered manifest: those kept, and those to flag as
+    reference duplicates."""
+
+    kept: np.ndarray
+    flagged: np.ndarray
+
+
+def run(
+    filtered_path: str | Path, pairs_path: str | Path, reference_path: str | Path, out: str | Path,
+    clusters_out: str | Path, rejected_out: str | Path, near_dup: dict | None = None,
+) -> pd.DataFrame:
+    near_dup = near_dup or {}
+    choice = _choose(filtered_path, pairs_path, reference_path, clusters_out, rejected_out, near_dup)
+    # unvalidated: the columns the choice read were, and the rows kept are when written
+    items = _rows(manifest.read_columns(filtered_path, list(schemas.FILTERED.columns), _CARRIED_LISTS), choice.kept)
+    if choice.flagged.any():
+        items["flags"] = _with_flag(items["flags"], choice.flagged[choice.kept])
+    return manifest.write(items, out, schemas.DEDUPED)
+
+
+def _rows(frame: pd.DataFrame, mask: np.ndarray) -> pd.DataFrame:
+    """``frame[mask]``, column by column: each column is let go once taken, so the frame is never
+    held twice, and left in one chunk, so the writer has no whole-table copy to make."""
+    return pd.DataFrame({name: _in_one_chunk(frame.pop(name).array[mask]) for name in list(frame.columns)})
+
+
+def _in_one_chunk(values):
+    if not isinstance(values, pd.arrays.ArrowExtensionArray):
+        return values
+    return pd.array(values.__arrow_array__().combine_chunks(), dtype=values.dtype)
+
+
+def _choose(filtered_path: str | Path, pairs_path: str | Path, reference_path: str | Path, clusters_out: str | Path,
+            rejected_out: str | Path, near_dup: dict) -> _Choice:
+    """Writes the clusters and rejected manifests; returns which rows of the filtered manifest to keep."""
+    action = _reference_action(near_dup)
+    items = manifest.read(filtered_path, schemas.FILTERED, columns=_choice_columns(near_dup), arrow_lists=_CARRIED_LISTS)
+    refs = manifest.read(reference_path, schemas.REFERENCE_PAIRS)
+    hit, ref_rejected = _reference_hits(items, refs, action)
+    survives = ~hit if action == "reject" else np.ones(len(hit), dtype=bool)
+    rows = np.flatnonzero(survives)
+    if not survives.all():
+        items = items[survives].reset_index(drop=True)
+
+    clusters = _Clusters.of(items, manifest.read(pairs_path, schemas.PAIRS), near_dup)
+    manifest.write(clusters.membership(items), clusters_out, schemas.MEMBERSHIP, sort_by=["item_id"])
+    manifest.write(pd.concat([ref_rejected, *clusters.rejected(items)]), rejected_out, schemas.REJECTED)
+    kept = np.zeros(len(hit), dtype=bool)
+    kept[rows[clusters.is_keeper]] = True
+    return _Choice(kept, hit if action == "flag" else np.zeros(len(hit), dtype=bool))
+
+
+def _choice_columns(near_dup: dict) -> list[str]:
+    quality = near_dup.get("quality_column")
+    extra = [quality] if quality in schemas.FILTERED.columns and quality not in _CHOICE_COLUMNS else []
+    return _CHOICE_COLUMNS + extra
+
+
+def _reference_action(near_dup: dict) -> str:
     action = near_dup.get("reference_action", "reject")
     if action not in REFERENCE_ACTIONS:
         raise ConfigError(f"params.yaml: near_dup.reference_action must be one of {list(REFERENCE_ACTIONS)}, got {action!r}")
+    return action
+
+
+def _reference_hits(items: pd.DataFrame, refs: pd.DataFrame, action: str) -> tuple[np.ndarray, pd.DataFrame]:
+    """Which items duplicate a reference image, and their rejected rows (none when only flagged)."""
     first = refs.sort_values(["sha256", "distance", "reference", "reference_path"]).drop_duplicates("sha256").set_index("sha256")
-    hit = items["sha256"].isin(first.index)
-    if not hit.any():
-        return items, ledger.no_rejections()
-    if action == "flag":
-        items = items.copy()
-        items.loc[hit, "flags"] = items.loc[hit, "flags"].map(lambda f: [*f, "reference_duplicate"])
-        return items, ledger.no_rejections()
+    hit = items["sha256"].isin(first.index).to_numpy()
+    if action == "flag" or not hit.any():
+        return hit, ledger.no_rejections()
     match = first.loc[items.loc[hit, "sha256"]]
     detail = [
         f"near-duplicate of {p} in reference set {r} (pHash distance {d}{'' if np.isnan(c) else f', cosine {c:.3f}'}; rule {rl})"
@@ -41,97 +114,131 @@ def _reference_hits(items: pd.DataFrame, refs: pd.DataFrame, near_dup: dict) -> 
         items[hit], "dedup", "reference", "reference_duplicate", pd.Series(detail, index=items.index[hit]),
         duplicate_of=pd.Series(match["reference_path"].to_numpy(), index=items.index[hit]),
     )
-    return items[~hit], rejected
+    return hit, rejected
 
 
-# list columns only passed on: held as Arrow, never as Python objects
-_CARRIED_LISTS = ("phash_views", "artists", "tags")
-# what neardup.preference_order ranks by (besides near_dup.quality_column)
-_RANK_COLUMNS = ["item_id", "sha256", "generated", "border_fraction", "width", "height", "source", "size", "sidecar", "tags"]
+def _with_flag(flags: pd.Series, hit: np.ndarray) -> pd.Series:
+    """``flags`` (held as Arrow) with :data:`REFERENCE_FLAG` appended where ``hit``, as Python lists."""
+    lists = [[*f, REFERENCE_FLAG] if h else f for f, h in zip(flags.tolist(), hit.tolist())]
+    return pd.Series(lists, index=flags.index, dtype=object)
 
 
-def run(
-    filtered_path: str | Path, pairs_path: str | Path, reference_path: str | Path, out: str | Path,
-    clusters_out: str | Path, rejected_out: str | Path, near_dup: dict | None = None,
-) -> pd.DataFrame:
-    near_dup = near_dup or {}
-    items = manifest.read(filtered_path, schemas.FILTERED, arrow_lists=_CARRIED_LISTS)
-    pairs = manifest.read(pairs_path, schemas.PAIRS)
-    refs = manifest.read(reference_path, schemas.REFERENCE_PAIRS)
-    items, ref_rejected = _reference_hits(items, refs, near_dup)
-    items = items.reset_index(drop=True)
+@dataclass
+class _Clusters:
+    """Each item's cluster among the surviving contents: rows of the frame given to :meth:`of`."""
 
-    ranked = _ranked(items, near_dup)
-    contents = ranked.drop_duplicates("sha256")
-    content_index = pd.Index(contents["sha256"].to_numpy(dtype=object))
-    a, b = content_index.get_indexer(pairs["a"]), content_index.get_indexer(pairs["b"])
-    is_live = (a >= 0) & (b >= 0)
-    live, a, b = pairs[is_live].reset_index(drop=True), a[is_live], b[is_live]
-    rep = neardup.grow_clusters(len(contents), a, b, np.arange(len(contents)))
+    content: np.ndarray      # the item's content, numbered best copy first
+    keeper: np.ndarray       # the content its cluster is grown around
+    keeper_row: np.ndarray   # the row of that content's best copy: the item kept
+    shas: pd.Index           # SHA-256 of each content
+    pairs: pd.DataFrame      # the pairs among surviving contents
+    pair_of: np.ndarray      # for each row, its pair with the keeper's content (-1: none)
 
-    content = content_index.get_indexer(ranked["sha256"])
-    keeper = rep[content]
-    shas = content_index.to_numpy()
-    keeper_sha = pd.Series(shas[keeper], index=ranked.index, dtype="str")
-    keeper_id = pd.Series(contents["item_id"].to_numpy(dtype=object)[keeper], index=ranked.index, dtype="str")
-    is_keeper = (ranked["item_id"] == keeper_id).to_numpy()
-    same = content == keeper
-    pair = _pair_of(a, b, ranked["sha256"], keeper_sha, content, keeper, len(contents))
-    membership = _membership(ranked, keeper_sha, keeper_id, is_keeper, same, live, pair)
-    manifest.write(membership, clusters_out, schemas.MEMBERSHIP, sort_by=["item_id"])
+    @classmethod
+    def of(cls, items: pd.DataFrame, pairs: pd.DataFrame, near_dup: dict) -> "_Clusters":
+        order = _preference(items, near_dup)
+        n, m = len(items), len(pairs)
+        # one numbering for the items' contents (best copy first) and the pairs' ends: a pair end
+        # numbered past the items' contents is no surviving content
+        codes, shas = pd.factorize(pd.concat([items["sha256"].take(order), pairs["a"], pairs["b"]], ignore_index=True))
+        ranked_content, a, b = codes[:n], codes[n:n + m], codes[n + m:]
+        contents = int(ranked_content.max()) + 1 if n else 0
+        content = np.empty(n, dtype=np.int64)
+        content[order] = ranked_content
+        best = order[np.unique(ranked_content, return_index=True)[1]]  # each content's first row in preference order
+        live = (a < contents) & (b < contents)
+        pairs, a, b, shas = pairs[live].reset_index(drop=True), a[live], b[live], shas[:contents]
+        keeper = _grow_clusters(len(shas), a, b)[content]
+        return cls(content, keeper, best[keeper], shas, pairs, _pair_of(a, b, shas, content, keeper))
 
-    dup = ~is_keeper
-    exact = dup & same
-    near = dup & ~same
-    detail_near = [
-        f"near-duplicate of {k} (kept): pHash distance {d}{'' if np.isnan(c) else f', cosine {c:.3f}'}; rule {r}"
-        for k, d, c, r in zip(keeper_id[near], membership["distance_to_keeper"][near], membership["cosine_to_keeper"][near], membership["rule"][near])
-    ]
-    row = ranked["_row"].to_numpy()
-    rejected = pd.concat([
-        ref_rejected,
-        ledger.reject(items.iloc[row[exact]].set_axis(ranked.index[exact]), "dedup", "exact", "exact_duplicate",
-                      "same bytes as " + keeper_id[exact] + " (kept)", duplicate_of=keeper_id[exact]),
-        ledger.reject(items.iloc[row[near]].set_axis(ranked.index[near]), "dedup", "near", "near_duplicate",
-                      pd.Series(detail_near, index=ranked.index[near], dtype=object), duplicate_of=keeper_id[near]),
-    ])
-    manifest.write(rejected, rejected_out, schemas.REJECTED)
-    return manifest.write(items.iloc[np.sort(row[is_keeper])], out, schemas.DEDUPED)
+    @cached_property
+    def is_keeper(self) -> np.ndarray:
+        return self.keeper_row == np.arange(len(self.keeper_row))
+
+    @cached_property
+    def same(self) -> np.ndarray:
+        """The item has its keeper's bytes (the keeper itself included)."""
+        return self.content == self.keeper
+
+    def keeper_ids(self, items: pd.DataFrame) -> pd.Series:
+        return pd.Series(items["item_id"].array.take(self.keeper_row), index=items.index)
+
+    def membership(self, items: pd.DataFrame) -> pd.DataFrame:
+        """Each item's cluster, its keeper, and the pair (distance, cosine, rule) that ties it to the keeper."""
+        distance, cosine, rule = self.ties
+        keeper_sha = pd.Series(self.shas.array.take(self.keeper), index=items.index)
+        return pd.DataFrame({
+            "item_id": items["item_id"],
+            "cluster_key": keeper_sha,
+            "cluster_id": keeper_sha.str[:16],
+            "keeper": self.is_keeper,
+            "keeper_id": self.keeper_ids(items),
+            "distance_to_keeper": distance,
+            "cosine_to_keeper": cosine,
+            "rule": rule,
+        })
+
+    def rejected(self, items: pd.DataFrame) -> list[pd.DataFrame]:
+        """The rejected rows of the exact and of the near duplicates dropped for their keeper."""
+        keeper_id = self.keeper_ids(items)
+        dup = ~self.is_keeper
+        exact, near = dup & self.same, dup & ~self.same
+        distance, cosine, rule = self.ties
+        detail_near = [
+            f"near-duplicate of {k} (kept): pHash distance {d}{'' if np.isnan(c) else f', cosine {c:.3f}'}; rule {r}"
+            for k, d, c, r in zip(keeper_id[near], distance[near], cosine[near], rule[near])
+        ]
+        return [
+            ledger.reject(items[exact], "dedup", "exact", "exact_duplicate",
+                          "same bytes as " + keeper_id[exact] + " (kept)", duplicate_of=keeper_id[exact]),
+            ledger.reject(items[near], "dedup", "near", "near_duplicate",
+                          pd.Series(detail_near, index=items.index[near], dtype=object), duplicate_of=keeper_id[near]),
+        ]
+
+    @cached_property
+    def ties(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Distance, cosine and rule to the keeper: those of the joining pair, or 0, NaN, ``exact``
+        for the keeper's own bytes."""
+        n = len(self.content)
+        distance, cosine = np.zeros(n, dtype=np.int64), np.full(n, np.nan)
+        rule = np.where(self.same, "exact", "").astype(object)
+        found = np.flatnonzero(self.pair_of >= 0)
+        at = self.pair_of[found]
+        distance[found] = self.pairs["distance"].to_numpy(np.int64)[at]
+        cosine[found] = self.pairs["cosine"].to_numpy(np.float64)[at]
+        rule[found] = self.pairs["rule"].to_numpy(dtype=object)[at]
+        return distance, cosine, rule
 
 
-def _ranked(items: pd.DataFrame, near_dup: dict) -> pd.DataFrame:
-    """The columns ranking needs, best copy first (``neardup.preference_order``); ``_row`` is
-    each row's position in ``items``, so the wide frame is taken from once."""
+def _preference(items: pd.DataFrame, near_dup: dict) -> np.ndarray:
+    """Row positions of ``items``, best copy first (``neardup.preference_order``)."""
     quality = near_dup.get("quality_column")
     columns = _RANK_COLUMNS + ([quality] if quality in items.columns and quality not in _RANK_COLUMNS else [])
     narrow = items[columns].assign(_row=np.arange(len(items)))
-    return neardup.preference_order(narrow, near_dup).reset_index(drop=True)
+    return neardup.preference_order(narrow, near_dup)["_row"].to_numpy(np.int64)
 
 
-def _pair_of(a: np.ndarray, b: np.ndarray, row_sha: pd.Series, keeper_sha: pd.Series, content: np.ndarray,
-             keeper: np.ndarray, n: int) -> np.ndarray:
-    """For each ranked row, the live pair joining its content to its keeper's (-1: none). Pairs are
-    keyed by their two content positions, the smaller SHA-256 first (as every pair is stored)."""
-    first = (row_sha < keeper_sha).to_numpy()
-    lo, hi = np.where(first, content, keeper), np.where(first, keeper, content)
-    return pd.Index(a.astype(np.int64) * n + b).get_indexer(lo.astype(np.int64) * n + hi)
+def _grow_clusters(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``neardup.grow_clusters`` over ``n`` contents numbered best first, visiting only those in
+    a pair: every other content is its own representative."""
+    rep = np.arange(n, dtype=np.int64)
+    linked, at = np.unique(np.concatenate([a, b]).astype(np.int64), return_inverse=True)
+    if len(linked):
+        grown = neardup.grow_clusters(len(linked), at[:len(a)], at[len(a):], np.arange(len(linked)))
+        rep[linked] = linked[grown]
+    return rep
 
 
-def _membership(ranked: pd.DataFrame, keeper_sha: pd.Series, keeper_id: pd.Series, is_keeper: np.ndarray,
-                same: np.ndarray, live: pd.DataFrame, pair: np.ndarray) -> pd.DataFrame:
-    """Each item's cluster, its keeper, and the pair (distance, cosine, rule) that ties it to the keeper."""
-    found = pair >= 0
-    at = np.where(found, pair, 0)
-    distance = np.where(found, live["distance"].to_numpy(np.int64)[at] if len(live) else 0, 0)
-    cosine = np.where(found, live["cosine"].to_numpy(np.float64)[at] if len(live) else np.nan, np.nan)
-    rule = np.where(found, live["rule"].to_numpy(dtype=object)[at] if len(live) else "", "")
-    return pd.DataFrame({
-        "item_id": ranked["item_id"],
-        "cluster_key": keeper_sha,
-        "cluster_id": keeper_sha.str[:16],
-        "keeper": is_keeper,
-        "keeper_id": keeper_id,
-        "distance_to_keeper": np.where(same, 0, distance).astype(np.int64),
-        "cosine_to_keeper": np.where(same, np.nan, cosine),
-        "rule": np.where(same, "exact", rule).astype(object),
-    })
+def _pair_of(a: np.ndarray, b: np.ndarray, shas: pd.Index, content: np.ndarray, keeper: np.ndarray) -> np.ndarray:
+    """For each row, the pair joining its content to its keeper's (-1: none, as for the keeper's
+    own bytes); only the rows of another content are looked up. Pairs are keyed by their two
+    contents, the smaller SHA-256 first (as every pair is stored)."""
+    out = np.full(len(content), -1, dtype=np.int64)
+    near = np.flatnonzero(content != keeper)
+    if len(near):
+        c, k = content[near], keeper[near]
+        first = np.asarray(shas.take(c) < shas.take(k))
+        lo, hi = np.where(first, c, k), np.where(first, k, c)
+        n = len(shas)
+        out[near] = pd.Index(a.astype(np.int64) * n + b).get_indexer(lo * n + hi)
+    return out

@@ -10,21 +10,22 @@ either reject or flag, per ``audit.actions``.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from .. import annotations, audit_checks, ledger, manifest, overrides, schemas
 from ..config import ConfigError
 from ..policy import RATING_ORDER, Policy, most_severe
-from ..tags import TagDictionary
+from ..tags import TagDictionary, list_array
 
 TAKEDOWN = ("policy", "takedown", "content taken down", "listed in takedown.txt (trainset purge)", [])
 FINAL = ("minors", "takedown")
 """Rules nothing else replaces: not an override, not a decode failure."""
+LISTS = ("tags", "artists")
+"""The ingest's lists, held as Arrow: only the rows that need it see them as Python lists."""
 
 
 def merge_copies(items: pd.DataFrame) -> pd.DataFrame:
@@ -32,23 +33,28 @@ def merge_copies(items: pd.DataFrame) -> pd.DataFrame:
     copies' in item-id order; the most severe rating. Tags and artists come in without
     repeats (canonicalized), so an item alone in its cluster keeps its own lists."""
     items = _in_item_order(items).copy(deep=False)  # new columns replace, never write into, the caller's
-    cluster, _ = pd.factorize(items["cluster_key"])
-    shared = np.flatnonzero(np.bincount(cluster)[cluster] > 1)
-    members = shared[np.argsort(cluster[shared], kind="stable")]  # grouped by cluster, item-id order within
+    members, cluster = _shared_clusters(items)
     rating = items["rating"].where(items["rating"].isin(RATING_ORDER), "unknown")
     if len(members):
-        spans = _spans(cluster[members])
-        groups = [members[a:b].tolist() for a, b in spans]
-        for column in ("tags", "artists"):
-            lists = items[column].to_numpy(dtype=object, copy=True)
-            for group in groups:
-                _merge_lists(group, lists)
-            items[column] = _lists(lists, items.index)
+        spans = _spans(cluster)
+        for column in LISTS:
+            lists = list_array(items[column]).take(members).to_pylist()
+            merged = [row for a, b in spans for row in _merged(lists[a:b])]
+            items[column] = _with_rows(items[column], members, merged)
         ratings = items["rating"].iloc[members].tolist()
         severest = [most_severe(ratings[a:b]) for a, b in spans]
         rating.iloc[members] = np.repeat(np.array(severest, dtype=object), [b - a for a, b in spans])
     items["rating"] = rating.astype("str")
     return items
+
+
+def _shared_clusters(items: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of the items that share their cluster key with another item, grouped by
+    cluster (item-id order within), and their cluster codes."""
+    cluster, _ = pd.factorize(items["cluster_key"])
+    shared = np.flatnonzero(np.bincount(cluster)[cluster] > 1)
+    members = shared[np.argsort(cluster[shared], kind="stable")]
+    return members, cluster[members]
 
 
 def _spans(keys: np.ndarray) -> list[tuple[int, int]]:
@@ -57,25 +63,32 @@ def _spans(keys: np.ndarray) -> list[tuple[int, int]]:
     return list(zip([0, *bounds], [*bounds, len(keys)]))
 
 
-def _merge_lists(group: list[int], lists: np.ndarray) -> None:
-    """Give every member of one cluster (positions in item-id order) its own values, then the
-    cluster's other ones."""
-    merged = list(dict.fromkeys(value for position in group for value in lists[position]))
+def _merged(lists: list[list[str]]) -> list[list[str]]:
+    """The lists of one cluster's members (in item-id order): each member's own values, then
+    the cluster's other ones."""
+    merged = list(dict.fromkeys(value for own in lists for value in own))
     if not merged:
-        return  # no member has any: each keeps its own empty list
-    for position in group:
-        lists[position] = list(dict.fromkeys([*lists[position], *merged]))
+        return lists  # no member has any: each keeps its own empty list
+    return [list(dict.fromkeys([*own, *merged])) for own in lists]
 
 
 def _in_item_order(items: pd.DataFrame) -> pd.DataFrame:
     return items if items["item_id"].is_monotonic_increasing else items.sort_values("item_id")
 
 
-def _lists(values, index: pd.Index) -> pd.Series:
-    """An object column of lists (pandas would read a list of equal-length lists as a table)."""
-    if not isinstance(values, np.ndarray):
-        values = np.fromiter(values, dtype=object, count=len(index))
-    return pd.Series(values, index=index, dtype=object)
+def _held(lists: pa.Array, index: pd.Index) -> pd.Series:
+    """An Arrow list array as a column (held as Arrow, written as the lists it stands for)."""
+    return pd.Series(pd.arrays.ArrowExtensionArray(lists), index=index)
+
+
+def _with_rows(values: pd.Series, positions: np.ndarray, lists: list[list[str]]) -> pd.Series:
+    """A list column, held as Arrow, with the rows at ``positions`` replaced by ``lists``."""
+    column = list_array(values)
+    if not len(positions):
+        return _held(column, values.index)
+    order = np.arange(len(column))
+    order[positions] = len(column) + np.arange(len(positions))
+    return _held(pa.concat_arrays([column, pa.array(lists, type=column.type)]).take(order), values.index)
 
 
 def _edited_rows(df: pd.DataFrame, edits: dict[str, dict]) -> list[tuple[int, dict]]:
@@ -99,26 +112,11 @@ def _with_tag_edits(df: pd.DataFrame, edits: dict[str, dict], dictionary: TagDic
     edited = _edited_rows(df, edits)
     if not edited:
         return df["tags"]
-    tags = df["tags"].to_numpy(dtype=object, copy=True)
-    for position, override in edited:
-        tags[position] = _apply_tag_edits(tags[position], override, dictionary)
-    return _lists(tags, df.index)
+    positions = np.array([position for position, _ in edited], dtype=np.int64)
+    tags = list_array(df["tags"]).take(positions).to_pylist()
+    return _with_rows(df["tags"], positions, [_apply_tag_edits(t, override, dictionary) for t, (_, override) in zip(tags, edited)])
 
 
-@contextlib.contextmanager
-def _collector_paused():
-    """Pause Python's cyclic garbage collector: this stage builds millions of small lists (tags,
-    flags) and none of them form cycles, yet each collection would walk all of them again."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-@_collector_paused()
 def run(
     paths: dict,
     out: str | Path,
@@ -132,10 +130,10 @@ def run(
 ) -> pd.DataFrame:
     """``takedown``: content SHA-256s taken down (``trainset purge``): rejected before anything else."""
     takedown = takedown or set()
-    items = manifest.read(paths["ingest"], schemas.INGEST)
+    items = manifest.read(paths["ingest"], schemas.INGEST, arrow_lists=LISTS)
     dictionary = TagDictionary.load(tag_dictionaries or [])
-    for column in ("tags", "artists"):  # before the next read: canonical lists share their strings, the read ones go
-        items[column] = _lists(dictionary.canonicalize_all(items[column]), items.index)
+    for column in LISTS:
+        items[column] = _held(dictionary.canonicalize_lists(list_array(items[column])), items.index)
     df = _joined(items, paths)
     del items
     df = annotations.join(df, annotations.load(annotation_files))
@@ -154,17 +152,30 @@ def run(
     _write_rejected(df, verdicts, rejected_out)
     rejected = np.zeros(len(df), dtype=bool)
     rejected[list(verdicts)] = True
-    kept = df.loc[~rejected, list(schemas.FILTERED.columns)] if rejected.any() else df[list(schemas.FILTERED.columns)]
+    kept = _moved(df, np.flatnonzero(~rejected), list(schemas.FILTERED.columns))
     del df
     return manifest.write(kept, out, schemas.FILTERED)
 
 
+def _moved(df: pd.DataFrame, rows: np.ndarray, columns: list[str]) -> pd.DataFrame:
+    """``columns`` of ``rows``, each column taken out of ``df`` as it is copied, so the table is
+    never held twice (and each Arrow column comes out in one chunk, which the writer then need
+    not join again)."""
+    return pd.DataFrame({name: df.pop(name).take(rows) for name in columns}, copy=False)
+
+
+# the audit columns the filtered manifest takes (the ingest has the sha256)
+_AUDIT_COLUMNS = [c for c in schemas.AUDIT.columns if c not in ("sha256", "schema_version")]
+
+
 def _joined(items: pd.DataFrame, paths: dict) -> pd.DataFrame:
-    """``items`` (in their order) with their audit row, cluster columns and NSFW score; each
-    manifest loses the columns it does not add as soon as it is read."""
-    audit = manifest.read(paths["audit"], schemas.AUDIT).drop(columns=["sha256", "schema_version"])
-    groups = manifest.read(paths["groups"], schemas.GROUPS)[["item_id", *schemas.CLUSTER_COLUMNS]]
-    scores = manifest.read(paths["nsfw"], schemas.NSFW_SCORES)[["item_id", "nsfw_score"]] if paths.get("nsfw") else None
+    """``items`` (in their order) with their audit row, cluster columns and NSFW score; of each
+    manifest only the columns it adds are read, the pHash lists held as Arrow (only carried)."""
+    audit = manifest.read(paths["audit"], schemas.AUDIT, columns=_AUDIT_COLUMNS, arrow_lists=manifest.CARRIED_LISTS)
+    for column in manifest.CARRIED_LISTS:  # one chunk: the rows kept are then copied once, not again to write
+        audit[column] = _held(list_array(audit[column]), audit.index)
+    groups = manifest.read(paths["groups"], schemas.GROUPS, columns=["item_id", *schemas.CLUSTER_COLUMNS])
+    scores = manifest.read(paths["nsfw"], schemas.NSFW_SCORES, columns=["item_id", "nsfw_score"]) if paths.get("nsfw") else None
     ids = items["item_id"]
     audit = _aligned(audit, ids, f"{paths['audit']}: no audit row")
     groups = _aligned(groups, ids, f"{paths['groups']}: no group row")
@@ -221,7 +232,7 @@ def _judge(df: pd.DataFrame, policy: Policy, edits: dict, takedown: set[str], th
         verdicts[position] = ("policy", ex.rule, ex.reason, ex.detail, list(ex.triggered))
     verdicts.update(_failures(df, ~final))  # an unusable file is rejected whatever the policy says (minors aside)
 
-    flags = list(map(list, map([d.flags for d in decisions].__getitem__, codes.tolist())))
+    found: dict[int, list[str]] = {}
     open_rows = np.ones(len(df), dtype=bool)
     open_rows[list(verdicts)] = False
     for position, record in _audit_candidates(df, open_rows, thresholds):
@@ -231,13 +242,20 @@ def _judge(df: pd.DataFrame, policy: Policy, edits: dict, takedown: set[str], th
             if action == "reject" and not (override and override.get("action") == "keep"):
                 verdicts.setdefault(position, ("filter", "audit", code, detail, []))
             elif action != "off":
-                flags[position].append(code)
+                found.setdefault(position, []).append(code)
 
-    df["flags"] = _lists(flags, df.index)
+    df["flags"] = _flags(decisions, codes, found, df.index)
     df["nsfw_flag"] = np.array([d.nsfw for d in decisions], dtype=bool)[codes]
     df["override"] = pd.Series(np.array([d.override for d in decisions], dtype=object)[codes], index=df.index).astype("str")
     df["caption_override"] = _caption_overrides(df, edits)
     return verdicts
+
+
+def _flags(decisions: list, codes: np.ndarray, found: dict[int, list[str]], index: pd.Index) -> pd.Series:
+    """Each row's flags: its decision's, then the audit codes ``found`` for it (by position)."""
+    decided = pa.array([list(d.flags) for d in decisions], type=pa.list_(pa.string())).take(codes)
+    positions = np.array(sorted(found), dtype=np.int64)
+    return _with_rows(_held(decided, index), positions, [[*decisions[codes[p]].flags, *found[p]] for p in positions.tolist()])
 
 
 def _failures(df: pd.DataFrame, among: np.ndarray) -> dict[int, tuple]:

@@ -66,27 +66,29 @@ def run(
     ``reference`` and ``stats`` files), gathered here; without them the search runs in this process."""
     cache_dir = Path(cache_dir)
     rule = neardup.Rule.from_params(near_dup, seed)
-    items = manifest.read(ingest_path, schemas.INGEST, columns=_ingest_columns(near_dup, searching=tiles is None))
-    audit_columns = ["item_id", "decoded", "width", "height", "border_fraction"] + (["phash_views"] if tiles is None else [])
-    audit = manifest.read(audit_path, schemas.AUDIT, columns=audit_columns)
-    merged = items.merge(audit, on="item_id", how="left", validate="one_to_one")
+    searching = tiles is None
+    items = manifest.read(ingest_path, schemas.INGEST, columns=_ingest_columns(near_dup, searching), arrow_lists=("tags",))
+    audit_columns = ["item_id", "width", "height", "border_fraction"] + (["phash_views"] if searching else [])
+    merged = _with_audit(items, manifest.read(audit_path, schemas.AUDIT, columns=audit_columns), audit_path)
+    del items
 
-    ranked = neardup.preference_order(merged, near_dup)
-    contents = ranked.drop_duplicates("sha256").reset_index(drop=True)  # the best copy stands for each content
-    if tiles is None:
+    if searching:
+        ranked = neardup.preference_order(merged, near_dup)
+        contents = ranked.drop_duplicates("sha256").reset_index(drop=True)  # the best copy stands for each content
         hashed = contents[contents["phash_views"].map(len) > 0].reset_index(drop=True)
         # reference images are decoded first: the decode workers fork, which must happen before the
         # pair search starts numba's threads in this process
         reference_sets = reference_features(near_dup, cache_dir, threads, extensions, max_pixels)
         pairs, matrix, emb, stats = search(rule, hashed, cache_dir, threads)
         refs = references(rule, hashed, matrix, emb, reference_sets, cache_dir, threads)
+        del ranked, contents, hashed, matrix, emb
     else:
         pairs = shards.concat(tiles["pairs"], schemas.PAIRS)
         refs = shards.concat(tiles["reference"], schemas.REFERENCE_PAIRS)
         stats = shards.sum_stats(tiles["stats"])
     manifest.write(pairs, pairs_out, schemas.PAIRS, sort_by=["a", "b"])
 
-    groups = _groups(merged[["item_id", "sha256"]], contents["sha256"], pairs)
+    groups = _groups(merged, pairs, near_dup)
     manifest.write(refs, reference_out, schemas.REFERENCE_PAIRS, sort_by=["sha256", "reference", "reference_path"])
     stats["reference_matches"] = len(refs)
     atomic.write_text(stats_path, json.dumps(stats, indent=2, sort_keys=True) + "\n")
@@ -105,25 +107,69 @@ def _ingest_columns(near_dup: dict, searching: bool) -> list[str]:
     return _RANK_COLUMNS + extra + (["path"] if searching else [])
 
 
-def _groups(items: pd.DataFrame, shas: pd.Series, pairs: pd.DataFrame) -> pd.DataFrame:
-    """Each item's cluster (grown around the best copy: ``shas`` come best first) and component."""
-    content_index = pd.Index(shas.to_numpy(dtype=object))
-    a, b = content_index.get_indexer(pairs["a"]), content_index.get_indexer(pairs["b"])
-    if (a < 0).any() or (b < 0).any():
-        unknown = pairs["a"][a < 0].tolist() + pairs["b"][b < 0].tolist()
-        raise ValueError(f"near-duplicate pairs name {len(unknown)} content(s) no item has, e.g. {unknown[0]!r}")
-    n = len(content_index)
-    rep = neardup.grow_clusters(n, a, b, np.arange(n))
-    comp = neardup.components(n, a, b)
-    comp_key = pd.Series(content_index.to_numpy(), dtype="str").groupby(comp).transform("min").to_numpy(dtype=object)
-    content = content_index.get_indexer(items["sha256"])
+def _with_audit(items: pd.DataFrame, audit: pd.DataFrame, audit_path) -> pd.DataFrame:
+    """``items`` with their audit row's columns, matched by item id (both files are in item-id
+    order, so usually row by row)."""
+    ids = items["item_id"]
+    if not (len(audit) == len(ids) and audit["item_id"].array.equals(ids.array)):
+        rows = pd.Index(audit["item_id"]).get_indexer(ids)
+        if (rows < 0).any():
+            raise manifest.ManifestError(f"{audit_path}: no audit row for {', '.join(ids[rows < 0][:5])}")
+        audit = audit.iloc[rows]
+    return pd.concat([items, audit.drop(columns="item_id").set_axis(items.index)], axis=1)
+
+
+def _groups(items: pd.DataFrame, pairs: pd.DataFrame, near_dup: dict) -> pd.DataFrame:
+    """Each item's cluster (grown around the best copy first) and component. Only contents in a
+    pair need the graph: every other content is its own cluster and component."""
+    content, shas = pd.factorize(items["sha256"])
+    a, b = _pair_contents(items["sha256"], content, pairs)
+    linked = _best_first(items, content, np.unique(np.concatenate([a, b])), near_dup)
+    local = np.full(len(shas), -1, dtype=np.int64)
+    local[linked] = np.arange(len(linked))
+    rep = np.arange(len(shas))
+    rep[linked] = linked[neardup.grow_clusters(len(linked), local[a], local[b], np.arange(len(linked)))]
+    least = np.arange(len(shas))
+    least[linked] = linked[_least_in_component(shas[linked], neardup.components(len(linked), local[a], local[b]))]
     cluster = rep[content]
-    groups = items.copy()
-    groups["cluster_key"] = pd.Series(content_index.to_numpy()[cluster], index=items.index, dtype="str")
+    groups = items[["item_id", "sha256"]].copy()
+    groups["cluster_key"] = pd.Series(shas.take(cluster), index=items.index, dtype="str")
     groups["cluster_id"] = groups["cluster_key"].str[:16]
-    groups["cluster_size"] = np.bincount(cluster, minlength=n)[cluster].astype("int64")
-    groups["component_key"] = pd.Series(comp_key[content], index=items.index, dtype="str")
+    groups["cluster_size"] = np.bincount(cluster, minlength=len(shas))[cluster].astype("int64")
+    groups["component_key"] = pd.Series(shas.take(least[content]), index=items.index, dtype="str")
     return groups
+
+
+def _pair_contents(shas: pd.Series, content: np.ndarray, pairs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """The content codes (``content``: one per item of ``shas``) of each pair's two contents,
+    looked up through the few SHA-256s the pairs name."""
+    named = pd.Index(pd.unique(pd.concat([pairs["a"], pairs["b"]], ignore_index=True).astype("str")))
+    row = named.get_indexer(shas)
+    code = np.full(len(named), -1, dtype=np.int64)
+    code[row[row >= 0]] = content[row >= 0]
+    if (code < 0).any():
+        unknown = named[code < 0]
+        raise ValueError(f"near-duplicate pairs name {len(unknown)} content(s) no item has, e.g. {unknown[0]!r}")
+    return code[named.get_indexer(pairs["a"])], code[named.get_indexer(pairs["b"])]
+
+
+def _best_first(items: pd.DataFrame, content: np.ndarray, linked: np.ndarray, near_dup: dict) -> np.ndarray:
+    """``linked`` contents in the order of their best copies (``neardup.preference_order`` ranks
+    each row on its own, so ranking only their copies orders them as ranking every item would)."""
+    is_linked = np.zeros(len(content), dtype=bool)
+    is_linked[linked] = True
+    rows = np.flatnonzero(is_linked[content])
+    ranked = neardup.preference_order(items.iloc[rows].set_axis(rows), near_dup)
+    return pd.unique(content[ranked.index.to_numpy()])
+
+
+def _least_in_component(shas: pd.Index, comp: np.ndarray) -> np.ndarray:
+    """For each of ``shas``, the position of the smallest SHA-256 in its component."""
+    by_sha = np.argsort(shas.to_numpy(dtype=object), kind="stable")
+    labels, first = np.unique(comp[by_sha], return_index=True)
+    least = np.empty(len(labels), dtype=np.int64)
+    least[labels] = by_sha[first]
+    return least[comp]
 
 
 def reference_features(near_dup: dict, cache_dir: Path, threads: int, extensions, max_pixels) -> list[tuple[str, pd.DataFrame]]:

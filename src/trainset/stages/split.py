@@ -39,9 +39,9 @@ def assign(component_key: str, seed: int, fractions: dict[str, float]) -> str:
 
 def assign_many(component_keys: pd.Series, seed: int, fractions: dict[str, float]) -> pd.Series:
     """:func:`assign` for every key (one hash per distinct key), as a text column aligned with the keys."""
-    keys = pd.unique(component_keys.to_numpy(dtype=object))
-    prefixes = b"".join(hashlib.sha256(f"{seed}:{k}".encode()).digest()[:8] for k in keys)
-    u = np.frombuffer(prefixes, dtype=">u8").astype(np.float64) / 2**64
+    codes, keys = pd.factorize(component_keys, use_na_sentinel=False)
+    digests = b"".join([hashlib.sha256(f"{seed}:{k}".encode()).digest() for k in keys.tolist()])
+    u = np.frombuffer(digests, dtype=">u8").reshape(-1, 4)[:, 0].astype(np.float64) / 2**64  # each digest's first 8 bytes
     edges, edge = [], 0.0
     for name in schemas.SPLITS:
         edge += fractions[name]
@@ -49,7 +49,7 @@ def assign_many(component_keys: pd.Series, seed: int, fractions: dict[str, float
     # the first split whose edge is above u (the last one when rounding leaves u past every edge)
     index = np.minimum(np.searchsorted(np.array(edges), u, side="right"), len(schemas.SPLITS) - 1)
     names = np.array(schemas.SPLITS, dtype=object)[index]
-    return pd.Series(names[pd.Index(keys).get_indexer(component_keys)], index=component_keys.index, dtype="str")
+    return pd.Series(names[codes], index=component_keys.index, dtype="str")
 
 
 def check_fractions(fractions: dict) -> dict[str, float]:
@@ -64,23 +64,25 @@ def check_fractions(fractions: dict) -> dict[str, float]:
 
 
 def run(captioned_path: str | Path, out: str | Path, moves_out: str | Path, history_path: str | Path, seed: int, fractions: dict) -> pd.DataFrame:
+    """The split manifest is written (and so validated) first: the captioned one is read unchecked,
+    and the moves and history are only written from rows that passed."""
     fractions = check_fractions(fractions)
-    items = manifest.read(captioned_path, schemas.CAPTIONED, arrow_lists=_LIST_COLUMNS)
+    items = manifest.read_columns(captioned_path, list(schemas.CAPTIONED.columns), _LIST_COLUMNS)
     items["split"] = assign_many(items["component_key"], seed, fractions)
-
-    history_path = Path(history_path)
-    if history_path.exists():
-        previous = pd.read_parquet(history_path)
-    else:
-        previous = pd.DataFrame(columns=_HISTORY_COLUMNS)
-    if "component_key" not in previous:  # a history written before components: nothing to compare
-        previous = pd.DataFrame(columns=_HISTORY_COLUMNS)
-    joined = items[["item_id", "split", "component_key"]].merge(
-        previous.rename(columns={"split": "previous_split", "component_key": "previous_component_key"}), on="item_id"
-    )
-    moves = joined[joined["split"] != joined["previous_split"]]
-    manifest.write(moves, moves_out, schemas.MOVES)
     written = manifest.write(items, out, schemas.SPLIT)
+    del items
+    manifest.write(_moves(written, Path(history_path)), moves_out, schemas.MOVES)
     with atomic.atomic_file(history_path) as tmp:
         written[_HISTORY_COLUMNS].to_parquet(tmp, index=False)
     return written
+
+
+def _moves(items: pd.DataFrame, history_path: Path) -> pd.DataFrame:
+    """The items whose split differs from the one the history gives them (with both component keys)."""
+    previous = pd.read_parquet(history_path) if history_path.exists() else pd.DataFrame(columns=_HISTORY_COLUMNS)
+    if "component_key" not in previous:  # a history written before components: nothing to compare
+        previous = pd.DataFrame(columns=_HISTORY_COLUMNS)
+    joined = items[_HISTORY_COLUMNS].merge(
+        previous.rename(columns={"split": "previous_split", "component_key": "previous_component_key"}), on="item_id"
+    )
+    return joined[joined["split"] != joined["previous_split"]]
