@@ -126,7 +126,7 @@ def split_ingest(ingest_path: str | Path, out_dir: str | Path, index_path: str |
     stay Arrow throughout; ``cache_dir``: see :func:`write_parts` (unchanged shards cost no write)."""
     keys = manifest.read(ingest_path, schemas.INGEST, columns=["item_id", "sha256", "path"])  # validated
     mapping, shard_of_row = assign_rows(keys["sha256"], read_map(map_path, size), size)
-    runs = ShardRuns.of(pq.read_table(ingest_path), shard_of_row)
+    runs = ShardRuns.read(ingest_path, shard_of_row)
     write_parts(runs, None, out_dir, cache_dir)
     present, bounds = runs.shards, runs.bounds
     digests = _digests(runs.table, bounds)
@@ -148,13 +148,20 @@ class ShardRuns:
         self.table, self.shards, self.bounds = table, shards, bounds
 
     @classmethod
-    def of(cls, table: pa.Table, shard_of_row) -> "ShardRuns":
+    def read(cls, path: str | Path, shard_of_row) -> "ShardRuns":
+        """The Parquet file's rows grouped by shard, one column at a time: the file's table is never
+        held twice (a 1M-row manifest with its pHash views is gigabytes)."""
         shard_of_row = np.asarray(shard_of_row, dtype=np.int64)
         order = np.argsort(shard_of_row, kind="stable")
         present = np.unique(shard_of_row)
         bounds = np.searchsorted(shard_of_row[order], np.append(present, present[-1] + 1 if len(present) else 0))
-        # one take over one chunk per column: a take per shard over many chunks costs a hundred times more
-        return cls(table.combine_chunks().take(order), present, bounds)
+        parquet = pq.ParquetFile(path)
+        schema = parquet.schema_arrow
+        # one take per column over one chunk: a take per shard over many chunks costs a hundred times more
+        columns = [parquet.read(columns=[name]).column(0).combine_chunks().take(order) for name in schema.names]
+        if len(columns) and len(columns[0]) != len(shard_of_row):
+            raise ShardError(f"{path}: {len(columns[0])} rows, but {len(shard_of_row)} were assigned shards")
+        return cls(pa.Table.from_arrays(columns, schema=schema), present, bounds)
 
     def count(self, shard: int) -> int:
         k = int(np.searchsorted(self.shards, shard))
@@ -374,7 +381,7 @@ def deal(manifest_path: str | Path, map_path: str | Path, shard_names, out_dir: 
     if outside.any():
         raise ShardError(f"{manifest_path}: {int(outside.sum())} rows fall in shards the index does not list "
                          f"(first: item {keys['item_id'].iloc[int(np.flatnonzero(outside)[0])]})")
-    written = write_parts(ShardRuns.of(pq.read_table(manifest_path), shard_of), sorted(shard_names), out_dir, cache_dir)
+    written = write_parts(ShardRuns.read(manifest_path, shard_of), sorted(shard_names), out_dir, cache_dir)
     if index_path is not None:
         atomic.write_text(index_path, json.dumps(written, indent=1, sort_keys=True) + "\n")
     return {k: v["items"] for k, v in written.items()}
