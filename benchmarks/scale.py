@@ -517,6 +517,8 @@ def step_dedup(repo: Repo, params: dict, opts, save) -> dict:
 def step_caption(repo: Repo, params: dict, opts, save) -> dict:
     """The ``deal_deduped`` checkpoint, a ``caption_shard`` for each shard whose dealt rows changed
     (its digest param; all of them in a full build), the ``caption`` gather."""
+    import pyarrow
+
     from trainset import manifest, schemas, shards
     from trainset.stages import caption
 
@@ -524,6 +526,7 @@ def step_caption(repo: Repo, params: dict, opts, save) -> dict:
     dealt, index_path = repo.shards / "deduped", repo.shards / "deduped-index.json"
     before = json.loads(index_path.read_text()) if index_path.exists() else {}
     shards.deal(repo.deduped, repo.map, names, dealt, schemas.DEDUPED, index_path, repo.cache / "parts" / "deduped")
+    pyarrow.default_memory_pool().release_unused()  # the deal is a job of its own in the workflow: its memory goes with it
     now = json.loads(index_path.read_text())
     todo = [s for s in names if before.get(s, {}).get("digest") != now[s]["digest"] or not repo.shard_file("captioned", s).exists()]
     for name in todo:
