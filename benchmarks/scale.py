@@ -21,14 +21,13 @@ job does: its wall time is the stage call's, its peak RSS the process's own high
    ``audit.gather``, one ``pairs.run`` per shard (the tile of shard k against itself and every
    earlier shard; all tiles in one process), ``group.run`` (gathering the tiles), ``nsfw.run``
    (``nsfw_model: {backend: none}``), ``filter.run``, ``dedup.run``, ``shards.deal`` and one
-   ``caption.run`` per shard whose dealt rows changed (gathered),
+   ``caption.run`` per shard (gathered),
    ``split.run`` and ``rejected.run``.
 3. checks: every raw item is in exactly one of split and rejected; the planted copies, near
    copies, policy hits and undecodable rows were caught.
 4. at the largest N, the incremental step: 1 % new items (new contents), ``shards.split_ingest``
    with the previous shard map, and what Snakemake would rerun: the audit gather, the pair tiles of
-   the changed and new shards, the caption jobs of the shards whose kept rows changed, and every
-   gather after them.
+   the changed and new shards, every caption job (the deal reran), and every gather after them.
 
 The near-duplicate rule is params.yaml's without the clauses that need embeddings (feature rows
 have none): its distance-only clauses (``max_distance: 6`` as shipped); the other params are
@@ -515,8 +514,8 @@ def step_dedup(repo: Repo, params: dict, opts, save) -> dict:
 
 
 def step_caption(repo: Repo, params: dict, opts, save) -> dict:
-    """The ``deal_deduped`` checkpoint, a ``caption_shard`` for each shard whose dealt rows changed
-    (its digest param; all of them in a full build), the ``caption`` gather."""
+    """The ``deal_deduped`` rule, one ``caption_shard`` per shard (the workflow reruns them all when
+    the deal ran), the ``caption`` gather."""
     import pyarrow
 
     from trainset import manifest, schemas, shards
@@ -528,12 +527,11 @@ def step_caption(repo: Repo, params: dict, opts, save) -> dict:
     shards.deal(repo.deduped, repo.map, names, dealt, schemas.DEDUPED, index_path, repo.cache / "parts" / "deduped")
     pyarrow.default_memory_pool().release_unused()  # the deal is a job of its own in the workflow: its memory goes with it
     now = json.loads(index_path.read_text())
-    todo = [s for s in names if before.get(s, {}).get("digest") != now[s]["digest"] or not repo.shard_file("captioned", s).exists()]
-    for name in todo:
+    for name in names:
         caption.run(dealt / f"{name}.parquet", repo.shard_file("captioned", name), dict(params["caption"]),
                     list(params["tags"]["dictionaries"]), repo.cache / "background", {s[0]: "" for s in SOURCES} | {MIRROR: ""})
     manifest.write(shards.concat([repo.shard_file("captioned", s) for s in names], schemas.CAPTIONED), repo.captioned, schemas.CAPTIONED)
-    return {"captioned_shards": len(todo)}
+    return {"captioned_shards": len(names), "changed_shards": sum(before.get(s, {}).get("digest") != now[s]["digest"] for s in names)}
 
 
 def step_split(repo: Repo, params: dict, opts, save) -> dict:
@@ -743,8 +741,6 @@ def pipeline(repo: Path, args, steps: dict, tiles: str) -> dict:
         steps[step] = {"s": got["s"], "rss": got["rss"]}
         if step == "pair tiles":
             tile_info = got["info"]
-        if step == "caption":
-            tile_info["captioned_shards"] = got["info"]["captioned_shards"]
     return tile_info
 
 
@@ -778,7 +774,7 @@ def build(n: int, args, incremental: bool) -> dict:
                 tiles = pipeline_after_shard(repo, args, rest)
             finally:
                 inc["steps"].update(rest)
-            inc.update(tiles=tiles["tiles"], tile_s=tiles["tile_s"], captioned_shards=tiles.get("captioned_shards"))
+            inc.update(tiles=tiles["tiles"], tile_s=tiles["tile_s"], changed_shards=tiles.get("changed_shards"))
             inc["wall"] = sum(v["s"] for v in inc["steps"].values())
             inc["peak_rss"] = max(v["rss"] for v in inc["steps"].values())
             inc["ratio"] = inc["wall"] / result["wall"]
@@ -802,7 +798,7 @@ def pipeline_after_shard(repo: Path, args, steps: dict) -> dict:
         if step == "pair tiles":
             tile_info = got["info"]
         if step == "caption":
-            tile_info["captioned_shards"] = got["info"]["captioned_shards"]
+            tile_info["changed_shards"] = got["info"]["changed_shards"]
     return tile_info
 
 
@@ -931,9 +927,9 @@ def report(results: list[dict], argv: list[str], started: float, noop: dict | No
             f"{i['new_items']:,} new items (new contents) were added to the ingest manifest; `shards.split_ingest` with the "
             f"previous shard map put them in shard(s) {', '.join(i['changed'])} (new: {', '.join(i['new_shards']) or 'none'}; "
             "the same set `shards.assign` gives with the previous map). Rerun, as Snakemake would: the shard checkpoint, the "
-            f"audit gather, the {i['tiles']} pair tiles that compare a changed shard, the caption jobs of the "
-            f"{i.get('captioned_shards', '?')} shard(s) whose kept rows changed (digests in `deduped-index.json`), and every "
-            "gather. The changed shards' "
+            f"audit gather, the {i['tiles']} pair tiles that compare a changed shard, every caption job (the deal reran; "
+            f"the kept rows of {i.get('changed_shards', '?')} shard(s) changed, by the digests in `deduped-index.json`), and "
+            "every gather. The changed shards' "
             f"audit jobs (a decode) and the ingest scan are not measured (synthetic rows: {secs(i['synthetic_s'])}).",
             "",
             "| step | full build | incremental | share of the full build's wall |",

@@ -1,4 +1,4 @@
-checkpoint deal_deduped:
+rule deal_deduped:
     input:
         manifest=DEDUPED,
         checkpoint=SHARDS_DEALT,
@@ -17,12 +17,11 @@ checkpoint deal_deduped:
 
 rule caption_shard:
     input:
-        dealt=DEDUPED_DEALT,
+        dealt=DEDUPED_PARTS,
         dictionaries=config["tags"]["dictionaries"],
     output:
         f"{SHARDS}/captioned/{{shard}}.parquet",
     params:
-        digest=deduped_digest,  # the shard's kept rows: only the shards whose rows changed caption again
         caption=config["caption"],
         cache=f"{CACHE}/background",
         triggers={s.name: s.trigger_word for s in SOURCES},

@@ -80,16 +80,9 @@ def shard_digest(w):
     return shard_index()[w.shard]["digest"]
 
 
-# the deduped manifest dealt out by shard (checkpoint deal_deduped), for the per-shard captions
+# the deduped manifest dealt out by shard (rule deal_deduped), for the per-shard captions
 DEDUPED_PARTS = f"{SHARDS}/deduped"
-DEDUPED_INDEX = f"{SHARDS}/deduped-index.json"
-DEDUPED_DEALT = ancient(DEDUPED_PARTS)  # as SHARDS_DEALT, for the deal_deduped checkpoint
-
-
-def deduped_digest(w):
-    """The digest of a shard's deduped rows: its caption job reruns when it changes (as shard_digest)."""
-    with checkpoints.deal_deduped.get().output.index.open() as f:
-        return json.load(f)[w.shard]["digest"]
+DEDUPED_INDEX = f"{SHARDS}/deduped-index.json"  # shard -> digest of its kept rows
 
 
 # conversation shards: dedup's MinHash signatures run once per shard (src/trainset/conversations/shards.py)

