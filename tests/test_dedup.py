@@ -536,6 +536,6 @@ def test_rows_equal_a_boolean_selection():
     })
     mask = np.array([True, False, True, True, False])
     expected = frame[mask].reset_index(drop=True)
-    rows = dedup._rows(frame.copy(), mask)
+    rows = manifest.take_rows(frame.copy(), np.flatnonzero(mask))
     pd.testing.assert_frame_equal(rows, expected)
     assert [rows[c].array.__arrow_array__().num_chunks for c in ("item_id", "tags", "sidecar")] == [1, 1, 1]

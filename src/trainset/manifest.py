@@ -192,6 +192,19 @@ def _normalize_text(df: pd.DataFrame, schema: pa.DataFrameSchema) -> pd.DataFram
     return df
 
 
+def take_rows(df: pd.DataFrame, rows: np.ndarray, columns: list[str] | None = None) -> pd.DataFrame:
+    """``columns`` (default: all) of the rows at positions ``rows``, renumbered from 0. Each column
+    is taken out of ``df`` as it is copied, so a wide frame is never held twice, and an Arrow
+    column comes out in one chunk, which :func:`write` then need not join again."""
+    out = {}
+    for name in list(df.columns) if columns is None else columns:
+        values = df.pop(name).array.take(rows)
+        if isinstance(values, pd.arrays.ArrowExtensionArray):
+            values = pd.array(values.__arrow_array__().combine_chunks(), dtype=values.dtype)
+        out[name] = values
+    return pd.DataFrame(out, copy=False)
+
+
 def read(path: str | Path, schema: pa.DataFrameSchema, columns: list[str] | None = None,
          arrow_lists: tuple[str, ...] = ()) -> pd.DataFrame:
     """The manifest at ``path``, validated. ``columns``: only these (in this order), for a stage

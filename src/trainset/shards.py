@@ -163,10 +163,6 @@ class ShardRuns:
             raise ShardError(f"{path}: {len(columns[0])} rows, but {len(shard_of_row)} were assigned shards")
         return cls(pa.Table.from_arrays(columns, schema=schema), present, bounds)
 
-    def count(self, shard: int) -> int:
-        k = int(np.searchsorted(self.shards, shard))
-        return int(self.bounds[k + 1] - self.bounds[k]) if k < len(self.shards) and self.shards[k] == shard else 0
-
     def rows(self, shard: int) -> pa.Table:
         k = int(np.searchsorted(self.shards, shard))
         if k == len(self.shards) or self.shards[k] != shard:
@@ -180,8 +176,8 @@ def write_parts(runs: ShardRuns, names, out_dir: str | Path, cache_dir: str | Pa
     Returns shard -> {digest of the part's content, items}.
 
     A part's file depends only on its rows; its digest is the file's SHA-256. With a ``cache_dir``
-    each part is written there once, named by that digest, and hard-linked into ``out_dir``: a rerun after a 1 % change writes 1 % of
-    the parts (Snakemake removes a job's output folder before the job, so unchanged parts must come
+    each part is written there once, named by that digest, and hard-linked into ``out_dir``: a
+    rerun after a 1 % change writes 1 % of the parts (Snakemake removes a job's output folder before the job, so unchanged parts must come
     from elsewhere). The cache keeps only the parts the last call linked."""
     present = [name(int(k)) for k in runs.shards]
     wanted = present if names is None else [str(n) for n in names]
@@ -195,9 +191,10 @@ def write_parts(runs: ShardRuns, names, out_dir: str | Path, cache_dir: str | Pa
         if cache is not None:
             cache.mkdir(parents=True, exist_ok=True)
         for shard in wanted:
-            data = _parquet_bytes(_part_table(runs.rows(int(shard)), meta))
+            part = _part_table(runs.rows(int(shard)), meta)
+            data = _parquet_bytes(part)
             digest = hashlib.sha256(data).hexdigest()
-            out[shard] = {"digest": digest, "items": int(runs.count(int(shard)))}
+            out[shard] = {"digest": digest, "items": part.num_rows}
             target = tmp_dir / f"{shard}.parquet"
             if cache is None:
                 target.write_bytes(data)

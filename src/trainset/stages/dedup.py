@@ -48,22 +48,11 @@ def run(
     near_dup = near_dup or {}
     choice = _choose(filtered_path, pairs_path, reference_path, clusters_out, rejected_out, near_dup)
     # unvalidated: the columns the choice read were, and the rows kept are when written
-    items = _rows(manifest.read_columns(filtered_path, list(schemas.FILTERED.columns), _CARRIED_LISTS), choice.kept)
+    items = manifest.take_rows(manifest.read_columns(filtered_path, list(schemas.FILTERED.columns), _CARRIED_LISTS),
+                               np.flatnonzero(choice.kept))
     if choice.flagged.any():
         items["flags"] = _with_flag(items["flags"], choice.flagged[choice.kept])
     return manifest.write(items, out, schemas.DEDUPED)
-
-
-def _rows(frame: pd.DataFrame, mask: np.ndarray) -> pd.DataFrame:
-    """``frame[mask]``, column by column: each column is let go once taken, so the frame is never
-    held twice, and left in one chunk, so the writer has no whole-table copy to make."""
-    return pd.DataFrame({name: _in_one_chunk(frame.pop(name).array[mask]) for name in list(frame.columns)})
-
-
-def _in_one_chunk(values):
-    if not isinstance(values, pd.arrays.ArrowExtensionArray):
-        return values
-    return pd.array(values.__arrow_array__().combine_chunks(), dtype=values.dtype)
 
 
 def _choose(filtered_path: str | Path, pairs_path: str | Path, reference_path: str | Path, clusters_out: str | Path,

@@ -152,16 +152,9 @@ def run(
     _write_rejected(df, verdicts, rejected_out)
     rejected = np.zeros(len(df), dtype=bool)
     rejected[list(verdicts)] = True
-    kept = _moved(df, np.flatnonzero(~rejected), list(schemas.FILTERED.columns))
+    kept = manifest.take_rows(df, np.flatnonzero(~rejected), list(schemas.FILTERED.columns))
     del df
     return manifest.write(kept, out, schemas.FILTERED)
-
-
-def _moved(df: pd.DataFrame, rows: np.ndarray, columns: list[str]) -> pd.DataFrame:
-    """``columns`` of ``rows``, each column taken out of ``df`` as it is copied, so the table is
-    never held twice (and each Arrow column comes out in one chunk, which the writer then need
-    not join again)."""
-    return pd.DataFrame({name: df.pop(name).take(rows) for name in columns}, copy=False)
 
 
 # the audit columns the filtered manifest takes (the ingest has the sha256)
