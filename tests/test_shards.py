@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +117,20 @@ def test_a_cached_split_writes_only_the_changed_parts_and_links_the_rest(tmp_pat
     parts = pd.concat([manifest.read(out / n, schemas.INGEST) for n in sorted(after)], ignore_index=True)
     pd.testing.assert_frame_equal(parts, whole)
     assert list(pd.read_parquet(out / "00002.parquet").index) == [0, 1]
+
+
+def test_a_truncated_part_in_the_cache_is_written_again(tmp_path: Path) -> None:
+    ingest, out, cache = tmp_path / "ingest.parquet", tmp_path / "shards", tmp_path / "cache"
+    names = [(f"s/{k:03d}", sha) for k, sha in enumerate(_shas(4))]
+    args = (tmp_path / "index.json", tmp_path / "map.parquet", 2, cache)
+    manifest.write(_ingest_rows(names), ingest, schemas.INGEST)
+    shards.split_ingest(ingest, out, *args)
+    broken = out / "00000.parquet"
+    size = broken.stat().st_size
+    os.truncate(broken, size // 2)  # the link and its cache entry are one file
+    shards.split_ingest(ingest, out, *args)
+    assert (out / "00000.parquet").stat().st_size == size
+    assert manifest.read(out / "00000.parquet", schemas.INGEST)["item_id"].tolist() == ["s/000", "s/001"]
 
 
 def test_deal_writes_an_index_of_part_digests_that_change_only_with_their_rows(tmp_path: Path) -> None:

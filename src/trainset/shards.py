@@ -200,7 +200,7 @@ def write_parts(runs: ShardRuns, names, out_dir: str | Path, cache_dir: str | Pa
                 target.write_bytes(data)
                 continue
             cached = cache / f"{digest}.parquet"
-            if not cached.exists():
+            if not cached.is_file() or cached.stat().st_size != len(data):  # a truncated or emptied entry is written again
                 atomic.write_bytes(cached, data)
             _link(cached, target)
     if cache is not None:
