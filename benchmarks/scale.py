@@ -27,7 +27,8 @@ job does: its wall time is the stage call's, its peak RSS the process's own high
    copies, policy hits and undecodable rows were caught.
 4. at the largest N, the incremental step: 1 % new items (new contents), ``shards.split_ingest``
    with the previous shard map, and what Snakemake would rerun: the audit gather, the pair tiles of
-   the changed and new shards, every caption job (the deal reran), and every gather after them.
+   the changed and new shards, every caption job (the deal reran: a shard whose kept rows did not
+   change links its kept captions), and every gather after them.
 
 The near-duplicate rule is params.yaml's without the clauses that need embeddings (feature rows
 have none): its distance-only clauses (``max_distance: 6`` as shipped); the other params are
@@ -498,7 +499,8 @@ def step_filter(repo: Repo, params: dict, opts, save) -> dict:
     from trainset import versions
     from trainset.stages import filter as filter_stage
 
-    filter_stage.run({"ingest": repo.ingest, "audit": repo.audit, "groups": repo.groups, "nsfw": repo.nsfw},
+    filter_stage.run({"ingest": repo.ingest, "ingest_shards": [repo.shard_file("ingest", s) for s in repo.names()], "audit": repo.audit, "groups": repo.groups,
+                      "nsfw": repo.nsfw},
                      repo.filtered, repo.rejected_parts[0], audit_params=dict(params["audit"]),
                      policy_params=dict(params["policy"]), tag_dictionaries=list(params["tags"]["dictionaries"]),
                      annotation_files=list(params["annotations"]), overrides_file=None,
@@ -518,7 +520,7 @@ def step_caption(repo: Repo, params: dict, opts, save) -> dict:
     the deal ran), the ``caption`` gather."""
     import pyarrow
 
-    from trainset import manifest, schemas, shards
+    from trainset import manifest, provenance, schemas, shards
     from trainset.stages import caption
 
     names = repo.names()
@@ -527,10 +529,15 @@ def step_caption(repo: Repo, params: dict, opts, save) -> dict:
     shards.deal(repo.deduped, repo.map, names, dealt, schemas.DEDUPED, index_path, repo.cache / "parts" / "deduped")
     pyarrow.default_memory_pool().release_unused()  # the deal is a job of its own in the workflow: its memory goes with it
     now = json.loads(index_path.read_text())
+    code = provenance.code_digest()
+    triggers = {s[0]: "" for s in SOURCES} | {MIRROR: ""}
+    dictionaries = list(params["tags"]["dictionaries"])
     for name in names:
+        kept = caption.kept_as(repo.cache / "parts" / "captioned", name, now[name]["digest"], dict(params["caption"]), dictionaries,
+                               triggers, code)
         caption.run(dealt / f"{name}.parquet", repo.shard_file("captioned", name), dict(params["caption"]),
-                    list(params["tags"]["dictionaries"]), repo.cache / "background", {s[0]: "" for s in SOURCES} | {MIRROR: ""})
-    manifest.write(shards.concat([repo.shard_file("captioned", s) for s in names], schemas.CAPTIONED), repo.captioned, schemas.CAPTIONED)
+                    dictionaries, repo.cache / "background", triggers, kept)
+    shards.gather([repo.shard_file("captioned", s) for s in names], repo.captioned, schemas.CAPTIONED)
     return {"captioned_shards": len(names), "changed_shards": sum(before.get(s, {}).get("digest") != now[s]["digest"] for s in names)}
 
 
@@ -928,7 +935,8 @@ def report(results: list[dict], argv: list[str], started: float, noop: dict | No
             f"previous shard map put them in shard(s) {', '.join(i['changed'])} (new: {', '.join(i['new_shards']) or 'none'}; "
             "the same set `shards.assign` gives with the previous map). Rerun, as Snakemake would: the shard checkpoint, the "
             f"audit gather, the {i['tiles']} pair tiles that compare a changed shard, every caption job (the deal reran; "
-            f"the kept rows of {i.get('changed_shards', '?')} shard(s) changed, by the digests in `deduped-index.json`), and "
+            f"the kept rows of {i.get('changed_shards', '?')} shard(s) changed, by the digests in `deduped-index.json`: those "
+            "captioned again, the others linking the captions kept for their rows), and "
             "every gather. The changed shards' "
             f"audit jobs (a decode) and the ingest scan are not measured (synthetic rows: {secs(i['synthetic_s'])}).",
             "",

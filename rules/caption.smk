@@ -18,12 +18,14 @@ rule deal_deduped:
 rule caption_shard:
     input:
         dealt=DEDUPED_PARTS,
+        index=DEDUPED_INDEX,
         dictionaries=config["tags"]["dictionaries"],
     output:
         f"{SHARDS}/captioned/{{shard}}.parquet",
     params:
         caption=config["caption"],
         cache=f"{CACHE}/background",
+        kept=f"{CACHE}/parts/captioned",  # a shard's captions by what they depend on: a shard whose kept rows did not change links them
         triggers={s.name: s.trigger_word for s in SOURCES},
         code=CODE,
     threads: SHARD_THREADS

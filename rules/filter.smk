@@ -1,6 +1,7 @@
 rule filter:
     input:
         ingest=INGEST,
+        ingest_shards=per_shard(f"{SHARDS}/ingest/{{shard}}.parquet"),  # each shard's ingest rows: the audit is read by shard
         audit=AUDIT,
         groups=GROUPS,
         nsfw=NSFW,

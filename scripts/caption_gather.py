@@ -1,4 +1,4 @@
-"""Snakemake entry: the captioned manifest from the shards' (one caption job per shard)."""
-from trainset import manifest, schemas, shards
+"""Snakemake entry: the captioned manifest from the shards' (one caption job per shard), written by shard."""
+from trainset import schemas, shards
 
-manifest.write(shards.concat(list(snakemake.input), schemas.CAPTIONED), snakemake.output[0], schemas.CAPTIONED)
+shards.gather(list(snakemake.input), snakemake.output[0], schemas.CAPTIONED)

@@ -4,7 +4,7 @@ from trainset.stages import filter as filter_stage
 
 i, p = snakemake.input, snakemake.params
 filter_stage.run(
-    {"ingest": i.ingest, "audit": i.audit, "groups": i.groups, "nsfw": i.nsfw},
+    {"ingest": i.ingest, "ingest_shards": list(i.ingest_shards), "audit": i.audit, "groups": i.groups, "nsfw": i.nsfw},
     snakemake.output.kept,
     snakemake.output.rejected,
     audit_params=dict(p.audit),

@@ -205,7 +205,7 @@ class Chain:
         takedown: set[str] | None = None,
     ) -> pd.DataFrame:
         """The filter stage; ``audit_params`` (thresholds, ``actions``) win over ``min_side``."""
-        return filter_stage.run(
+        filter_stage.run(
             {"ingest": self.p["ingest"], "audit": self.p["audit"], "groups": self.p["groups"], "nsfw": self.p["nsfw"]},
             self.p["filtered"],
             self.p["rej_filter"],
@@ -216,15 +216,17 @@ class Chain:
             overrides_file=str(overrides) if overrides else None,
             takedown=takedown,
         )
+        return manifest.read(self.p["filtered"], schemas.FILTERED)
 
     @_at_root
     def dedup(self, near_dup: dict | None = None) -> pd.DataFrame:
         """The dedup stage, with the group stage's ``near_dup`` params unless others are given."""
         near_dup = near_dup if near_dup is not None else getattr(self, "near_dup", {})
-        return dedup.run(
+        dedup.run(
             self.p["filtered"], self.p["pairs"], self.p["reference_pairs"], self.p["deduped"], self.p["clusters"],
             self.p["rej_dedup"], near_dup,
         )
+        return manifest.read(self.p["deduped"], schemas.DEDUPED)
 
     @_at_root
     def caption(self, tag_dictionaries: list[str] | None = None, **caption_params) -> pd.DataFrame:
@@ -234,7 +236,8 @@ class Chain:
     @_at_root
     def split(self, seed: int = 1337, fractions: dict | None = None) -> pd.DataFrame:
         fractions = fractions or {"train": 0.8, "val": 0.1, "test": 0.1}
-        return split.run(self.p["captioned"], self.p["split"], self.p["moves"], self.p["history"], seed, fractions)
+        split.run(self.p["captioned"], self.p["split"], self.p["moves"], self.p["history"], seed, fractions)
+        return manifest.read(self.p["split"], schemas.SPLIT)
 
     @_at_root
     def rejected(self) -> pd.DataFrame:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
 import stage_helpers as H
@@ -320,3 +321,35 @@ def test_both_is_the_sentence_then_the_tags(dictionary):
 def test_bad_caption_params_fail_naming_the_key(params, message):
     with pytest.raises(ValueError, match=message):
         CaptionSpec.from_params(params)
+
+
+def test_a_shards_captions_are_kept_and_linked_while_what_they_depend_on_holds(tmp_path, monkeypatch):
+    """A caption job whose deduped part, params, dictionaries, triggers and code are those of a
+    kept file links it instead of captioning; any change names another file; a torn one is made again."""
+    deduped = _deduped(tmp_path)
+    params = {"trigger_word": "sks", "background": {"check": False}}
+    kept = caption_stage.kept_as(tmp_path / "kept", "00003", "digest-1", params, [], {"src": "abc"}, "code-1")
+    caption_stage.run(deduped, tmp_path / "a.parquet", params, [], None, {"src": "abc"}, kept)
+    first = manifest.read(tmp_path / "a.parquet", schemas.CAPTIONED)
+    assert len(first) == 3 and kept.read_bytes() == (tmp_path / "a.parquet").read_bytes()
+
+    def no_captioning(*args, **kw):
+        raise AssertionError("captioned again")
+
+    with monkeypatch.context() as m:
+        m.setattr(caption_stage, "_captioned", no_captioning)
+        again = caption_stage.run(deduped, tmp_path / "b.parquet", params, [], None, {"src": "abc"}, kept)
+    assert (tmp_path / "b.parquet").stat().st_ino == kept.stat().st_ino
+    pd.testing.assert_frame_equal(again, first)
+
+    others = [caption_stage.kept_as(tmp_path / "kept", "00003", "digest-2", params, [], {"src": "abc"}, "code-1"),
+              caption_stage.kept_as(tmp_path / "kept", "00003", "digest-1", {**params, "trigger_word": "x"}, [], {"src": "abc"}, "code-1"),
+              caption_stage.kept_as(tmp_path / "kept", "00003", "digest-1", params, [], {"src": "other"}, "code-1"),
+              caption_stage.kept_as(tmp_path / "kept", "00003", "digest-1", params, [], {"src": "abc"}, "code-2")]
+    assert len({kept, *others}) == 5 and all(o.parent == kept.parent for o in others)
+
+    kept.write_bytes(kept.read_bytes()[:100])  # torn: made again, whole
+    caption_stage.run(deduped, tmp_path / "c.parquet", params, [], None, {"src": "abc"}, kept)
+    pd.testing.assert_frame_equal(manifest.read(tmp_path / "c.parquet", schemas.CAPTIONED), first)
+    caption_stage.run(deduped, tmp_path / "d.parquet", {**params, "trigger_word": "x"}, [], None, {"src": "abc"}, others[1])
+    assert sorted(p.name for p in kept.parent.iterdir()) == [others[1].name]  # a shard keeps its last captions only

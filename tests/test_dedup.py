@@ -448,9 +448,9 @@ def _dedup(tmp_path, rows, pairs):
     manifest.write(manifest.empty(schemas.REFERENCE_PAIRS), tmp_path / "reference_pairs.parquet", schemas.REFERENCE_PAIRS,
                    sort_by=["sha256", "reference", "reference_path"])
     out = {n: tmp_path / f"{n}.parquet" for n in ("deduped", "clusters", "rejected")}
-    kept = dedup.run(path, tmp_path / "pairs.parquet", tmp_path / "reference_pairs.parquet",
-                     out["deduped"], out["clusters"], out["rejected"], {})
-    return kept, out
+    dedup.run(path, tmp_path / "pairs.parquet", tmp_path / "reference_pairs.parquet",
+              out["deduped"], out["clusters"], out["rejected"], {})
+    return manifest.read(out["deduped"], schemas.DEDUPED), out
 
 
 def test_keeper_is_chosen_among_survivors_only(tmp_path):
@@ -512,6 +512,50 @@ def test_dedup_on_empty_input(tmp_path):
     assert len(kept) == 0
     for name, schema in [("deduped", schemas.DEDUPED), ("clusters", schemas.MEMBERSHIP), ("rejected", schemas.REJECTED)]:
         assert len(manifest.read(out[name], schema)) == 0
+
+
+@pytest.mark.parametrize("action", ["reject", "flag"])
+def test_dedup_by_shard_keeps_the_rows_and_shards_of_its_input(tmp_path, action):
+    """A filtered manifest written by shard: the keepers are taken a shard at a time and written
+    under their shard, the same rows (reference flags included) as from the same rows written
+    whole; a shard left with no keeper has no row group. Clusters and rejected rows are the same."""
+    key = H.fake_sha("src:a0.png")
+    linked = {"cluster_key": key, "cluster_id": key[:16], "cluster_size": 3}
+    shard_rows = {
+        "00000": [H.item_row("src:a0.png", width=900, height=900, **linked), H.item_row("src:b0.png", tags=["x"])],
+        "00001": [H.item_row("src:a1.png", width=500, height=500, **linked), H.item_row("src:ref.png"),
+                  H.item_row("src:c1.png", flags=["already"])],
+        "00002": [H.item_row("src:a2.png", width=100, height=100, **linked)],
+    }
+    pairs = [_pair("src:a0.png", "src:a1.png", 3), _pair("src:a0.png", "src:a2.png", 5)]
+    refs = pd.DataFrame([{"sha256": H.fake_sha("src:ref.png"), "reference": "eval", "reference_path": "eval/x.png",
+                          "distance": 2, "cosine": np.nan, "rule": RULE}])
+    manifest.write(H.frame(pairs, schemas.PAIRS), tmp_path / "pairs.parquet", schemas.PAIRS, sort_by=["a", "b"])
+    manifest.write(refs, tmp_path / "refs.parquet", schemas.REFERENCE_PAIRS, sort_by=["sha256", "reference", "reference_path"])
+    rows = {shard: H.frame(r, schemas.FILTERED) for shard, r in shard_rows.items()}
+    whole, by_shard = tmp_path / "whole", tmp_path / "by_shard"
+    for d in (whole, by_shard):
+        d.mkdir()
+    manifest.write(pd.concat(rows.values(), ignore_index=True), whole / "filtered.parquet", schemas.FILTERED)
+    with manifest.ShardedWriter(by_shard / "filtered.parquet", schemas.FILTERED) as writer:
+        for shard, df in rows.items():
+            writer.write(shard, df)
+    for d in (whole, by_shard):
+        dedup.run(d / "filtered.parquet", tmp_path / "pairs.parquet", tmp_path / "refs.parquet", d / "deduped.parquet",
+                  d / "clusters.parquet", d / "rejected.parquet", {"reference_action": action})
+
+    assert manifest.shard_groups(by_shard / "deduped.parquet") == ["00000", "00001"]
+    got = dict(manifest.read_shards(by_shard / "deduped.parquet", schemas.DEDUPED))
+    kept_ids = {"00000": ["src:a0.png", "src:b0.png"], "00001": ["src:c1.png"] if action == "reject" else ["src:c1.png", "src:ref.png"]}
+    assert {shard: df["item_id"].tolist() for shard, df in got.items()} == kept_ids
+    expected = manifest.read(whole / "deduped.parquet", schemas.DEDUPED)
+    pd.testing.assert_frame_equal(manifest.read(by_shard / "deduped.parquet", schemas.DEDUPED).sort_values("item_id", ignore_index=True),
+                                  expected)
+    if action == "flag":
+        assert H.by_id(expected)["src:ref.png"]["flags"] == [dedup.REFERENCE_FLAG]
+        assert H.by_id(expected)["src:c1.png"]["flags"] == ["already"]
+    for name in ("clusters", "rejected"):
+        assert (by_shard / f"{name}.parquet").read_bytes() == (whole / f"{name}.parquet").read_bytes()
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -220,7 +220,8 @@ def test_nsfw_scores_are_optional(tmp_path):
     raw = tmp_path / "raw"
     H.save(H.sample("astronaut.png", (200, 200)), raw / "a.png")
     c = _prepare(H.Chain(tmp_path, [H.source(raw)]))
-    kept = filter_stage.run(_paths(c, nsfw=None), tmp_path / "f.parquet", tmp_path / "r.parquet", {"min_side": MIN_SIDE}, None)
+    filter_stage.run(_paths(c, nsfw=None), tmp_path / "f.parquet", tmp_path / "r.parquet", {"min_side": MIN_SIDE}, None)
+    kept = manifest.read(tmp_path / "f.parquet", schemas.FILTERED)
     assert kept["item_id"].tolist() == ["src:a.png"]
     assert math.isnan(kept["nsfw_score"].iloc[0])
 
@@ -725,5 +726,53 @@ def test_filter_writes_what_the_item_by_item_rules_write(tmp_path, policy_params
     if not policy_params:  # the case covers every path
         assert {"minors", "takedown", "decode", "ingest", "audit"} <= set(rejected["rule"]), set(rejected["rule"])
         assert rejected["detail"].str.contains("through a chain of pairs").any()
-    assert (tmp_path / "kept.parquet").read_bytes() == (tmp_path / "ref_kept.parquet").read_bytes()
-    assert (tmp_path / "rejected.parquet").read_bytes() == (tmp_path / "ref_rejected.parquet").read_bytes()
+    for name, schema in (("kept", schemas.FILTERED), ("rejected", schemas.REJECTED)):
+        pd.testing.assert_frame_equal(manifest.read(tmp_path / f"{name}.parquet", schema),
+                                      manifest.read(tmp_path / f"ref_{name}.parquet", schema))
+
+
+def _by_shard(paths: dict, folder: Path, shards: int = 3) -> dict:
+    """The same manifests with the audit written by shard (by content, as the shard map deals
+    them) and each shard's ingest rows in its own file, as the sharded workflow has them."""
+    ingest = manifest.read(paths["ingest"], schemas.INGEST)
+    audit = manifest.read(paths["audit"], schemas.AUDIT)
+    shard_of = lambda df: df["sha256"].str[:2].map(lambda h: f"{int(h, 16) % shards:05d}")  # noqa: E731
+    sharded = {**paths, "audit": folder / "audit.parquet"}
+    with manifest.ShardedWriter(sharded["audit"], schemas.AUDIT) as out:
+        for shard, rows in audit.groupby(shard_of(audit)):
+            out.write(shard, rows)
+            manifest.write(ingest[shard_of(ingest) == shard], folder / "ingest" / f"{shard}.parquet", schemas.INGEST)
+    sharded["ingest_shards"] = sorted((folder / "ingest").glob("*.parquet"))
+    return sharded
+
+
+@pytest.mark.parametrize("policy_params", [{}, {"minors": {"exclude_at_any_rating": True}, "untagged": "quarantine"}])
+def test_filter_by_shard_writes_what_a_whole_run_writes(tmp_path, policy_params):
+    """Clusters and components cross shards: merged tags and the minors rule's reach come out as
+    when every item is judged at once; the outputs are written by shard."""
+    paths, takedown, overrides_file, notes = _tricky_manifests(tmp_path)
+    args = dict(audit_params={"min_side": 256}, policy_params=policy_params, annotation_files=[str(notes)],
+                overrides_file=str(overrides_file), takedown=takedown)
+    sharded = _by_shard(paths, tmp_path / "sharded")
+    filter_stage.run(sharded, tmp_path / "kept.parquet", tmp_path / "rejected.parquet", **args)
+    _reference_filter(paths, tmp_path / "ref_kept.parquet", tmp_path / "ref_rejected.parquet", **args)
+    assert manifest.shard_groups(tmp_path / "kept.parquet") == ["00000", "00001", "00002"]
+    rejected = manifest.read(tmp_path / "rejected.parquet", schemas.REJECTED)
+    assert rejected["detail"].str.contains("through a chain of pairs").any()
+    for name, schema in (("kept", schemas.FILTERED), ("rejected", schemas.REJECTED)):
+        ours = manifest.read(tmp_path / f"{name}.parquet", schema).sort_values("item_id", ignore_index=True)
+        pd.testing.assert_frame_equal(ours, manifest.read(tmp_path / f"ref_{name}.parquet", schema))
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_filter_by_shard_names_a_shard_missing_from_the_audit(tmp_path):
+    paths, takedown, overrides_file, notes = _tricky_manifests(tmp_path)
+    sharded = _by_shard(paths, tmp_path / "sharded")
+    audit = manifest.read(sharded["audit"], schemas.AUDIT)
+    with manifest.ShardedWriter(sharded["audit"], schemas.AUDIT) as out:  # the last shard's audit lost
+        for shard, rows in list(manifest.read_shards(sharded["audit"], schemas.AUDIT))[:2]:
+            out.write(shard, rows)
+    assert len(manifest.read(sharded["audit"], schemas.AUDIT)) < len(audit)
+    with pytest.raises(ValueError, match=r"ingest item\(s\) in no shard of the audit manifest"):
+        filter_stage.run(sharded, tmp_path / "kept.parquet", tmp_path / "rejected.parquet", {"min_side": 256}, {})
+    assert not (tmp_path / "kept.parquet").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 import pyarrow
@@ -712,3 +713,109 @@ def test_arrow_held_phash_views_fail_on_the_bad_row(tmp_path, views):
     assert "row 1 (item_id 's:a.png'), column 'phash_views'" in msg
     good = pyarrow.array([["0123456789abcdef"] * 3, [], ["fedcba9876543210"]], pyarrow.list_(pyarrow.large_string()))
     assert schemas._hex16_arrow(pyarrow.chunked_array([pc.list_flatten(good)]))
+
+
+# --- manifests written a shard at a time -------------------------------------------------------
+
+def _by_shard(tmp_path, shards: dict[str, pd.DataFrame], name: str = "sharded.parquet") -> Path:
+    path = tmp_path / name
+    with manifest.ShardedWriter(path, schemas.INGEST) as out:
+        for shard, rows in shards.items():
+            out.write(shard, rows)
+    return path
+
+
+def test_sharded_manifest_reads_whole_and_by_shard(tmp_path):
+    a = _frame(_row(3, tags=[]), _row(1, tags=[], artists=[]))  # lists all empty in the first shard
+    b = _frame(_row(2), _row(0, source_url=None))
+    path = _by_shard(tmp_path, {"00000": a, "00001": b, "00002": _frame()})
+    assert manifest.shard_groups(path) == ["00000", "00001"]  # an empty shard writes no row group
+    whole = manifest.read(path, schemas.INGEST)
+    assert whole["item_id"].tolist() == [_row(i)["item_id"] for i in (1, 3, 0, 2)]  # by shard, item id within
+    assert whole["tags"].tolist() == [[], [], _row(0)["tags"], _row(2)["tags"]]
+    parts = list(manifest.read_shards(path, schemas.INGEST))
+    assert [s for s, _ in parts] == ["00000", "00001"]
+    pd.testing.assert_frame_equal(pd.concat([df for _, df in parts], ignore_index=True), whole)
+    some = [df for _, df in manifest.read_shards(path, schemas.INGEST, columns=["sha256", "item_id"])]
+    assert [df.columns.tolist() for df in some] == [["sha256", "item_id"]] * 2
+    assert pd.concat(some)["item_id"].tolist() == whole["item_id"].tolist()
+
+
+def test_sharded_manifest_is_deterministic_and_atomic(tmp_path):
+    shards = {"00000": _frame(_row(1), _row(0)), "00001": _frame(_row(2))}
+    first = _by_shard(tmp_path, shards, "a.parquet").read_bytes()
+    assert _by_shard(tmp_path, shards, "b.parquet").read_bytes() == first
+    with pytest.raises(RuntimeError):
+        with manifest.ShardedWriter(tmp_path / "c.parquet", schemas.INGEST) as out:
+            out.write("00000", shards["00000"])
+            raise RuntimeError("killed")
+    assert not (tmp_path / "c.parquet").exists() and _leftovers(tmp_path, {"a.parquet", "b.parquet"}) == []
+
+
+def test_sharded_manifest_names_the_bad_row_in_the_file(tmp_path):
+    bad = _frame(_row(5), _row(6, sha256="nothex"))
+    with pytest.raises(ManifestError, match=r"row 3 \(item_id 'src:dir/006.png'\), column 'sha256'"):
+        _by_shard(tmp_path, {"00000": _frame(_row(0), _row(1)), "00001": bad})
+    assert not (tmp_path / "sharded.parquet").exists()
+
+
+def test_sharded_manifest_checks_unique_ids_across_shards(tmp_path):
+    with pytest.raises(ManifestError, match=r"'item_id' must be unique, repeated at row 1 \('src:dir/001.png'\), row 2 \('src:dir/001.png'\)"):
+        _by_shard(tmp_path, {"00000": _frame(_row(0), _row(1)), "00001": _frame(_row(1, sha256="b" * 64))})
+
+
+def test_sharded_manifest_with_no_rows_is_an_empty_manifest(tmp_path):
+    path = _by_shard(tmp_path, {"00000": _frame()})
+    assert manifest.shard_groups(path) == [] and manifest.read(path, schemas.INGEST).empty
+
+
+def test_a_manifest_written_whole_reads_as_one_shard(tmp_path):
+    path = tmp_path / "whole.parquet"
+    written = manifest.write(_valid(), path, schemas.INGEST)
+    assert manifest.shard_groups(path) is None
+    (name, rows), = manifest.read_shards(path, schemas.INGEST)
+    assert name == "" and rows.equals(written)
+
+
+def test_read_shards_checks_each_shard(tmp_path):
+    path = _by_shard(tmp_path, {"00000": _frame(_row(0)), "00001": _frame(_row(1))})
+    table = pyarrow.parquet.read_table(path)
+    # the second row group's sha256 spoiled in place: the file's row 1 is named
+    spoiled = table.set_column(table.schema.get_field_index("sha256"), "sha256", pyarrow.array(["a" * 64, "xyz"]))
+    with pyarrow.parquet.ParquetWriter(path, spoiled.schema) as w:
+        w.write_table(spoiled.slice(0, 1))
+        w.write_table(spoiled.slice(1, 1))
+        w.add_key_value_metadata({manifest.SHARDS_KEY: '["00000", "00001"]'})
+    with pytest.raises(ManifestError, match=r"row 1 \(item_id 'src:dir/001.png'\), column 'sha256'"):
+        list(manifest.read_shards(path, schemas.INGEST))
+
+
+def test_sharded_manifest_copies_shards_of_another(tmp_path):
+    first = _by_shard(tmp_path, {"00000": _frame(_row(1, tags=[])), "00001": _frame(_row(0), _row(2))}, "first.parquet")
+    source = pyarrow.parquet.ParquetFile(first)
+    with manifest.ShardedWriter(tmp_path / "copy.parquet", schemas.INGEST) as out:
+        out.copy("00000", source.read_row_group(0))
+        out.write("00001", _frame(_row(0), _row(2)))
+    assert (tmp_path / "copy.parquet").read_bytes() == first.read_bytes()
+    assert manifest.shard_groups(tmp_path / "copy.parquet") == ["00000", "00001"]
+
+
+def test_sharded_manifest_takes_a_batch_of_shards_at_once(tmp_path):
+    """A batch spanning shards writes the bytes shard-by-shard writes; batches read back whole shards."""
+    one = _by_shard(tmp_path, {"00000": _frame(_row(3), _row(1)), "00001": _frame(_row(2)), "00002": _frame(_row(0), _row(4))}, "one.parquet")
+    batch = _frame(_row(2), _row(3), _row(0), _row(1), _row(4))
+    with manifest.ShardedWriter(tmp_path / "batch.parquet", schemas.INGEST) as out:
+        out.write(["00001", "00000", "00002", "00000", "00002"][:2], batch.iloc[[0, 1]])  # shards as they first appear
+        out.write(np.array(["00002", "00000", "00002"], dtype=object)[[0, 2]], batch.iloc[[2, 4]])
+    assert manifest.shard_groups(tmp_path / "batch.parquet") == ["00001", "00000", "00002"]
+    with manifest.ShardedWriter(tmp_path / "ordered.parquet", schemas.INGEST) as out:
+        out.write(["00000", "00001", "00000", "00002", "00002"], _frame(_row(3), _row(2), _row(1), _row(0), _row(4)))
+    assert (tmp_path / "ordered.parquet").read_bytes() == one.read_bytes()
+    batches = list(manifest.read_batches(one, schemas.INGEST, rows=2, columns=["item_id"]))
+    assert [(list(s), df["item_id"].tolist()) for s, df in batches] == [
+        (["00000", "00000"], [_row(1)["item_id"], _row(3)["item_id"]]),
+        (["00001", "00002", "00002"], [_row(2)["item_id"], _row(0)["item_id"], _row(4)["item_id"]]),
+    ]
+    (shard, whole), = manifest.read_batches(tmp_path / "w.parquet" if manifest.write(_valid(), tmp_path / "w.parquet", schemas.INGEST) is not None else None,
+                                            schemas.INGEST, rows=2)
+    assert set(shard) == {""} and len(whole) == 4

@@ -139,13 +139,15 @@ def test_a_representative_excluded_by_policy_leaves_its_members_to_regrow(tmp_pa
     pair = lambda x, y: {"a": min(shas[x], shas[y]), "b": max(shas[x], shas[y]), "distance": 5, "cosine": np.nan, "rule": "distance<=6"}  # noqa: E731
     manifest.write(pd.DataFrame([pair("a", "b"), pair("a", "c")]), tmp_path / "pairs.parquet", schemas.PAIRS, sort_by=["a", "b"])
     manifest.write(manifest.empty(schemas.REFERENCE_PAIRS), tmp_path / "refs.parquet", schemas.REFERENCE_PAIRS)
-    kept = dedup.run(tmp_path / "filtered.parquet", tmp_path / "pairs.parquet", tmp_path / "refs.parquet",
-                     tmp_path / "deduped.parquet", tmp_path / "clusters.parquet", tmp_path / "rejected.parquet", {})
+    dedup.run(tmp_path / "filtered.parquet", tmp_path / "pairs.parquet", tmp_path / "refs.parquet",
+              tmp_path / "deduped.parquet", tmp_path / "clusters.parquet", tmp_path / "rejected.parquet", {})
+    kept = manifest.read(tmp_path / "deduped.parquet", schemas.DEDUPED)
     assert _ids(kept) == _ids(filtered)
     # with b~c too, c goes, naming b
     manifest.write(pd.DataFrame([pair("a", "b"), pair("a", "c"), pair("b", "c")]), tmp_path / "pairs.parquet", schemas.PAIRS, sort_by=["a", "b"])
-    kept = dedup.run(tmp_path / "filtered.parquet", tmp_path / "pairs.parquet", tmp_path / "refs.parquet",
-                     tmp_path / "deduped.parquet", tmp_path / "clusters.parquet", tmp_path / "rejected.parquet", {})
+    dedup.run(tmp_path / "filtered.parquet", tmp_path / "pairs.parquet", tmp_path / "refs.parquet",
+              tmp_path / "deduped.parquet", tmp_path / "clusters.parquet", tmp_path / "rejected.parquet", {})
+    kept = manifest.read(tmp_path / "deduped.parquet", schemas.DEDUPED)
     assert _ids(kept) == {"src:b.png"}
     rejected = manifest.read(tmp_path / "rejected.parquet", schemas.REJECTED)
     assert rejected[["item_id", "duplicate_of", "reason"]].values.tolist() == [["src:c.png", "src:b.png", "near_duplicate"]]

@@ -171,6 +171,99 @@ def test_deal_splits_a_later_manifest_by_the_shard_of_each_content(tmp_path: Pat
         shards.deal(later, tmp_path / "map.parquet", sorted(index), tmp_path / "dealt", schemas.INGEST)
 
 
+def _written_by_shard(rows: pd.DataFrame, shard_of: dict[str, str], path: Path, schema=schemas.INGEST) -> Path:
+    """``rows`` written a shard at a time (``shard_of``: item id -> shard), shards in order."""
+    with manifest.ShardedWriter(path, schema) as writer:
+        for shard in sorted(set(shard_of.values())):
+            writer.write(shard, rows[rows["item_id"].map(shard_of) == shard])
+    return path
+
+
+def _dealing(tmp_path: Path):
+    """Ingest rows in four shards of two contents (shard map and index written), and a later
+    manifest's rows: shard 00001's contents gone, tags only outside shard 00000, no artists anywhere."""
+    names = [(f"s/{k:03d}", sha) for k, sha in enumerate(_shas(7))] + [("s/copy", _shas(7)[6])]
+    manifest.write(_ingest_rows(names), tmp_path / "ingest.parquet", schemas.INGEST)
+    index = shards.split_ingest(tmp_path / "ingest.parquet", tmp_path / "shards", tmp_path / "index.json", tmp_path / "map.parquet", 2)
+    later = _ingest_rows([n for n in names if n[0] not in ("s/002", "s/003")])
+    later["tags"] = [[] if k < 2 else ["tag", f"t{k}"] for k in range(len(later))]
+    shard_of = {row.item_id: f"{k:05d}" for row in later.itertuples()
+                for k in [int(pd.read_parquet(tmp_path / "map.parquet").set_index("sha256").loc[row.sha256, "shard"])]}
+    return index, later, shard_of
+
+
+def test_deal_takes_the_row_groups_of_a_manifest_written_by_shard_with_the_same_bytes(tmp_path: Path) -> None:
+    """A manifest written by shard is dealt a row group at a time, the map not read: the parts, their
+    digests and the part cache are those of the same rows written whole and dealt by the map."""
+    index, later, shard_of = _dealing(tmp_path)
+    assert sorted(set(shard_of.values())) == ["00000", "00002", "00003"]
+    whole, by_shard = tmp_path / "whole.parquet", _written_by_shard(later, shard_of, tmp_path / "by_shard.parquet")
+    manifest.write(later, whole, schemas.INGEST)
+    assert manifest.shard_groups(by_shard) == ["00000", "00002", "00003"]
+
+    expected = shards.deal(whole, tmp_path / "map.parquet", sorted(index), tmp_path / "a", schemas.INGEST, tmp_path / "a.json")
+    cache = tmp_path / "cache"
+    counts = shards.deal(by_shard, tmp_path / "no-map.parquet", sorted(index), tmp_path / "b", schemas.INGEST, tmp_path / "b.json", cache)
+    assert counts == expected == {"00000": 2, "00001": 0, "00002": 2, "00003": 2}
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [f"{k}.parquet" for k in sorted(index)]
+    for name in sorted(index):
+        assert (tmp_path / "b" / f"{name}.parquet").read_bytes() == (tmp_path / "a" / f"{name}.parquet").read_bytes(), name
+    assert (tmp_path / "b.json").read_text() == (tmp_path / "a.json").read_text()
+    assert len(list(cache.iterdir())) == 4
+    # a later whole-written manifest reuses the cached parts: same digests, same files
+    shards.deal(whole, tmp_path / "map.parquet", sorted(index), tmp_path / "c", schemas.INGEST, tmp_path / "c.json", cache)
+    assert (tmp_path / "c.json").read_text() == (tmp_path / "a.json").read_text() and len(list(cache.iterdir())) == 4
+    parts = pd.concat([manifest.read(tmp_path / "b" / f"{k}.parquet", schemas.INGEST) for k in sorted(index)], ignore_index=True)
+    pd.testing.assert_frame_equal(parts, manifest.read(by_shard, schemas.INGEST))
+
+
+def test_deal_of_a_manifest_written_by_shard_names_a_shard_the_index_does_not_list(tmp_path: Path) -> None:
+    index, later, shard_of = _dealing(tmp_path)
+    by_shard = _written_by_shard(later, shard_of, tmp_path / "by_shard.parquet")
+    listed = [k for k in sorted(index) if k != "00002"]
+    with pytest.raises(shards.ShardError, match=r"by_shard.parquet: row groups of shards \['00002'\] that the index does not list"):
+        shards.deal(by_shard, tmp_path / "map.parquet", listed, tmp_path / "dealt", schemas.INGEST)
+    twice = tmp_path / "twice.parquet"
+    with manifest.ShardedWriter(twice, schemas.INGEST) as writer:
+        writer.write("00000", later.iloc[:1])
+        writer.write("00000", later.iloc[1:2])
+    with pytest.raises(shards.ShardError, match=r"twice.parquet: shards \['00000'\] have more than one row group"):
+        shards.deal(twice, tmp_path / "map.parquet", sorted(index), tmp_path / "dealt", schemas.INGEST)
+    assert not (tmp_path / "dealt").exists()
+
+
+def test_deal_of_a_manifest_written_as_one_unnamed_shard_goes_by_the_map(tmp_path: Path) -> None:
+    """A stage fed a manifest written whole writes its rows as one shard named "": dealt by the map."""
+    index, later, _ = _dealing(tmp_path)
+    unnamed = _written_by_shard(later, dict.fromkeys(later["item_id"], ""), tmp_path / "unnamed.parquet")
+    whole = tmp_path / "whole.parquet"
+    manifest.write(later, whole, schemas.INGEST)
+    shards.deal(whole, tmp_path / "map.parquet", sorted(index), tmp_path / "a", schemas.INGEST)
+    shards.deal(unnamed, tmp_path / "map.parquet", sorted(index), tmp_path / "b", schemas.INGEST)
+    assert all((tmp_path / "b" / f"{k}.parquet").read_bytes() == (tmp_path / "a" / f"{k}.parquet").read_bytes() for k in sorted(index))
+
+
+def test_gather_writes_each_shards_part_as_its_row_group(tmp_path: Path) -> None:
+    """The gathered manifest holds the parts' rows, each part its shard's row group (a part with no
+    rows none); read whole it is the manifest the parts concatenated give."""
+    parts = {"00000": [("s/b", _shas(2)[1]), ("s/a", _shas(2)[0])], "00001": [], "00002": [("s/c", "c" * 64), ("s/d", "d" * 64)]}
+    paths = []
+    for name, rows in parts.items():
+        df = _ingest_rows(rows) if rows else manifest.empty(schemas.INGEST)
+        if name == "00002":
+            df["tags"] = [["x"], []]
+        manifest.write(df, tmp_path / f"{name}.parquet", schemas.INGEST)
+        paths.append(tmp_path / f"{name}.parquet")
+    assert shards.gather(paths, tmp_path / "gathered.parquet", schemas.INGEST) == 4
+    assert manifest.shard_groups(tmp_path / "gathered.parquet") == ["00000", "00002"]
+    gathered = manifest.read(tmp_path / "gathered.parquet", schemas.INGEST)
+    assert gathered["item_id"].tolist() == ["s/a", "s/b", "s/c", "s/d"]
+    manifest.write(shards.concat(paths, schemas.INGEST), tmp_path / "whole.parquet", schemas.INGEST)
+    pd.testing.assert_frame_equal(gathered, manifest.read(tmp_path / "whole.parquet", schemas.INGEST))
+    by_shard = dict(manifest.read_shards(tmp_path / "gathered.parquet", schemas.INGEST))
+    assert by_shard["00002"]["tags"].tolist() == [["x"], []]
+
+
 def _views(hashes: np.ndarray) -> list[list[str]]:
     """phash_views with every view of a content equal to its one hash."""
     return [[f"{int(h):016x}"] * len(views.VIEW_NAMES) for h in hashes]

@@ -113,8 +113,8 @@ class Run:
         captioned = self.root / f"captioned{self.n}.parquet"
         H.write_manifest(rows, captioned, schemas.CAPTIONED)
         out, moves = self.root / f"split{self.n}.parquet", self.root / f"moves{self.n}.parquet"
-        written = split.run(captioned, out, moves, self.history, seed, fractions)
-        return written, manifest.read(moves, schemas.MOVES)
+        split.run(captioned, out, moves, self.history, seed, fractions)
+        return manifest.read(out, schemas.SPLIT), manifest.read(moves, schemas.MOVES)
 
 
 def _clustered_rows(n_clusters: int, size: int, prefix: str = "c") -> list[dict]:
@@ -136,6 +136,37 @@ def _clustered_rows(n_clusters: int, size: int, prefix: str = "c") -> list[dict]
 def _component(key: str, **over) -> dict:
     """Cluster and component columns for an item whose component (and cluster) is keyed ``key``."""
     return {"cluster_key": key, "cluster_id": key[:16], "component_key": key, **over}
+
+
+def test_run_by_shard_gives_the_rows_of_a_whole_run(tmp_path):
+    """A captioned manifest written by shard is split a shard at a time under the same shards: the
+    rows, moves and history of the same rows written whole (a component may span shards)."""
+    rows = _clustered_rows(6, 3)
+    shard_of = {r["item_id"]: f"{k % 3:05d}" for k, r in enumerate(rows)}
+    frame = H.frame(rows, schemas.CAPTIONED)
+    outs = {}
+    for how in ("whole", "by_shard"):
+        root = tmp_path / how
+        root.mkdir()
+        captioned = root / "captioned.parquet"
+        if how == "whole":
+            manifest.write(frame, captioned, schemas.CAPTIONED)
+        else:
+            with manifest.ShardedWriter(captioned, schemas.CAPTIONED) as writer:
+                for shard in sorted(set(shard_of.values())):
+                    writer.write(shard, frame[frame["item_id"].map(shard_of) == shard])
+        history = root / "history.parquet"
+        # an earlier split with another seed: some items move
+        split.run(captioned, root / "old.parquet", root / "old_moves.parquet", history, SEED + 1, FRACTIONS)
+        returned = split.run(captioned, root / "split.parquet", root / "moves.parquet", history, SEED, FRACTIONS)
+        outs[how] = {"split": manifest.read(root / "split.parquet", schemas.SPLIT), "returned": returned,
+                     "moves": manifest.read(root / "moves.parquet", schemas.MOVES), "history": pd.read_parquet(history)}
+    assert manifest.shard_groups(tmp_path / "by_shard" / "split.parquet") == ["00000", "00001", "00002"]
+    assert len(outs["whole"]["moves"]) > 0
+    pd.testing.assert_frame_equal(outs["by_shard"]["moves"], outs["whole"]["moves"])
+    for key in ("split", "returned", "history"):
+        pd.testing.assert_frame_equal(outs["by_shard"][key].sort_values("item_id", ignore_index=True), outs["whole"][key], obj=key)
+    pd.testing.assert_frame_equal(outs["whole"]["returned"], outs["whole"]["split"][["item_id", "split", "component_key"]])
 
 
 def test_run_assigns_whole_components(tmp_path):

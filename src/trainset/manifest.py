@@ -31,7 +31,7 @@ class ManifestError(ValueError):
     """A manifest does not match its schema."""
 
 
-def _describe(df: pd.DataFrame, path: str | Path, schema: pa.DataFrameSchema, err: Exception) -> str:
+def _describe(df: pd.DataFrame, path: str | Path, schema: pa.DataFrameSchema, err: Exception, first_row: int = 0) -> str:
     lines = [f"{path}: {schema.name} manifest failed validation"]
     cases = getattr(err, "failure_cases", None)
     if cases is None or not len(cases):
@@ -42,7 +42,7 @@ def _describe(df: pd.DataFrame, path: str | Path, schema: pa.DataFrameSchema, er
         where = ""
         if index is not None and not pd.isna(index):
             row = int(index)
-            where = f"row {row}"
+            where = f"row {first_row + row}"
             if "item_id" in df.columns and 0 <= row < len(df):
                 where += f" (item_id {df['item_id'].iloc[row]!r})"
         col = f"column {column!r}" if column is not None and not pd.isna(column) else "table"
@@ -52,8 +52,9 @@ def _describe(df: pd.DataFrame, path: str | Path, schema: pa.DataFrameSchema, er
     return "\n".join(lines)
 
 
-def validate(df: pd.DataFrame, schema: pa.DataFrameSchema, path: str | Path) -> pd.DataFrame:
-    """Validate ``df`` (rows renumbered from 0 so errors name the row in the file).
+def validate(df: pd.DataFrame, schema: pa.DataFrameSchema, path: str | Path, first_row: int = 0) -> pd.DataFrame:
+    """Validate ``df`` (rows renumbered from 0 so errors name the row in the file; ``first_row``:
+    the file row of ``df``'s first, for a part of a file such as one shard's rows).
 
     Whole-column checks decide a valid frame; any doubt hands it to pandera, whose lazy
     validation finds and reports every failing row."""
@@ -64,7 +65,7 @@ def validate(df: pd.DataFrame, schema: pa.DataFrameSchema, path: str | Path) -> 
     try:
         schema.validate(plain, lazy=True)
     except (pa.errors.SchemaErrors, pa.errors.SchemaError) as err:
-        raise ManifestError(_describe(plain, path, schema, err)) from None
+        raise ManifestError(_describe(plain, path, schema, err, first_row)) from None
     return df
 
 
@@ -156,6 +157,171 @@ def _table(df: pd.DataFrame) -> pyarrow.Table:
     return table.combine_chunks()
 
 
+BATCH_ROWS = 50_000
+"""Rows a stage reading a manifest by shard holds at once (whole shards): enough that each check's
+fixed cost is paid rarely, few enough that memory does not grow with the manifest."""
+SHARDS_KEY = b"trainset.shards"
+"""Parquet metadata key of a manifest written a shard at a time: the shard of each row group."""
+
+
+class ShardedWriter:
+    """A manifest written a shard at a time, so a stage holds one shard's rows, never all of them.
+
+    Each shard's rows (validated, sorted by item id) become one row group, shards in the order
+    written, their names in the file's metadata (:func:`shard_groups`); the file reads like any
+    other manifest, rows in shard order. Validation errors name the row in the whole file, and
+    the schema's unique columns are checked across shards on :meth:`close`. The file appears
+    whole on :meth:`close` or not at all. Use as a context manager."""
+
+    def __init__(self, path: str | Path, schema: pa.DataFrameSchema, sort_by: str | list[str] | None = "item_id"):
+        self.path, self.schema, self.sort_by = Path(path), schema, sort_by
+        self.rows = 0
+        self._names: list[str] = []
+        self._unique = {name: [] for name, col in schema.columns.items() if col.unique}
+        self._writer: pq.ParquetWriter | None = None
+        self._atomic = atomic.atomic_file(self.path)
+        self._tmp: Path | None = None
+
+    def __enter__(self) -> "ShardedWriter":
+        self._tmp = self._atomic.__enter__()
+        return self
+
+    def __exit__(self, kind, value, tb) -> bool:
+        if kind is None:
+            try:
+                self._finish()
+            except BaseException as err:
+                self._abort()
+                self._atomic.__exit__(type(err), err, err.__traceback__)
+                raise
+            self._atomic.__exit__(None, None, None)
+        else:
+            self._abort()
+            self._atomic.__exit__(kind, value, tb)
+        return False
+
+    def write(self, shard, df: pd.DataFrame) -> pd.DataFrame:
+        """Rows of one shard (``shard`` its name), or of consecutive shards (``shard``: each row's
+        shard name, shards in the order they first appear), each shard one row group; checking
+        a batch of several shards at once costs one pass, not one per shard. None: nothing
+        written. Returns the rows validated, as :func:`write` does."""
+        if not len(df):
+            return empty(self.schema)
+        missing = [c for c in self.schema.columns if c not in df.columns]
+        if missing:
+            raise ManifestError(f"{self.path}: {self.schema.name} manifest failed validation: missing column(s) {', '.join(missing)}")
+        df = _normalize_text(df[list(self.schema.columns)], self.schema)
+        if isinstance(shard, str):
+            codes, names = np.zeros(len(df), dtype=np.int64), [shard]
+        else:
+            codes, names = pd.factorize(np.asarray(shard, dtype=object), sort=False)
+            names = [str(n) for n in names]
+        sort_by = [self.sort_by] if isinstance(self.sort_by, str) else list(self.sort_by or [])
+        keys = [df[c].to_numpy() for c in reversed(sort_by)]
+        if len(names) > 1 or keys:
+            order = np.lexsort([*keys, codes]) if keys else np.argsort(codes, kind="stable")
+            df, codes = df.iloc[order], codes[order]
+        df = validate(df, self.schema, self.path, first_row=self.rows)
+        table = _table(df)
+        if self._writer is None:
+            self._schema = settled_schema(table.schema)
+            self._writer = pq.ParquetWriter(str(self._tmp), self._schema, compression="snappy")
+        table = _conformed(table, self._schema)
+        bounds = [0, *(np.flatnonzero(np.diff(codes)) + 1).tolist(), len(df)]
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            self._writer.write_table(table.slice(a, b - a))
+            self._names.append(names[codes[a]])
+        for name, seen in self._unique.items():
+            seen.append(table.column(name).combine_chunks())
+        self.rows += len(df)
+        return df
+
+    def copy(self, shard: str, table: pyarrow.Table) -> None:
+        """One shard's rows as read back from a file written by this class with the same schema (and
+        so checked then): written as they are, without a round trip through pandas."""
+        if not table.num_rows:
+            return
+        if self._writer is None:
+            self._schema = settled_schema(table.schema)
+            self._writer = pq.ParquetWriter(str(self._tmp), self._schema, compression="snappy")
+        self._writer.write_table(_conformed(table, self._schema))
+        for name, seen in self._unique.items():
+            seen.append(table.column(name).combine_chunks())
+        self._names.append(str(shard))
+        self.rows += table.num_rows
+
+    def _finish(self) -> None:
+        self._check_unique()
+        if self._writer is None:  # no rows at all: an empty manifest with the schema's dtypes
+            self._writer = pq.ParquetWriter(str(self._tmp), _table(empty(self.schema)).schema, compression="snappy")
+        self._writer.add_key_value_metadata({SHARDS_KEY: json.dumps(self._names)})
+        self._writer.close()
+
+    def _abort(self) -> None:
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                self._writer.close()
+
+    def _check_unique(self) -> None:
+        for name, seen in self._unique.items():
+            if not seen:
+                continue
+            values = pd.Series(pyarrow.chunked_array(seen).to_numpy(zero_copy_only=False))
+            repeated = values.duplicated(keep=False)
+            if repeated.any():
+                rows = np.flatnonzero(repeated.to_numpy())[:6]
+                found = ", ".join(f"row {r} ({values.iloc[r]!r})" for r in rows.tolist())
+                raise ManifestError(f"{self.path}: {self.schema.name} manifest failed validation: column {name!r} "
+                                    f"must be unique, repeated at {found}")
+
+
+def settled_schema(schema: pyarrow.Schema) -> pyarrow.Schema:
+    """A manifest's schema as a part of it is written, whatever the other parts hold: a column all
+    missing (typed null) is text, a list column all of whose lists are empty holds lists of text;
+    no shard names. So a shard's file depends on its own rows alone."""
+    meta = json.loads(schema.metadata[b"pandas"]) if schema.metadata and b"pandas" in schema.metadata else None
+    entries = {entry["name"]: entry for entry in meta["columns"]} if meta else {}
+    fields = []
+    for field in schema:
+        if pyarrow.types.is_null(field.type):
+            field = field.with_type(pyarrow.string())
+            entries.get(field.name, {}).update(pandas_type="unicode", numpy_type="object")
+        elif pyarrow.types.is_list(field.type) and pyarrow.types.is_null(field.type.value_type):
+            field = field.with_type(pyarrow.list_(pyarrow.string()))
+            entries.get(field.name, {}).update(pandas_type="list[unicode]", numpy_type="object")
+        elif pyarrow.types.is_list(field.type):  # as pandas writes them (a list read back names its values "element")
+            field = field.with_type(pyarrow.list_(field.type.value_type))
+        fields.append(field)
+    metadata = {k: v for k, v in (schema.metadata or {}).items() if k != SHARDS_KEY}
+    if meta:
+        metadata[b"pandas"] = json.dumps(meta).encode()
+    return pyarrow.schema(fields, metadata=metadata)
+
+
+def _conformed(table: pyarrow.Table, schema: pyarrow.Schema) -> pyarrow.Table:
+    """``table`` in the written file's column types (a shard's all-missing or all-empty column cast)."""
+    if table.schema.equals(schema, check_metadata=False):
+        return table
+    try:
+        return table.cast(schema)
+    except (pyarrow.ArrowInvalid, pyarrow.ArrowNotImplementedError) as err:
+        raise ManifestError(f"a shard's columns do not match the manifest's first shard: {err}") from None
+
+
+def shard_groups(path: str | Path) -> list[str] | None:
+    """The shard of each row group of a manifest :class:`ShardedWriter` wrote; None for any other file."""
+    found = (pq.read_metadata(path).metadata or {}).get(SHARDS_KEY)
+    return None if found is None else json.loads(found)
+
+
+def read_shards(path: str | Path, schema: pa.DataFrameSchema, columns: list[str] | None = None,
+                arrow_lists: tuple[str, ...] = (), validated: bool = True) -> Iterator[tuple[str, pd.DataFrame]]:
+    """``(shard, rows)`` of each shard of a manifest, in file order (:func:`read_batches` one shard a
+    batch); a manifest not written by shard comes whole, as one shard named ``""``."""
+    for shard, df in read_batches(path, schema, 1, columns, arrow_lists, validated):
+        yield (shard[0] if len(shard) else ""), df
+
+
 def _as_object_lists(table: pyarrow.Table, names: list[str]) -> pyarrow.Table:
     """Arrow list columns typed and described as pandas infers them from Python lists of text:
     ``list<item: string>``, or ``list<item: null>`` when no list holds anything."""
@@ -224,13 +390,62 @@ def read(path: str | Path, schema: pa.DataFrameSchema, columns: list[str] | None
     return validate(df[list(columns)], _subschema(schema, columns), path)
 
 
-def read_columns(path: str | Path, names: list[str], arrow_lists: tuple[str, ...] = ()) -> pd.DataFrame:
+def read_batches(path: str | Path, schema: pa.DataFrameSchema, rows: int, columns: list[str] | None = None,
+                 arrow_lists: tuple[str, ...] = (), validated: bool = True) -> Iterator[tuple[np.ndarray, pd.DataFrame]]:
+    """``(each row's shard name, rows)`` of consecutive shards of a manifest written by shard, at
+    least ``rows`` rows a batch (whole shards): a stage holds a batch, never the whole file, and
+    pays each check once per batch rather than once per shard. A manifest not written by shard
+    comes whole, its rows in shard ``""``."""
+    path = Path(path)
+    if not path.exists():
+        raise ManifestError(f"{path}: {schema.name} manifest is missing")
+    names = shard_groups(path)
+    stored = pq.read_schema(path).names
+    wanted = stored if columns is None else [c for c in columns if c in stored]
+    if columns is not None:
+        _check_column_names(path, stored, schema)
+    later = schemas.ADDED_LATER.get(schema.name, {})
+    checked = schema if columns is None else _subschema(schema, columns)
+    meta = pq.read_metadata(path)
+    sizes = [meta.row_group(k).num_rows for k in range(meta.num_row_groups)]
+    batches: list[list[int]] = [[]]
+    if names is None:
+        batches = [None]
+    else:
+        for k in range(len(names)):
+            if sum(sizes[g] for g in batches[-1]) >= rows:
+                batches.append([])
+            batches[-1].append(k)
+    first = 0
+    for groups in batches:
+        if groups == []:
+            continue
+        df = _with_added_later(read_columns(path, wanted, arrow_lists, row_group=groups), later)
+        if columns is not None:
+            df = df[list(columns)]
+        if validated:
+            df = validate(df, checked, path, first_row=first)
+        first += len(df)
+        shard = np.full(len(df), "", dtype=object) if groups is None else np.repeat(
+            np.array([names[g] for g in groups], dtype=object), [sizes[g] for g in groups])
+        yield shard, df
+
+
+def read_columns(path: str | Path, names: list[str], arrow_lists: tuple[str, ...] = (), row_group: int | list[int] | None = None) -> pd.DataFrame:
     """``names`` of the file as pandas reads them, unvalidated; the list columns of
-    :data:`LIST_COLUMNS` as Python lists, those of ``arrow_lists`` held as Arrow."""
+    :data:`LIST_COLUMNS` as Python lists, those of ``arrow_lists`` held as Arrow. ``row_group``:
+    only that row group's rows, or those of a list of them (shards of a manifest :class:`ShardedWriter` wrote)."""
     lists = [c for c in names if c in LIST_COLUMNS or c in arrow_lists]
-    df = pd.read_parquet(path, columns=[c for c in names if c not in lists])
+    plain = [c for c in names if c not in lists]
+    if row_group is None:
+        df = pd.read_parquet(path, columns=plain)
+        table = pq.read_table(path, columns=lists) if lists else None
+    else:
+        groups = [row_group] if isinstance(row_group, int) else row_group
+        whole = pq.ParquetFile(path).read_row_groups(groups, columns=names, use_pandas_metadata=False)
+        df = whole.select(plain).to_pandas() if plain else pd.DataFrame(index=pd.RangeIndex(whole.num_rows))
+        table = whole.select(lists)
     if lists:
-        table = pq.read_table(path, columns=lists)
         if not len(df.columns):
             df = pd.DataFrame(index=pd.RangeIndex(table.num_rows))
         for col in lists:

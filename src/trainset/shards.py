@@ -11,6 +11,7 @@ Changing ``shards.size`` deals every content out again, in ingest order.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import json
@@ -147,6 +148,10 @@ class ShardRuns:
     def __init__(self, table: pa.Table, shards: np.ndarray, bounds: np.ndarray):
         self.table, self.shards, self.bounds = table, shards, bounds
 
+    @property
+    def schema(self) -> pa.Schema:
+        return self.table.schema
+
     @classmethod
     def read(cls, path: str | Path, shard_of_row) -> "ShardRuns":
         """The Parquet file's rows grouped by shard, one column at a time: the file's table is never
@@ -170,7 +175,22 @@ class ShardRuns:
         return self.table.slice(int(self.bounds[k]), int(self.bounds[k + 1] - self.bounds[k]))
 
 
-def write_parts(runs: ShardRuns, names, out_dir: str | Path, cache_dir: str | Path | None) -> dict[str, dict]:
+class ShardGroups:
+    """The rows of a manifest written by shard (``manifest.ShardedWriter``), each row group its
+    shard's, read one group at a time as :func:`write_parts` asks for them (the file is never held whole)."""
+
+    def __init__(self, path: str | Path, group_of: dict[int, int]):
+        self.parquet = pq.ParquetFile(path)
+        self.schema = self.parquet.schema_arrow
+        self.shards = np.array(sorted(group_of), dtype=np.int64)
+        self._group_of = group_of
+
+    def rows(self, shard: int) -> pa.Table:
+        group = self._group_of.get(int(shard))
+        return self.schema.empty_table() if group is None else self.parquet.read_row_group(group)
+
+
+def write_parts(runs: ShardRuns | ShardGroups, names, out_dir: str | Path, cache_dir: str | Path | None) -> dict[str, dict]:
     """One Parquet file per shard of ``runs`` in ``out_dir`` (which is replaced whole); ``names``:
     the shards to write, an empty file where one has no rows (None: the shards that have rows).
     Returns shard -> {digest of the part's content, items}.
@@ -184,14 +204,15 @@ def write_parts(runs: ShardRuns, names, out_dir: str | Path, cache_dir: str | Pa
     stray = sorted(set(present) - set(wanted))
     if stray:
         raise ShardError(f"rows fall in shards {stray[:5]} that the index does not list")
-    meta = json.loads((runs.table.schema.metadata or {}).get(b"pandas", b"null"))
+    schema = manifest.settled_schema(runs.schema)  # each part typed by its own rows, not by the others'
+    meta = json.loads((schema.metadata or {}).get(b"pandas", b"null"))
     cache = Path(cache_dir) if cache_dir is not None else None
     out: dict[str, dict] = {}
     with atomic.atomic_dir(out_dir) as tmp_dir:
         if cache is not None:
             cache.mkdir(parents=True, exist_ok=True)
         for shard in wanted:
-            part = _part_table(runs.rows(int(shard)), meta)
+            part = _part_table(runs.rows(int(shard)).cast(schema), meta)
             data = _parquet_bytes(part)
             digest = hashlib.sha256(data).hexdigest()
             out[shard] = {"digest": digest, "items": part.num_rows}
@@ -361,11 +382,24 @@ def read_hashes(path: str | Path):
 
 def deal(manifest_path: str | Path, map_path: str | Path, shard_names, out_dir: str | Path, schema,
          index_path: str | Path | None = None, cache_dir: str | Path | None = None) -> dict[str, int]:
-    """A global manifest's rows split by the shard of their content (the shard map), one file per
-    shard (empty where a shard has none left), so per-item work after a global step (captions after
-    dedup) runs as one job per shard again. Returns rows per shard. ``index_path``: where to write
-    shard -> {digest, items} (a job reruns only when its part's digest changed); ``cache_dir``: see
-    :func:`write_parts`."""
+    """A global manifest's rows split by the shard of their content, one file per shard (empty where
+    a shard has none left), so per-item work after a global step (captions after dedup) runs as one
+    job per shard again. A manifest written by shard (``manifest.ShardedWriter``) already holds each
+    shard's rows as a row group: those are the parts, read one at a time; one written whole is dealt
+    by the shard map. Returns rows per shard. ``index_path``: where to write shard -> {digest, items}
+    (a job reruns only when its part's digest changed); ``cache_dir``: see :func:`write_parts`."""
+    groups = manifest.shard_groups(manifest_path)
+    if groups is None or set(groups) == {""}:  # "": the whole file as one shard (a stage fed an unsharded manifest)
+        runs = _runs_by_map(manifest_path, map_path, shard_names, schema)
+    else:
+        runs = _runs_by_group(manifest_path, groups, shard_names, schema)
+    written = write_parts(runs, sorted(shard_names), out_dir, cache_dir)
+    if index_path is not None:
+        atomic.write_text(index_path, json.dumps(written, indent=1, sort_keys=True) + "\n")
+    return {k: v["items"] for k, v in written.items()}
+
+
+def _runs_by_map(manifest_path: str | Path, map_path: str | Path, shard_names, schema) -> ShardRuns:
     keys = manifest.read(manifest_path, schema, columns=["item_id", "sha256"])  # validated
     mapping = pd.read_parquet(map_path, columns=["sha256", "shard"])
     at = pd.Index(mapping["sha256"]).get_indexer(keys["sha256"])
@@ -378,10 +412,42 @@ def deal(manifest_path: str | Path, map_path: str | Path, shard_names, out_dir: 
     if outside.any():
         raise ShardError(f"{manifest_path}: {int(outside.sum())} rows fall in shards the index does not list "
                          f"(first: item {keys['item_id'].iloc[int(np.flatnonzero(outside)[0])]})")
-    written = write_parts(ShardRuns.read(manifest_path, shard_of), sorted(shard_names), out_dir, cache_dir)
-    if index_path is not None:
-        atomic.write_text(index_path, json.dumps(written, indent=1, sort_keys=True) + "\n")
-    return {k: v["items"] for k, v in written.items()}
+    return ShardRuns.read(manifest_path, shard_of)
+
+
+def _runs_by_group(manifest_path: str | Path, groups: list[str], shard_names, schema) -> ShardGroups:
+    listed = {str(s) for s in shard_names}
+    unknown = sorted({g for g in groups if g not in listed})
+    if unknown:
+        raise ShardError(f"{manifest_path}: row groups of shards {unknown[:5]} that the index does not list "
+                         f"({len(listed)} shards listed)")
+    repeated = sorted(g for g, n in collections.Counter(groups).items() if n > 1)
+    if repeated:
+        raise ShardError(f"{manifest_path}: shards {repeated[:5]} have more than one row group")
+    for _ in manifest.read_batches(manifest_path, schema, manifest.BATCH_ROWS, columns=["item_id", "sha256"]):  # validated, a batch at a time
+        pass
+    return ShardGroups(manifest_path, {int(g): k for k, g in enumerate(groups)})
+
+
+def gather(paths, out: str | Path, schema) -> int:
+    """One manifest from the shards' (``<shard>.parquet`` each, in shard order), each shard's rows
+    its own row group. Parts are taken a batch at a time (``manifest.BATCH_ROWS``): the gather never
+    holds the whole manifest, and the writer's check runs once a batch. The parts were validated
+    when written and are read unchecked (list columns as Arrow: only passed on). Returns the rows."""
+    paths = [Path(p) for p in paths]
+    sizes = [pq.read_metadata(p).num_rows for p in paths]
+    with manifest.ShardedWriter(out, schema) as writer:
+        start = 0
+        while start < len(paths):
+            end, rows = start, 0
+            while end < len(paths) and (rows < manifest.BATCH_ROWS or end == start):
+                rows += sizes[end]
+                end += 1
+            frame = concat(paths[start:end], schema)
+            shard = np.repeat(np.array([p.stem for p in paths[start:end]], dtype=object), sizes[start:end])
+            writer.write(shard, frame)
+            start = end
+    return writer.rows
 
 
 def read_flat_views(path: str | Path):

@@ -53,8 +53,9 @@ def run(ingest_path: str | Path, out: str | Path, cache_dir: str | Path, stats_p
     return written
 
 
-def gather(shard_paths: list, stats_paths: list, out: str | Path, stats_out: str | Path) -> pd.DataFrame:
-    """The audit manifest from the shards' (the workflow runs :func:`run` once per shard)."""
+def gather(shard_paths: list, stats_paths: list, out: str | Path, stats_out: str | Path) -> None:
+    """The audit manifest from the shards' (the workflow runs :func:`run` once per shard), written
+    by shard (``shards.gather``): the steps after it read it a shard at a time."""
     stats = shards.sum_stats(stats_paths)
     atomic.write_text(stats_out, json.dumps({**dict.fromkeys(asdict(features.FeatureStats()), 0), "backend": backend().name, **stats}, indent=2) + "\n")
-    return manifest.write(shards.concat(shard_paths, schemas.AUDIT), out, schemas.AUDIT)
+    shards.gather(shard_paths, out, schemas.AUDIT)

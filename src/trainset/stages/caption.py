@@ -7,11 +7,14 @@ token count is kept, and a caption over the window is flagged, or trimmed when p
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from pathlib import Path
 
 import pandas as pd
 
-from .. import background, captions, manifest, progress, schemas
+from .. import atomic, background, captions, manifest, progress, schemas
 from ..tags import TagDictionary
 
 
@@ -21,10 +24,64 @@ _CARRIED_LISTS = ("phash_views", "artists", "flags")
 
 def run(
     deduped_path: str | Path, out: str | Path, caption: dict | None = None, tag_dictionaries: list[str] | None = None,
-    cache_dir: str | Path | None = None, source_triggers: dict[str, str] | None = None,
+    cache_dir: str | Path | None = None, source_triggers: dict[str, str] | None = None, kept: str | Path | None = None,
 ) -> pd.DataFrame:
     """``source_triggers``: a source's own trigger word (``sources[].trigger_word``), used for its
-    items instead of ``caption.trigger_word``."""
+    items instead of ``caption.trigger_word``. ``kept``: where these captions are kept once made
+    (:func:`kept_as`): when that file is there they are linked from it, not made again."""
+    if kept is not None and _linked(Path(kept), Path(out)):
+        return manifest.read(out, schemas.CAPTIONED)
+    written = _captioned(deduped_path, out, caption, tag_dictionaries, cache_dir, source_triggers)
+    if kept is not None:
+        _keep(Path(out), Path(kept))
+    return written
+
+
+def kept_as(folder: str | Path, shard: str, part_digest: str, caption: dict | None, tag_dictionaries: list[str] | None,
+            source_triggers: dict[str, str] | None, code: str) -> Path:
+    """The file a shard's captions are kept in, named by all they depend on: its deduped rows (the
+    dealt part's digest), the caption params, the tag dictionaries' bytes, the trigger words and
+    the code. A shard keeps one such file (``folder/<shard>/``): the last one made."""
+    dictionaries = [hashlib.sha256(Path(d).read_bytes()).hexdigest() for d in tag_dictionaries or []]
+    spec = json.dumps([part_digest, caption or {}, dictionaries, sorted((source_triggers or {}).items()), code], sort_keys=True, default=str)
+    return Path(folder) / shard / f"{hashlib.sha256(spec.encode()).hexdigest()}.parquet"
+
+
+def _linked(kept: Path, out: Path) -> bool:
+    """``out`` linked to ``kept`` when that is a whole Parquet file (a torn one is made again); its
+    time is now, as a file the job wrote."""
+    try:
+        with kept.open("rb") as f:
+            head = f.read(4)
+            f.seek(-4, os.SEEK_END)
+            whole = head == b"PAR1" and f.read(4) == b"PAR1"
+    except OSError:
+        return False
+    if not whole:
+        return False
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.unlink(missing_ok=True)
+    try:
+        os.link(kept, out)
+    except OSError:
+        atomic.write_bytes(out, kept.read_bytes())
+    os.utime(out)
+    return True
+
+
+def _keep(out: Path, kept: Path) -> None:
+    """``out`` kept as ``kept``, the shard's other kept files dropped."""
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    for stale in kept.parent.glob("*.parquet"):
+        if stale != kept:
+            stale.unlink(missing_ok=True)
+    atomic.write_bytes(kept, out.read_bytes())
+
+
+def _captioned(
+    deduped_path: str | Path, out: str | Path, caption: dict | None, tag_dictionaries: list[str] | None,
+    cache_dir: str | Path | None, source_triggers: dict[str, str] | None,
+) -> pd.DataFrame:
     caption = dict(caption or {})
     settings = background.Settings.from_params(caption.pop("background", None))
     base = captions.CaptionSpec.from_params(caption)

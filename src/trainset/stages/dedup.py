@@ -5,8 +5,9 @@ Clusters are grown again among the allowed contents, around the best copy by ``n
 by the rule itself (never through a chain), and its rejected row names the item it was dropped
 in favour of. Items that duplicate an external reference set are rejected (or flagged) first.
 
-The choice reads only the columns it needs; the whole rows are read once it is made, for the
-keepers alone, so the wide manifest is never held next to the work on clusters.
+The choice reads only the columns it needs, for every row; the whole rows are read once it is
+made, a batch of shards (row groups of the filtered manifest) at a time, and the keepers written
+by shard: the wide manifest is never held whole.
 """
 
 from __future__ import annotations
@@ -44,15 +45,33 @@ class _Choice:
 def run(
     filtered_path: str | Path, pairs_path: str | Path, reference_path: str | Path, out: str | Path,
     clusters_out: str | Path, rejected_out: str | Path, near_dup: dict | None = None,
-) -> pd.DataFrame:
+) -> None:
     near_dup = near_dup or {}
     choice = _choose(filtered_path, pairs_path, reference_path, clusters_out, rejected_out, near_dup)
     # unvalidated: the columns the choice read were, and the rows kept are when written
-    items = manifest.take_rows(manifest.read_columns(filtered_path, list(schemas.FILTERED.columns), _CARRIED_LISTS),
-                               np.flatnonzero(choice.kept))
-    if choice.flagged.any():
-        items["flags"] = _with_flag(items["flags"], choice.flagged[choice.kept])
-    return manifest.write(items, out, schemas.DEDUPED)
+    batches = manifest.read_batches(filtered_path, schemas.FILTERED, manifest.BATCH_ROWS, columns=list(schemas.FILTERED.columns),
+                                    arrow_lists=_CARRIED_LISTS, validated=False)
+    first = 0
+    with manifest.ShardedWriter(out, schemas.DEDUPED) as writer:
+        for shard, rows in batches:
+            kept, flagged = choice.kept[first:first + len(rows)], choice.flagged[first:first + len(rows)]
+            first += len(rows)
+            items = _kept_rows(rows, kept, whole=not any(shard))
+            del rows
+            if flagged.any():
+                items["flags"] = _with_flag(items["flags"], flagged[kept])
+            writer.write(shard[kept], items)
+        if first != len(choice.kept):
+            raise ValueError(f"{filtered_path}: {first} rows, but the keepers were chosen among {len(choice.kept)}")
+
+
+def _kept_rows(rows: pd.DataFrame, kept: np.ndarray, whole: bool) -> pd.DataFrame:
+    """A batch's kept rows. A manifest written whole comes as one batch: its rows are taken column
+    by column (``manifest.take_rows``), so they are never held twice. A batch of shards is small:
+    one take."""
+    if kept.all():
+        return rows
+    return manifest.take_rows(rows, np.flatnonzero(kept)) if whole else rows.take(np.flatnonzero(kept))
 
 
 def _choose(filtered_path: str | Path, pairs_path: str | Path, reference_path: str | Path, clusters_out: str | Path,

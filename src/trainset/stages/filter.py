@@ -10,11 +10,15 @@ either reject or flag, per ``audit.actions``.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from .. import annotations, audit_checks, ledger, manifest, overrides, schemas
 from ..config import ConfigError
@@ -127,54 +131,295 @@ def run(
     annotation_files: list[str] | None = None,
     overrides_file: str | None = None,
     takedown: set[str] | None = None,
-) -> pd.DataFrame:
-    """``takedown``: content SHA-256s taken down (``trainset purge``): rejected before anything else."""
-    takedown = takedown or set()
-    items = manifest.read(paths["ingest"], schemas.INGEST, arrow_lists=LISTS)
-    dictionary = TagDictionary.load(tag_dictionaries or [])
+) -> None:
+    """``paths``: ``ingest``, ``audit``, ``groups``, ``nsfw`` (optional) manifests, and
+    ``ingest_shards``, the shards' ingest files (``<shard>.parquet``), for an audit manifest
+    written by shard. ``takedown``: content SHA-256s taken down (``trainset purge``):
+    rejected before anything else.
+
+    One shard is held at a time (the audit manifest's row groups), the outputs written by shard.
+    What crosses shards is narrow: the cluster columns, the NSFW scores, the merged lists of the
+    items that share a cluster, and the components the minors rule excludes. That last one is
+    known only once every shard was judged, so the shards are written to temporary files first;
+    a shard holding an item a later-found exclusion reaches is judged again, the others copied."""
+    judge = _Judge.prepare(paths, audit_params, policy_params, tag_dictionaries, annotation_files, overrides_file, takedown)
+    out, rejected_out = Path(out), Path(rejected_out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rejected_out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as work:
+        first = {"kept": Path(work) / "kept.parquet", "rejected": Path(work) / "rejected.parquet"}
+        shards, minors = _judged_by_shard(judge, paths, first)
+        sources = _minors_sources(minors)
+        again = {shard for shard, components in shards.items() if components.reached(sources)}
+        if again:
+            _rewritten(judge, paths, first, {"kept": out, "rejected": rejected_out}, sources, again)
+        else:
+            os.replace(first["rejected"], rejected_out)
+            os.replace(first["kept"], out)
+
+
+def _judged_by_shard(judge: "_Judge", paths: dict, outs: dict) -> tuple[dict, list]:
+    """Every shard judged (without the minors rule's reach across items) and written to ``outs``;
+    per shard its items in shared components, and every minors exclusion found."""
+    shards, minors = {}, []
+    with manifest.ShardedWriter(outs["kept"], schemas.FILTERED) as kept, manifest.ShardedWriter(outs["rejected"], schemas.REJECTED) as rejected:
+        for shard, df, verdicts in judge.batches(paths):
+            minors += judge.minors_found(df, verdicts)
+            shards.update(judge.shared_components(shard, df, verdicts))
+            _write_batch(shard, df, verdicts, kept, rejected)
+    return shards, minors
+
+
+def _rewritten(judge: "_Judge", paths: dict, first: dict, outs: dict, sources: dict, again: set) -> None:
+    """The final outputs: the batches holding a shard in ``again`` judged anew with the minors
+    rule's reach, every other shard's rows copied from the first pass's files as they are."""
+    files = {key: pq.ParquetFile(path) for key, path in first.items()}
+    groups = {key: {shard: k for k, shard in enumerate(manifest.shard_groups(path) or [])} for key, path in first.items()}
+    with manifest.ShardedWriter(outs["kept"], schemas.FILTERED) as kept, manifest.ShardedWriter(outs["rejected"], schemas.REJECTED) as rejected:
+        writers = {"kept": kept, "rejected": rejected}
+        for shard, df, verdicts in judge.batches(paths, only=again):
+            if df is None:  # not judged again: the first pass's rows
+                for name in shard:
+                    for key, writer in writers.items():
+                        if name in groups[key]:
+                            writer.copy(name, files[key].read_row_group(groups[key][name]))
+                continue
+            _minors_follow_pairs(df, verdicts, sources)
+            _write_batch(shard, df, verdicts, kept, rejected)
+
+
+def _write_batch(shard: np.ndarray, df: pd.DataFrame, verdicts: dict, kept, rejected) -> None:
+    """A batch's kept and rejected rows, each under its shard (``shard``: per row of ``df``)."""
+    rows = sorted(verdicts)
+    if rows:
+        rejected.write(shard[rows], _rejected_rows(df, verdicts))
+    mask = np.zeros(len(df), dtype=bool)
+    mask[rows] = True
+    kept_rows = np.flatnonzero(~mask)
+    kept.write(shard[kept_rows], manifest.take_rows(df, kept_rows, list(schemas.FILTERED.columns)))
+
+
+class _Components:
+    """A shard's items in near-duplicate components shared with other items (judged other than
+    by the minors rule): what a minors exclusion elsewhere may reach."""
+
+    def __init__(self, keys: np.ndarray):
+        self.keys = keys
+
+    def reached(self, sources: dict) -> bool:
+        return bool(sources) and any(k in sources for k in self.keys.tolist())
+
+
+def _minors_sources(found: list[tuple[str, str, tuple]]) -> dict[str, tuple]:
+    """component -> ``(item_id, verdict)`` of its first minors exclusion in item-id order."""
+    source: dict[str, tuple] = {}
+    for comp, item_id, verdict in sorted(found, key=lambda f: f[1]):
+        source.setdefault(comp, (item_id, verdict))
+    return source
+
+
+class _Judge:
+    """What judging a shard needs from outside it: settings, and the narrow cross-shard tables."""
+
+    def __init__(self, **fields):
+        self.__dict__.update(fields)
+
+    @classmethod
+    def prepare(cls, paths, audit_params, policy_params, tag_dictionaries, annotation_files, overrides_file, takedown) -> "_Judge":
+        dictionary = TagDictionary.load(tag_dictionaries or [])
+        thresholds, actions = _audit_settings(audit_params)
+        groups = manifest.read(paths["groups"], schemas.GROUPS, columns=["item_id", *schemas.CLUSTER_COLUMNS])
+        scores = manifest.read(paths["nsfw"], schemas.NSFW_SCORES, columns=["item_id", "nsfw_score"]) if paths.get("nsfw") else None
+        shared_components = pd.Index(sorted(_repeated(groups["component_key"])))
+        return cls(
+            dictionary=dictionary, thresholds=thresholds, actions=actions, takedown=takedown or set(),
+            policy=Policy.from_params(policy_params, dictionary), edits=overrides.load(overrides_file),
+            notes=annotations.load(annotation_files), groups=groups, group_rows=pd.Index(groups["item_id"]),
+            scores=_score_lookup(scores), merged=_merged_members(paths["ingest"], groups, dictionary),
+            shared_keys=shared_components,
+        )
+
+    def batches(self, paths: dict, only: set | None = None):
+        """``(each row's shard, frame, verdicts)`` for each batch of shards of the audit manifest,
+        judged; with ``only``, a batch holding none of those shards comes as ``(its shard names,
+        None, None)``, unread."""
+        ingest = _IngestRows(paths)
+        judged = 0
+        for shard, audit_rows in _audit_batches(paths["audit"], _AUDIT_COLUMNS, only):
+            if audit_rows is None:
+                yield shard, None, None
+                continue
+            items, shard = ingest.rows(shard, audit_rows["item_id"])
+            if not len(items):
+                continue
+            judged += len(items)
+            df = self.prepared(items, audit_rows, paths)
+            yield shard, df, _judge(df, self.policy, self.edits, self.takedown, self.thresholds, self.actions)
+        if only is None:
+            ingest.check_all_judged(judged)
+
+    def prepared(self, items: pd.DataFrame, audit_rows: pd.DataFrame, paths: dict) -> pd.DataFrame:
+        """One shard's items joined with their audit, cluster and NSFW columns and annotations, lists
+        canonical and merged across clusters, manual tag edits applied: what the policy judges."""
+        for column in LISTS:
+            items[column] = _held(self.dictionary.canonicalize_lists(list_array(items[column])), items.index)
+        ids = items["item_id"]
+        audit_rows = _aligned(audit_rows, ids, f"{paths['audit']}: no audit row")
+        groups = self._group_rows(ids, f"{paths['groups']}: no group row")
+        df = pd.concat([items, audit_rows.drop(columns="item_id"), groups.drop(columns="item_id")], axis=1)
+        df["nsfw_score"] = self.scores(ids)
+        df = annotations.join(df, self.notes)
+        df = _with_merged(df, self.merged)
+        df["tags"] = _with_tag_edits(df, self.edits, self.dictionary)
+        return df
+
+    def _group_rows(self, ids: pd.Series, missing: str) -> pd.DataFrame:
+        rows = self.group_rows.get_indexer(ids)
+        if (rows < 0).any():
+            raise ValueError(f"{missing} for {', '.join(ids[rows < 0][:5])}")
+        return self.groups.iloc[rows].set_axis(ids.index)
+
+    def minors_found(self, df: pd.DataFrame, verdicts: dict) -> list[tuple[str, str, tuple]]:
+        """``(component, item_id, verdict)`` of each minors exclusion in a shared component."""
+        rows = sorted(p for p, v in verdicts.items() if v[1] == "minors")
+        comps, ids = df["component_key"].to_numpy(dtype=object), df["item_id"].to_numpy(dtype=object)
+        shared = set(self.shared_keys)
+        return [(comps[p], ids[p], verdicts[p]) for p in rows if comps[p] in shared]
+
+    def shared_components(self, shard: np.ndarray, df: pd.DataFrame, verdicts: dict) -> dict[str, _Components]:
+        """Per shard of the batch, its items' shared components (those the minors rule did not exclude)."""
+        comps = df["component_key"].to_numpy(dtype=object)
+        minors = np.zeros(len(df), dtype=bool)
+        minors[[p for p, v in verdicts.items() if v[1] == "minors"]] = True
+        open_rows = np.asarray(df["component_key"].isin(self.shared_keys), dtype=bool) & ~minors
+        return {name: _Components(np.unique(comps[open_rows & (shard == name)].astype(str))) for name in pd.unique(shard)}
+
+
+def _repeated(values: pd.Series) -> set:
+    """The values that occur more than once."""
+    counts = values.value_counts()
+    return set(counts.index[counts.to_numpy() > 1])
+
+
+def _score_lookup(scores: pd.DataFrame | None):
+    """item ids -> NSFW scores (NaN without one, or without a scores manifest), the lookup built once."""
+    if scores is None or not len(scores):
+        return lambda ids: pd.Series(np.nan, index=ids.index, dtype="float64")
+    scores = scores.drop_duplicates("item_id", keep="last")
+    index, values = pd.Index(scores["item_id"]), scores["nsfw_score"].to_numpy(dtype=np.float64)
+
+    def lookup(ids: pd.Series) -> pd.Series:
+        rows = index.get_indexer(ids)
+        return pd.Series(np.where(rows >= 0, values[rows], np.nan), index=ids.index, dtype="float64")
+    return lookup
+
+
+def _merged_members(ingest_path: str | Path, groups: pd.DataFrame, dictionary: TagDictionary) -> pd.DataFrame:
+    """The items that share their cluster with another: tags, artists (canonical) and rating merged
+    across the cluster (:func:`merge_copies`), by item id. Read a batch of the ingest at a time."""
+    shared = groups[groups["cluster_key"].isin(_repeated(groups["cluster_key"]))]
+    if not len(shared):
+        return pd.DataFrame(columns=["item_id", *LISTS, "rating"])
+    wanted = pa.array(shared["item_id"].to_numpy(dtype=object), type=pa.string())
+    parts = []
+    for batch in pq.ParquetFile(ingest_path).iter_batches(columns=["item_id", *LISTS, "rating"], batch_size=1 << 16):
+        hit = pc.is_in(batch.column("item_id"), value_set=wanted)
+        if pc.any(hit).as_py():
+            parts.append(batch.filter(hit))
+    table = pa.Table.from_batches(parts) if parts else None
+    if table is None or not table.num_rows:
+        return pd.DataFrame(columns=["item_id", *LISTS, "rating"])
+    members = pd.DataFrame({"item_id": table.column("item_id").to_pandas(), "rating": table.column("rating").to_pandas()})
     for column in LISTS:
-        items[column] = _held(dictionary.canonicalize_lists(list_array(items[column])), items.index)
-    df = _joined(items, paths)
-    del items
-    df = annotations.join(df, annotations.load(annotation_files))
-    df = merge_copies(df)
-    edits = overrides.load(overrides_file)
-    df["tags"] = _with_tag_edits(df, edits, dictionary)
+        members[column] = _held(dictionary.canonicalize_lists(table.column(column).combine_chunks()), members.index)
+    keys = shared.set_index("item_id")["cluster_key"]
+    members["cluster_key"] = keys.reindex(members["item_id"]).to_numpy()
+    merged = merge_copies(members)
+    return merged[["item_id", *LISTS, "rating"]].reset_index(drop=True)
 
-    policy = Policy.from_params(policy_params, dictionary)
-    thresholds, actions = _audit_settings(audit_params)
-    if not len(df):  # no items (e.g. no sources): empty manifests with the schemas' dtypes
-        manifest.write(ledger.no_rejections(), rejected_out, schemas.REJECTED)
-        return manifest.write(manifest.empty(schemas.FILTERED), out, schemas.FILTERED)
 
-    verdicts = _judge(df, policy, edits, takedown, thresholds, actions)
-    _minors_follow_pairs(df, verdicts)
-    _write_rejected(df, verdicts, rejected_out)
-    rejected = np.zeros(len(df), dtype=bool)
-    rejected[list(verdicts)] = True
-    kept = manifest.take_rows(df, np.flatnonzero(~rejected), list(schemas.FILTERED.columns))
-    del df
-    return manifest.write(kept, out, schemas.FILTERED)
+def _with_merged(df: pd.DataFrame, merged: pd.DataFrame) -> pd.DataFrame:
+    """A shard's rows with the merged lists and rating of those that share a cluster, every
+    other rating outside the known ones read as unknown (as :func:`merge_copies` gives them)."""
+    df = df.copy(deep=False)
+    rating = df["rating"].where(df["rating"].isin(RATING_ORDER), "unknown")
+    at = pd.Index(merged["item_id"]).get_indexer(df["item_id"]) if len(merged) else np.full(len(df), -1)
+    rows = np.flatnonzero(at >= 0)
+    if len(rows):
+        take = at[rows]
+        for column in LISTS:
+            df[column] = _with_rows(df[column], rows, list_array(merged[column]).take(pa.array(take)).to_pylist())
+        rating.iloc[rows] = merged["rating"].to_numpy(dtype=object)[take]
+    df["rating"] = rating.astype("str")
+    return df
+
+
+class _IngestRows:
+    """A batch's ingest rows: its shards' own files for an audit written by shard, else the whole ingest."""
+
+    def __init__(self, paths: dict):
+        self.files = {Path(f).stem: Path(f) for f in paths.get("ingest_shards") or []}
+        self.path = paths["ingest"]
+        self.whole: pd.DataFrame | None = None
+
+    def rows(self, shard: np.ndarray, ids: pd.Series) -> tuple[pd.DataFrame, np.ndarray]:
+        """The ingest rows (checked) and each one's shard."""
+        names = [n for n in pd.unique(shard) if n]
+        if names and self.files:
+            missing = [n for n in names if n not in self.files]
+            if missing:
+                raise ValueError(f"no ingest file for shard(s) {', '.join(missing[:5])} of the audit manifest (stale?)")
+            files = [self.files[name] for name in names]
+            parts = [manifest.read_columns(f, list(schemas.INGEST.columns), LISTS) for f in files]
+            items = _checked(pd.concat(parts, ignore_index=True), files, parts)
+            return items, np.repeat(np.array(names, dtype=object), [len(p) for p in parts])
+        if self.whole is None:
+            self.whole = manifest.read(self.path, schemas.INGEST, arrow_lists=LISTS)
+        if not names:
+            return self.whole, np.full(len(self.whole), "", dtype=object)
+        at = pd.Index(self.whole["item_id"]).get_indexer(ids)
+        keep = at >= 0
+        return self.whole.iloc[at[keep]].reset_index(drop=True), shard[keep]
+
+    def check_all_judged(self, judged: int) -> None:
+        """Every ingest item was in a shard of the audit manifest (a shard missing there would
+        otherwise drop its items unseen)."""
+        total = pq.read_metadata(self.path).num_rows
+        if judged != total:
+            raise ValueError(f"{self.path}: {total - judged} ingest item(s) in no shard of the audit manifest (stale?)")
+
+
+def _checked(items: pd.DataFrame, files: list[Path], parts: list[pd.DataFrame]) -> pd.DataFrame:
+    """Several shards' ingest rows checked in one pass; a failure is named in its own file."""
+    try:
+        return manifest.validate(items, schemas.INGEST, files[0])
+    except manifest.ManifestError:
+        for f, part in zip(files, parts):
+            manifest.validate(part, schemas.INGEST, f)
+        raise
+
+
+def _audit_batches(path, columns: list[str], only: set | None):
+    if only is None:
+        yield from manifest.read_batches(path, schemas.AUDIT, manifest.BATCH_ROWS, columns=columns, arrow_lists=manifest.CARRIED_LISTS)
+        return
+    for shard, rows in manifest.read_batches(path, schemas.AUDIT, manifest.BATCH_ROWS, columns=["item_id"], validated=False):
+        names = list(pd.unique(shard))
+        if not set(names) & only:
+            yield np.array(names, dtype=object), None
+            continue
+        yield shard, _audit_rows(path, columns, names)
+
+
+def _audit_rows(path, columns: list[str], names: list[str]) -> pd.DataFrame:
+    """The audit rows of these shards (checked on the first pass)."""
+    groups = manifest.shard_groups(path)
+    at = [groups.index(n) for n in names] if groups is not None else None
+    return manifest.read_columns(path, columns, manifest.CARRIED_LISTS, row_group=at)
 
 
 # the audit columns the filtered manifest takes (the ingest has the sha256)
 _AUDIT_COLUMNS = [c for c in schemas.AUDIT.columns if c not in ("sha256", "schema_version")]
-
-
-def _joined(items: pd.DataFrame, paths: dict) -> pd.DataFrame:
-    """``items`` (in their order) with their audit row, cluster columns and NSFW score; of each
-    manifest only the columns it adds are read, the pHash lists held as Arrow (only carried)."""
-    audit = manifest.read(paths["audit"], schemas.AUDIT, columns=_AUDIT_COLUMNS, arrow_lists=manifest.CARRIED_LISTS)
-    for column in manifest.CARRIED_LISTS:  # one chunk: the rows kept are then copied once, not again to write
-        audit[column] = _held(list_array(audit[column]), audit.index)
-    groups = manifest.read(paths["groups"], schemas.GROUPS, columns=["item_id", *schemas.CLUSTER_COLUMNS])
-    scores = manifest.read(paths["nsfw"], schemas.NSFW_SCORES, columns=["item_id", "nsfw_score"]) if paths.get("nsfw") else None
-    ids = items["item_id"]
-    audit = _aligned(audit, ids, f"{paths['audit']}: no audit row")
-    groups = _aligned(groups, ids, f"{paths['groups']}: no group row")
-    df = pd.concat([items, audit.drop(columns="item_id"), groups.drop(columns="item_id")], axis=1)
-    df["nsfw_score"] = _scores(scores, ids)
-    return df
 
 
 def _aligned(table: pd.DataFrame, ids: pd.Series, missing: str) -> pd.DataFrame:
@@ -185,16 +430,6 @@ def _aligned(table: pd.DataFrame, ids: pd.Series, missing: str) -> pd.DataFrame:
     if (rows < 0).any():
         raise ValueError(f"{missing} for {', '.join(ids[rows < 0][:5])}")
     return table.iloc[rows].set_axis(ids.index)
-
-
-def _scores(scores: pd.DataFrame | None, ids: pd.Series) -> pd.Series:
-    """Each item's NSFW score; NaN without one (or without a scores manifest)."""
-    if scores is None or not len(scores):
-        return pd.Series(np.nan, index=ids.index, dtype="float64")
-    scores = scores.drop_duplicates("item_id", keep="last")
-    rows = pd.Index(scores["item_id"]).get_indexer(ids)
-    values = scores["nsfw_score"].to_numpy(dtype=np.float64)
-    return pd.Series(np.where(rows >= 0, values[rows], np.nan), index=ids.index, dtype="float64")
 
 
 def _audit_settings(audit_params: dict) -> tuple[dict, dict]:
@@ -277,36 +512,29 @@ def _caption_overrides(df: pd.DataFrame, edits: dict[str, dict]) -> pd.Series:
     return pd.Series(captions, index=df.index).astype("str")
 
 
-def _write_rejected(df: pd.DataFrame, verdicts: dict[int, tuple], path: str | Path) -> None:
-    if not verdicts:
-        manifest.write(ledger.no_rejections(), path, schemas.REJECTED)
-        return
+def _rejected_rows(df: pd.DataFrame, verdicts: dict[int, tuple]) -> pd.DataFrame:
     rows = sorted(verdicts)
     hit = df.iloc[rows]
     picked = [verdicts[p] for p in rows]
     field = lambda k: pd.Series([v[k] for v in picked], index=hit.index, dtype=object)  # noqa: E731
-    manifest.write(ledger.reject(hit, field(0), field(1), field(2), field(3), field(4)), path, schemas.REJECTED)
+    return ledger.reject(hit, field(0), field(1), field(2), field(3), field(4))
 
 
-def _minors_follow_pairs(df: pd.DataFrame, verdicts: dict[int, tuple]) -> None:
+def _minors_follow_pairs(df: pd.DataFrame, verdicts: dict[int, tuple], sources: dict[str, tuple]) -> None:
     """Exclude every item in the near-duplicate component of an item the minors rule excluded.
 
     Tags merge per cluster (every member a direct near-duplicate of its representative), so a
     chain a~b~c can leave a copy in another cluster; for the rule nothing may override, any
-    chain of near-duplicate pairs is enough. The source named is the component's first such
-    item in item-id order."""
-    minors = sorted(p for p, v in verdicts.items() if v[1] == "minors")
-    if not minors:
+    chain of near-duplicate pairs is enough. ``sources``: component -> its first such item in
+    item-id order and that item's verdict, over every shard (:func:`_minors_sources`)."""
+    if not sources:
         return
     components = df["component_key"]
-    source: dict[str, tuple] = {}
-    for position, comp, item_id in zip(minors, components.iloc[minors], df["item_id"].iloc[minors]):
-        source.setdefault(comp, (item_id, verdicts[position]))
-    reached = np.flatnonzero(components.isin(list(source)).to_numpy(dtype=bool)).tolist()
+    reached = np.flatnonzero(components.isin(list(sources)).to_numpy(dtype=bool)).tolist()
     for position, comp in zip(reached, components.iloc[reached]):
         if position in verdicts and verdicts[position][1] == "minors":
             continue
-        other, verdict = source[comp]
+        other, verdict = sources[comp]
         detail = f"near-duplicate (through a chain of pairs) of {other}, which the minors rule excluded: {verdict[3]}"
         verdicts[position] = ("policy", "minors", verdict[2], detail, list(verdict[4]))
 

@@ -64,17 +64,24 @@ def check_fractions(fractions: dict) -> dict[str, float]:
 
 
 def run(captioned_path: str | Path, out: str | Path, moves_out: str | Path, history_path: str | Path, seed: int, fractions: dict) -> pd.DataFrame:
-    """The split manifest is written (and so validated) first: the captioned one is read unchecked,
-    and the moves and history are only written from rows that passed."""
+    """The split manifest is written a batch of shards (row groups of the captioned manifest) at a time, and
+    so validated, first: the captioned one is read unchecked, and the moves and history are only
+    written from rows that passed. Only the history columns of the rows cross shards; they are
+    returned (item id, split, component key, in the file's order)."""
     fractions = check_fractions(fractions)
-    items = manifest.read_columns(captioned_path, list(schemas.CAPTIONED.columns), _LIST_COLUMNS)
-    items["split"] = assign_many(items["component_key"], seed, fractions)
-    written = manifest.write(items, out, schemas.SPLIT)
-    del items
-    manifest.write(_moves(written, Path(history_path)), moves_out, schemas.MOVES)
+    batches = manifest.read_batches(captioned_path, schemas.CAPTIONED, manifest.BATCH_ROWS, columns=list(schemas.CAPTIONED.columns),
+                                    arrow_lists=_LIST_COLUMNS, validated=False)
+    history = [manifest.empty(schemas.SPLIT)[_HISTORY_COLUMNS]]
+    with manifest.ShardedWriter(out, schemas.SPLIT) as writer:
+        for shard, items in batches:
+            items["split"] = assign_many(items["component_key"], seed, fractions)
+            history.append(writer.write(shard, items)[_HISTORY_COLUMNS])
+            del items
+    history = pd.concat(history, ignore_index=True)
+    manifest.write(_moves(history, Path(history_path)), moves_out, schemas.MOVES)
     with atomic.atomic_file(history_path) as tmp:
-        written[_HISTORY_COLUMNS].to_parquet(tmp, index=False)
-    return written
+        history.to_parquet(tmp, index=False)
+    return history
 
 
 def _moves(items: pd.DataFrame, history_path: Path) -> pd.DataFrame:
