@@ -331,8 +331,10 @@ def test_stage_schemas_extend_each_other():
     assert set(schemas.CAPTIONED.columns) == set(schemas.DEDUPED.columns) | {
         "caption", "caption_tokens", "caption_over_limit", "caption_trimmed", "background", "background_uniformity", "background_check"}
     assert set(schemas.SPLIT.columns) == set(schemas.CAPTIONED.columns) | {"split"}
-    # filtered carries the audit measures, the groups' cluster columns and the policy's decision
-    assert set(filtered) == set(ingest) | set(schemas.IMAGE_COLUMNS) | set(schemas.CLUSTER_COLUMNS) | set(schemas.POLICY_COLUMNS)
+    # filtered carries the audit measures (not the pHash views: only the pair search reads them), the
+    # groups' cluster columns and the policy's decision
+    measures = set(schemas.IMAGE_COLUMNS) - {"phash_views"}
+    assert set(filtered) == set(ingest) | measures | set(schemas.CLUSTER_COLUMNS) | set(schemas.POLICY_COLUMNS)
     assert {"flags", "nsfw_flag", "nsfw_score", "archetype", "emotion", "harmony_score", "annotation_notes", "override",
             "caption_override"} == set(schemas.POLICY_COLUMNS)
     assert list(schemas.DEDUPED.columns) == filtered
@@ -341,7 +343,7 @@ def test_stage_schemas_extend_each_other():
     assert list(schemas.UNMATCHED.columns) == ["source", "record_id", "md5", "note"]
     assert {"nsfw_flag", "flags", "cluster_id"} <= set(schemas.EXPORT.columns)
     assert {"triggered_tags", "duplicate_of"} <= set(schemas.REJECTED.columns)
-    assert "phash_views" in schemas.AUDIT.columns and "phash_views" in filtered
+    assert "phash_views" in schemas.AUDIT.columns and "phash_views" not in filtered
 
 
 def _rejected_row(**over) -> dict:
@@ -666,7 +668,7 @@ def test_arrow_held_lists_write_the_same_bytes(tmp_path, views):
     if views is not None:
         df["phash_views"] = pd.Series(views, dtype=object)
     manifest.write(df, tmp_path / "plain.parquet", schemas.AUDIT)
-    held = manifest.read(tmp_path / "plain.parquet", schemas.AUDIT, arrow_lists=manifest.CARRIED_LISTS)
+    held = manifest.read(tmp_path / "plain.parquet", schemas.AUDIT, arrow_lists=("phash_views",))
     assert manifest.is_arrow_list(held["phash_views"].dtype)
     manifest.write(held, tmp_path / "held.parquet", schemas.AUDIT)
     assert (tmp_path / "held.parquet").read_bytes() == (tmp_path / "plain.parquet").read_bytes()
@@ -678,7 +680,7 @@ def test_arrow_held_bad_view_names_file_row_and_column(tmp_path):
     df.at[1, "phash_views"] = ["0123456789ABCDEF"]
     df.to_parquet(path, index=False)
     with pytest.raises(ManifestError) as info:
-        manifest.read(path, schemas.AUDIT, arrow_lists=manifest.CARRIED_LISTS)
+        manifest.read(path, schemas.AUDIT, arrow_lists=("phash_views",))
     assert str(path) in str(info.value)
     assert "row 1 (item_id 's:b.png'), column 'phash_views'" in str(info.value)
 

@@ -23,8 +23,6 @@ from .schemas import SCHEMA_VERSION
 
 # list columns read as Python lists (others stay as pandas reads them: arrays)
 LIST_COLUMNS = ("tags", "artists", "flags", "triggered_tags")
-# the widest list column (a pHash per view), which stages after the audit only carry along
-CARRIED_LISTS = ("phash_views",)
 
 
 class ManifestError(ValueError):

@@ -228,7 +228,10 @@ POLICY_COLUMNS = {
     "override": _text(nullable=True),
     "caption_override": _text(nullable=True),
 }
-FILTERED_COLUMNS = {**INGEST_COLUMNS, **IMAGE_COLUMNS, **CLUSTER_COLUMNS, **POLICY_COLUMNS}
+# the pHash views stay in the audit manifest: only the pair search reads them, and carrying 25 hex
+# strings an item through every stage after it would be most of their bytes
+FILTERED_COLUMNS = {**INGEST_COLUMNS, **{k: v for k, v in IMAGE_COLUMNS.items() if k != "phash_views"}, **CLUSTER_COLUMNS,
+                    **POLICY_COLUMNS}
 DEDUPED_COLUMNS = FILTERED_COLUMNS
 CAPTIONED_COLUMNS = {
     **DEDUPED_COLUMNS,

@@ -19,7 +19,7 @@ from ..tags import TagDictionary
 
 
 # list columns only passed on: held as Arrow, never as Python objects
-_CARRIED_LISTS = ("phash_views", "artists", "flags")
+_CARRIED_LISTS = ("artists", "flags")
 
 
 def run(

@@ -26,7 +26,7 @@ REFERENCE_ACTIONS = ("reject", "flag")
 REFERENCE_FLAG = "reference_duplicate"
 
 # list columns only passed on: held as Arrow, never as Python objects
-_CARRIED_LISTS = ("phash_views", "artists", "tags", "flags")
+_CARRIED_LISTS = ("artists", "tags", "flags")
 # what neardup.preference_order ranks by (besides near_dup.quality_column)
 _RANK_COLUMNS = ["item_id", "generated", "border_fraction", "width", "height", "source", "size", "sidecar", "tags"]
 # what choosing the keepers reads: the ranking, the contents and the rejected rows' fields

@@ -401,7 +401,7 @@ def _checked(items: pd.DataFrame, files: list[Path], parts: list[pd.DataFrame]) 
 
 def _audit_batches(path, columns: list[str], only: set | None):
     if only is None:
-        yield from manifest.read_batches(path, schemas.AUDIT, manifest.BATCH_ROWS, columns=columns, arrow_lists=manifest.CARRIED_LISTS)
+        yield from manifest.read_batches(path, schemas.AUDIT, manifest.BATCH_ROWS, columns=columns)
         return
     for shard, rows in manifest.read_batches(path, schemas.AUDIT, manifest.BATCH_ROWS, columns=["item_id"], validated=False):
         names = list(pd.unique(shard))
@@ -415,11 +415,11 @@ def _audit_rows(path, columns: list[str], names: list[str]) -> pd.DataFrame:
     """The audit rows of these shards (checked on the first pass)."""
     groups = manifest.shard_groups(path)
     at = [groups.index(n) for n in names] if groups is not None else None
-    return manifest.read_columns(path, columns, manifest.CARRIED_LISTS, row_group=at)
+    return manifest.read_columns(path, columns, row_group=at)
 
 
-# the audit columns the filtered manifest takes (the ingest has the sha256)
-_AUDIT_COLUMNS = [c for c in schemas.AUDIT.columns if c not in ("sha256", "schema_version")]
+# the audit columns the filter reads (the ingest has the sha256; the pHash views stay in the audit)
+_AUDIT_COLUMNS = [c for c in schemas.AUDIT.columns if c not in ("sha256", "schema_version", "phash_views")]
 
 
 def _aligned(table: pd.DataFrame, ids: pd.Series, missing: str) -> pd.DataFrame:

@@ -18,7 +18,7 @@ from .. import atomic, manifest, schemas
 
 _HISTORY_COLUMNS = ["item_id", "split", "component_key"]
 # carried through untouched: held as Arrow, never as Python objects
-_LIST_COLUMNS = ("tags", "artists", "phash_views", "flags", "caption_trimmed")
+_LIST_COLUMNS = ("tags", "artists", "flags", "caption_trimmed")
 
 
 class SplitError(ValueError):
