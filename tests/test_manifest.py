@@ -792,16 +792,6 @@ def test_read_shards_checks_each_shard(tmp_path):
         list(manifest.read_shards(path, schemas.INGEST))
 
 
-def test_sharded_manifest_copies_shards_of_another(tmp_path):
-    first = _by_shard(tmp_path, {"00000": _frame(_row(1, tags=[])), "00001": _frame(_row(0), _row(2))}, "first.parquet")
-    source = pyarrow.parquet.ParquetFile(first)
-    with manifest.ShardedWriter(tmp_path / "copy.parquet", schemas.INGEST) as out:
-        out.copy("00000", source.read_row_group(0))
-        out.write("00001", _frame(_row(0), _row(2)))
-    assert (tmp_path / "copy.parquet").read_bytes() == first.read_bytes()
-    assert manifest.shard_groups(tmp_path / "copy.parquet") == ["00000", "00001"]
-
-
 def test_sharded_manifest_takes_a_batch_of_shards_at_once(tmp_path):
     """A batch spanning shards writes the bytes shard-by-shard writes; batches read back whole shards."""
     one = _by_shard(tmp_path, {"00000": _frame(_row(3), _row(1)), "00001": _frame(_row(2)), "00002": _frame(_row(0), _row(4))}, "one.parquet")

@@ -234,20 +234,6 @@ class ShardedWriter:
         self.rows += len(df)
         return df
 
-    def copy(self, shard: str, table: pyarrow.Table) -> None:
-        """One shard's rows as read back from a file written by this class with the same schema (and
-        so checked then): written as they are, without a round trip through pandas."""
-        if not table.num_rows:
-            return
-        if self._writer is None:
-            self._schema = settled_schema(table.schema)
-            self._writer = pq.ParquetWriter(str(self._tmp), self._schema, compression="snappy")
-        self._writer.write_table(_conformed(table, self._schema))
-        for name, seen in self._unique.items():
-            seen.append(table.column(name).combine_chunks())
-        self._names.append(str(shard))
-        self.rows += table.num_rows
-
     def _finish(self) -> None:
         self._check_unique()
         if self._writer is None:  # no rows at all: an empty manifest with the schema's dtypes

@@ -10,8 +10,6 @@ either reject or flag, per ``audit.actions``.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -137,54 +135,14 @@ def run(
     written by shard. ``takedown``: content SHA-256s taken down (``trainset purge``):
     rejected before anything else.
 
-    One shard is held at a time (the audit manifest's row groups), the outputs written by shard.
-    What crosses shards is narrow: the cluster columns, the NSFW scores, the merged lists of the
-    items that share a cluster, and the components the minors rule excludes. That last one is
-    known only once every shard was judged, so the shards are written to temporary files first;
-    a shard holding an item a later-found exclusion reaches is judged again, the others copied."""
+    A batch of whole shards is held at a time (the audit manifest's row groups), the outputs
+    written by shard. What crosses shards is narrow and known before the first batch: the cluster
+    columns, the NSFW scores, and, for the items that share a near-duplicate component, their
+    tags and ratings merged across clusters and which components the minors rule excludes."""
     judge = _Judge.prepare(paths, audit_params, policy_params, tag_dictionaries, annotation_files, overrides_file, takedown)
-    out, rejected_out = Path(out), Path(rejected_out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    rejected_out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as work:
-        first = {"kept": Path(work) / "kept.parquet", "rejected": Path(work) / "rejected.parquet"}
-        shards, minors = _judged_by_shard(judge, paths, first)
-        sources = _minors_sources(minors)
-        again = {shard for shard, components in shards.items() if components.reached(sources)}
-        if again:
-            _rewritten(judge, paths, first, {"kept": out, "rejected": rejected_out}, sources, again)
-        else:
-            os.replace(first["rejected"], rejected_out)
-            os.replace(first["kept"], out)
-
-
-def _judged_by_shard(judge: "_Judge", paths: dict, outs: dict) -> tuple[dict, list]:
-    """Every shard judged (without the minors rule's reach across items) and written to ``outs``;
-    per shard its items in shared components, and every minors exclusion found."""
-    shards, minors = {}, []
-    with manifest.ShardedWriter(outs["kept"], schemas.FILTERED) as kept, manifest.ShardedWriter(outs["rejected"], schemas.REJECTED) as rejected:
+    with manifest.ShardedWriter(out, schemas.FILTERED) as kept, manifest.ShardedWriter(rejected_out, schemas.REJECTED) as rejected:
         for shard, df, verdicts in judge.batches(paths):
-            minors += judge.minors_found(df, verdicts)
-            shards.update(judge.shared_components(shard, df, verdicts))
-            _write_batch(shard, df, verdicts, kept, rejected)
-    return shards, minors
-
-
-def _rewritten(judge: "_Judge", paths: dict, first: dict, outs: dict, sources: dict, again: set) -> None:
-    """The final outputs: the batches holding a shard in ``again`` judged anew with the minors
-    rule's reach, every other shard's rows copied from the first pass's files as they are."""
-    files = {key: pq.ParquetFile(path) for key, path in first.items()}
-    groups = {key: {shard: k for k, shard in enumerate(manifest.shard_groups(path) or [])} for key, path in first.items()}
-    with manifest.ShardedWriter(outs["kept"], schemas.FILTERED) as kept, manifest.ShardedWriter(outs["rejected"], schemas.REJECTED) as rejected:
-        writers = {"kept": kept, "rejected": rejected}
-        for shard, df, verdicts in judge.batches(paths, only=again):
-            if df is None:  # not judged again: the first pass's rows
-                for name in shard:
-                    for key, writer in writers.items():
-                        if name in groups[key]:
-                            writer.copy(name, files[key].read_row_group(groups[key][name]))
-                continue
-            _minors_follow_pairs(df, verdicts, sources)
+            _minors_follow_pairs(df, verdicts, judge.sources)
             _write_batch(shard, df, verdicts, kept, rejected)
 
 
@@ -199,25 +157,6 @@ def _write_batch(shard: np.ndarray, df: pd.DataFrame, verdicts: dict, kept, reje
     kept.write(shard[kept_rows], manifest.take_rows(df, kept_rows, list(schemas.FILTERED.columns)))
 
 
-class _Components:
-    """A shard's items in near-duplicate components shared with other items (judged other than
-    by the minors rule): what a minors exclusion elsewhere may reach."""
-
-    def __init__(self, keys: np.ndarray):
-        self.keys = keys
-
-    def reached(self, sources: dict) -> bool:
-        return bool(sources) and any(k in sources for k in self.keys.tolist())
-
-
-def _minors_sources(found: list[tuple[str, str, tuple]]) -> dict[str, tuple]:
-    """component -> ``(item_id, verdict)`` of its first minors exclusion in item-id order."""
-    source: dict[str, tuple] = {}
-    for comp, item_id, verdict in sorted(found, key=lambda f: f[1]):
-        source.setdefault(comp, (item_id, verdict))
-    return source
-
-
 class _Judge:
     """What judging a shard needs from outside it: settings, and the narrow cross-shard tables."""
 
@@ -230,33 +169,27 @@ class _Judge:
         thresholds, actions = _audit_settings(audit_params)
         groups = manifest.read(paths["groups"], schemas.GROUPS, columns=["item_id", *schemas.CLUSTER_COLUMNS])
         scores = manifest.read(paths["nsfw"], schemas.NSFW_SCORES, columns=["item_id", "nsfw_score"]) if paths.get("nsfw") else None
-        shared_components = pd.Index(sorted(_repeated(groups["component_key"])))
+        policy, edits, takedown = Policy.from_params(policy_params, dictionary), overrides.load(overrides_file), takedown or set()
+        shared = _shared_rows(paths["ingest"], groups, dictionary)
+        merged = _merged_members(shared)
         return cls(
-            dictionary=dictionary, thresholds=thresholds, actions=actions, takedown=takedown or set(),
-            policy=Policy.from_params(policy_params, dictionary), edits=overrides.load(overrides_file),
+            dictionary=dictionary, thresholds=thresholds, actions=actions, takedown=takedown, policy=policy, edits=edits,
             notes=annotations.load(annotation_files), groups=groups, group_rows=pd.Index(groups["item_id"]),
-            scores=_score_lookup(scores), merged=_merged_members(paths["ingest"], groups, dictionary),
-            shared_keys=shared_components,
+            scores=_score_lookup(scores), merged=merged, sources=_minors_sources(shared, merged, policy, edits, dictionary, takedown),
         )
 
-    def batches(self, paths: dict, only: set | None = None):
-        """``(each row's shard, frame, verdicts)`` for each batch of shards of the audit manifest,
-        judged; with ``only``, a batch holding none of those shards comes as ``(its shard names,
-        None, None)``, unread."""
+    def batches(self, paths: dict):
+        """``(each row's shard, frame, verdicts)`` for each batch of shards of the audit manifest, judged."""
         ingest = _IngestRows(paths)
         judged = 0
-        for shard, audit_rows in _audit_batches(paths["audit"], _AUDIT_COLUMNS, only):
-            if audit_rows is None:
-                yield shard, None, None
-                continue
+        for shard, audit_rows in manifest.read_batches(paths["audit"], schemas.AUDIT, manifest.BATCH_ROWS, columns=_AUDIT_COLUMNS):
             items, shard = ingest.rows(shard, audit_rows["item_id"])
             if not len(items):
                 continue
             judged += len(items)
             df = self.prepared(items, audit_rows, paths)
             yield shard, df, _judge(df, self.policy, self.edits, self.takedown, self.thresholds, self.actions)
-        if only is None:
-            ingest.check_all_judged(judged)
+        ingest.check_all_judged(judged)
 
     def prepared(self, items: pd.DataFrame, audit_rows: pd.DataFrame, paths: dict) -> pd.DataFrame:
         """One shard's items joined with their audit, cluster and NSFW columns and annotations, lists
@@ -279,21 +212,6 @@ class _Judge:
             raise ValueError(f"{missing} for {', '.join(ids[rows < 0][:5])}")
         return self.groups.iloc[rows].set_axis(ids.index)
 
-    def minors_found(self, df: pd.DataFrame, verdicts: dict) -> list[tuple[str, str, tuple]]:
-        """``(component, item_id, verdict)`` of each minors exclusion in a shared component."""
-        rows = sorted(p for p, v in verdicts.items() if v[1] == "minors")
-        comps, ids = df["component_key"].to_numpy(dtype=object), df["item_id"].to_numpy(dtype=object)
-        shared = set(self.shared_keys)
-        return [(comps[p], ids[p], verdicts[p]) for p in rows if comps[p] in shared]
-
-    def shared_components(self, shard: np.ndarray, df: pd.DataFrame, verdicts: dict) -> dict[str, _Components]:
-        """Per shard of the batch, its items' shared components (those the minors rule did not exclude)."""
-        comps = df["component_key"].to_numpy(dtype=object)
-        minors = np.zeros(len(df), dtype=bool)
-        minors[[p for p, v in verdicts.items() if v[1] == "minors"]] = True
-        open_rows = np.asarray(df["component_key"].isin(self.shared_keys), dtype=bool) & ~minors
-        return {name: _Components(np.unique(comps[open_rows & (shard == name)].astype(str))) for name in pd.unique(shard)}
-
 
 def _repeated(values: pd.Series) -> set:
     """The values that occur more than once."""
@@ -314,28 +232,59 @@ def _score_lookup(scores: pd.DataFrame | None):
     return lookup
 
 
-def _merged_members(ingest_path: str | Path, groups: pd.DataFrame, dictionary: TagDictionary) -> pd.DataFrame:
-    """The items that share their cluster with another: tags, artists (canonical) and rating merged
-    across the cluster (:func:`merge_copies`), by item id. Read a batch of the ingest at a time."""
-    shared = groups[groups["cluster_key"].isin(_repeated(groups["cluster_key"]))]
-    if not len(shared):
-        return pd.DataFrame(columns=["item_id", *LISTS, "rating"])
-    wanted = pa.array(shared["item_id"].to_numpy(dtype=object), type=pa.string())
+def _shared_rows(ingest_path: str | Path, groups: pd.DataFrame, dictionary: TagDictionary) -> pd.DataFrame:
+    """The items that share their near-duplicate component with another (so also those sharing
+    a cluster): item id, sha256, cluster and component keys, tags and artists (canonical) and
+    rating. Read a batch of the ingest at a time, only these rows kept."""
+    shared = groups[groups["component_key"].isin(_repeated(groups["component_key"]))]
+    columns = ["item_id", "sha256", *LISTS, "rating"]
     parts = []
-    for batch in pq.ParquetFile(ingest_path).iter_batches(columns=["item_id", *LISTS, "rating"], batch_size=1 << 16):
-        hit = pc.is_in(batch.column("item_id"), value_set=wanted)
-        if pc.any(hit).as_py():
-            parts.append(batch.filter(hit))
-    table = pa.Table.from_batches(parts) if parts else None
-    if table is None or not table.num_rows:
-        return pd.DataFrame(columns=["item_id", *LISTS, "rating"])
-    members = pd.DataFrame({"item_id": table.column("item_id").to_pandas(), "rating": table.column("rating").to_pandas()})
+    if len(shared):
+        wanted = pa.array(shared["item_id"].to_numpy(dtype=object), type=pa.string())
+        for batch in pq.ParquetFile(ingest_path).iter_batches(columns=columns, batch_size=1 << 16):
+            hit = pc.is_in(batch.column("item_id"), value_set=wanted)
+            if pc.any(hit).as_py():
+                parts.append(batch.filter(hit))
+    if not parts:
+        return pd.DataFrame({c: pd.Series([], dtype="str") for c in ["item_id", "sha256", "rating", "cluster_key", "component_key"]})
+    table = pa.Table.from_batches(parts)
+    rows = pd.DataFrame({c: table.column(c).to_pandas() for c in ("item_id", "sha256", "rating")})
     for column in LISTS:
-        members[column] = _held(dictionary.canonicalize_lists(table.column(column).combine_chunks()), members.index)
-    keys = shared.set_index("item_id")["cluster_key"]
-    members["cluster_key"] = keys.reindex(members["item_id"]).to_numpy()
-    merged = merge_copies(members)
+        rows[column] = _held(dictionary.canonicalize_lists(table.column(column).combine_chunks()), rows.index)
+    keys = shared.set_index("item_id")
+    rows["cluster_key"] = keys["cluster_key"].reindex(rows["item_id"]).to_numpy()
+    rows["component_key"] = keys["component_key"].reindex(rows["item_id"]).to_numpy()
+    return rows.sort_values("item_id", ignore_index=True)
+
+
+def _merged_members(shared: pd.DataFrame) -> pd.DataFrame:
+    """The items that share their cluster with another: tags, artists and rating merged across
+    the cluster (:func:`merge_copies`), by item id."""
+    members = shared[shared["cluster_key"].isin(_repeated(shared["cluster_key"]))] if len(shared) else shared
+    if not len(members):
+        return pd.DataFrame(columns=["item_id", *LISTS, "rating"])
+    merged = merge_copies(members.reset_index(drop=True))
     return merged[["item_id", *LISTS, "rating"]].reset_index(drop=True)
+
+
+def _minors_sources(shared: pd.DataFrame, merged: pd.DataFrame, policy: Policy, edits: dict, dictionary: TagDictionary,
+                    takedown: set[str]) -> dict[str, tuple]:
+    """component -> ``(item_id, verdict)`` of its first item (in item-id order) the minors rule
+    excludes, over every shard: judged as :func:`_judge` judges it (tags merged and edited; the
+    minors rule comes first and nothing but a takedown precedes it), on these items alone."""
+    if not len(shared):
+        return {}
+    rows = _with_merged(shared, merged)
+    rows["tags"] = _with_tag_edits(rows, edits, dictionary)
+    sources: dict[str, tuple] = {}
+    for item_id, sha, comp, tags, rating in zip(rows["item_id"], rows["sha256"], rows["component_key"],
+                                                 list_array(rows["tags"]).to_pylist(), rows["rating"]):
+        if comp in sources or sha in takedown:
+            continue
+        ex = policy.minors(set(tags), rating)
+        if ex is not None:
+            sources[comp] = (item_id, ("policy", ex.rule, ex.reason, ex.detail, list(ex.triggered)))
+    return sources
 
 
 def _with_merged(df: pd.DataFrame, merged: pd.DataFrame) -> pd.DataFrame:
@@ -397,25 +346,6 @@ def _checked(items: pd.DataFrame, files: list[Path], parts: list[pd.DataFrame]) 
         for f, part in zip(files, parts):
             manifest.validate(part, schemas.INGEST, f)
         raise
-
-
-def _audit_batches(path, columns: list[str], only: set | None):
-    if only is None:
-        yield from manifest.read_batches(path, schemas.AUDIT, manifest.BATCH_ROWS, columns=columns)
-        return
-    for shard, rows in manifest.read_batches(path, schemas.AUDIT, manifest.BATCH_ROWS, columns=["item_id"], validated=False):
-        names = list(pd.unique(shard))
-        if not set(names) & only:
-            yield np.array(names, dtype=object), None
-            continue
-        yield shard, _audit_rows(path, columns, names)
-
-
-def _audit_rows(path, columns: list[str], names: list[str]) -> pd.DataFrame:
-    """The audit rows of these shards (checked on the first pass)."""
-    groups = manifest.shard_groups(path)
-    at = [groups.index(n) for n in names] if groups is not None else None
-    return manifest.read_columns(path, columns, row_group=at)
 
 
 # the audit columns the filter reads (the ingest has the sha256; the pHash views stay in the audit)
