@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from PIL import ImageFilter
@@ -776,3 +778,23 @@ def test_filter_by_shard_names_a_shard_missing_from_the_audit(tmp_path):
     with pytest.raises(ValueError, match=r"ingest item\(s\) in no shard of the audit manifest"):
         filter_stage.run(sharded, tmp_path / "kept.parquet", tmp_path / "rejected.parquet", {"min_side": 256}, {})
     assert not (tmp_path / "kept.parquet").exists()
+
+
+def test_filter_by_shard_with_a_shard_whose_lists_are_all_empty(tmp_path):
+    """A shard's ingest file types a list column no row of it fills as lists of nothing: a batch
+    joining it with shards that fill it reads every list as text."""
+    paths, takedown, overrides_file, notes = _tricky_manifests(tmp_path)
+    ingest = manifest.read(paths["ingest"], schemas.INGEST)
+    first = ingest["sha256"].str[:2].map(lambda h: int(h, 16) % 3 == 0)
+    ingest.loc[first, "artists"] = pd.Series([[] for _ in range(int(first.sum()))], index=ingest.index[first], dtype=object)
+    ingest.loc[first, "tags"] = pd.Series([[] for _ in range(int(first.sum()))], index=ingest.index[first], dtype=object)
+    manifest.write(ingest, paths["ingest"], schemas.INGEST)
+    sharded = _by_shard(paths, tmp_path / "sharded")
+    assert pq.read_schema(tmp_path / "sharded" / "ingest" / "00000.parquet").field("artists").type.value_type == pa.null()
+    args = dict(audit_params={"min_side": 256}, policy_params={"untagged": "quarantine", "excluded_artists": ["Some Artist"]},
+                annotation_files=[str(notes)], overrides_file=str(overrides_file), takedown=takedown)
+    filter_stage.run(sharded, tmp_path / "kept.parquet", tmp_path / "rejected.parquet", **args)
+    _reference_filter(paths, tmp_path / "ref_kept.parquet", tmp_path / "ref_rejected.parquet", **args)
+    for name, schema in (("kept", schemas.FILTERED), ("rejected", schemas.REJECTED)):
+        ours = manifest.read(tmp_path / f"{name}.parquet", schema).sort_values("item_id", ignore_index=True)
+        pd.testing.assert_frame_equal(ours, manifest.read(tmp_path / f"ref_{name}.parquet", schema))

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .. import annotations, audit_checks, ledger, manifest, overrides, schemas
+from .. import annotations, audit_checks, ledger, manifest, overrides, schemas, shards
 from ..config import ConfigError
 from ..policy import RATING_ORDER, Policy, most_severe
 from ..tags import TagDictionary, list_array
@@ -319,9 +319,8 @@ class _IngestRows:
             if missing:
                 raise ValueError(f"no ingest file for shard(s) {', '.join(missing[:5])} of the audit manifest (stale?)")
             files = [self.files[name] for name in names]
-            parts = [manifest.read_columns(f, list(schemas.INGEST.columns), LISTS) for f in files]
-            items = _checked(pd.concat(parts, ignore_index=True), files, parts)
-            return items, np.repeat(np.array(names, dtype=object), [len(p) for p in parts])
+            items = _checked(shards.concat(files, schemas.INGEST), files)
+            return items, np.repeat(np.array(names, dtype=object), [pq.read_metadata(f).num_rows for f in files])
         if self.whole is None:
             self.whole = manifest.read(self.path, schemas.INGEST, arrow_lists=LISTS)
         if not names:
@@ -338,13 +337,13 @@ class _IngestRows:
             raise ValueError(f"{self.path}: {total - judged} ingest item(s) in no shard of the audit manifest (stale?)")
 
 
-def _checked(items: pd.DataFrame, files: list[Path], parts: list[pd.DataFrame]) -> pd.DataFrame:
+def _checked(items: pd.DataFrame, files: list[Path]) -> pd.DataFrame:
     """Several shards' ingest rows checked in one pass; a failure is named in its own file."""
     try:
         return manifest.validate(items, schemas.INGEST, files[0])
     except manifest.ManifestError:
-        for f, part in zip(files, parts):
-            manifest.validate(part, schemas.INGEST, f)
+        for f in files:
+            manifest.read(f, schemas.INGEST)
         raise
 
 
