@@ -353,3 +353,45 @@ def test_a_shards_captions_are_kept_and_linked_while_what_they_depend_on_holds(t
     pd.testing.assert_frame_equal(manifest.read(tmp_path / "c.parquet", schemas.CAPTIONED), first)
     caption_stage.run(deduped, tmp_path / "d.parquet", {**params, "trigger_word": "x"}, [], None, {"src": "abc"}, others[1])
     assert sorted(p.name for p in kept.parent.iterdir()) == [others[1].name]  # a shard keeps its last captions only
+
+
+def test_a_shard_captioned_again_takes_the_captions_of_unchanged_items_from_its_last(tmp_path, monkeypatch):
+    """With the same params, dictionaries, triggers and code, only the items whose source, content,
+    tags or caption override changed (or that are new) are captioned; the file equals a fresh run's."""
+    params = {"trigger_word": "sks", "background": {"check": False}, "over_limit": "trim", "max_tokens": 4}
+    rows = [H.item_row(f"src:{k}.png", tags=[f"tag_{k}", "long_hair", "smile", "blue_sky", "hat"][: 1 + k % 5]) for k in range(8)]
+    rows[5]["caption_override"] = "fixed text"
+    first = tmp_path / "first.parquet"
+    H.write_manifest(rows, first, schemas.DEDUPED)
+    kept = caption_stage.kept_as(tmp_path / "kept", "00000", "d1", params, [], {"src": "abc"}, "c")
+    caption_stage.run(first, tmp_path / "a.parquet", params, [], None, {"src": "abc"}, kept)
+
+    changed = [dict(r) for r in rows]
+    changed[1]["tags"] = ["tag_1", "new_tag"]          # tags changed
+    changed[2]["sha256"] = H.fake_sha("new content")    # content changed
+    changed[5]["caption_override"] = None               # override dropped
+    changed.append(H.item_row("src:new.png", tags=["cat"]))  # a new item
+    del changed[0]                                      # an item gone
+    second = tmp_path / "second.parquet"
+    H.write_manifest(changed, second, schemas.DEDUPED)
+
+    seen = []
+    made = caption_stage._caption_rows
+
+    def counting(rows, *args):
+        rows = list(rows)
+        seen.extend(sha for _, sha, _, _ in rows)
+        return made(rows, *args)
+
+    monkeypatch.setattr(caption_stage, "_caption_rows", counting)
+    again = caption_stage.kept_as(tmp_path / "kept", "00000", "d2", params, [], {"src": "abc"}, "c")
+    caption_stage.run(second, tmp_path / "b.parquet", params, [], None, {"src": "abc"}, again)
+    assert sorted(seen) == sorted(r["sha256"] for r in (changed[0], changed[1], changed[4], changed[-1]))
+    caption_stage.run(second, tmp_path / "fresh.parquet", params, [], None, {"src": "abc"})
+    assert (tmp_path / "b.parquet").read_bytes() == (tmp_path / "fresh.parquet").read_bytes()
+    assert [p.name for p in again.parent.iterdir()] == [again.name]
+
+    other = caption_stage.kept_as(tmp_path / "kept", "00000", "d3", {**params, "trigger_word": "zz"}, [], {"src": "abc"}, "c")
+    seen.clear()
+    caption_stage.run(first, tmp_path / "c.parquet", {**params, "trigger_word": "zz"}, [], None, {"src": "abc"}, other)
+    assert len(seen) == len(rows)  # other params: nothing taken from captions made under the old ones

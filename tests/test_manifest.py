@@ -811,3 +811,11 @@ def test_sharded_manifest_takes_a_batch_of_shards_at_once(tmp_path):
     (shard, whole), = manifest.read_batches(tmp_path / "w.parquet" if manifest.write(_valid(), tmp_path / "w.parquet", schemas.INGEST) is not None else None,
                                             schemas.INGEST, rows=2)
     assert set(shard) == {""} and len(whole) == 4
+
+
+def test_sharded_manifest_takes_each_shard_in_one_call(tmp_path):
+    with pytest.raises(ManifestError, match="rows of shard\\(s\\) 00000 written again"):
+        with manifest.ShardedWriter(tmp_path / "m.parquet", schemas.INGEST) as out:
+            out.write("00000", _frame(_row(0)))
+            out.write(["00001", "00000"], _frame(_row(1), _row(2)))
+    assert not (tmp_path / "m.parquet").exists()

@@ -163,13 +163,13 @@ SHARDS_KEY = b"trainset.shards"
 
 
 class ShardedWriter:
-    """A manifest written a shard at a time, so a stage holds one shard's rows, never all of them.
+    """A manifest written a batch of whole shards at a time, so a stage never holds all its rows.
 
     Each shard's rows (validated, sorted by item id) become one row group, shards in the order
     written, their names in the file's metadata (:func:`shard_groups`); the file reads like any
     other manifest, rows in shard order. Validation errors name the row in the whole file, and
-    the schema's unique columns are checked across shards on :meth:`close`. The file appears
-    whole on :meth:`close` or not at all. Use as a context manager."""
+    the schema's unique columns are checked across shards at the end. Use as a context manager:
+    the file appears whole when the block ends without an error, or not at all."""
 
     def __init__(self, path: str | Path, schema: pa.DataFrameSchema, sort_by: str | list[str] | None = "item_id"):
         self.path, self.schema, self.sort_by = Path(path), schema, sort_by
@@ -177,6 +177,7 @@ class ShardedWriter:
         self._names: list[str] = []
         self._unique = {name: [] for name, col in schema.columns.items() if col.unique}
         self._writer: pq.ParquetWriter | None = None
+        self._schema: pyarrow.Schema | None = None  # the first shard's, settled (settled_schema)
         self._atomic = atomic.atomic_file(self.path)
         self._tmp: Path | None = None
 
@@ -214,6 +215,9 @@ class ShardedWriter:
         else:
             codes, names = pd.factorize(np.asarray(shard, dtype=object), sort=False)
             names = [str(n) for n in names]
+        again = sorted(set(names) & set(self._names))
+        if again:  # a shard is one row group: its rows come in one call
+            raise ManifestError(f"{self.path}: rows of shard(s) {', '.join(again[:5])} written again after other shards")
         sort_by = [self.sort_by] if isinstance(self.sort_by, str) else list(self.sort_by or [])
         keys = [df[c].to_numpy() for c in reversed(sort_by)]
         if len(names) > 1 or keys:

@@ -12,6 +12,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .. import atomic, background, captions, manifest, progress, schemas
@@ -28,23 +29,42 @@ def run(
 ) -> pd.DataFrame:
     """``source_triggers``: a source's own trigger word (``sources[].trigger_word``), used for its
     items instead of ``caption.trigger_word``. ``kept``: where these captions are kept once made
-    (:func:`kept_as`): when that file is there they are linked from it, not made again."""
-    if kept is not None and _linked(Path(kept), Path(out)):
+    (:func:`kept_as`): when that file is there they are linked from it, not made again; when the
+    shard's last captions were made with the same params, dictionaries, triggers and code, an item
+    whose source, content, tags and caption override they saw takes its caption from them."""
+    kept = Path(kept) if kept is not None else None
+    if kept is not None and _linked(kept, Path(out)):
         return manifest.read(out, schemas.CAPTIONED)
-    written = _captioned(deduped_path, out, caption, tag_dictionaries, cache_dir, source_triggers)
+    written = _captioned(deduped_path, out, caption, tag_dictionaries, cache_dir, source_triggers, _previous(kept))
     if kept is not None:
-        _keep(Path(out), Path(kept))
+        _keep(Path(out), kept)
     return written
 
 
 def kept_as(folder: str | Path, shard: str, part_digest: str, caption: dict | None, tag_dictionaries: list[str] | None,
             source_triggers: dict[str, str] | None, code: str) -> Path:
-    """The file a shard's captions are kept in, named by all they depend on: its deduped rows (the
-    dealt part's digest), the caption params, the tag dictionaries' bytes, the trigger words and
-    the code. A shard keeps one such file (``folder/<shard>/``): the last one made."""
+    """The file a shard's captions are kept in, named by all they depend on: the caption params,
+    the tag dictionaries' bytes, the trigger words and the code (what every caption depends on),
+    then its deduped rows (the dealt part's digest). A shard keeps one such file
+    (``folder/<shard>/``): the last one made."""
     dictionaries = [hashlib.sha256(Path(d).read_bytes()).hexdigest() for d in tag_dictionaries or []]
-    spec = json.dumps([part_digest, caption or {}, dictionaries, sorted((source_triggers or {}).items()), code], sort_keys=True, default=str)
-    return Path(folder) / shard / f"{hashlib.sha256(spec.encode()).hexdigest()}.parquet"
+    spec = json.dumps([caption or {}, dictionaries, sorted((source_triggers or {}).items()), code], sort_keys=True, default=str)
+    return Path(folder) / shard / f"{hashlib.sha256(spec.encode()).hexdigest()[:32]}.{part_digest}.parquet"
+
+
+def _previous(kept: Path | None) -> pd.DataFrame | None:
+    """The shard's last captions made with the same params, dictionaries, triggers and code (another
+    part digest), if whole and valid; else None."""
+    if kept is None or not kept.parent.is_dir():
+        return None
+    spec = kept.name.split(".")[0]
+    for path in sorted(kept.parent.glob(f"{spec}.*.parquet")):
+        if path != kept:
+            try:
+                return manifest.read(path, schemas.CAPTIONED)
+            except (manifest.ManifestError, OSError, ValueError):  # torn or stale: caption afresh
+                return None
+    return None
 
 
 def _linked(kept: Path, out: Path) -> bool:
@@ -80,7 +100,7 @@ def _keep(out: Path, kept: Path) -> None:
 
 def _captioned(
     deduped_path: str | Path, out: str | Path, caption: dict | None, tag_dictionaries: list[str] | None,
-    cache_dir: str | Path | None, source_triggers: dict[str, str] | None,
+    cache_dir: str | Path | None, source_triggers: dict[str, str] | None, previous: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     caption = dict(caption or {})
     settings = background.Settings.from_params(caption.pop("background", None))
@@ -89,15 +109,51 @@ def _captioned(
     captioner = captions.Captioner(base, dictionary)
     captioners = {name: captions.Captioner(base.for_source(word), dictionary) for name, word in (source_triggers or {}).items()}
     items = manifest.read(deduped_path, schemas.DEDUPED, arrow_lists=_CARRIED_LISTS)
-    found = background.estimates(list(zip(items["sha256"], items["path"])), settings, cache_dir) if settings.check else {}
-    columns: dict[str, list] = {k: [] for k in ("caption", "caption_tokens", "caption_over_limit", "caption_trimmed",
-                                                "background", "background_uniformity", "background_check")}
-    rows = zip(*(items[c].to_numpy(dtype=object) for c in ("source", "sha256", "tags", "caption_override")))
+    at = _same_inputs(items, previous)
+    todo = np.flatnonzero(at < 0)
+    pending = items.iloc[todo]
+    found = background.estimates(list(zip(pending["sha256"], pending["path"])), settings, cache_dir) if settings.check else {}
+    columns: dict[str, list] = {k: [] for k in _DTYPES}
+    rows = zip(*(pending[c].to_numpy(dtype=object) for c in ("source", "sha256", "tags", "caption_override")))
     with manifest.gc_paused():
-        _caption_rows(progress.bar(rows, total=len(items), desc="caption", unit="item"), captioner, captioners, found, settings, columns)
+        _caption_rows(progress.bar(rows, total=len(pending), desc="caption", unit="item"), captioner, captioners, found, settings, columns)
+    reused = np.flatnonzero(at >= 0)
     for name, values in columns.items():
-        items[name] = pd.Series(values, index=items.index, dtype=_DTYPES[name])
+        merged = np.empty(len(items), dtype=object)
+        merged[todo] = pd.Series(values, dtype=object).to_numpy()  # a list stays one element
+        if len(reused):
+            merged[reused] = _as_made(previous[name], name)[at[reused]]
+        items[name] = pd.Series(merged, index=items.index, dtype=_DTYPES[name])
     return manifest.write(items, out, schemas.CAPTIONED)
+
+
+def _same_inputs(items: pd.DataFrame, previous: pd.DataFrame | None) -> np.ndarray:
+    """Per item, the row of ``previous`` that captioned the same item from the same source,
+    content, tags and caption override (-1: none): its caption is this one's."""
+    if previous is None or not len(previous) or not len(items):
+        return np.full(len(items), -1, dtype=np.int64)
+    at = pd.Index(previous["item_id"]).get_indexer(items["item_id"])
+    rows = np.flatnonzero(at >= 0)
+    before = previous.iloc[at[rows]]
+    same = np.ones(len(rows), dtype=bool)
+    for column in ("source", "sha256"):
+        same &= items[column].to_numpy(dtype=object)[rows] == before[column].to_numpy(dtype=object)
+    now_fixed, then_fixed = items["caption_override"].iloc[rows], before["caption_override"]
+    same &= (now_fixed.isna().to_numpy() & then_fixed.isna().to_numpy()) | (now_fixed.to_numpy(dtype=object) == then_fixed.to_numpy(dtype=object))
+    same &= np.array([list(a) == list(b) for a, b in zip(items["tags"].iloc[rows], before["tags"])], dtype=bool)
+    out = np.full(len(items), -1, dtype=np.int64)
+    out[rows[same]] = at[rows[same]]
+    return out
+
+
+def _as_made(values: pd.Series, name: str) -> np.ndarray:
+    """A caption column read back, as :func:`_caption_rows` makes it (lists as lists, missing as None)."""
+    if name == "caption_trimmed":
+        return pd.Series([list(v) for v in values], dtype=object).to_numpy()
+    out = values.to_numpy(dtype=object)
+    if _DTYPES[name] is object:
+        out = np.where(values.isna().to_numpy(), None, out)
+    return out
 
 
 def _caption_rows(rows, captioner: captions.Captioner, captioners: dict, found: dict, settings: background.Settings,
