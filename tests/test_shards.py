@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from stage_helpers import item_row
@@ -223,10 +224,15 @@ def test_deal_of_a_manifest_written_by_shard_names_a_shard_the_index_does_not_li
     listed = [k for k in sorted(index) if k != "00002"]
     with pytest.raises(shards.ShardError, match=r"by_shard.parquet: row groups of shards \['00002'\] that the index does not list"):
         shards.deal(by_shard, tmp_path / "map.parquet", listed, tmp_path / "dealt", schemas.INGEST)
-    twice = tmp_path / "twice.parquet"
-    with manifest.ShardedWriter(twice, schemas.INGEST) as writer:
+    twice = tmp_path / "twice.parquet"  # ShardedWriter refuses this; a file written by other means
+    with pytest.raises(manifest.ManifestError, match="rows of shard"), manifest.ShardedWriter(twice, schemas.INGEST) as writer:
         writer.write("00000", later.iloc[:1])
         writer.write("00000", later.iloc[1:2])
+    table = pq.read_table(by_shard)
+    with pq.ParquetWriter(twice, table.schema) as raw:
+        raw.write_table(table.slice(0, 1))
+        raw.write_table(table.slice(1, 1))
+        raw.add_key_value_metadata({manifest.SHARDS_KEY: '["00000", "00000"]'})
     with pytest.raises(shards.ShardError, match=r"twice.parquet: shards \['00000'\] have more than one row group"):
         shards.deal(twice, tmp_path / "map.parquet", sorted(index), tmp_path / "dealt", schemas.INGEST)
     assert not (tmp_path / "dealt").exists()
