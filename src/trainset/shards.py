@@ -223,7 +223,7 @@ def write_parts(runs: ShardRuns | ShardGroups, names, out_dir: str | Path, cache
             cached = cache / f"{digest}.parquet"
             if not cached.is_file() or cached.stat().st_size != len(data):  # a truncated or emptied entry is written again
                 atomic.write_bytes(cached, data)
-            _link(cached, target)
+            link(cached, target)
     if cache is not None:
         keep = {f"{v['digest']}.parquet" for v in out.values()}
         for stale in cache.glob("*.parquet"):
@@ -251,7 +251,7 @@ def _parquet_bytes(table: pa.Table) -> memoryview:
     return memoryview(sink.getvalue())
 
 
-def _link(source: Path, target: Path) -> None:
+def link(source: Path, target: Path) -> None:
     """``target`` as a hard link to ``source`` (a copy where the filesystem has none)."""
     try:
         os.link(source, target)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import atomic, background, captions, manifest, progress, schemas
+from .. import background, captions, manifest, progress, schemas, shards
 from ..tags import TagDictionary
 
 
@@ -81,21 +81,17 @@ def _linked(kept: Path, out: Path) -> bool:
         return False
     out.parent.mkdir(parents=True, exist_ok=True)
     out.unlink(missing_ok=True)
-    try:
-        os.link(kept, out)
-    except OSError:
-        atomic.write_bytes(out, kept.read_bytes())
+    shards.link(kept, out)
     os.utime(out)
     return True
 
 
 def _keep(out: Path, kept: Path) -> None:
-    """``out`` kept as ``kept``, the shard's other kept files dropped."""
+    """``out`` kept as ``kept`` (linked, not copied), the shard's other kept files dropped."""
     kept.parent.mkdir(parents=True, exist_ok=True)
     for stale in kept.parent.glob("*.parquet"):
-        if stale != kept:
-            stale.unlink(missing_ok=True)
-    atomic.write_bytes(kept, out.read_bytes())
+        stale.unlink(missing_ok=True)
+    shards.link(out, kept)
 
 
 def _captioned(
