@@ -516,8 +516,9 @@ def step_dedup(repo: Repo, params: dict, opts, save) -> dict:
 
 
 def step_caption(repo: Repo, params: dict, opts, save) -> dict:
-    """The ``deal_deduped`` rule, one ``caption_shard`` per shard (the workflow reruns them all when
-    the deal ran), the ``caption`` gather."""
+    """The ``deal_deduped`` checkpoint, a ``caption_shard`` job for each shard whose kept rows changed
+    (the digest in ``deduped-index.json``: the workflow's rule reruns on that param alone) or that has
+    none yet, the ``caption`` gather."""
     import pyarrow
 
     from trainset import manifest, provenance, schemas, shards
@@ -532,13 +533,14 @@ def step_caption(repo: Repo, params: dict, opts, save) -> dict:
     code = provenance.code_digest()
     triggers = {s[0]: "" for s in SOURCES} | {MIRROR: ""}
     dictionaries = list(params["tags"]["dictionaries"])
-    for name in names:
+    changed = [s for s in names if before.get(s, {}).get("digest") != now[s]["digest"] or not repo.shard_file("captioned", s).exists()]
+    for name in changed:
         kept = caption.kept_as(repo.cache / "parts" / "captioned", name, now[name]["digest"], dict(params["caption"]), dictionaries,
                                triggers, code)
         caption.run(dealt / f"{name}.parquet", repo.shard_file("captioned", name), dict(params["caption"]),
                     dictionaries, repo.cache / "background", triggers, kept)
     shards.gather([repo.shard_file("captioned", s) for s in names], repo.captioned, schemas.CAPTIONED)
-    return {"captioned_shards": len(names), "changed_shards": sum(before.get(s, {}).get("digest") != now[s]["digest"] for s in names)}
+    return {"captioned_shards": len(changed), "changed_shards": sum(before.get(s, {}).get("digest") != now[s]["digest"] for s in names)}
 
 
 def step_split(repo: Repo, params: dict, opts, save) -> dict:
@@ -934,10 +936,10 @@ def report(results: list[dict], argv: list[str], started: float, noop: dict | No
             f"{i['new_items']:,} new items (new contents) were added to the ingest manifest; `shards.split_ingest` with the "
             f"previous shard map put them in shard(s) {', '.join(i['changed'])} (new: {', '.join(i['new_shards']) or 'none'}; "
             "the same set `shards.assign` gives with the previous map). Rerun, as Snakemake would: the shard checkpoint, the "
-            f"audit gather, the {i['tiles']} pair tiles that compare a changed shard, every caption job (the deal reran; "
-            f"the kept rows of {i.get('changed_shards', '?')} shard(s) changed, by the digests in `deduped-index.json`: those "
-            "captioned again, the others linking the captions kept for their rows), and "
-            "every gather. The changed shards' "
+            f"audit gather, the {i['tiles']} pair tiles that compare a changed shard, group, nsfw, filter, dedup, the deal "
+            f"(a checkpoint), the caption jobs of the {i.get('changed_shards', '?')} shard(s) whose kept rows changed (by the "
+            "digests in `deduped-index.json`; items whose caption inputs did not change take their captions from the shard's "
+            "last ones), and every gather. The changed shards' "
             f"audit jobs (a decode) and the ingest scan are not measured (synthetic rows: {secs(i['synthetic_s'])}).",
             "",
             "| step | full build | incremental | share of the full build's wall |",

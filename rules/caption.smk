@@ -1,4 +1,4 @@
-rule deal_deduped:
+checkpoint deal_deduped:
     input:
         manifest=DEDUPED,
         checkpoint=SHARDS_DEALT,
@@ -17,12 +17,13 @@ rule deal_deduped:
 
 rule caption_shard:
     input:
-        dealt=DEDUPED_PARTS,
-        index=DEDUPED_INDEX,
+        deduped_part,
+        checkpoint=DEDUPED_DEALT,
         dictionaries=config["tags"]["dictionaries"],
     output:
         f"{SHARDS}/captioned/{{shard}}.parquet",
     params:
+        digest=deduped_digest,
         caption=config["caption"],
         cache=f"{CACHE}/background",
         kept=f"{CACHE}/parts/captioned",  # a shard's captions by what they depend on: a shard whose kept rows did not change links them

@@ -80,9 +80,23 @@ def shard_digest(w):
     return shard_index()[w.shard]["digest"]
 
 
-# the deduped manifest dealt out by shard (rule deal_deduped), for the per-shard captions
+# the deduped manifest dealt out by shard (checkpoint deal_deduped), for the per-shard captions
 DEDUPED_PARTS = f"{SHARDS}/deduped"
 DEDUPED_INDEX = f"{SHARDS}/deduped-index.json"  # shard -> digest of its kept rows
+DEDUPED_DEALT = ancient(DEDUPED_PARTS)  # as SHARDS_DEALT, for the deal_deduped checkpoint
+
+
+def deduped_part(w):
+    """A shard's part of the deal, once the deal ran (until then Snakemake waits on the checkpoint)."""
+    checkpoints.deal_deduped.get()
+    return ancient(f"{DEDUPED_PARTS}/{w.shard}.parquet")
+
+
+def deduped_digest(w):
+    """The digest of a shard's kept rows: its caption job reruns only when it changes (as shard_digest),
+    so after a global dedup that changed a few shards' rows only those shards are captioned again."""
+    with checkpoints.deal_deduped.get().output.index.open() as f:
+        return json.load(f)[w.shard]["digest"]
 
 
 # conversation shards: dedup's MinHash signatures run once per shard (src/trainset/conversations/shards.py)

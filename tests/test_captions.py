@@ -339,8 +339,9 @@ def test_a_shards_captions_are_kept_and_linked_while_what_they_depend_on_holds(t
     with monkeypatch.context() as m:
         m.setattr(caption_stage, "_captioned", no_captioning)
         again = caption_stage.run(deduped, tmp_path / "b.parquet", params, [], None, {"src": "abc"}, kept)
+    assert again is None  # linked: nothing read
     assert (tmp_path / "b.parquet").stat().st_ino == kept.stat().st_ino
-    pd.testing.assert_frame_equal(again, first)
+    pd.testing.assert_frame_equal(manifest.read(tmp_path / "b.parquet", schemas.CAPTIONED), first)
 
     others = [caption_stage.kept_as(tmp_path / "kept", "00003", "digest-2", params, [], {"src": "abc"}, "code-1"),
               caption_stage.kept_as(tmp_path / "kept", "00003", "digest-1", {**params, "trigger_word": "x"}, [], {"src": "abc"}, "code-1"),

@@ -171,6 +171,37 @@ def test_user_folder_incremental(project: Path, tmp_path: Path) -> None:
     assert "my_art:3_char/img0.png" in set(rejected.loc[rejected["reason"] == "too_small", "item_id"])
 
 
+def test_only_the_shards_whose_kept_rows_changed_are_captioned_again(project: Path, tmp_path: Path) -> None:
+    """The deal after the global dedup is a checkpoint: a caption job reruns when its shard's kept
+    rows changed (their digest is its param), and the other shards' captions are left as they are."""
+    import re
+
+    folder = tmp_path / "art"
+    folder.mkdir()
+    names = ["astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png", "retina.jpg", "ihc.png", "hubble_deep_field.jpg"]
+    for i, name in enumerate(names):
+        _photo(name, (300, 280), i).save(folder / f"img{i}.png")
+    set_params(project, demo=False, shards={"size": 2}, report__min_kept=1,
+               sources=[{"name": "art", "kind": "image_folder", "path": str(folder), "license": "CC0-1.0"}])
+    snakemake_images(project)
+    index_path = project / "data/manifests/shards/deduped-index.json"
+    before = json.loads(index_path.read_text())
+    parts = project / "data/manifests/shards/captioned"
+    stamps = {p.stem: p.stat().st_mtime_ns for p in parts.glob("*.parquet")}
+    assert len(before) >= 4 and set(stamps) == set(before)
+
+    _photo("coins.png", (300, 280), 9).save(folder / "new.png")
+    proc = snakemake_images(project)
+    after = json.loads(index_path.read_text())
+    changed = sorted(s for s in after if before.get(s, {}).get("digest") != after[s]["digest"])
+    ran = sorted(re.findall(r"rule caption_shard:.*?wildcards: shard=(\d+)", proc.stdout + proc.stderr, flags=re.S))
+    assert changed and ran == changed and len(ran) < len(after)
+    for shard in set(before) - set(changed):
+        assert (parts / f"{shard}.parquet").stat().st_mtime_ns == stamps[shard]
+    captioned = _read(project, "data/manifests/captioned.parquet", schemas.CAPTIONED)
+    assert "art:new.png" in set(captioned["item_id"])
+
+
 def test_demo_off_drops_demo(project: Path, tmp_path: Path) -> None:
     folder = tmp_path / "mine"
     folder.mkdir()

@@ -26,15 +26,16 @@ _CARRIED_LISTS = ("artists", "flags")
 def run(
     deduped_path: str | Path, out: str | Path, caption: dict | None = None, tag_dictionaries: list[str] | None = None,
     cache_dir: str | Path | None = None, source_triggers: dict[str, str] | None = None, kept: str | Path | None = None,
-) -> pd.DataFrame:
+) -> pd.DataFrame | None:
     """``source_triggers``: a source's own trigger word (``sources[].trigger_word``), used for its
     items instead of ``caption.trigger_word``. ``kept``: where these captions are kept once made
-    (:func:`kept_as`): when that file is there they are linked from it, not made again; when the
-    shard's last captions were made with the same params, dictionaries, triggers and code, an item
-    whose source, content, tags and caption override they saw takes its caption from them."""
+    (:func:`kept_as`): when that file is there they are linked from it, not made again (and None
+    is returned: nothing is read); when the shard's last captions were made with the same params,
+    dictionaries, triggers and code, an item whose source, content, tags and caption override they
+    saw takes its caption from them. Returns the captions written."""
     kept = Path(kept) if kept is not None else None
     if kept is not None and _linked(kept, Path(out)):
-        return manifest.read(out, schemas.CAPTIONED)
+        return None
     written = _captioned(deduped_path, out, caption, tag_dictionaries, cache_dir, source_triggers, _previous(kept))
     if kept is not None:
         _keep(Path(out), kept)
