@@ -136,6 +136,8 @@ def write(df: pd.DataFrame, path: str | Path, schema: pa.DataFrameSchema, sort_b
         df = df.sort_values(sort_by, kind="stable")
     df = validate(df, schema, path)
     table = _table(df)
+    if len(df):  # typed alike whatever values the rows happen to hold, so parts join as bytes (no rows: the schema's dtypes)
+        table = conformed(table, settled_schema(table.schema))
     with atomic.atomic_file(path) as tmp:
         pq.write_table(table, str(tmp), compression="snappy")
     return df
@@ -228,7 +230,7 @@ class ShardedWriter:
         if self._writer is None:
             self._schema = settled_schema(table.schema)
             self._writer = pq.ParquetWriter(str(self._tmp), self._schema, compression="snappy")
-        table = _conformed(table, self._schema)
+        table = conformed(table, self._schema)
         bounds = [0, *(np.flatnonzero(np.diff(codes)) + 1).tolist(), len(df)]
         for a, b in zip(bounds[:-1], bounds[1:]):
             self._writer.write_table(table.slice(a, b - a))
@@ -251,16 +253,22 @@ class ShardedWriter:
                 self._writer.close()
 
     def _check_unique(self) -> None:
-        for name, seen in self._unique.items():
-            if not seen:
-                continue
-            values = pd.Series(pyarrow.chunked_array(seen).to_numpy(zero_copy_only=False))
-            repeated = values.duplicated(keep=False)
-            if repeated.any():
-                rows = np.flatnonzero(repeated.to_numpy())[:6]
-                found = ", ".join(f"row {r} ({values.iloc[r]!r})" for r in rows.tolist())
-                raise ManifestError(f"{self.path}: {self.schema.name} manifest failed validation: column {name!r} "
-                                    f"must be unique, repeated at {found}")
+        check_unique(self.path, self.schema, self._unique)
+
+
+def check_unique(path: str | Path, schema: pa.DataFrameSchema, seen: dict[str, list]) -> None:
+    """The schema's unique columns (column -> its Arrow arrays, in file order) hold no value twice;
+    the error names the rows in the whole file."""
+    for name, arrays in seen.items():
+        if not arrays:
+            continue
+        values = pd.Series(pyarrow.chunked_array(arrays).to_numpy(zero_copy_only=False))
+        repeated = values.duplicated(keep=False)
+        if repeated.any():
+            rows = np.flatnonzero(repeated.to_numpy())[:6]
+            found = ", ".join(f"row {r} ({values.iloc[r]!r})" for r in rows.tolist())
+            raise ManifestError(f"{path}: {schema.name} manifest failed validation: column {name!r} "
+                                f"must be unique, repeated at {found}")
 
 
 def settled_schema(schema: pyarrow.Schema) -> pyarrow.Schema:
@@ -286,7 +294,7 @@ def settled_schema(schema: pyarrow.Schema) -> pyarrow.Schema:
     return pyarrow.schema(fields, metadata=metadata)
 
 
-def _conformed(table: pyarrow.Table, schema: pyarrow.Schema) -> pyarrow.Table:
+def conformed(table: pyarrow.Table, schema: pyarrow.Schema) -> pyarrow.Table:
     """``table`` in the written file's column types (a shard's all-missing or all-empty column cast)."""
     if table.schema.equals(schema, check_metadata=False):
         return table

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import atomic, manifest, schemas
+from . import atomic, manifest, parquet_splice, schemas
 
 MAP_COLUMNS = ("sha256", "shard", "size")
 DEFAULTS = {"size": 5000, "threads": None, "mem_mb": 4000, "runtime": 60, "gpu": 0}
@@ -174,20 +174,45 @@ class ShardRuns:
             return self.table.slice(0, 0)
         return self.table.slice(int(self.bounds[k]), int(self.bounds[k + 1] - self.bounds[k]))
 
+    def part(self, shard: int, schema: pa.Schema) -> memoryview | bytes:
+        """The shard's rows as a Parquet file of their own, in ``schema``'s types."""
+        return _part_bytes(self.rows(shard), schema)
+
 
 class ShardGroups:
     """The rows of a manifest written by shard (``manifest.ShardedWriter``), each row group its
     shard's, read one group at a time as :func:`write_parts` asks for them (the file is never held whole)."""
 
     def __init__(self, path: str | Path, group_of: dict[int, int]):
+        self.path = Path(path)
+        self._file = self.path.open("rb")
+        self._footer: parquet_splice.Footer | None = None
         self.parquet = pq.ParquetFile(path)
         self.schema = self.parquet.schema_arrow
         self.shards = np.array(sorted(group_of), dtype=np.int64)
         self._group_of = group_of
 
+    def close(self) -> None:
+        self._file.close()
+
     def rows(self, shard: int) -> pa.Table:
         group = self._group_of.get(int(shard))
         return self.schema.empty_table() if group is None else self.parquet.read_row_group(group)
+
+    def part(self, shard: int, schema: pa.Schema) -> memoryview | bytes:
+        """The shard's row group as a Parquet file of its own: its column chunks copied as bytes
+        (:mod:`parquet_splice`) where the file is typed as ``schema`` (as a manifest written by shard
+        is), else decoded and written again."""
+        group = self._group_of.get(int(shard))
+        if group is not None and self.schema.equals(schema, check_metadata=False):
+            try:
+                if self._footer is None:
+                    self._footer = parquet_splice.Footer.read(self._file, self.path)
+                kv = {k: v for k, v in self._footer.key_values().items() if k != manifest.SHARDS_KEY}
+                return parquet_splice.row_group_file(self._file, self._footer, group, kv)
+            except parquet_splice.SpliceError:
+                pass
+        return _part_bytes(self.rows(shard), schema)
 
 
 def write_parts(runs: ShardRuns | ShardGroups, names, out_dir: str | Path, cache_dir: str | Path | None) -> dict[str, dict]:
@@ -205,17 +230,15 @@ def write_parts(runs: ShardRuns | ShardGroups, names, out_dir: str | Path, cache
     if stray:
         raise ShardError(f"rows fall in shards {stray[:5]} that the index does not list")
     schema = manifest.settled_schema(runs.schema)  # each part typed by its own rows, not by the others'
-    meta = json.loads((schema.metadata or {}).get(b"pandas", b"null"))
     cache = Path(cache_dir) if cache_dir is not None else None
     out: dict[str, dict] = {}
     with atomic.atomic_dir(out_dir) as tmp_dir:
         if cache is not None:
             cache.mkdir(parents=True, exist_ok=True)
         for shard in wanted:
-            part = _part_table(runs.rows(int(shard)).cast(schema), meta)
-            data = _parquet_bytes(part)
+            data = runs.part(int(shard), schema)
             digest = hashlib.sha256(data).hexdigest()
-            out[shard] = {"digest": digest, "items": part.num_rows}
+            out[shard] = {"digest": digest, "items": pq.read_metadata(pa.BufferReader(data)).num_rows}
             target = tmp_dir / f"{shard}.parquet"
             if cache is None:
                 target.write_bytes(data)
@@ -230,6 +253,10 @@ def write_parts(runs: ShardRuns | ShardGroups, names, out_dir: str | Path, cache
             if stale.name not in keep:
                 stale.unlink(missing_ok=True)
     return out
+
+
+def _part_bytes(rows: pa.Table, schema: pa.Schema) -> memoryview:
+    return _parquet_bytes(_part_table(rows.cast(schema), json.loads((schema.metadata or {}).get(b"pandas", b"null"))))
 
 
 def _part_table(part: pa.Table, meta) -> pa.Table:
@@ -393,7 +420,11 @@ def deal(manifest_path: str | Path, map_path: str | Path, shard_names, out_dir: 
         runs = _runs_by_map(manifest_path, map_path, shard_names, schema)
     else:
         runs = _runs_by_group(manifest_path, groups, shard_names, schema)
-    written = write_parts(runs, sorted(shard_names), out_dir, cache_dir)
+    try:
+        written = write_parts(runs, sorted(shard_names), out_dir, cache_dir)
+    finally:
+        if isinstance(runs, ShardGroups):
+            runs.close()
     if index_path is not None:
         atomic.write_text(index_path, json.dumps(written, indent=1, sort_keys=True) + "\n")
     return {k: v["items"] for k, v in written.items()}
@@ -431,10 +462,50 @@ def _runs_by_group(manifest_path: str | Path, groups: list[str], shard_names, sc
 
 def gather(paths, out: str | Path, schema) -> int:
     """One manifest from the shards' (``<shard>.parquet`` each, in shard order), each shard's rows
-    its own row group. Parts are taken a batch at a time (``manifest.BATCH_ROWS``): the gather never
-    holds the whole manifest, and the writer's check runs once a batch. The parts were validated
-    when written and are read unchecked (list columns as Arrow: only passed on). Returns the rows."""
+    its own row group, as :class:`manifest.ShardedWriter` writes one. The parts were validated when
+    written; their column chunks are copied as bytes (:mod:`parquet_splice`), a part typed apart
+    from the rest (a column all missing in it) re-encoded first, and the schema's unique columns
+    checked across parts. Returns the rows."""
     paths = [Path(p) for p in paths]
+    try:
+        return _spliced(paths, Path(out), schema)
+    except parquet_splice.SpliceError:
+        return _gathered(paths, Path(out), schema)
+
+
+def _spliced(paths: list[Path], out: Path, schema) -> int:
+    metas = [pq.read_metadata(p) for p in paths]
+    filled = [(p, m) for p, m in zip(paths, metas) if m.num_rows]
+    if not filled or any(m.num_row_groups != 1 for _, m in filled):
+        raise parquet_splice.SpliceError("a part is empty of row groups or holds several")
+    settled = [p for p, m in filled if _is_settled(m.schema.to_arrow_schema())]
+    if not settled:
+        raise parquet_splice.SpliceError("no part is typed as the whole manifest")
+    canonical = settled[0]
+    with canonical.open("rb") as f:
+        head = parquet_splice.Footer.read(f, canonical)
+    arrow = pq.read_schema(canonical)
+    sources: list = []
+    for path, meta in filled:
+        if _is_settled(meta.schema.to_arrow_schema()) and meta.schema.equals(metas[paths.index(canonical)].schema):
+            sources.append(path)
+        else:  # a column all missing (typed null) or all empty lists in this part: cast to the manifest's types
+            sources.append(_parquet_bytes(manifest.conformed(pq.read_table(path), arrow)))
+    unique = {name: [pq.read_table(p, columns=[name]).column(0).combine_chunks() for p, _ in filled]
+              for name, col in schema.columns.items() if col.unique}
+    manifest.check_unique(out, schema, unique)
+    names = json.dumps([p.stem for p, _ in filled]).encode()
+    with atomic.atomic_file(out) as tmp, open(tmp, "wb") as f:
+        return parquet_splice.concat(sources, f, {**head.key_values(), manifest.SHARDS_KEY: names})
+
+
+def _is_settled(schema: pa.Schema) -> bool:
+    """No column typed by the absence of values (all missing, or all lists empty)."""
+    return not any(pa.types.is_null(f.type) or (pa.types.is_list(f.type) and pa.types.is_null(f.type.value_type)) for f in schema)
+
+
+def _gathered(paths: list[Path], out: Path, schema) -> int:
+    """:func:`gather` by decoding and writing every row: for parts that cannot be joined as bytes."""
     sizes = [pq.read_metadata(p).num_rows for p in paths]
     with manifest.ShardedWriter(out, schema) as writer:
         start = 0

@@ -1,0 +1,122 @@
+"""Parquet files joined and split as bytes read back as pyarrow reads the files they came from."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from trainset import manifest, parquet_splice, schemas, shards
+
+from stage_helpers import fake_sha, item_row
+
+
+def _table(k: int, n: int) -> pa.Table:
+    rng = np.random.default_rng(k)
+    return pa.table({
+        "item_id": pa.array([f"src:{k}-{i}.png" for i in range(n)]),
+        "sha256": pa.array([fake_sha(f"{k}-{i}") for i in range(n)]),
+        "tags": pa.array([["a", "b"][: i % 3] for i in range(n)], pa.list_(pa.string())),
+        "score": pa.array(rng.random(n)),
+        "size": pa.array(rng.integers(0, 1 << 40, n)),
+        "flag": pa.array(rng.random(n) > 0.5),
+        "note": pa.array([None if i % 2 else f"n{i % 3}" for i in range(n)], pa.string()),  # dictionary-encoded
+    })
+
+
+def _write(table: pa.Table, path: Path, **kw) -> Path:
+    pq.write_table(table, path, compression="snappy", **kw)
+    return path
+
+
+def _footer_bytes(path: Path) -> tuple[parquet_splice.Footer, bytes]:
+    with path.open("rb") as f:
+        footer = parquet_splice.Footer.read(f, path)
+        f.seek(footer.start)
+        return footer, f.read(footer.size - 8 - footer.start)
+
+
+def test_a_footer_encodes_back_to_its_own_bytes(tmp_path: Path) -> None:
+    path = _write(_table(1, 5000), tmp_path / "a.parquet", row_group_size=1200)
+    footer, raw = _footer_bytes(path)
+    assert len(footer.groups) == 5
+    assert parquet_splice.encode(footer.meta) == raw                      # the parts a join reads, the rest as bytes
+    assert parquet_splice.encode(parquet_splice.decode(raw)) == raw        # every field decoded
+
+
+def test_joined_files_read_as_their_tables_one_after_another(tmp_path: Path) -> None:
+    paths = [_write(_table(k, n), tmp_path / f"{k}.parquet") for k, n in enumerate([700, 1, 2500])]
+    out = io.BytesIO()
+    rows = parquet_splice.concat(paths, out, {b"extra": b"yes"})
+    joined = pq.ParquetFile(pa.BufferReader(out.getvalue()))
+    assert rows == 3201 == joined.metadata.num_rows and joined.metadata.num_row_groups == 3
+    assert joined.read().equals(pa.concat_tables([pq.read_table(p) for p in paths]))
+    for k, path in enumerate(paths):
+        assert joined.read_row_group(k).equals(pq.read_table(path))
+    assert joined.metadata.metadata[b"extra"] == b"yes"
+
+
+def test_a_row_group_split_off_reads_as_it_did(tmp_path: Path) -> None:
+    path = _write(_table(3, 4000), tmp_path / "a.parquet", row_group_size=1000)
+    whole = pq.ParquetFile(path)
+    with path.open("rb") as f:
+        footer = parquet_splice.Footer.read(f, path)
+        for k in range(4):
+            alone = pq.ParquetFile(pa.BufferReader(parquet_splice.row_group_file(f, footer, k, {b"k": str(k).encode()})))
+            assert alone.metadata.num_row_groups == 1
+            assert alone.read().equals(whole.read_row_group(k))
+            assert alone.metadata.metadata[b"k"] == str(k).encode()
+
+
+def test_files_with_other_schemas_or_a_page_index_are_refused(tmp_path: Path) -> None:
+    a = _write(_table(1, 10), tmp_path / "a.parquet")
+    b = _write(_table(2, 10).drop_columns(["note"]), tmp_path / "b.parquet")
+    with pytest.raises(parquet_splice.SpliceError, match="b.parquet: its schema differs"):
+        parquet_splice.concat([a, b], io.BytesIO())
+    indexed = _write(_table(3, 10), tmp_path / "c.parquet", write_page_index=True)
+    with pytest.raises(parquet_splice.SpliceError, match="c.parquet: has an offset index"):
+        parquet_splice.concat([a, indexed], io.BytesIO())
+    (tmp_path / "d.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(parquet_splice.SpliceError, match="d.parquet: not a Parquet file"):
+        parquet_splice.concat([tmp_path / "d.parquet"], io.BytesIO())
+
+
+def _part(path: Path, rows: list[dict]) -> Path:
+    frame = pd.DataFrame(rows)[list(schemas.DEDUPED.columns)]
+    manifest.write(frame, path, schemas.DEDUPED)
+    return path
+
+
+def test_gather_joins_parts_as_bytes_and_re_encodes_one_typed_apart(tmp_path: Path) -> None:
+    """A part written before types were settled (an all-missing column typed null, all-empty lists
+    typed as lists of nothing) is cast; the rest are copied. The result equals the decoding gather's."""
+    parts = [_part(tmp_path / f"{k:05d}.parquet", [item_row(f"src:{k}-{i}.png", tags=["x"] * (i % 2), sidecar=f"s{i}") for i in range(30)])
+             for k in range(3)]
+    odd = pd.DataFrame([item_row(f"src:3-{i}.png") for i in range(5)])[list(schemas.DEDUPED.columns)]
+    odd["sidecar"] = None
+    odd.to_parquet(tmp_path / "00003.parquet", index=False)  # as pandas types it: sidecar null, tags list<null>
+    assert pa.types.is_null(pq.read_schema(tmp_path / "00003.parquet").field("sidecar").type)
+    parts.append(tmp_path / "00003.parquet")
+    joined, decoded = tmp_path / "joined.parquet", tmp_path / "decoded.parquet"
+    assert shards.gather(parts, joined, schemas.DEDUPED) == 95
+    shards._gathered(parts, decoded, schemas.DEDUPED)
+    pd.testing.assert_frame_equal(manifest.read(joined, schemas.DEDUPED), manifest.read(decoded, schemas.DEDUPED))
+    assert manifest.shard_groups(joined) == ["00000", "00001", "00002", "00003"]
+    with parts[0].open("rb") as f:  # the copied parts' chunks are their bytes
+        footer = parquet_splice.Footer.read(f, parts[0])
+        f.seek(4)
+        chunks = f.read(footer.start - 4)
+    assert chunks in joined.read_bytes()
+
+
+def test_gather_names_an_item_in_two_parts(tmp_path: Path) -> None:
+    a = _part(tmp_path / "00000.parquet", [item_row("src:a.png"), item_row("src:b.png")])
+    b = _part(tmp_path / "00001.parquet", [item_row("src:b.png")])
+    with pytest.raises(manifest.ManifestError, match=r"'item_id' must be unique, repeated at row 1 \('src:b.png'\), row 2"):
+        shards.gather([a, b], tmp_path / "out.parquet", schemas.DEDUPED)
+    assert not (tmp_path / "out.parquet").exists()
