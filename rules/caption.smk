@@ -19,6 +19,7 @@ rule caption_shard:
     input:
         deduped_part,
         checkpoint=DEDUPED_DEALT,
+        index=ancient(DEDUPED_INDEX),  # read by the digest param: an input, so remote storage keeps its local copy
         dictionaries=config["tags"]["dictionaries"],
     output:
         f"{SHARDS}/captioned/{{shard}}.parquet",
