@@ -62,7 +62,7 @@ def _previous(kept: Path | None) -> pd.DataFrame | None:
     for path in sorted(kept.parent.glob(f"{spec}.*.parquet")):
         if path != kept:
             try:
-                return manifest.read(path, schemas.CAPTIONED)
+                return manifest.read(path, schemas.CAPTIONED, columns=[*_REUSED, *_DTYPES])
             except (manifest.ManifestError, OSError, ValueError):  # torn or stale: caption afresh
                 return None
     return None
@@ -175,6 +175,8 @@ def _caption_rows(rows, captioner: captions.Captioner, captioners: dict, found: 
         columns["background_check"].append(_verdict(checked))
 
 
+_REUSED = ["item_id", "source", "sha256", "tags", "caption_override"]
+"""What a shard's last captions are matched on (:func:`_same_inputs`); their caption columns come with them."""
 _DTYPES = {"caption": "str", "caption_tokens": "int64", "caption_over_limit": bool, "caption_trimmed": object,
            "background": object, "background_uniformity": "float64", "background_check": object}
 
