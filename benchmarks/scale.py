@@ -971,10 +971,17 @@ def report(results: list[dict], argv: list[str], started: float, noop: dict | No
     notes = []
     if noop and good:
         big = good[-1]
-        jobs = 2 * big["shards"] + 9  # an audit job and a pair tile per shard, the gathers
-        notes.append(f"Not counted: Snakemake starts one Python process per job; a fresh process importing a pair-tile job's "
-                     f"modules takes {noop['wall']:.1f} s here, so the {jobs} jobs of the N = {big['n']:,} build (an audit job "
-                     f"and a pair tile per shard, the gathers) would add about {noop['wall'] * jobs:,.0f} s of process starts.")
+        runs = len(STEPS)  # one job for each step but the tiles (counted per shard), and the deal
+        jobs = 3 * big["shards"] + runs  # an audit job, a pair tile and a caption job per shard
+        note = (f"Not counted: Snakemake starts one Python process per job; a fresh process importing a pair-tile job's "
+                f"modules takes {noop['wall']:.1f} s here, so the {jobs} jobs of the N = {big['n']:,} build (an audit job, "
+                f"a pair tile and a caption job per shard, {runs} others) would add about {noop['wall'] * jobs:,.0f} s of process starts")
+        inc = big.get("incremental") or {}
+        if "ratio" in inc:
+            rerun = len(inc["changed"]) + inc["tiles"] + (inc.get("changed_shards") or 0) + runs
+            note += (f", and the {rerun} jobs of its incremental run (the changed shards' audit jobs, pair tiles and caption jobs, "
+                     f"the {runs} others) about {noop['wall'] * rerun:,.0f} s")
+        notes.append(note + ".")
     loads = ", ".join(f"N = {r['n']:,}: {r['load_start'][0]:.1f}" for r in results)
     notes.append(f"Load average (1 min) when each N started: {loads}. Whole run {time.perf_counter() - started:,.0f} s.")
     lines += notes
