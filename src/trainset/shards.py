@@ -78,12 +78,18 @@ def assign(shas, previous: pd.DataFrame | None, size: int) -> pd.DataFrame:
 
 
 def assign_rows(shas, previous: pd.DataFrame | None, size: int) -> tuple[pd.DataFrame, np.ndarray]:
-    """:func:`assign`, and the shard of each of ``shas`` (one hashing pass over the rows)."""
-    codes, order = pd.factorize(np.asarray(shas, dtype=object))
+    """:func:`assign`, and the shard of each of ``shas``: one dictionary encoding of the Arrow
+    text and one hash lookup against the previous map, no Python object per row."""
+    values = pa.array(shas, type=pa.string())
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    encoded = values.dictionary_encode()  # values in order of first appearance
+    order, codes = encoded.dictionary, encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
     shard = np.zeros(len(order), dtype=np.int64)
     known = np.full(len(order), -1, dtype=np.int64)
     if previous is not None and len(previous):
-        known = pd.Index(previous["sha256"].to_numpy(dtype=object)).get_indexer(order)
+        found = pc.index_in(order, value_set=pa.array(previous["sha256"], type=pa.string()))
+        known = found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
     old = known >= 0
     if old.any():
         shard[old] = previous["shard"].to_numpy(dtype=np.int64)[known[old]]
@@ -94,8 +100,7 @@ def assign_rows(shas, previous: pd.DataFrame | None, size: int) -> tuple[pd.Data
         filled = 0
     # new contents in order: the last shard's free places, then whole new shards
     shard[~old] = last + (filled + np.arange(int((~old).sum()), dtype=np.int64)) // size
-    mapping = pd.DataFrame({"sha256": pd.Series(order, dtype="str"), "shard": shard,
-                            "size": np.full(len(order), size, dtype=np.int64)})
+    mapping = pd.DataFrame({"sha256": pd.Series(pd.array(order, dtype="str")), "shard": shard, "size": np.full(len(order), size, dtype=np.int64)})
     return mapping, shard[codes]
 
 
