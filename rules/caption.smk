@@ -1,7 +1,12 @@
+# Snakemake weighs a job after a checkpoint (its params, code, input times) only once the checkpoint has
+# run in the same invocation. So the deal also takes what the caption jobs depend on besides their part
+# (caption params, trigger words, tag dictionaries, code): any change to it reruns the deal, a cheap
+# copy of row groups, and then each caption job reruns on its own triggers.
 checkpoint deal_deduped:
     input:
         manifest=DEDUPED,
         checkpoint=SHARDS_DEALT,
+        dictionaries=config["tags"]["dictionaries"],
     output:
         parts=directory(DEDUPED_PARTS),
         index=DEDUPED_INDEX,
@@ -10,6 +15,8 @@ checkpoint deal_deduped:
         shards=lambda w: sorted(shard_index()),
         schema="DEDUPED",
         parts=f"{CACHE}/parts/deduped",  # each shard's file by content: unchanged shards are linked, not written
+        caption=config["caption"],
+        triggers={s.name: s.trigger_word for s in SOURCES},
         code=CODE,
     script:
         "../scripts/deal.py"

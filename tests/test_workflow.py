@@ -201,6 +201,13 @@ def test_only_the_shards_whose_kept_rows_changed_are_captioned_again(project: Pa
     captioned = _read(project, "data/manifests/captioned.parquet", schemas.CAPTIONED)
     assert "art:new.png" in set(captioned["item_id"])
 
+    set_params(project, caption__trigger_word="zzz_trigger")  # what every caption depends on: all rerun
+    proc = snakemake_images(project)
+    ran = sorted(re.findall(r"rule caption_shard:.*?wildcards: shard=(\d+)", proc.stdout + proc.stderr, flags=re.S))
+    assert ran == sorted(after)
+    captioned = _read(project, "data/manifests/captioned.parquet", schemas.CAPTIONED)
+    assert captioned["caption"].str.startswith("zzz_trigger").all()
+
 
 def test_demo_off_drops_demo(project: Path, tmp_path: Path) -> None:
     folder = tmp_path / "mine"
