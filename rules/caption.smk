@@ -16,7 +16,7 @@ checkpoint deal_deduped:
         schema="DEDUPED",
         parts=f"{CACHE}/parts/deduped",  # each shard's file by content: unchanged shards are linked, not written
         caption=config["caption"],
-        triggers={s.name: s.trigger_word for s in SOURCES},
+        triggers=CAPTION_TRIGGERS,
         code=CODE,
     script:
         "../scripts/deal.py"
@@ -35,7 +35,7 @@ rule caption_shard:
         caption=config["caption"],
         cache=f"{CACHE}/background",
         kept=f"{CACHE}/parts/captioned",  # a shard's captions by what they depend on: a shard whose kept rows did not change links them
-        triggers={s.name: s.trigger_word for s in SOURCES},
+        triggers=CAPTION_TRIGGERS,
         code=CODE,
     threads: SHARD_THREADS
     resources:

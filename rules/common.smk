@@ -84,6 +84,7 @@ def shard_digest(w):
 DEDUPED_PARTS = f"{SHARDS}/deduped"
 DEDUPED_INDEX = f"{SHARDS}/deduped-index.json"  # shard -> digest of its kept rows
 DEDUPED_DEALT = ancient(DEDUPED_PARTS)  # as SHARDS_DEALT, for the deal_deduped checkpoint
+CAPTION_TRIGGERS = {s.name: s.trigger_word for s in SOURCES}  # a source's own trigger word, by source name
 
 
 def deduped_part(w):

@@ -120,3 +120,12 @@ def test_gather_names_an_item_in_two_parts(tmp_path: Path) -> None:
     with pytest.raises(manifest.ManifestError, match=r"'item_id' must be unique, repeated at row 1 \('src:b.png'\), row 2"):
         shards.gather([a, b], tmp_path / "out.parquet", schemas.DEDUPED)
     assert not (tmp_path / "out.parquet").exists()
+
+
+def test_gather_names_a_torn_part(tmp_path: Path) -> None:
+    whole = _part(tmp_path / "00000.parquet", [item_row("src:a.png")])
+    torn = _part(tmp_path / "00001.parquet", [item_row("src:b.png")])
+    torn.write_bytes(torn.read_bytes()[:200])
+    with pytest.raises(manifest.ManifestError, match=r"00001.parquet: not a whole Parquet file .*rerun the job that writes it"):
+        shards.gather([whole, torn], tmp_path / "out.parquet", schemas.DEDUPED)
+    assert not (tmp_path / "out.parquet").exists()

@@ -13,6 +13,7 @@ schemas differ: the caller re-encodes those instead.
 
 from __future__ import annotations
 
+import io
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -410,8 +411,6 @@ def concat(sources: list, out: BinaryIO, key_values: dict[bytes, bytes] | None =
 def row_group_file(f: BinaryIO, footer: Footer, k: int, key_values: dict[bytes, bytes]) -> bytes:
     """Row group ``k`` of the file ``f`` (its footer read) as a Parquet file of its own, whose
     key-value metadata is ``key_values``."""
-    import io
-
     group = footer.groups[k]
     a, b = _group_span(group)
     out = io.BytesIO()
@@ -423,8 +422,6 @@ def row_group_file(f: BinaryIO, footer: Footer, k: int, key_values: dict[bytes, 
 
 
 def _open(source) -> BinaryIO:
-    import io
-
     if isinstance(source, (bytes, bytearray, memoryview)):
         return io.BytesIO(bytes(source))
     return open(source, "rb")

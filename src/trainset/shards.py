@@ -479,20 +479,18 @@ def gather(paths, out: str | Path, schema) -> int:
 
 
 def _spliced(paths: list[Path], out: Path, schema) -> int:
-    metas = [pq.read_metadata(p) for p in paths]
+    metas = [_part_metadata(p) for p in paths]
     filled = [(p, m) for p, m in zip(paths, metas) if m.num_rows]
     if not filled or any(m.num_row_groups != 1 for _, m in filled):
         raise parquet_splice.SpliceError("a part is empty of row groups or holds several")
-    settled = [p for p, m in filled if _is_settled(m.schema.to_arrow_schema())]
-    if not settled:
+    settled = {p: _is_settled(m.schema.to_arrow_schema()) for p, m in filled}
+    canonical = next(((p, m) for p, m in filled if settled[p]), None)
+    if canonical is None:
         raise parquet_splice.SpliceError("no part is typed as the whole manifest")
-    canonical = settled[0]
-    with canonical.open("rb") as f:
-        head = parquet_splice.Footer.read(f, canonical)
-    arrow = pq.read_schema(canonical)
+    arrow = canonical[1].schema.to_arrow_schema()
     sources: list = []
     for path, meta in filled:
-        if _is_settled(meta.schema.to_arrow_schema()) and meta.schema.equals(metas[paths.index(canonical)].schema):
+        if settled[path] and meta.schema.equals(canonical[1].schema):
             sources.append(path)
         else:  # a column all missing (typed null) or all empty lists in this part: cast to the manifest's types
             sources.append(_parquet_bytes(manifest.conformed(pq.read_table(path), arrow)))
@@ -501,7 +499,16 @@ def _spliced(paths: list[Path], out: Path, schema) -> int:
     manifest.check_unique(out, schema, unique)
     names = json.dumps([p.stem for p, _ in filled]).encode()
     with atomic.atomic_file(out) as tmp, open(tmp, "wb") as f:
-        return parquet_splice.concat(sources, f, {**head.key_values(), manifest.SHARDS_KEY: names})
+        return parquet_splice.concat(sources, f, {**canonical[1].metadata, manifest.SHARDS_KEY: names})
+
+
+def _part_metadata(path: Path) -> pq.FileMetaData:
+    """A shard part's Parquet metadata; a missing or torn part is named, with the job that makes it."""
+    try:
+        return pq.read_metadata(path)
+    except (OSError, pa.ArrowInvalid) as err:
+        raise manifest.ManifestError(f"{path}: not a whole Parquet file ({err}); rerun the job that writes it "
+                                     "(remove the file and run the workflow again)") from None
 
 
 def _is_settled(schema: pa.Schema) -> bool:
@@ -511,7 +518,7 @@ def _is_settled(schema: pa.Schema) -> bool:
 
 def _gathered(paths: list[Path], out: Path, schema) -> int:
     """:func:`gather` by decoding and writing every row: for parts that cannot be joined as bytes."""
-    sizes = [pq.read_metadata(p).num_rows for p in paths]
+    sizes = [_part_metadata(p).num_rows for p in paths]
     with manifest.ShardedWriter(out, schema) as writer:
         start = 0
         while start < len(paths):
