@@ -504,14 +504,15 @@ def step_filter(repo: Repo, params: dict, opts, save) -> dict:
                      repo.filtered, repo.rejected_parts[0], audit_params=dict(params["audit"]),
                      policy_params=dict(params["policy"]), tag_dictionaries=list(params["tags"]["dictionaries"]),
                      annotation_files=list(params["annotations"]), overrides_file=None,
-                     takedown=versions.takedown_set(repo.root))
+                     takedown=versions.takedown_set(repo.root), kept=repo.cache / "kept")
     return {}
 
 
 def step_dedup(repo: Repo, params: dict, opts, save) -> dict:
     from trainset.stages import dedup
 
-    dedup.run(repo.filtered, repo.pairs, repo.reference, repo.deduped, repo.clusters, repo.rejected_parts[1], dict(params["near_dup"]))
+    dedup.run(repo.filtered, repo.pairs, repo.reference, repo.deduped, repo.clusters, repo.rejected_parts[1], dict(params["near_dup"]),
+              kept=repo.cache / "kept")
     return {}
 
 
@@ -546,7 +547,8 @@ def step_caption(repo: Repo, params: dict, opts, save) -> dict:
 def step_split(repo: Repo, params: dict, opts, save) -> dict:
     from trainset.stages import split
 
-    split.run(repo.captioned, repo.split, repo.moves, repo.cache / "split-history.parquet", params["seed"], dict(params["split"]))
+    split.run(repo.captioned, repo.split, repo.moves, repo.cache / "split-history.parquet", params["seed"], dict(params["split"]),
+              kept=repo.cache / "kept")
     return {}
 
 

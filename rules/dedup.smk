@@ -94,6 +94,7 @@ rule dedup:
         rejected=f"{M}/rejected/dedup.parquet",
     params:
         near_dup=config["near_dup"],
+        kept=f"{CACHE}/kept",  # the last deduped manifest: a shard whose rows and keepers did not change is copied from it
         code=CODE,
     script:
         "../scripts/dedup.py"

@@ -15,6 +15,7 @@ rule filter:
     params:
         audit=config["audit"],
         policy=config["policy"],
+        kept=f"{CACHE}/kept",  # the last outputs: a shard whose inputs did not change is copied from them
         code=CODE,
     script:
         "../scripts/filter.py"

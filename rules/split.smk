@@ -8,6 +8,7 @@ rule split:
         seed=config["seed"],
         fractions=config["split"],
         history=f"{CACHE}/split-history.parquet",
+        kept=f"{CACHE}/kept",  # the last split: a shard whose captioned rows did not change is copied from it
         code=CODE,
     script:
         "../scripts/split.py"

@@ -13,4 +13,5 @@ filter_stage.run(
     annotation_files=list(i.annotations),
     overrides_file=i.overrides[0] if i.overrides else None,
     takedown=versions.takedown_set("."),
+    kept=p.kept,
 )

@@ -2,4 +2,4 @@
 from trainset.stages import split
 
 p = snakemake.params
-split.run(snakemake.input[0], snakemake.output.split, snakemake.output.moves, p.history, p.seed, dict(p.fractions))
+split.run(snakemake.input[0], snakemake.output.split, snakemake.output.moves, p.history, p.seed, dict(p.fractions), kept=p.kept)

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import hashlib
 import json
-from collections.abc import Iterator
+import os
+import shutil
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +21,7 @@ import pyarrow as pyarrow
 import pyarrow.parquet as pq
 from pandera.engines.pandas_engine import Engine
 
-from . import atomic, column_checks, schemas
+from . import atomic, column_checks, parquet_splice, schemas
 from .schemas import SCHEMA_VERSION
 
 # list columns read as Python lists (others stay as pandas reads them: arrays)
@@ -164,6 +167,74 @@ SHARDS_KEY = b"trainset.shards"
 """Parquet metadata key of a manifest written a shard at a time: the shard of each row group."""
 
 
+KEYS_KEY = b"trainset.shard_keys"
+"""Parquet metadata key of a manifest written by shard with reuse: the key each row group was made from."""
+
+
+class Kept:
+    """A sharded stage's last output, kept under the cache (a hard link: Snakemake removes a job's
+    outputs before it runs): each shard's row group and the key it was made from, everything the
+    shard's rows depend on (a shard that came out empty, its key alone). A shard whose key is the
+    same is copied from it as bytes."""
+
+    EMPTY = -1
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.groups: dict[str, tuple[int, str]] = {}  # shard -> (row group, or EMPTY; key)
+        self.sizes: list[int] = []
+        try:
+            meta = pq.read_metadata(self.path)
+            kv = meta.metadata or {}
+            names, keys = json.loads(kv[SHARDS_KEY]), json.loads(kv[KEYS_KEY])
+        except (OSError, KeyError, ValueError, pyarrow.ArrowInvalid):  # none yet, torn, or written without keys
+            return
+        self.sizes = [meta.row_group(k).num_rows for k in range(meta.num_row_groups)]
+        if len(names) == len(keys["groups"]) == len(self.sizes):
+            self.groups = {name: (self.EMPTY, key) for name, key in keys["empty"].items()}
+            self.groups.update({name: (k, key) for k, (name, key) in enumerate(zip(names, keys["groups"])) if key})
+
+    def group(self, shard: str, key: str | None) -> int | None:
+        """The row group of ``shard`` (:attr:`EMPTY`: it had no rows) when it was made from ``key``; else None."""
+        found = self.groups.get(shard)
+        return found[0] if found is not None and key is not None and found[1] == key else None
+
+    def keep(self, written: Path) -> None:
+        """``written`` (a manifest just written) kept as the last output."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.link")
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(written, tmp)
+        except OSError:
+            shutil.copyfile(written, tmp)
+        os.replace(tmp, self.path)
+
+
+def key_of(*parts) -> str:
+    """A shard's key from what its rows depend on (JSON-able values, in order)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def keys_for(shard: np.ndarray, keys: dict[str, str]) -> dict[str, str]:
+    """The keys of the shards a batch holds (``shard``: each row's shard)."""
+    return {name: keys[name] for name in pd.unique(shard) if name in keys}
+
+
+def group_keys(path: str | Path, *spec) -> dict[str, str]:
+    """shard -> its key, from its row group's bytes (:func:`parquet_splice.group_digests`) and
+    ``spec`` (what else the stage's output depends on), for a manifest written by shard; empty
+    for any other file (nothing is reused)."""
+    names = shard_groups(path)
+    if names is None:
+        return {}
+    try:
+        digests = parquet_splice.group_digests(path)
+    except parquet_splice.SpliceError:
+        return {}
+    return {name: key_of(*spec, digest) for name, digest in zip(names, digests)}
+
+
 class ShardedWriter:
     """A manifest written a batch of whole shards at a time, so a stage never holds all its rows.
 
@@ -171,20 +242,35 @@ class ShardedWriter:
     written, their names in the file's metadata (:func:`shard_groups`); the file reads like any
     other manifest, rows in shard order. Validation errors name the row in the whole file, and
     the schema's unique columns are checked across shards at the end. Use as a context manager:
-    the file appears whole when the block ends without an error, or not at all."""
+    the file appears whole when the block ends without an error, or not at all.
 
-    def __init__(self, path: str | Path, schema: pa.DataFrameSchema, sort_by: str | list[str] | None = "item_id"):
+    ``kept``: where the stage's last output is kept (:class:`Kept`). A shard written with a key
+    (``write(..., keys=)``) has it recorded; :meth:`reuse` copies a shard's row group from the
+    last output when its key is the same, so a shard whose inputs did not change costs a byte
+    copy, not a read, a check and a write. ``order``: the shards in the order the file holds
+    them (the input's), so the shards reused first and those written after land in place."""
+
+    def __init__(self, path: str | Path, schema: pa.DataFrameSchema, sort_by: str | list[str] | None = "item_id",
+                 kept: str | Path | None = None, order: list[str] | None = None):
         self.path, self.schema, self.sort_by = Path(path), schema, sort_by
         self.rows = 0
-        self._names: list[str] = []
+        self.reused = 0
+        self._entries: list[tuple[str, str | None, int, int]] = []  # (shard, key, 0: written here / 1: kept, row group)
+        self._sizes: dict[str, int] = {}
+        self._empty: dict[str, str] = {}  # shards written with a key and no rows
+        self._order = {name: k for k, name in enumerate(order or [])}
+        self._written = 0
         self._unique = {name: [] for name, col in schema.columns.items() if col.unique}
         self._writer: pq.ParquetWriter | None = None
         self._schema: pyarrow.Schema | None = None  # the first shard's, settled (settled_schema)
+        self._kept = Kept(kept) if kept is not None else None
         self._atomic = atomic.atomic_file(self.path)
         self._tmp: Path | None = None
+        self._new: Path | None = None  # where written shards go when kept ones are copied in
 
     def __enter__(self) -> "ShardedWriter":
         self._tmp = self._atomic.__enter__()
+        self._new = self._tmp.with_name(self._tmp.name + ".new") if self._kept is not None and self._kept.groups else self._tmp
         return self
 
     def __exit__(self, kind, value, tb) -> bool:
@@ -196,16 +282,47 @@ class ShardedWriter:
                 self._atomic.__exit__(type(err), err, err.__traceback__)
                 raise
             self._atomic.__exit__(None, None, None)
+            if self._kept is not None:
+                self._kept.keep(self.path)
         else:
             self._abort()
             self._atomic.__exit__(kind, value, tb)
         return False
 
-    def write(self, shard, df: pd.DataFrame) -> pd.DataFrame:
+    def reusable(self, shard: str, key: str | None) -> bool:
+        """Whether the last output holds ``shard`` made from ``key``."""
+        return self._kept is not None and self._kept.group(shard, key) is not None
+
+    def reuse(self, shard: str, key: str | None) -> bool:
+        """Copy ``shard``'s row group from the last output when it was made from ``key`` (True);
+        False: the caller writes the shard."""
+        k = self._kept.group(shard, key) if self._kept is not None else None
+        if k is None:
+            return False
+        if shard in self._sizes or shard in self._empty:
+            raise ManifestError(f"{self.path}: rows of shard {shard} written again")
+        if k == Kept.EMPTY:
+            self._empty[shard] = key
+            return True
+        self._entries.append((shard, key, 1, k))
+        self._sizes[shard] = self._kept.sizes[k]
+        self.rows += self._kept.sizes[k]
+        self.reused += 1
+        return True
+
+    def reuse_all(self, keys: dict[str, str]) -> set[str]:
+        """:meth:`reuse` for each shard of ``keys``; returns those copied."""
+        return {shard for shard, key in keys.items() if self.reuse(shard, key)}
+
+    def write(self, shard, df: pd.DataFrame, keys: dict[str, str] | None = None) -> pd.DataFrame:
         """Rows of one shard (``shard`` its name), or of consecutive shards (``shard``: each row's
         shard name, shards in the order they first appear), each shard one row group; checking
-        a batch of several shards at once costs one pass, not one per shard. None: nothing
-        written. Returns the rows validated, as :func:`write` does."""
+        a batch of several shards at once costs one pass, not one per shard. ``keys``: each
+        shard of the batch -> the key its rows were made from (:meth:`reuse`), a shard without
+        rows included. Returns the rows validated, as :func:`write` does."""
+        if keys:
+            present = ({shard} if len(df) else set()) if isinstance(shard, str) else set(pd.unique(np.asarray(shard, dtype=object)))
+            self._empty.update({name: key for name, key in keys.items() if name not in present})
         if not len(df):
             return empty(self.schema)
         missing = [c for c in self.schema.columns if c not in df.columns]
@@ -217,43 +334,111 @@ class ShardedWriter:
         else:
             codes, names = pd.factorize(np.asarray(shard, dtype=object), sort=False)
             names = [str(n) for n in names]
-        again = sorted(set(names) & set(self._names))
+        again = sorted(set(names) & (set(self._sizes) | set(self._empty)))
         if again:  # a shard is one row group: its rows come in one call
             raise ManifestError(f"{self.path}: rows of shard(s) {', '.join(again[:5])} written again after other shards")
         sort_by = [self.sort_by] if isinstance(self.sort_by, str) else list(self.sort_by or [])
-        keys = [df[c].to_numpy() for c in reversed(sort_by)]
-        if len(names) > 1 or keys:
-            order = np.lexsort([*keys, codes]) if keys else np.argsort(codes, kind="stable")
+        sort_keys = [df[c].to_numpy() for c in reversed(sort_by)]
+        if len(names) > 1 or sort_keys:
+            order = np.lexsort([*sort_keys, codes]) if sort_keys else np.argsort(codes, kind="stable")
             df, codes = df.iloc[order], codes[order]
-        df = validate(df, self.schema, self.path, first_row=self.rows)
+        df = validate(df, self.schema, self.path, first_row=self._first_row(names[codes[0]]))
         table = _table(df)
         if self._writer is None:
             self._schema = settled_schema(table.schema)
-            self._writer = pq.ParquetWriter(str(self._tmp), self._schema, compression="snappy")
+            self._writer = pq.ParquetWriter(str(self._new), self._schema, compression="snappy")
         table = conformed(table, self._schema)
         bounds = [0, *(np.flatnonzero(np.diff(codes)) + 1).tolist(), len(df)]
         for a, b in zip(bounds[:-1], bounds[1:]):
             self._writer.write_table(table.slice(a, b - a))
-            self._names.append(names[codes[a]])
+            name = names[codes[a]]
+            self._entries.append((name, (keys or {}).get(name), 0, self._written))
+            self._sizes[name] = b - a
+            self._written += 1
         for name, seen in self._unique.items():
             seen.append(table.column(name).combine_chunks())
         self.rows += len(df)
         return df
 
+    def _first_row(self, shard: str) -> int:
+        """Where ``shard``'s rows start in the file: after the shards before it in :attr:`order`
+        (those written after it are not yet known: shards are written in order), else after all so far."""
+        at = self._order.get(shard)
+        if at is None or not self.reused:
+            return self.rows
+        return sum(size for name, size in self._sizes.items() if self._order.get(name, -1) < at)
+
+    def _placed(self) -> list[tuple[str, str | None, int, int]]:
+        """The entries in the file's order: :attr:`order`'s, then any other shard as written."""
+        last = len(self._order)
+        return sorted(self._entries, key=lambda e: self._order.get(e[0], last))
+
     def _finish(self) -> None:
-        self._check_unique()
-        if self._writer is None:  # no rows at all: an empty manifest with the schema's dtypes
-            self._writer = pq.ParquetWriter(str(self._tmp), _table(empty(self.schema)).schema, compression="snappy")
-        self._writer.add_key_value_metadata({SHARDS_KEY: json.dumps(self._names)})
-        self._writer.close()
+        entries = self._placed() if self.reused else self._entries
+        self._check_unique(entries)
+        meta = {SHARDS_KEY: json.dumps([e[0] for e in entries])}
+        if self._kept is not None:
+            meta[KEYS_KEY] = json.dumps({"groups": [e[1] for e in entries], "empty": self._empty})
+        if not self.reused:
+            if self._writer is None:  # no rows at all: an empty manifest with the schema's dtypes
+                self._writer = pq.ParquetWriter(str(self._new), _table(empty(self.schema)).schema, compression="snappy")
+            self._writer.add_key_value_metadata(meta)
+            self._writer.close()
+            if self._new != self._tmp:
+                os.replace(self._new, self._tmp)
+            return
+        if self._written:
+            self._writer.add_key_value_metadata(meta)
+            self._writer.close()
+            sources, picks = [self._new, self._kept.path], [(source, k) for _, _, source, k in entries]
+        else:
+            sources, picks = [self._kept.path], [(0, k) for _, _, _, k in entries]
+        try:
+            with open(self._tmp, "wb") as f:
+                parquet_splice.splice(sources, picks, f, {k: v.encode() for k, v in meta.items()})
+        except parquet_splice.SpliceError:  # typed apart (a kept file from before a change of types): decode and write
+            self._rewritten(sources, picks, meta)
+        finally:
+            if self._new != self._tmp:
+                self._new.unlink(missing_ok=True)
+
+    def _rewritten(self, sources: list[Path], picks: list[tuple[int, int]], meta: dict) -> None:
+        files = [pq.ParquetFile(s) for s in sources]
+        schema = self._schema or settled_schema(files[-1].schema_arrow)
+        with pq.ParquetWriter(str(self._tmp), schema, compression="snappy") as writer:
+            for s, k in picks:
+                writer.write_table(conformed(files[s].read_row_group(k), schema))
+            writer.add_key_value_metadata(meta)
 
     def _abort(self) -> None:
         if self._writer is not None:
             with contextlib.suppress(Exception):
                 self._writer.close()
+        if self._new is not None and self._new != self._tmp:
+            self._new.unlink(missing_ok=True)
 
-    def _check_unique(self) -> None:
-        check_unique(self.path, self.schema, self._unique)
+    def _check_unique(self, entries) -> None:
+        """The unique columns over the file's rows in its order: written shards' values as held,
+        reused shards' read back from the kept file (those columns only)."""
+        if not self._unique:
+            return
+        kept = pq.ParquetFile(self._kept.path) if self.reused else None
+        at, position = {}, 0  # where each written shard's values start among all written, in write order
+        for shard, _, source, _ in self._entries:
+            if source == 0:
+                at[shard] = position
+                position += self._sizes[shard]
+        seen = {}
+        for name in self._unique:
+            whole = pyarrow.chunked_array(self._unique[name]).combine_chunks() if self._unique[name] else None
+            parts = []
+            for shard, _, source, k in entries:
+                if source == 1:
+                    parts.append(kept.read_row_group(k, columns=[name]).column(0).combine_chunks())
+                else:
+                    parts.append(whole.slice(at[shard], self._sizes[shard]))
+            seen[name] = parts
+        check_unique(self.path, self.schema, seen)
 
 
 def check_unique(path: str | Path, schema: pa.DataFrameSchema, seen: dict[str, list]) -> None:
@@ -387,11 +572,13 @@ def read(path: str | Path, schema: pa.DataFrameSchema, columns: list[str] | None
 
 
 def read_batches(path: str | Path, schema: pa.DataFrameSchema, rows: int, columns: list[str] | None = None,
-                 arrow_lists: tuple[str, ...] = (), validated: bool = True) -> Iterator[tuple[np.ndarray, pd.DataFrame]]:
+                 arrow_lists: tuple[str, ...] = (), validated: bool = True,
+                 skip: Collection[str] = ()) -> Iterator[tuple[np.ndarray, pd.DataFrame]]:
     """``(each row's shard name, rows)`` of consecutive shards of a manifest written by shard, at
     least ``rows`` rows a batch (whole shards): a stage holds a batch, never the whole file, and
     pays each check once per batch rather than once per shard. A manifest not written by shard
-    comes whole, its rows in shard ``""``."""
+    comes whole, its rows in shard ``""``. ``skip``: shards not read (a stage that reused their
+    last output, :meth:`ShardedWriter.reuse`); a batch's shards then need not be consecutive."""
     path = Path(path)
     if not path.exists():
         raise ManifestError(f"{path}: {schema.name} manifest is missing")
@@ -404,27 +591,48 @@ def read_batches(path: str | Path, schema: pa.DataFrameSchema, rows: int, column
     checked = schema if columns is None else _subschema(schema, columns)
     meta = pq.read_metadata(path)
     sizes = [meta.row_group(k).num_rows for k in range(meta.num_row_groups)]
-    batches: list[list[int]] = [[]]
-    if names is None:
-        batches = [None]
-    else:
-        for k in range(len(names)):
-            if sum(sizes[g] for g in batches[-1]) >= rows:
-                batches.append([])
-            batches[-1].append(k)
-    first = 0
-    for groups in batches:
-        if groups == []:
-            continue
+    starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+
+    def batch(groups):
         df = _with_added_later(read_columns(path, wanted, arrow_lists, row_group=groups), later)
         if columns is not None:
             df = df[list(columns)]
         if validated:
-            df = validate(df, checked, path, first_row=first)
-        first += len(df)
+            df = _validated_groups(df, checked, path, groups, starts)
         shard = np.full(len(df), "", dtype=object) if groups is None else np.repeat(
             np.array([names[g] for g in groups], dtype=object), [sizes[g] for g in groups])
-        yield shard, df
+        return shard, df
+
+    if names is None:
+        yield batch(None)
+        return
+    pending: list[int] = []
+    for k, name in enumerate(names):
+        if name in skip:
+            continue
+        pending.append(k)
+        if sum(sizes[g] for g in pending) >= rows:
+            yield batch(pending)
+            pending = []
+    if pending:
+        yield batch(pending)
+
+
+def _validated_groups(df: pd.DataFrame, schema: pa.DataFrameSchema, path: Path, groups: list[int] | None, starts: np.ndarray) -> pd.DataFrame:
+    """A batch of row groups checked in one pass; a failure in a batch of row groups that are not
+    consecutive is checked again a run at a time, so it names its row in the file."""
+    if groups is None:
+        return validate(df, schema, path)
+    try:
+        return validate(df, schema, path, first_row=int(starts[groups[0]]))
+    except ManifestError:
+        runs = np.split(np.asarray(groups), np.flatnonzero(np.diff(groups) != 1) + 1)
+        at = 0
+        for run in runs:
+            n = int(starts[run[-1] + 1] - starts[run[0]])
+            validate(df.iloc[at:at + n], schema, path, first_row=int(starts[run[0]]))
+            at += n
+        raise
 
 
 def read_columns(path: str | Path, names: list[str], arrow_lists: tuple[str, ...] = (), row_group: int | list[int] | None = None) -> pd.DataFrame:

@@ -13,6 +13,7 @@ schemas differ: the caller re-encodes those instead.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import struct
 from dataclasses import dataclass
@@ -377,35 +378,69 @@ def concat(sources: list, out: BinaryIO, key_values: dict[bytes, bytes] | None =
     """Write the row groups of every source (a path or bytes), in order, as one Parquet file to
     ``out``. Every source must hold the same Parquet schema; the file's key-value metadata is the
     first source's with ``key_values`` set on it. Returns the rows written."""
+    return splice(sources, None, out, key_values)
+
+
+def splice(sources: list, picks: list[tuple[int, int]] | None, out: BinaryIO, key_values: dict[bytes, bytes] | None = None) -> int:
+    """Write the row groups ``picks`` names (``(source, row group)`` pairs, in the order given;
+    None: every group of every source, in order) as one Parquet file to ``out``. Every source
+    must hold the same Parquet schema; the file's key-value metadata is the first source's with
+    ``key_values`` set on it. Returns the rows written."""
     footers, opened = [], []
     try:
         for source in sources:
             f = _open(source)
             opened.append(f)
-            footers.append(Footer.read(f, source if isinstance(source, (str, Path)) else "<bytes>"))
+            footers.append(Footer.read(f, _name(source)))
         if not footers:
             raise SpliceError("nothing to join")
         schema = footers[0].schema_bytes
         for source, footer in zip(sources, footers):
             if footer.schema_bytes != schema:
-                raise SpliceError(f"{source if isinstance(source, (str, Path)) else '<bytes>'}: its schema differs from the first file's")
+                raise SpliceError(f"{_name(source)}: its schema differs from the first file's")
+        if picks is None:
+            picks = [(s, k) for s, footer in enumerate(footers) for k in range(len(footer.groups))]
         out.write(MAGIC)
         position, groups, rows = len(MAGIC), [], 0
-        for f, footer in zip(opened, footers):
-            if not footer.groups:
-                continue
-            a, b = min(_group_span(g)[0] for g in footer.groups), max(_group_span(g)[1] for g in footer.groups)
-            for group in footer.groups:
-                groups.append(_moved(group, position - a, len(groups)))
-                rows += _get(group, _GROUP_ROWS)
-            f.seek(a)
-            _copy(f, out, b - a)
+        for s, k in picks:
+            group = footers[s].groups[k]
+            a, b = _group_span(group)
+            groups.append(_moved(group, position - a, len(groups)))
+            rows += _get(group, _GROUP_ROWS)
+            opened[s].seek(a)
+            _copy(opened[s], out, b - a)
             position += b - a
         _write_footer(out, footers[0].meta, groups, rows, {**footers[0].key_values(), **(key_values or {})})
         return rows
     finally:
         for f in opened:
             f.close()
+
+
+def group_digests(path: str | Path) -> list[str]:
+    """SHA-256 of each row group's column chunks as stored. Chunks hold no file offsets, so the same
+    rows written the same way digest alike wherever they lie: in a shard's own file, or joined into
+    a manifest by :func:`concat`. (The spans come from pyarrow's reading of the footer.)"""
+    import pyarrow.parquet as pq
+
+    meta = pq.read_metadata(path)
+    out = []
+    with open(path, "rb") as f:
+        for k in range(meta.num_row_groups):
+            group = meta.row_group(k)
+            spans = []
+            for c in range(group.num_columns):
+                chunk = group.column(c)
+                data, dictionary = chunk.data_page_offset, chunk.dictionary_page_offset
+                start = dictionary if chunk.has_dictionary_page and dictionary is not None and 0 < dictionary < data else data
+                spans.append((start, start + chunk.total_compressed_size))
+            a, b = min(s for s, _ in spans), max(e for _, e in spans)
+            f.seek(a)
+            data = f.read(b - a)
+            if len(data) != b - a:
+                raise SpliceError(f"{path}: a column chunk ends past the end of the file")
+            out.append(hashlib.sha256(data).hexdigest())
+    return out
 
 
 def row_group_file(f: BinaryIO, footer: Footer, k: int, key_values: dict[bytes, bytes]) -> bytes:
@@ -419,6 +454,10 @@ def row_group_file(f: BinaryIO, footer: Footer, k: int, key_values: dict[bytes, 
     _copy(f, out, b - a)
     _write_footer(out, footer.meta, [_moved(group, len(MAGIC) - a, None)], _get(group, _GROUP_ROWS), key_values)
     return out.getvalue()
+
+
+def _name(source) -> str:
+    return str(source) if isinstance(source, (str, Path)) else "<bytes>"
 
 
 def _open(source) -> BinaryIO:

@@ -12,14 +12,16 @@ by shard: the wide manifest is never held whole.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
-from .. import ledger, manifest, neardup, schemas
+from .. import ledger, manifest, neardup, provenance, schemas
 from ..config import ConfigError
 
 REFERENCE_ACTIONS = ("reject", "flag")
@@ -44,25 +46,50 @@ class _Choice:
 
 def run(
     filtered_path: str | Path, pairs_path: str | Path, reference_path: str | Path, out: str | Path,
-    clusters_out: str | Path, rejected_out: str | Path, near_dup: dict | None = None,
+    clusters_out: str | Path, rejected_out: str | Path, near_dup: dict | None = None, kept: str | Path | None = None,
 ) -> None:
+    """``kept``: a folder where the last deduped manifest is kept; a shard whose filtered rows and choice of
+    keepers and flags are those it was made from is copied from it (:class:`manifest.ShardedWriter`)."""
     near_dup = near_dup or {}
     choice = _choose(filtered_path, pairs_path, reference_path, clusters_out, rejected_out, near_dup)
-    # unvalidated: the columns the choice read were, and the rows kept are when written
-    batches = manifest.read_batches(filtered_path, schemas.FILTERED, manifest.BATCH_ROWS, columns=list(schemas.FILTERED.columns),
-                                    arrow_lists=_CARRIED_LISTS, validated=False)
-    first = 0
-    with manifest.ShardedWriter(out, schemas.DEDUPED) as writer:
+    names = manifest.shard_groups(filtered_path)
+    meta = pq.read_metadata(filtered_path)
+    sizes = [meta.row_group(k).num_rows for k in range(meta.num_row_groups)]
+    if sum(sizes) != len(choice.kept):
+        raise ValueError(f"{filtered_path}: {sum(sizes)} rows, but the keepers were chosen among {len(choice.kept)}")
+    starts = dict(zip(names or [""], np.cumsum([0, *sizes[:-1]]).tolist() if names else [0]))
+    keys = _shard_keys(filtered_path, names, sizes, choice) if kept is not None else {}
+    with manifest.ShardedWriter(out, schemas.DEDUPED, kept=kept and Path(kept) / "deduped.parquet", order=names) as writer:
+        # unvalidated: the columns the choice read were, and the rows kept are when written
+        batches = manifest.read_batches(filtered_path, schemas.FILTERED, manifest.BATCH_ROWS, columns=list(schemas.FILTERED.columns),
+                                        arrow_lists=_CARRIED_LISTS, validated=False, skip=writer.reuse_all(keys))
         for shard, rows in batches:
-            kept, flagged = choice.kept[first:first + len(rows)], choice.flagged[first:first + len(rows)]
-            first += len(rows)
-            items = _kept_rows(rows, kept, whole=not any(shard))
+            at = _positions(shard, starts)
+            kept_rows, flagged = choice.kept[at], choice.flagged[at]
+            items = _kept_rows(rows, kept_rows, whole=not any(shard))
             del rows
             if flagged.any():
-                items["flags"] = _with_flag(items["flags"], flagged[kept])
-            writer.write(shard[kept], items)
-        if first != len(choice.kept):
-            raise ValueError(f"{filtered_path}: {first} rows, but the keepers were chosen among {len(choice.kept)}")
+                items["flags"] = _with_flag(items["flags"], flagged[kept_rows])
+            writer.write(shard[kept_rows], items, keys=manifest.keys_for(shard, keys))
+
+
+def _positions(shard: np.ndarray, starts: dict[str, int]) -> np.ndarray:
+    """Each row's position in the whole file, for a batch of whole shards (``shard``: each row's)."""
+    names, first, counts = np.unique(shard, return_index=True, return_counts=True)
+    order = np.argsort(first)
+    return np.concatenate([np.arange(starts[names[k]], starts[names[k]] + counts[k]) for k in order]) if len(shard) else np.zeros(0, np.int64)
+
+
+def _shard_keys(filtered_path: str | Path, names: list[str] | None, sizes: list[int], choice: _Choice) -> dict[str, str]:
+    """shard -> key of its deduped rows: its filtered rows' bytes, and which of them the choice keeps and flags."""
+    rows = manifest.group_keys(filtered_path, "dedup", provenance.code_digest())
+    keys, first = {}, 0
+    for name, size in zip(names or [], sizes):
+        masks = np.packbits(np.concatenate([choice.kept[first:first + size], choice.flagged[first:first + size]]))
+        if name in rows:
+            keys[name] = manifest.key_of(rows[name], hashlib.sha256(masks.tobytes()).hexdigest())
+        first += size
+    return keys
 
 
 def _kept_rows(rows: pd.DataFrame, kept: np.ndarray, whole: bool) -> pd.DataFrame:

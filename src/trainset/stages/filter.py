@@ -10,6 +10,8 @@ either reject or flag, per ``audit.actions``.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .. import annotations, audit_checks, ledger, manifest, overrides, schemas, shards
+from .. import annotations, audit_checks, ledger, manifest, overrides, provenance, row_digests, schemas, shards
 from ..config import ConfigError
 from ..policy import RATING_ORDER, Policy, most_severe
 from ..tags import TagDictionary, list_array
@@ -129,6 +131,7 @@ def run(
     annotation_files: list[str] | None = None,
     overrides_file: str | None = None,
     takedown: set[str] | None = None,
+    kept: str | Path | None = None,
 ) -> None:
     """``paths``: ``ingest``, ``audit``, ``groups``, ``nsfw`` (optional) manifests, and
     ``ingest_shards``, the shards' ingest files (``<shard>.parquet``), for an audit manifest
@@ -138,23 +141,46 @@ def run(
     A batch of whole shards is held at a time (the audit manifest's row groups), the outputs
     written by shard. What crosses shards is narrow and known before the first batch: the cluster
     columns, the NSFW scores, and, for the items that share a near-duplicate component, their
-    tags and ratings merged across clusters and which components the minors rule excludes."""
+    tags and ratings merged across clusters and which components the minors rule excludes.
+
+    ``kept``: a folder where the last outputs are kept. A shard is judged again only when
+    something its verdicts depend on changed: its ingest and audit rows, its items' cluster
+    columns, scores and merged lists, the minors verdicts reaching its components, the settings
+    (params, dictionaries, annotations, overrides, takedown list) or the code; else its kept and
+    rejected rows are copied from the last run (:class:`manifest.ShardedWriter`)."""
     judge = _Judge.prepare(paths, audit_params, policy_params, tag_dictionaries, annotation_files, overrides_file, takedown)
-    with manifest.ShardedWriter(out, schemas.FILTERED) as kept, manifest.ShardedWriter(rejected_out, schemas.REJECTED) as rejected:
-        for shard, df, verdicts in judge.batches(paths):
+    keys: dict[str, str] = {}
+    if kept is not None:
+        spec = _settings_spec(audit_params, policy_params, tag_dictionaries, annotation_files, overrides_file, takedown)
+        keys = judge.shard_keys(paths, spec)
+    kept = Path(kept) if kept is not None else None
+    order = manifest.shard_groups(paths["audit"])
+    with manifest.ShardedWriter(out, schemas.FILTERED, kept=kept and kept / "filtered.parquet", order=order) as kept_rows, \
+            manifest.ShardedWriter(rejected_out, schemas.REJECTED, kept=kept and kept / "filter-rejected.parquet", order=order) as rejected:
+        reused = {s for s, key in keys.items() if kept_rows.reusable(s, key) and rejected.reusable(s, key)}
+        for s in reused:
+            kept_rows.reuse(s, keys[s])
+            rejected.reuse(s, keys[s])
+        for shard, df, verdicts in judge.batches(paths, reused):
             _minors_follow_pairs(df, verdicts, judge.sources)
-            _write_batch(shard, df, verdicts, kept, rejected)
+            _write_batch(shard, df, verdicts, kept_rows, rejected, manifest.keys_for(shard, keys))
 
 
-def _write_batch(shard: np.ndarray, df: pd.DataFrame, verdicts: dict, kept, rejected) -> None:
+def _settings_spec(audit_params, policy_params, tag_dictionaries, annotation_files, overrides_file, takedown) -> list:
+    """What every verdict depends on beyond its item's rows: settings, the files they name, the code."""
+    files = [*(tag_dictionaries or []), *(annotation_files or []), *([overrides_file] if overrides_file else [])]
+    digests = [hashlib.sha256(Path(f).read_bytes()).hexdigest() if Path(f).is_file() else f"missing:{f}" for f in files]
+    return ["filter", audit_params, policy_params, digests, sorted(takedown or []), provenance.code_digest()]
+
+
+def _write_batch(shard: np.ndarray, df: pd.DataFrame, verdicts: dict, kept, rejected, keys: dict[str, str]) -> None:
     """A batch's kept and rejected rows, each under its shard (``shard``: per row of ``df``)."""
     rows = sorted(verdicts)
-    if rows:
-        rejected.write(shard[rows], _rejected_rows(df, verdicts))
+    rejected.write(shard[rows], _rejected_rows(df, verdicts) if rows else manifest.empty(schemas.REJECTED), keys=keys)
     mask = np.zeros(len(df), dtype=bool)
     mask[rows] = True
     kept_rows = np.flatnonzero(~mask)
-    kept.write(shard[kept_rows], manifest.take_rows(df, kept_rows, list(schemas.FILTERED.columns)))
+    kept.write(shard[kept_rows], manifest.take_rows(df, kept_rows, list(schemas.FILTERED.columns)), keys=keys)
 
 
 class _Judge:
@@ -175,14 +201,16 @@ class _Judge:
         return cls(
             dictionary=dictionary, thresholds=thresholds, actions=actions, takedown=takedown, policy=policy, edits=edits,
             notes=annotations.load(annotation_files), groups=groups, group_rows=pd.Index(groups["item_id"]),
-            scores=_score_lookup(scores), merged=merged, sources=_minors_sources(shared, merged, policy, edits, dictionary, takedown),
+            scores=_score_lookup(scores), score_rows=scores, merged=merged, sources=_minors_sources(shared, merged, policy, edits, dictionary, takedown),
         )
 
-    def batches(self, paths: dict):
-        """``(each row's shard, frame, verdicts)`` for each batch of shards of the audit manifest, judged."""
+    def batches(self, paths: dict, skip: set[str] = frozenset()):
+        """``(each row's shard, frame, verdicts)`` for each batch of shards of the audit manifest, judged;
+        the shards in ``skip`` (reused) are not read."""
         ingest = _IngestRows(paths)
-        judged = 0
-        for shard, audit_rows in manifest.read_batches(paths["audit"], schemas.AUDIT, manifest.BATCH_ROWS, columns=_AUDIT_COLUMNS):
+        judged = sum(ingest.count(name) for name in skip)
+        for shard, audit_rows in manifest.read_batches(paths["audit"], schemas.AUDIT, manifest.BATCH_ROWS, columns=_AUDIT_COLUMNS,
+                                                       skip=skip):
             items, shard = ingest.rows(shard, audit_rows["item_id"])
             if not len(items):
                 continue
@@ -205,6 +233,46 @@ class _Judge:
         df = _with_merged(df, self.merged)
         df["tags"] = _with_tag_edits(df, self.edits, self.dictionary)
         return df
+
+    def shard_keys(self, paths: dict, spec: list) -> dict[str, str]:
+        """shard -> the key of its verdicts: its audit rows' bytes, its ingest file's, what crosses
+        shards for its items (cluster columns, NSFW score, merged lists and rating, the minors
+        verdict reaching its component) and ``spec``. Empty (nothing reused) for an audit manifest
+        not written by shard or without the shards' ingest files."""
+        files = {Path(f).stem: Path(f) for f in paths.get("ingest_shards") or []}
+        names = manifest.shard_groups(paths["audit"])
+        if not files or not names:
+            return {}
+        audit_keys = manifest.group_keys(paths["audit"], *spec)
+        meta = pq.read_metadata(paths["audit"])
+        bounds = np.concatenate([[0], np.cumsum([meta.row_group(k).num_rows for k in range(meta.num_row_groups)])]).tolist()
+        ids = pq.read_table(paths["audit"], columns=["item_id"]).column(0).combine_chunks()
+        rows = pc.index_in(ids, value_set=pa.array(self.groups["item_id"], type=pa.string()))
+        if rows.null_count:  # the batches name the items without a group row
+            return {}
+        columns = [pa.array(self.groups[c]).take(rows) for c in schemas.CLUSTER_COLUMNS]
+        columns.append(self.score_column(ids))
+        columns.append(_merged_hashes(self.merged, ids))
+        if self.sources:  # the minors verdict reaching each item's component, as text
+            components = columns[list(schemas.CLUSTER_COLUMNS).index("component_key")]
+            at = np.flatnonzero(pc.is_in(components, value_set=pa.array(list(self.sources), type=pa.string())).to_numpy(zero_copy_only=False))
+            text = np.full(len(ids), None, dtype=object)
+            text[at] = [json.dumps(self.sources[c], default=str) for c in components.take(pa.array(at)).to_pylist()]
+            columns.append(pa.array(text, type=pa.string()))
+        sides = row_digests.range_digests(columns, bounds)
+        keys = {}
+        for name, side in zip(names, sides):
+            if name in files and name in audit_keys:
+                keys[name] = manifest.key_of(audit_keys[name], hashlib.sha256(files[name].read_bytes()).hexdigest(), side)
+        return keys
+
+    def score_column(self, ids: pa.Array) -> pa.Array:
+        """Each item's NSFW score (null without one), in the order of ``ids``."""
+        if self.score_rows is None or not len(self.score_rows):
+            return pa.nulls(len(ids), type=pa.float64())
+        rows = self.score_rows.drop_duplicates("item_id", keep="last")
+        at = pc.index_in(ids, value_set=pa.array(rows["item_id"], type=pa.string()))
+        return pa.array(rows["nsfw_score"].to_numpy(dtype=np.float64)).take(at)
 
     def _group_rows(self, ids: pd.Series, missing: str) -> pd.DataFrame:
         rows = self.group_rows.get_indexer(ids)
@@ -329,12 +397,30 @@ class _IngestRows:
         keep = at >= 0
         return self.whole.iloc[at[keep]].reset_index(drop=True), shard[keep]
 
+    def count(self, shard: str) -> int:
+        """A shard's ingest rows (from its file's metadata)."""
+        return pq.read_metadata(self.files[shard]).num_rows
+
     def check_all_judged(self, judged: int) -> None:
         """Every ingest item was in a shard of the audit manifest (a shard missing there would
         otherwise drop its items unseen)."""
         total = pq.read_metadata(self.path).num_rows
         if judged != total:
             raise ValueError(f"{self.path}: {total - judged} ingest item(s) in no shard of the audit manifest (stale?)")
+
+
+def _merged_hashes(merged: pd.DataFrame, ids: pa.Array) -> pa.Array:
+    """For each of ``ids``, a hash of its merged tags, artists and rating (null outside ``merged``)."""
+    if not len(merged):
+        return pa.nulls(len(ids), type=pa.uint64())
+    joined = pd.DataFrame({
+        "item_id": merged["item_id"].astype(str),
+        **{c: pd.Series(pc.binary_join(list_array(merged[c]), "\x1f").to_numpy(zero_copy_only=False), dtype=object) for c in LISTS},
+        **{f"{c}_n": pc.list_value_length(list_array(merged[c])).to_numpy(zero_copy_only=False) for c in LISTS},
+        "rating": merged["rating"].astype(str),
+    })
+    hashes = pa.array(pd.util.hash_pandas_object(joined, index=False).to_numpy())
+    return hashes.take(pc.index_in(ids, value_set=pa.array(merged["item_id"], type=pa.string())))
 
 
 def _checked(items: pd.DataFrame, files: list[Path]) -> pd.DataFrame:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import atomic, manifest, schemas
+from .. import atomic, manifest, provenance, schemas
 
 _HISTORY_COLUMNS = ["item_id", "split", "component_key"]
 # carried through untouched: held as Arrow, never as Python objects
@@ -63,21 +63,24 @@ def check_fractions(fractions: dict) -> dict[str, float]:
     return out
 
 
-def run(captioned_path: str | Path, out: str | Path, moves_out: str | Path, history_path: str | Path, seed: int, fractions: dict) -> pd.DataFrame:
+def run(captioned_path: str | Path, out: str | Path, moves_out: str | Path, history_path: str | Path, seed: int, fractions: dict,
+        kept: str | Path | None = None) -> pd.DataFrame:
     """The split manifest is written a batch of shards (row groups of the captioned manifest) at a time, and
     so validated, first: the captioned one is read unchecked, and the moves and history are only
     written from rows that passed. Only the history columns of the rows cross shards; they are
-    returned (item id, split, component key, in the file's order)."""
+    returned (item id, split, component key, in the file's order). ``kept``: a folder where the
+    last split is kept; a shard whose captioned rows, seed and fractions are those it was made from is copied
+    from it (:class:`manifest.ShardedWriter`)."""
     fractions = check_fractions(fractions)
-    batches = manifest.read_batches(captioned_path, schemas.CAPTIONED, manifest.BATCH_ROWS, columns=list(schemas.CAPTIONED.columns),
-                                    arrow_lists=_LIST_COLUMNS, validated=False)
-    history = [manifest.empty(schemas.SPLIT)[_HISTORY_COLUMNS]]
-    with manifest.ShardedWriter(out, schemas.SPLIT) as writer:
+    keys = manifest.group_keys(captioned_path, "split", seed, fractions, provenance.code_digest()) if kept else {}
+    with manifest.ShardedWriter(out, schemas.SPLIT, kept=kept and Path(kept) / "split.parquet", order=list(keys)) as writer:
+        batches = manifest.read_batches(captioned_path, schemas.CAPTIONED, manifest.BATCH_ROWS, columns=list(schemas.CAPTIONED.columns),
+                                        arrow_lists=_LIST_COLUMNS, validated=False, skip=writer.reuse_all(keys))
         for shard, items in batches:
             items["split"] = assign_many(items["component_key"], seed, fractions)
-            history.append(writer.write(shard, items)[_HISTORY_COLUMNS])
+            writer.write(shard, items, keys=manifest.keys_for(shard, keys))
             del items
-    history = pd.concat(history, ignore_index=True)
+    history = manifest.read_columns(out, _HISTORY_COLUMNS)
     manifest.write(_moves(history, Path(history_path)), moves_out, schemas.MOVES)
     with atomic.atomic_file(history_path) as tmp:
         history.to_parquet(tmp, index=False)

@@ -1,0 +1,330 @@
+"""Shards reused from a stage's last output: keyed by what their rows depend on, copied as bytes,
+and the files come out as a run from scratch writes them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import stage_helpers as H
+from test_filter import _by_shard, _tricky_manifests
+from trainset import manifest, parquet_splice, row_digests, schemas
+from trainset.stages import dedup, split
+from trainset.stages import filter as filter_stage
+
+SHARDS = ["00000", "00001", "00002"]
+
+
+def _rows(shard: str, n: int = 4, tag: str = "smile") -> pd.DataFrame:
+    rows = [H.item_row(f"src:{shard}_{k}.png", tags=[tag, f"t{k}"]) for k in range(n)]
+    return H.frame(rows, schemas.INGEST)
+
+
+def _write(path, kept, frames: dict[str, pd.DataFrame], keys: dict[str, str], order=None) -> manifest.ShardedWriter:
+    """Shards reused where their key matches the kept file, the others written; returns the writer."""
+    with manifest.ShardedWriter(path, schemas.INGEST, kept=kept, order=order or list(frames)) as writer:
+        reused = writer.reuse_all(keys)
+        for shard, df in frames.items():
+            if shard not in reused:
+                writer.write(shard, df, keys={shard: keys[shard]})
+    return writer
+
+
+# --------------------------------------------------------------------------- the writer
+
+
+def test_reused_shards_are_copied_and_the_file_equals_a_fresh_write(tmp_path):
+    kept = tmp_path / "kept" / "ingest.parquet"
+    frames = {s: _rows(s) for s in SHARDS}
+    first = _write(tmp_path / "a.parquet", kept, frames, {s: f"k{s}" for s in SHARDS})
+    assert first.reused == 0 and kept.exists()
+    assert kept.stat().st_ino == (tmp_path / "a.parquet").stat().st_ino  # a hard link, not a copy
+
+    frames["00001"] = _rows("00001", tag="tree")
+    keys = {"00000": "k00000", "00001": "changed", "00002": "k00002"}
+    second = _write(tmp_path / "b.parquet", kept, frames, keys)
+    assert second.reused == 2
+    fresh = tmp_path / "fresh.parquet"
+    with manifest.ShardedWriter(fresh, schemas.INGEST) as writer:
+        for shard, df in frames.items():
+            writer.write(shard, df)
+    assert manifest.shard_groups(tmp_path / "b.parquet") == SHARDS
+    assert pq.read_table(tmp_path / "b.parquet").equals(pq.read_table(fresh))
+    assert parquet_splice.group_digests(tmp_path / "b.parquet") == parquet_splice.group_digests(fresh)
+    got = json.loads(pq.read_metadata(tmp_path / "b.parquet").metadata[manifest.KEYS_KEY])
+    assert got["groups"] == [keys[s] for s in SHARDS]
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_a_shard_written_after_reused_ones_lands_in_place_and_errors_name_its_row(tmp_path):
+    kept = tmp_path / "kept.parquet"
+    frames = {s: _rows(s) for s in SHARDS}
+    _write(tmp_path / "a.parquet", kept, frames, {s: s for s in SHARDS})
+    bad = _rows("00002")
+    bad.loc[2, "sha256"] = "not a digest"
+    frames["00002"] = bad
+    with pytest.raises(manifest.ManifestError, match=r"row 10\b.*src:00002_2\.png"):
+        _write(tmp_path / "b.parquet", kept, frames, {"00000": "00000", "00001": "00001", "00002": "new"})
+    assert not (tmp_path / "b.parquet").exists()
+
+
+def test_a_duplicate_id_between_a_reused_and_a_written_shard_is_named(tmp_path):
+    kept = tmp_path / "kept.parquet"
+    frames = {s: _rows(s) for s in SHARDS}
+    _write(tmp_path / "a.parquet", kept, frames, {s: s for s in SHARDS})
+    frames["00002"] = pd.concat([_rows("00002"), _rows("00000").iloc[[1]]], ignore_index=True)
+    with pytest.raises(manifest.ManifestError, match=r"item_id.*must be unique.*src:00000_1\.png"):
+        _write(tmp_path / "b.parquet", kept, frames, {"00000": "00000", "00001": "00001", "00002": "new"})
+
+
+def test_a_torn_or_keyless_kept_file_reuses_nothing(tmp_path):
+    kept = tmp_path / "kept.parquet"
+    frames = {s: _rows(s) for s in SHARDS}
+    keys = {s: s for s in SHARDS}
+    _write(tmp_path / "a.parquet", kept, frames, keys)
+    kept.unlink()
+    kept.write_bytes((tmp_path / "a.parquet").read_bytes()[:-100])  # torn
+    assert _write(tmp_path / "b.parquet", kept, frames, keys).reused == 0
+    with manifest.ShardedWriter(kept, schemas.INGEST) as writer:  # written without keys
+        writer.write("00000", frames["00000"])
+    assert _write(tmp_path / "c.parquet", kept, frames, keys).reused == 0
+    assert pq.read_table(tmp_path / "c.parquet").equals(pq.read_table(tmp_path / "a.parquet"))
+
+
+def test_a_shard_that_came_out_empty_is_reused_as_empty(tmp_path):
+    kept = tmp_path / "kept.parquet"
+    frames = {"00000": _rows("00000"), "00001": _rows("00001").iloc[:0], "00002": _rows("00002")}
+    keys = {s: s for s in SHARDS}
+    _write(tmp_path / "a.parquet", kept, frames, keys)
+    assert manifest.shard_groups(tmp_path / "a.parquet") == ["00000", "00002"]
+    writer = _write(tmp_path / "b.parquet", kept, frames, keys)
+    assert writer.reused == 2 and set(writer._empty) == {"00001"}
+    assert pq.read_table(tmp_path / "b.parquet").equals(pq.read_table(tmp_path / "a.parquet"))
+
+
+def test_read_batches_skips_reused_shards_and_checks_the_rest_where_they_lie(tmp_path):
+    path = tmp_path / "m.parquet"
+    with manifest.ShardedWriter(path, schemas.INGEST) as writer:
+        for s in ["00000", "00001", "00002", "00003"]:
+            writer.write(s, _rows(s))
+    got = list(manifest.read_batches(path, schemas.INGEST, 100, skip={"00001"}))
+    assert len(got) == 1
+    shard, df = got[0]
+    assert sorted(set(shard)) == ["00000", "00002", "00003"] and len(df) == 12
+    assert df["item_id"].str.startswith("src:00001").sum() == 0
+
+
+# --------------------------------------------------------------------------- digests
+
+
+def test_group_digests_are_the_parts_digests_after_a_gather(tmp_path):
+    from trainset import shards
+
+    parts = []
+    for s in SHARDS:
+        parts.append(tmp_path / f"{s}.parquet")
+        manifest.write(_rows(s), parts[-1], schemas.INGEST)
+    shards.gather(parts, tmp_path / "all.parquet", schemas.INGEST)
+    assert parquet_splice.group_digests(tmp_path / "all.parquet") == [parquet_splice.group_digests(p)[0] for p in parts]
+    assert len(set(parquet_splice.group_digests(tmp_path / "all.parquet"))) == 3
+
+
+@pytest.mark.parametrize("column", [
+    pa.array(["a", "bc", None, "", "d", "ef"]),
+    pa.array([["x"], [], None, ["y", "z"], [""], ["w"]], type=pa.list_(pa.string())),
+    pa.array([1.5, np.nan, None, 0.0, -0.0, 2.0]),
+    pa.array([1, 2, 3, None, 5, 6], type=pa.int64()),
+    pa.array([True, False, None, True, False, False]),
+])
+def test_range_digests_see_every_change_and_only_in_its_range(column):
+    bounds = [0, 2, 4, 6]
+    before = row_digests.range_digests([column], bounds)
+    assert len(set(before)) == 3
+    assert row_digests.range_digests([column.slice(0, 6)], bounds) == before
+    values = column.to_pylist()
+    for k in range(6):  # each value changed in turn (to a neighbour's, or set missing)
+        changed = list(values)
+        changed[k] = values[(k + 1) % 6] if values[(k + 1) % 6] != values[k] else None
+        if changed[k] == values[k]:
+            continue
+        after = row_digests.range_digests([pa.array(changed, type=column.type)], bounds)
+        hit = k // 2
+        assert after[hit] != before[hit], (k, changed)
+        assert [a for i, a in enumerate(after) if i != hit] == [b for i, b in enumerate(before) if i != hit]
+
+
+def test_range_digests_tell_a_split_string_from_a_joined_one():
+    a = row_digests.range_digests([pa.array(["ab", "c"])], [0, 2])
+    b = row_digests.range_digests([pa.array(["a", "bc"])], [0, 2])
+    assert a != b
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def _spy_batches(monkeypatch) -> set:
+    """The shards the stages read from their input manifest, by name."""
+    seen: set = set()
+    real = manifest.read_batches
+
+    def spy(*args, **kwargs):
+        for shard, df in real(*args, **kwargs):
+            seen.update(shard.tolist())
+            yield shard, df
+    monkeypatch.setattr(manifest, "read_batches", spy)
+    return seen
+
+
+def _captioned(tmp_path, name: str, tag: str = "smile") -> tuple:
+    path = tmp_path / f"{name}.parquet"
+    frames = {}
+    with manifest.ShardedWriter(path, schemas.CAPTIONED) as writer:
+        for s in SHARDS:
+            rows = [H.item_row(f"src:{s}_{k}.png", tags=[tag if s == "00001" else "smile"], caption=f"c {s} {k}") for k in range(5)]
+            frames[s] = H.frame(rows, schemas.CAPTIONED)
+            writer.write(s, frames[s])
+    return path, frames
+
+
+def test_split_reads_only_the_shards_whose_captioned_rows_changed(tmp_path, monkeypatch):
+    kept = tmp_path / "kept"
+    first, _ = _captioned(tmp_path, "c1")
+    split.run(first, tmp_path / "s1.parquet", tmp_path / "m1.parquet", tmp_path / "history.parquet", 1, {"train": 0.8, "val": 0.1, "test": 0.1}, kept=kept)
+    second, _ = _captioned(tmp_path, "c2", tag="tree")
+    seen = _spy_batches(monkeypatch)
+    split.run(second, tmp_path / "s2.parquet", tmp_path / "m2.parquet", tmp_path / "history.parquet", 1, {"train": 0.8, "val": 0.1, "test": 0.1}, kept=kept)
+    assert seen == {"00001"}
+    split.run(second, tmp_path / "ref.parquet", tmp_path / "mref.parquet", tmp_path / "h2.parquet", 1, {"train": 0.8, "val": 0.1, "test": 0.1})
+    assert pq.read_table(tmp_path / "s2.parquet").equals(pq.read_table(tmp_path / "ref.parquet"))
+    seen.clear()  # another seed: every shard again
+    split.run(second, tmp_path / "s3.parquet", tmp_path / "m3.parquet", tmp_path / "history.parquet", 2, {"train": 0.8, "val": 0.1, "test": 0.1}, kept=kept)
+    assert seen == set(SHARDS)
+
+
+def test_dedup_reads_only_the_shards_whose_rows_or_keepers_changed(tmp_path, monkeypatch):
+    kept = tmp_path / "kept"
+    filtered = tmp_path / "filtered.parquet"
+    shas = {s: [H.fake_sha(f"{s}{k}") for k in range(4)] for s in SHARDS}
+    frames = {s: H.frame([H.item_row(f"src:{s}_{k}.png", shas[s][k], cluster_key=shas[s][k], cluster_id=shas[s][k][:16],
+                                     component_key=shas[s][k]) for k in range(4)], schemas.FILTERED) for s in SHARDS}
+    with manifest.ShardedWriter(filtered, schemas.FILTERED) as writer:
+        for s in SHARDS:
+            writer.write(s, frames[s])
+    pairs = tmp_path / "pairs.parquet"
+    refs = tmp_path / "refs.parquet"
+    manifest.write(manifest.empty(schemas.REFERENCE_PAIRS), refs, schemas.REFERENCE_PAIRS)
+
+    def pairs_of(links):
+        rows = [{"a": min(x, y), "b": max(x, y), "distance": 2, "cosine": np.nan, "rule": "phash"} for x, y in links]
+        manifest.write(pd.DataFrame(rows) if rows else manifest.empty(schemas.PAIRS), pairs, schemas.PAIRS, sort_by=["a", "b"])
+
+    def run(name):
+        dedup.run(filtered, pairs, refs, tmp_path / f"{name}.parquet", tmp_path / f"{name}_clusters.parquet",
+                  tmp_path / f"{name}_rejected.parquet", {"max_distance": 6}, kept=kept)
+
+    pairs_of([(shas["00000"][0], shas["00000"][1])])
+    run("d1")
+    seen = _spy_batches(monkeypatch)
+    pairs_of([(shas["00000"][0], shas["00000"][1]), (shas["00002"][1], shas["00002"][3])])  # a new pair in shard 00002
+    run("d2")
+    assert seen == {"00002"}
+    deduped = manifest.read(tmp_path / "d2.parquet", schemas.DEDUPED)
+    assert len(deduped) == 10 and manifest.shard_groups(tmp_path / "d2.parquet") == SHARDS
+    monkeypatch.undo()
+    dedup.run(filtered, pairs, refs, tmp_path / "ref.parquet", tmp_path / "ref_clusters.parquet", tmp_path / "ref_rejected.parquet",
+              {"max_distance": 6})
+    assert pq.read_table(tmp_path / "d2.parquet").equals(pq.read_table(tmp_path / "ref.parquet"))
+
+
+def _judged(monkeypatch) -> set:
+    """The item ids the filter judges."""
+    seen: set = set()
+    real = filter_stage._judge
+
+    def spy(df, *args, **kwargs):
+        seen.update(df["item_id"])
+        return real(df, *args, **kwargs)
+    monkeypatch.setattr(filter_stage, "_judge", spy)
+    return seen
+
+
+def _filtered_once(tmp_path) -> tuple[dict, dict, dict, dict[str, set]]:
+    """The tricky manifests by shard, filtered once with a kept folder: (whole paths, sharded
+    paths, the filter's arguments, each shard's item ids)."""
+    paths, takedown, overrides_file, notes = _tricky_manifests(tmp_path)
+    args = dict(audit_params={"min_side": 256}, policy_params={}, annotation_files=[str(notes)],
+                overrides_file=str(overrides_file), takedown=takedown, kept=tmp_path / "kept")
+    sharded = _by_shard(paths, tmp_path / "sharded")
+    items = {p.stem: set(manifest.read(p, schemas.INGEST)["item_id"]) for p in sharded["ingest_shards"]}
+    filter_stage.run(sharded, tmp_path / "k1.parquet", tmp_path / "r1.parquet", **args)
+    return paths, sharded, args, items
+
+
+def test_filter_judges_again_only_the_shards_whose_inputs_changed(tmp_path, monkeypatch):
+    paths, sharded, args, items = _filtered_once(tmp_path)
+    judged = _judged(monkeypatch)
+    filter_stage.run(sharded, tmp_path / "k2.parquet", tmp_path / "r2.parquet", **args)
+    assert judged == set()  # nothing changed: every shard copied
+    for name in ("k", "r"):
+        assert pq.read_table(tmp_path / f"{name}2.parquet").equals(pq.read_table(tmp_path / f"{name}1.parquet"))
+
+    # one item's NSFW score changes: its shard alone is judged again
+    scores = manifest.read(paths["nsfw"], schemas.NSFW_SCORES)
+    target = scores["item_id"].iloc[0]
+    scores.loc[0, "nsfw_score"] = 0.99 if scores.loc[0, "nsfw_score"] < 0.5 else 0.01
+    manifest.write(scores, paths["nsfw"], schemas.NSFW_SCORES)
+    shard = next(s for s, ids in items.items() if target in ids)
+    filter_stage.run(sharded, tmp_path / "k3.parquet", tmp_path / "r3.parquet", **args)
+    assert judged == items[shard]
+    monkeypatch.undo()
+    no_kept = {**args, "kept": None}
+    filter_stage.run(sharded, tmp_path / "ref_k.parquet", tmp_path / "ref_r.parquet", **no_kept)
+    for name in ("k", "r"):
+        assert pq.read_table(tmp_path / f"{name}3.parquet").equals(pq.read_table(tmp_path / f"ref_{name}.parquet"))
+
+
+def test_filter_judges_a_shard_again_when_a_copy_in_another_shard_changes_its_merged_tags(tmp_path, monkeypatch):
+    """Tags merge across a cluster: new tags on one member reach the shard of another."""
+    paths, sharded, args, items = _filtered_once(tmp_path)
+    groups = manifest.read(paths["groups"], schemas.GROUPS)
+    shard_of = {i: s for s, ids in items.items() for i in ids}
+    groups["shard"] = groups["item_id"].map(shard_of)
+    spans = groups.groupby("cluster_key")["shard"].nunique()
+    cluster = spans[spans > 1].index[0]
+    members = groups[groups["cluster_key"] == cluster]
+    changed, other = members.iloc[0], members[members["shard"] != members.iloc[0]["shard"]].iloc[0]
+    # the member's tags change in its shard's ingest file and in the whole ingest
+    for path in (paths["ingest"], tmp_path / "sharded" / "ingest" / f"{changed['shard']}.parquet"):
+        ingest = manifest.read(path, schemas.INGEST)
+        at = ingest.index[ingest["item_id"] == changed["item_id"]]
+        ingest.loc[at, "tags"] = pd.Series([["brand_new_tag"]] * len(at), index=at, dtype=object)
+        manifest.write(ingest, path, schemas.INGEST, sort_by=None)
+    judged = _judged(monkeypatch)
+    filter_stage.run(sharded, tmp_path / "k2.parquet", tmp_path / "r2.parquet", **args)
+    assert items[changed["shard"]] | items[other["shard"]] <= judged
+    kept = manifest.read(tmp_path / "k2.parquet", schemas.FILTERED)
+    merged = kept[kept["cluster_key"] == cluster]
+    assert len(merged) and all("brand_new_tag" in list(tags) for tags in merged["tags"])
+    monkeypatch.undo()
+    filter_stage.run(sharded, tmp_path / "ref_k.parquet", tmp_path / "ref_r.parquet", **{**args, "kept": None})
+    for name in ("k", "r"):
+        assert pq.read_table(tmp_path / f"{name}2.parquet").equals(pq.read_table(tmp_path / f"ref_{name}.parquet"))
+
+
+def test_filter_judges_everything_again_when_a_setting_changes(tmp_path, monkeypatch):
+    paths, sharded, args, items = _filtered_once(tmp_path)
+    everything = set().union(*items.values())
+    judged = _judged(monkeypatch)
+    args["policy_params"] = {"untagged": "quarantine"}
+    filter_stage.run(sharded, tmp_path / "k2.parquet", tmp_path / "r2.parquet", **args)
+    assert judged == everything
+    judged.clear()
+    H.write_csv(Path(args["overrides_file"]), ["sha256", "action", "add_tags", "remove_tags", "caption", "note"], [])  # its bytes
+    filter_stage.run(sharded, tmp_path / "k3.parquet", tmp_path / "r3.parquet", **args)
+    assert judged == everything
