@@ -108,6 +108,27 @@ def test_a_shard_that_came_out_empty_is_reused_as_empty(tmp_path):
     assert pq.read_table(tmp_path / "b.parquet").equals(pq.read_table(tmp_path / "a.parquet"))
 
 
+def test_a_shard_dealt_off_a_manifest_does_not_carry_the_manifests_keys(tmp_path):
+    """A dealt part depends on its own rows alone, keys or not (caption jobs rerun on its digest)."""
+    from trainset import shards
+
+    frames = {s: _rows(s) for s in SHARDS}
+    _write(tmp_path / "keyed.parquet", tmp_path / "kept.parquet", frames, {s: f"key {s}" for s in SHARDS})
+    with manifest.ShardedWriter(tmp_path / "plain.parquet", schemas.INGEST) as writer:
+        for shard, df in frames.items():
+            writer.write(shard, df)
+    parts = []
+    for name in ("keyed", "plain"):
+        groups = shards.ShardGroups(tmp_path / f"{name}.parquet", {k: k for k in range(3)})
+        try:
+            schema = manifest.settled_schema(groups.schema)
+            parts.append([bytes(groups.part(k, schema)) for k in range(3)] + [bytes(shards._part_bytes(groups.rows(0), schema))])
+        finally:
+            groups.close()
+    assert parts[0] == parts[1]
+    assert manifest.KEYS_KEY not in (pq.read_metadata(pa.BufferReader(parts[0][0])).metadata or {})
+
+
 def test_read_batches_skips_reused_shards_and_checks_the_rest_where_they_lie(tmp_path):
     path = tmp_path / "m.parquet"
     with manifest.ShardedWriter(path, schemas.INGEST) as writer:

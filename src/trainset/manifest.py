@@ -169,6 +169,8 @@ SHARDS_KEY = b"trainset.shards"
 
 KEYS_KEY = b"trainset.shard_keys"
 """Parquet metadata key of a manifest written by shard with reuse: the key each row group was made from."""
+WHOLE_FILE_KEYS = (SHARDS_KEY, KEYS_KEY)
+"""Metadata about a manifest's shards together: never carried into one shard's own file."""
 
 
 class Kept:
@@ -473,7 +475,7 @@ def settled_schema(schema: pyarrow.Schema) -> pyarrow.Schema:
         elif pyarrow.types.is_list(field.type):  # as pandas writes them (a list read back names its values "element")
             field = field.with_type(pyarrow.list_(field.type.value_type))
         fields.append(field)
-    metadata = {k: v for k, v in (schema.metadata or {}).items() if k != SHARDS_KEY}
+    metadata = {k: v for k, v in (schema.metadata or {}).items() if k not in WHOLE_FILE_KEYS}
     if meta:
         metadata[b"pandas"] = json.dumps(meta).encode()
     return pyarrow.schema(fields, metadata=metadata)

@@ -213,7 +213,7 @@ class ShardGroups:
             try:
                 if self._footer is None:
                     self._footer = parquet_splice.Footer.read(self._file, self.path)
-                kv = {k: v for k, v in self._footer.key_values().items() if k != manifest.SHARDS_KEY}
+                kv = {k: v for k, v in self._footer.key_values().items() if k not in manifest.WHOLE_FILE_KEYS}
                 return parquet_splice.row_group_file(self._file, self._footer, group, kv)
             except parquet_splice.SpliceError:
                 pass
