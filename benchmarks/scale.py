@@ -25,10 +25,11 @@ job does: its wall time is the stage call's, its peak RSS the process's own high
    ``split.run`` and ``rejected.run``.
 3. checks: every raw item is in exactly one of split and rejected; the planted copies, near
    copies, policy hits and undecodable rows were caught.
-4. at the largest N, the incremental step: 1 % new items (new contents), ``shards.split_ingest``
-   with the previous shard map, and what Snakemake would rerun: the audit gather, the pair tiles of
-   the changed and new shards, every caption job (the deal reran: a shard whose kept rows did not
-   change links its kept captions), and every gather after them.
+4. at the largest N, two incremental rounds: 1 % new items (new contents; in the second round none
+   a near copy of an earlier content), ``shards.split_ingest`` with the previous shard map, and what
+   Snakemake would rerun: the audit gather, the pair tiles of the changed and new shards, group,
+   nsfw, filter, dedup and split (each copying the shards whose inputs did not change from its last
+   output), the caption jobs of the shards whose kept rows changed, and every gather after them.
 
 The near-duplicate rule is params.yaml's without the clauses that need embeddings (feature rows
 have none): its distance-only clauses (``max_distance: 6`` as shipped); the other params are
@@ -161,8 +162,9 @@ class Plan:
     def n_contents(self) -> int:
         return len(self.hash)
 
-    def add(self, n: int, size: int) -> np.ndarray:
-        """``n`` new items (new contents, their copies among themselves); returns their item numbers."""
+    def add(self, n: int, size: int, distinct: bool = False) -> np.ndarray:
+        """``n`` new items (new contents, their copies among themselves); returns their item numbers.
+        ``distinct``: their near copies too are of new contents only (no earlier item's cluster grows)."""
         rng = np.random.default_rng([self.seed, self.batches])
         self.batches += 1
         c0, i0 = self.n_contents, self.n_items
@@ -201,6 +203,10 @@ class Plan:
                 continue
             start = (c // size) * size if rng.random() < NEAR_SAME_SHARD else 0
             start = start if start < c else 0
+            if distinct:
+                start = max(start, c0)
+                if start >= c:
+                    continue
             orig = int(rng.integers(start, c))
             if self.undecodable[orig]:
                 continue
@@ -495,6 +501,19 @@ def step_nsfw(repo: Repo, params: dict, opts, save) -> dict:
     return {}
 
 
+def kept_keys(repo: Repo, name: str) -> dict:
+    """shard -> key of a stage's kept output (``data/cache/kept/<name>.parquet``)."""
+    from trainset import manifest
+
+    return {shard: key for shard, (_, key) in manifest.Kept(repo.cache / "kept" / f"{name}.parquet").groups.items()}
+
+
+def reuse_info(repo: Repo, name: str, before: dict) -> dict:
+    """How many of a stage's shards came from its last output (their keys unchanged)."""
+    after = kept_keys(repo, name)
+    return {"reused": sum(before.get(s) == k for s, k in after.items()), "shards": len(after)}
+
+
 def step_filter(repo: Repo, params: dict, opts, save) -> dict:
     from trainset import versions
     from trainset.stages import filter as filter_stage
@@ -506,6 +525,14 @@ def step_filter(repo: Repo, params: dict, opts, save) -> dict:
                      annotation_files=list(params["annotations"]), overrides_file=None,
                      takedown=versions.takedown_set(repo.root), kept=repo.cache / "kept")
     return {}
+
+
+def _with_reuse(name: str, step):
+    """``step`` reporting how many shards its stage reused (``name``: its kept file)."""
+    def run(repo: Repo, params: dict, opts, save) -> dict:
+        before = kept_keys(repo, name)
+        return {**(step(repo, params, opts, save) or {}), **reuse_info(repo, name, before)}
+    return run
 
 
 def step_dedup(repo: Repo, params: dict, opts, save) -> dict:
@@ -559,10 +586,10 @@ def step_rejected(repo: Repo, params: dict, opts, save) -> dict:
     return {}
 
 
-def step_grow(repo: Repo, params: dict, opts, save) -> dict:
+def step_grow(repo: Repo, params: dict, opts, save, distinct: bool = False) -> dict:
     """1 % new items (new contents) added to the ingest manifest, as a rescan of the sources would;
     which shards they land in by ``shards.assign`` with the previous map, noted for the check after
-    the shard checkpoint."""
+    the shard checkpoint. ``distinct``: no near copy of an earlier content among them."""
     import pandas as pd
 
     from trainset import manifest, schemas, shards
@@ -570,7 +597,7 @@ def step_grow(repo: Repo, params: dict, opts, save) -> dict:
     plan = Plan.load(repo.plan)
     shutil.copy(repo.index, repo.bench / "index-before.json")
     previous = shards.read_map(repo.map, opts.shard_size)
-    new_items = plan.add(max(1, int(round(NEW_SHARE * plan.n_items))), opts.shard_size)
+    new_items = plan.add(max(1, int(round(NEW_SHARE * plan.n_items))), opts.shard_size, distinct=distinct)
     new_rows = plan.ingest_rows(new_items)
     old = pd.read_parquet(repo.ingest)
     manifest.write(pd.concat([old, new_rows], ignore_index=True), repo.ingest, schemas.INGEST)
@@ -614,8 +641,9 @@ def step_noop(repo, params, opts, save) -> dict:
 
 STEP_FUNCTIONS = {
     "generate": step_generate, "shard": step_shard, "audit gather": step_audit_gather, "pair tiles": step_pair_tiles,
-    "group": step_group, "nsfw": step_nsfw, "filter": step_filter, "dedup": step_dedup, "caption": step_caption,
-    "split": step_split, "rejected": step_rejected, "grow": step_grow, "grow audit": step_grow_audit, "check": step_check,
+    "group": step_group, "nsfw": step_nsfw, "filter": _with_reuse("filtered", step_filter), "dedup": _with_reuse("deduped", step_dedup),
+    "caption": step_caption, "split": _with_reuse("split", step_split), "rejected": step_rejected, "grow": step_grow, "grow audit": step_grow_audit, "check": step_check,
+    "grow distinct": lambda repo, params, opts, save: step_grow(repo, params, opts, save, distinct=True),
     "noop": step_noop,
 }
 
@@ -770,34 +798,41 @@ def build(n: int, args, incremental: bool) -> dict:
         got = run_step("check", repo, args)
         result["check"], result["disk_bytes"] = got["info"], got["info"]["disk_bytes"]
         if incremental:
-            print(f"== N = {n:,}: incremental", file=sys.stderr, flush=True)
-            inc: dict = {"steps": {}}
-            result["incremental"] = inc
-            grow = run_step("grow", repo, args)
-            inc["new_items"], inc["synthetic_s"] = grow["info"]["new_items"], grow["s"]
-            got = run_step("shard", repo, args)
-            inc["steps"]["shard"] = {"s": got["s"], "rss": got["rss"]}
-            audit = run_step("grow audit", repo, args)
-            inc["synthetic_s"] += audit["s"]
-            inc.update(changed=audit["info"]["changed"], new_shards=audit["info"]["new_shards"])
-            rest = {}
-            try:
-                tiles = pipeline_after_shard(repo, args, rest)
-            finally:
-                inc["steps"].update(rest)
-            inc.update(tiles=tiles["tiles"], tile_s=tiles["tile_s"], changed_shards=tiles.get("changed_shards"))
-            inc["wall"] = sum(v["s"] for v in inc["steps"].values())
-            inc["peak_rss"] = max(v["rss"] for v in inc["steps"].values())
-            inc["ratio"] = inc["wall"] / result["wall"]
-            inc["check"] = run_step("check", repo, args)["info"]
+            for key, grow_step in (("incremental", "grow"), ("distinct", "grow distinct")):
+                print(f"== N = {n:,}: {key}", file=sys.stderr, flush=True)
+                result[key] = incremental_round(repo, args, grow_step, result["wall"])
     except StepFailed as exc:
-        where = result.get("incremental") if "wall" in result else result
+        where = (result.get("distinct") or result.get("incremental")) if "wall" in result else result
         where["failed"] = str(exc)
         if exc.partial.get("tile_s"):
             where["tile_s"], where["tiles_todo"] = exc.partial["tile_s"], exc.partial.get("tiles")
     finally:
         shutil.rmtree(repo, ignore_errors=True)
     return result
+
+
+def incremental_round(repo: Path, args, grow_step: str, full_wall: float) -> dict:
+    """1 % new items added (``grow_step``), then what Snakemake would rerun, timed."""
+    inc: dict = {"steps": {}}
+    grow = run_step(grow_step, repo, args)
+    inc["new_items"], inc["synthetic_s"] = grow["info"]["new_items"], grow["s"]
+    got = run_step("shard", repo, args)
+    inc["steps"]["shard"] = {"s": got["s"], "rss": got["rss"]}
+    audit = run_step("grow audit", repo, args)
+    inc["synthetic_s"] += audit["s"]
+    inc.update(changed=audit["info"]["changed"], new_shards=audit["info"]["new_shards"])
+    rest: dict = {}
+    try:
+        tiles = pipeline_after_shard(repo, args, rest)
+    finally:
+        inc["steps"].update(rest)
+    inc.update(tiles=tiles["tiles"], tile_s=tiles["tile_s"], changed_shards=tiles.get("changed_shards"),
+               reused=tiles.get("reused", {}))
+    inc["wall"] = sum(v["s"] for v in inc["steps"].values())
+    inc["peak_rss"] = max(v["rss"] for v in inc["steps"].values())
+    inc["ratio"] = inc["wall"] / full_wall
+    inc["check"] = run_step("check", repo, args)["info"]
+    return inc
 
 
 def pipeline_after_shard(repo: Path, args, steps: dict) -> dict:
@@ -810,6 +845,8 @@ def pipeline_after_shard(repo: Path, args, steps: dict) -> dict:
             tile_info = got["info"]
         if step == "caption":
             tile_info["changed_shards"] = got["info"]["changed_shards"]
+        if "reused" in got.get("info", {}):
+            tile_info.setdefault("reused", {})[step] = (got["info"]["reused"], got["info"]["shards"])
     return tile_info
 
 
@@ -917,7 +954,8 @@ def report(results: list[dict], argv: list[str], started: float, noop: dict | No
                   "planted near pairs found | minors excluded | NSFW flagged | undecodable rejected | too small rejected | all |",
                   "|---:|---:|---:|:---:|---:|---:|---:|---:|---:|---:|:---:|"]
         rows = [(f"{r['n']:,}", r["check"]) for r in good]
-        rows += [(f"{r['n']:,} + 1 %", r["incremental"]["check"]) for r in good if "check" in r.get("incremental", {})]
+        for key, label in ROUNDS:
+            rows += [(f"{r['n']:,} + 1 %{label}", r[key]["check"]) for r in good if "check" in r.get(key, {})]
         for n, c in rows:
             lines.append(f"| {n} | {c['kept']:,} | {c['rejected']:,} | {'yes' if c['partition'] else '**no**'} | {frac(c['copies'])} "
                          f"| {frac(c['near'])} ({c['pairs']:,} pairs in all) | {frac(c['minors'])} | {frac(c['nsfw'])} "
@@ -926,33 +964,9 @@ def report(results: list[dict], argv: list[str], started: float, noop: dict | No
                   f"{max_distance()} bits of each other (and pairs between two near copies of one original). "
                   "The planted near pairs are also never both kept (else the column says no).", ""]
     for r in good:
-        if "incremental" not in r:
-            continue
-        i = r["incremental"]
-        lines += [f"## Incremental: {NEW_SHARE:.0%} new items on the built N = {r['n']:,} repository", ""]
-        if "ratio" not in i:
-            lines += [f"Not finished: {i.get('failed', 'no result')}.", ""]
-            continue
-        ratio = i["ratio"]
-        lines += [
-            f"{i['new_items']:,} new items (new contents) were added to the ingest manifest; `shards.split_ingest` with the "
-            f"previous shard map put them in shard(s) {', '.join(i['changed'])} (new: {', '.join(i['new_shards']) or 'none'}; "
-            "the same set `shards.assign` gives with the previous map). Rerun, as Snakemake would: the shard checkpoint, the "
-            f"audit gather, the {i['tiles']} pair tiles that compare a changed shard, group, nsfw, filter, dedup, the deal "
-            f"(a checkpoint), the caption jobs of the {i.get('changed_shards', '?')} shard(s) whose kept rows changed (by the "
-            "digests in `deduped-index.json`; items whose caption inputs did not change take their captions from the shard's "
-            "last ones), and every gather. The changed shards' "
-            f"audit jobs (a decode) and the ingest scan are not measured (synthetic rows: {secs(i['synthetic_s'])}).",
-            "",
-            "| step | full build | incremental | share of the full build's wall |",
-            "|---|---:|---:|---:|",
-        ]
-        for step in STEPS:
-            a, b = r["steps"].get(step), i["steps"].get(step)
-            if a and b:
-                lines.append(f"| {step} | {secs(a['s'])} | {secs(b['s'])} | {b['s'] / r['wall']:.1%} |")
-        lines.append(f"| **total** | **{secs(r['wall'])}** | **{secs(i['wall'])}** | **{ratio:.1%}** |")
-        lines.append("")
+        for key, label in ROUNDS:
+            if key in r:
+                lines += incremental_lines(r, key)
     lines += ["## Targets", "", "| target | measured | met |", "|---|---:|:---:|"]
     at = [r for r in results if r["n"] == TARGET_N]
     if at and "wall" in at[0]:
@@ -965,10 +979,11 @@ def report(results: list[dict], argv: list[str], started: float, noop: dict | No
         sizes = ", ".join(f"{r['n']:,}" for r in results)
         lines.append(f"| 1M items | not run (sizes {sizes}) | — |")
     for r in good:
-        ratio = r.get("incremental", {}).get("ratio")
-        if ratio is not None:
-            lines.append(f"| N = {r['n']:,} + 1 %: incremental wall <= {TARGET_INCREMENTAL:.0%} of the full build's | {ratio:.1%} "
-                         f"| {'yes' if ratio <= TARGET_INCREMENTAL else '**no**'} |")
+        for key, label in ROUNDS:
+            ratio = r.get(key, {}).get("ratio")
+            if ratio is not None:
+                lines.append(f"| N = {r['n']:,} + 1 %{label}: incremental wall <= {TARGET_INCREMENTAL:.0%} of the full build's | {ratio:.1%} "
+                             f"| {'yes' if ratio <= TARGET_INCREMENTAL else '**no**'} |")
     lines.append("")
     notes = []
     if noop and good:
@@ -988,6 +1003,44 @@ def report(results: list[dict], argv: list[str], started: float, noop: dict | No
     notes.append(f"Load average (1 min) when each N started: {loads}. Whole run {time.perf_counter() - started:,.0f} s.")
     lines += notes
     return lines
+
+
+ROUNDS = (("incremental", ""), ("distinct", " distinct"))
+"""The incremental rounds at the largest N, in order: 1 % new items as planted (some near copies of
+earlier contents), then 1 % more with no near copy of an earlier content."""
+
+
+def incremental_lines(r: dict, key: str) -> list[str]:
+    """The section of one incremental round (``key``: ``incremental`` or ``distinct``)."""
+    i = r[key]
+    title = ("1% new items" if key == "incremental" else "1% more new items, none a near copy of an earlier content")
+    lines = [f"## Incremental: {title}, on the built N = {r['n']:,} repository", ""]
+    if "ratio" not in i:
+        return lines + [f"Not finished: {i.get('failed', 'no result')}.", ""]
+    what = ("planted as in the full build, so some are near copies of earlier contents: their clusters grow and "
+            "their tags merge, and rows of earlier items change" if key == "incremental" else
+            "none a near copy of an earlier content, as a new folder of new images: no earlier item's row changes")
+    lines += [
+        f"{i['new_items']:,} new items (new contents; {what}) were added to the ingest manifest; `shards.split_ingest` with the "
+        f"previous shard map put them in shard(s) {', '.join(i['changed'])} (new: {', '.join(i['new_shards']) or 'none'}; "
+        "the same set `shards.assign` gives with the previous map). Rerun, as Snakemake would: the shard checkpoint, the "
+        f"audit gather, the {i['tiles']} pair tiles that compare a changed shard, group, nsfw, filter, dedup, the deal "
+        f"(a checkpoint), the caption jobs of the {i.get('changed_shards', '?')} shard(s) whose kept rows changed (by the "
+        "digests in `deduped-index.json`; items whose caption inputs did not change take their captions from the shard's "
+        "last ones), and every gather. Filter, dedup and split copy each shard whose key (what its rows depend on) did not "
+        "change from their last output: "
+        + ", ".join(f"{step} {a} of {b}" for step, (a, b) in (i.get("reused") or {}).items())
+        + f" shards. The changed shards' audit jobs (a decode) and the ingest scan are not measured (synthetic rows: {secs(i['synthetic_s'])}).",
+        "",
+        "| step | full build | incremental | share of the full build's wall |",
+        "|---|---:|---:|---:|",
+    ]
+    for step in STEPS:
+        a, b = r["steps"].get(step), i["steps"].get(step)
+        if a and b:
+            lines.append(f"| {step} | {secs(a['s'])} | {secs(b['s'])} | {b['s'] / r['wall']:.1%} |")
+    lines.append(f"| **total** | **{secs(r['wall'])}** | **{secs(i['wall'])}** | **{i['ratio']:.1%}** |")
+    return lines + [""]
 
 
 def write_section(out: Path, lines: list[str]) -> None:
