@@ -26,6 +26,17 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def link(source: str | Path, target: str | Path) -> None:
+    """``target`` as a hard link to ``source`` (a copy where the filesystem has none), replacing
+    whatever was there in one rename."""
+    with atomic_file(target) as tmp:
+        tmp.unlink()
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+
+
 def write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_file(path) as tmp:
         tmp.write_bytes(data)

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import hashlib
 import json
 import os
-import shutil
 from collections.abc import Collection, Iterator
 from pathlib import Path
 
@@ -203,19 +201,7 @@ class Kept:
 
     def keep(self, written: Path) -> None:
         """``written`` (a manifest just written) kept as the last output."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.link")
-        tmp.unlink(missing_ok=True)
-        try:
-            os.link(written, tmp)
-        except OSError:
-            shutil.copyfile(written, tmp)
-        os.replace(tmp, self.path)
-
-
-def key_of(*parts) -> str:
-    """A shard's key from what its rows depend on (JSON-able values, in order)."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+        atomic.link(written, self.path)
 
 
 def keys_for(shard: np.ndarray, keys: dict[str, str]) -> dict[str, str]:
@@ -223,18 +209,16 @@ def keys_for(shard: np.ndarray, keys: dict[str, str]) -> dict[str, str]:
     return {name: keys[name] for name in pd.unique(shard) if name in keys}
 
 
-def group_keys(path: str | Path, *spec) -> dict[str, str]:
-    """shard -> its key, from its row group's bytes (:func:`parquet_splice.group_digests`) and
-    ``spec`` (what else the stage's output depends on), for a manifest written by shard; empty
-    for any other file (nothing is reused)."""
+def shard_digests(path: str | Path) -> dict[str, str]:
+    """shard -> digest of its row group's bytes (:func:`parquet_splice.group_digests`), for a
+    manifest written by shard; empty for any other file (a stage then reuses nothing)."""
     names = shard_groups(path)
     if names is None:
         return {}
     try:
-        digests = parquet_splice.group_digests(path)
+        return dict(zip(names, parquet_splice.group_digests(path)))
     except parquet_splice.SpliceError:
         return {}
-    return {name: key_of(*spec, digest) for name, digest in zip(names, digests)}
 
 
 class ShardedWriter:
@@ -422,9 +406,10 @@ class ShardedWriter:
     def _check_unique(self, entries) -> None:
         """The unique columns over the file's rows in its order: written shards' values as held,
         reused shards' read back from the kept file (those columns only)."""
-        if not self._unique:
+        if not self.reused:  # every value as held, in file order
+            check_unique(self.path, self.schema, self._unique)
             return
-        kept = pq.ParquetFile(self._kept.path) if self.reused else None
+        kept = pq.ParquetFile(self._kept.path)
         at, position = {}, 0  # where each written shard's values start among all written, in write order
         for shard, _, source, _ in self._entries:
             if source == 0:

@@ -319,12 +319,16 @@ def _check_plain(meta: list, path) -> None:
                     raise SpliceError(f"{path}: has {why}")
 
 
+def _span(data: int, dictionary: int | None, compressed: int) -> tuple[int, int]:
+    """A column chunk's bytes: from its dictionary page where it has one (some writers leave the
+    offset 0 or past the data page), else its first data page."""
+    start = dictionary if dictionary is not None and 0 < dictionary < data else data
+    return start, start + compressed
+
+
 def _chunk_span(chunk: list) -> tuple[int, int]:
     column = _get(chunk, _CHUNK_META)
-    data = _get(column, _COLUMN_DATA)
-    dictionary = _get(column, _COLUMN_DICTIONARY)
-    start = dictionary if dictionary is not None and 0 < dictionary < data else data
-    return start, start + _get(column, _COLUMN_COMPRESSED)
+    return _span(_get(column, _COLUMN_DATA), _get(column, _COLUMN_DICTIONARY), _get(column, _COLUMN_COMPRESSED))
 
 
 def _group_span(group: list) -> tuple[int, int]:
@@ -428,12 +432,9 @@ def group_digests(path: str | Path) -> list[str]:
     with open(path, "rb") as f:
         for k in range(meta.num_row_groups):
             group = meta.row_group(k)
-            spans = []
-            for c in range(group.num_columns):
-                chunk = group.column(c)
-                data, dictionary = chunk.data_page_offset, chunk.dictionary_page_offset
-                start = dictionary if chunk.has_dictionary_page and dictionary is not None and 0 < dictionary < data else data
-                spans.append((start, start + chunk.total_compressed_size))
+            chunks = [group.column(c) for c in range(group.num_columns)]
+            spans = [_span(c.data_page_offset, c.dictionary_page_offset if c.has_dictionary_page else None, c.total_compressed_size)
+                     for c in chunks]
             a, b = min(s for s, _ in spans), max(e for _, e in spans)
             f.seek(a)
             data = f.read(b - a)

@@ -44,6 +44,12 @@ def params_digest(obj: object) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def file_digests(paths) -> list[str]:
+    """SHA-256 of each file's bytes (``missing:<path>`` for one that is not there): the files a
+    result depends on besides its params (tag dictionaries, annotations, overrides)."""
+    return [hashlib.sha256(Path(p).read_bytes()).hexdigest() if Path(p).is_file() else f"missing:{p}" for p in paths]
+
+
 def git_commit(cwd: str | Path = ".") -> str | None:
     try:
         out = subprocess.run(

@@ -15,8 +15,6 @@ import collections
 import contextlib
 import hashlib
 import json
-import os
-import shutil
 import zipfile
 from pathlib import Path
 
@@ -251,7 +249,7 @@ def write_parts(runs: ShardRuns | ShardGroups, names, out_dir: str | Path, cache
             cached = cache / f"{digest}.parquet"
             if not cached.is_file() or cached.stat().st_size != len(data):  # a truncated or emptied entry is written again
                 atomic.write_bytes(cached, data)
-            link(cached, target)
+            atomic.link(cached, target)
     if cache is not None:
         keep = {f"{v['digest']}.parquet" for v in out.values()}
         for stale in cache.glob("*.parquet"):
@@ -283,13 +281,7 @@ def _parquet_bytes(table: pa.Table) -> memoryview:
     return memoryview(sink.getvalue())
 
 
-def link(source: Path, target: Path) -> None:
-    """``target`` as a hard link to ``source`` (a copy where the filesystem has none)."""
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
-
+link = atomic.link
 
 def read_index(path: str | Path) -> dict:
     return json.loads(Path(path).read_text())

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import background, captions, manifest, progress, schemas, shards
+from .. import atomic, background, captions, manifest, progress, provenance, schemas
 from ..tags import TagDictionary
 
 
@@ -48,7 +48,7 @@ def kept_as(folder: str | Path, shard: str, part_digest: str, caption: dict | No
     the tag dictionaries' bytes, the trigger words and the code (what every caption depends on),
     then its deduped rows (the dealt part's digest). A shard keeps one such file
     (``folder/<shard>/``): the last one made."""
-    dictionaries = [hashlib.sha256(Path(d).read_bytes()).hexdigest() for d in tag_dictionaries or []]
+    dictionaries = provenance.file_digests(tag_dictionaries or [])
     spec = json.dumps([caption or {}, dictionaries, sorted((source_triggers or {}).items()), code], sort_keys=True, default=str)
     return Path(folder) / shard / f"{hashlib.sha256(spec.encode()).hexdigest()[:32]}.{part_digest}.parquet"
 
@@ -82,7 +82,7 @@ def _linked(kept: Path, out: Path) -> bool:
         return False
     out.parent.mkdir(parents=True, exist_ok=True)
     out.unlink(missing_ok=True)
-    shards.link(kept, out)
+    atomic.link(kept, out)
     os.utime(out)
     return True
 
@@ -92,7 +92,7 @@ def _keep(out: Path, kept: Path) -> None:
     kept.parent.mkdir(parents=True, exist_ok=True)
     for stale in kept.parent.glob("*.parquet"):
         stale.unlink(missing_ok=True)
-    shards.link(out, kept)
+    atomic.link(out, kept)
 
 
 def _captioned(

@@ -54,11 +54,11 @@ def run(
     choice = _choose(filtered_path, pairs_path, reference_path, clusters_out, rejected_out, near_dup)
     names = manifest.shard_groups(filtered_path)
     meta = pq.read_metadata(filtered_path)
-    sizes = [meta.row_group(k).num_rows for k in range(meta.num_row_groups)]
-    if sum(sizes) != len(choice.kept):
-        raise ValueError(f"{filtered_path}: {sum(sizes)} rows, but the keepers were chosen among {len(choice.kept)}")
-    starts = dict(zip(names or [""], np.cumsum([0, *sizes[:-1]]).tolist() if names else [0]))
-    keys = _shard_keys(filtered_path, names, sizes, choice) if kept is not None else {}
+    bounds = np.cumsum([0, *(meta.row_group(k).num_rows for k in range(meta.num_row_groups))]).tolist()
+    if bounds[-1] != len(choice.kept):
+        raise ValueError(f"{filtered_path}: {bounds[-1]} rows, but the keepers were chosen among {len(choice.kept)}")
+    starts = dict(zip(names, bounds)) if names else {"": 0}
+    keys = _shard_keys(filtered_path, starts, choice) if kept is not None else {}
     with manifest.ShardedWriter(out, schemas.DEDUPED, kept=kept and Path(kept) / "deduped.parquet", order=names) as writer:
         # unvalidated: the columns the choice read were, and the rows kept are when written
         batches = manifest.read_batches(filtered_path, schemas.FILTERED, manifest.BATCH_ROWS, columns=list(schemas.FILTERED.columns),
@@ -80,15 +80,14 @@ def _positions(shard: np.ndarray, starts: dict[str, int]) -> np.ndarray:
     return np.concatenate([np.arange(starts[names[k]], starts[names[k]] + counts[k]) for k in order]) if len(shard) else np.zeros(0, np.int64)
 
 
-def _shard_keys(filtered_path: str | Path, names: list[str] | None, sizes: list[int], choice: _Choice) -> dict[str, str]:
+def _shard_keys(filtered_path: str | Path, starts: dict[str, int], choice: _Choice) -> dict[str, str]:
     """shard -> key of its deduped rows: its filtered rows' bytes, and which of them the choice keeps and flags."""
-    rows = manifest.group_keys(filtered_path, "dedup", provenance.code_digest())
-    keys, first = {}, 0
-    for name, size in zip(names or [], sizes):
-        masks = np.packbits(np.concatenate([choice.kept[first:first + size], choice.flagged[first:first + size]]))
-        if name in rows:
-            keys[name] = manifest.key_of(rows[name], hashlib.sha256(masks.tobytes()).hexdigest())
-        first += size
+    code = provenance.code_digest()
+    ends = [*list(starts.values())[1:], len(choice.kept)]
+    keys = {}
+    for (name, digest), a, b in zip(manifest.shard_digests(filtered_path).items(), starts.values(), ends):
+        masks = np.packbits(np.concatenate([choice.kept[a:b], choice.flagged[a:b]]))
+        keys[name] = provenance.params_digest(["dedup", code, digest, hashlib.sha256(masks.tobytes()).hexdigest()])
     return keys
 
 

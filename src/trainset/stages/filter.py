@@ -10,7 +10,6 @@ either reject or flag, per ``audit.actions``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -169,8 +168,7 @@ def run(
 def _settings_spec(audit_params, policy_params, tag_dictionaries, annotation_files, overrides_file, takedown) -> list:
     """What every verdict depends on beyond its item's rows: settings, the files they name, the code."""
     files = [*(tag_dictionaries or []), *(annotation_files or []), *([overrides_file] if overrides_file else [])]
-    digests = [hashlib.sha256(Path(f).read_bytes()).hexdigest() if Path(f).is_file() else f"missing:{f}" for f in files]
-    return ["filter", audit_params, policy_params, digests, sorted(takedown or []), provenance.code_digest()]
+    return ["filter", audit_params, policy_params, provenance.file_digests(files), sorted(takedown or []), provenance.code_digest()]
 
 
 def _write_batch(shard: np.ndarray, df: pd.DataFrame, verdicts: dict, kept, rejected, keys: dict[str, str]) -> None:
@@ -201,7 +199,7 @@ class _Judge:
         return cls(
             dictionary=dictionary, thresholds=thresholds, actions=actions, takedown=takedown, policy=policy, edits=edits,
             notes=annotations.load(annotation_files), groups=groups, group_rows=pd.Index(groups["item_id"]),
-            scores=_score_lookup(scores), score_rows=scores, merged=merged, sources=_minors_sources(shared, merged, policy, edits, dictionary, takedown),
+            scores=_score_lookup(scores), merged=merged, sources=_minors_sources(shared, merged, policy, edits, dictionary, takedown),
         )
 
     def batches(self, paths: dict, skip: set[str] = frozenset()):
@@ -228,7 +226,7 @@ class _Judge:
         audit_rows = _aligned(audit_rows, ids, f"{paths['audit']}: no audit row")
         groups = self._group_rows(ids, f"{paths['groups']}: no group row")
         df = pd.concat([items, audit_rows.drop(columns="item_id"), groups.drop(columns="item_id")], axis=1)
-        df["nsfw_score"] = self.scores(ids)
+        df["nsfw_score"] = pd.Series(self.scores(ids), index=ids.index, dtype="float64")
         df = annotations.join(df, self.notes)
         df = _with_merged(df, self.merged)
         df["tags"] = _with_tag_edits(df, self.edits, self.dictionary)
@@ -243,7 +241,7 @@ class _Judge:
         names = manifest.shard_groups(paths["audit"])
         if not files or not names:
             return {}
-        audit_keys = manifest.group_keys(paths["audit"], *spec)
+        audit = manifest.shard_digests(paths["audit"])
         meta = pq.read_metadata(paths["audit"])
         bounds = np.concatenate([[0], np.cumsum([meta.row_group(k).num_rows for k in range(meta.num_row_groups)])]).tolist()
         ids = pq.read_table(paths["audit"], columns=["item_id"]).column(0).combine_chunks()
@@ -251,7 +249,7 @@ class _Judge:
         if rows.null_count:  # the batches name the items without a group row
             return {}
         columns = [pa.array(self.groups[c]).take(rows) for c in schemas.CLUSTER_COLUMNS]
-        columns.append(self.score_column(ids))
+        columns.append(pa.array(self.scores(ids)))
         columns.append(_merged_hashes(self.merged, ids))
         if self.sources:  # the minors verdict reaching each item's component, as text
             components = columns[list(schemas.CLUSTER_COLUMNS).index("component_key")]
@@ -262,17 +260,9 @@ class _Judge:
         sides = row_digests.range_digests(columns, bounds)
         keys = {}
         for name, side in zip(names, sides):
-            if name in files and name in audit_keys:
-                keys[name] = manifest.key_of(audit_keys[name], hashlib.sha256(files[name].read_bytes()).hexdigest(), side)
+            if name in files and name in audit:
+                keys[name] = provenance.params_digest([spec, audit[name], *provenance.file_digests([files[name]]), side])
         return keys
-
-    def score_column(self, ids: pa.Array) -> pa.Array:
-        """Each item's NSFW score (null without one), in the order of ``ids``."""
-        if self.score_rows is None or not len(self.score_rows):
-            return pa.nulls(len(ids), type=pa.float64())
-        rows = self.score_rows.drop_duplicates("item_id", keep="last")
-        at = pc.index_in(ids, value_set=pa.array(rows["item_id"], type=pa.string()))
-        return pa.array(rows["nsfw_score"].to_numpy(dtype=np.float64)).take(at)
 
     def _group_rows(self, ids: pd.Series, missing: str) -> pd.DataFrame:
         rows = self.group_rows.get_indexer(ids)
@@ -288,15 +278,17 @@ def _repeated(values: pd.Series) -> set:
 
 
 def _score_lookup(scores: pd.DataFrame | None):
-    """item ids -> NSFW scores (NaN without one, or without a scores manifest), the lookup built once."""
+    """item ids (a column or Arrow text) -> their NSFW scores (NaN without one, or without a
+    scores manifest), as an array; the lookup's hash table built once."""
     if scores is None or not len(scores):
-        return lambda ids: pd.Series(np.nan, index=ids.index, dtype="float64")
+        return lambda ids: np.full(len(ids), np.nan)
     scores = scores.drop_duplicates("item_id", keep="last")
-    index, values = pd.Index(scores["item_id"]), scores["nsfw_score"].to_numpy(dtype=np.float64)
+    index, values = pa.array(scores["item_id"], type=pa.string()), scores["nsfw_score"].to_numpy(dtype=np.float64)
 
-    def lookup(ids: pd.Series) -> pd.Series:
-        rows = index.get_indexer(ids)
-        return pd.Series(np.where(rows >= 0, values[rows], np.nan), index=ids.index, dtype="float64")
+    def lookup(ids) -> np.ndarray:
+        ids = ids if isinstance(ids, pa.Array) else pa.array(ids, type=pa.string())
+        rows = pc.index_in(ids, value_set=index).fill_null(-1).to_numpy(zero_copy_only=False)
+        return np.where(rows >= 0, values[rows], np.nan)
     return lookup
 
 

@@ -72,7 +72,8 @@ def run(captioned_path: str | Path, out: str | Path, moves_out: str | Path, hist
     last split is kept; a shard whose captioned rows, seed and fractions are those it was made from is copied
     from it (:class:`manifest.ShardedWriter`)."""
     fractions = check_fractions(fractions)
-    keys = manifest.group_keys(captioned_path, "split", seed, fractions, provenance.code_digest()) if kept else {}
+    spec = ["split", seed, fractions, provenance.code_digest()]
+    keys = {s: provenance.params_digest([spec, d]) for s, d in manifest.shard_digests(captioned_path).items()} if kept else {}
     with manifest.ShardedWriter(out, schemas.SPLIT, kept=kept and Path(kept) / "split.parquet", order=list(keys)) as writer:
         batches = manifest.read_batches(captioned_path, schemas.CAPTIONED, manifest.BATCH_ROWS, columns=list(schemas.CAPTIONED.columns),
                                         arrow_lists=_LIST_COLUMNS, validated=False, skip=writer.reuse_all(keys))
