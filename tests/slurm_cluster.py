@@ -45,11 +45,19 @@ def problems() -> list[str]:
         found.append("the SLURM daemons must run as root (slurmd starts every job as its user)")
     if SYSTEM_CONF.exists():
         found.append(f"{SYSTEM_CONF} exists: this machine has a SLURM configuration of its own, which srun inside the jobs would read")
-    if (SLURM_RUN / "conf").exists():
-        found.append(f"{SLURM_RUN / 'conf'} exists: another configless slurmd runs here")
+    link = SLURM_RUN / "conf"
+    if link.is_symlink() and not _running("slurmd"):
+        link.unlink()  # left by a cluster whose slurmd was killed: nothing reads it
+    if link.exists():
+        found.append(f"{link} exists: another configless slurmd runs here")
     if _answers(MUNGE_RUN / "munge.socket.2"):
         found.append(f"a munged already listens on {MUNGE_RUN / 'munge.socket.2'}")
     return found
+
+
+def _running(name: str) -> bool:
+    """Some process of this machine runs ``name``."""
+    return any(_alive(int(entry.name), name) for entry in Path("/proc").iterdir() if entry.name.isdigit())
 
 
 def _answers(path: Path) -> bool:

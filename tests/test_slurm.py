@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import signal
 from collections import Counter
 from pathlib import Path
 
@@ -30,11 +31,19 @@ def slurm(tmp_path_factory, request) -> slurm_cluster.Cluster:
         pytest.fail("cannot start the test SLURM cluster: " + "; ".join(found), pytrace=False)
     root = tmp_path_factory.mktemp("slurm")
     request.addfinalizer(lambda: slurm_cluster.down(root))
+    # SIGTERM (a CI timeout, `timeout`) would end pytest without teardown and leave the daemons running:
+    # turned into an interrupt, it runs the finalizers above like Ctrl-C does
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    request.addfinalizer(lambda: signal.signal(signal.SIGTERM, previous))
     cluster = slurm_cluster.up(root)
     patch = pytest.MonkeyPatch()
     request.addfinalizer(patch.undo)
     patch.setenv("SLURM_CONF", str(cluster.conf))  # for Snakemake and the sbatch/squeue it calls
     return cluster
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def finished_jobs(log: str) -> Counter:
