@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 import pyarrow as pyarrow
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pandera.engines.pandas_engine import Engine
 
@@ -434,7 +435,10 @@ def check_unique(path: str | Path, schema: pa.DataFrameSchema, seen: dict[str, l
     for name, arrays in seen.items():
         if not arrays:
             continue
-        values = pd.Series(pyarrow.chunked_array(arrays).to_numpy(zero_copy_only=False))
+        column = pyarrow.chunked_array(arrays)
+        if len(pc.unique(column)) == len(column):  # Arrow's hash of the buffers: the common case, no repeat
+            continue
+        values = pd.Series(column.to_numpy(zero_copy_only=False))
         repeated = values.duplicated(keep=False)
         if repeated.any():
             rows = np.flatnonzero(repeated.to_numpy())[:6]
