@@ -336,6 +336,16 @@ def _list_at(buf, pos):
 
 
 @numba.njit(cache=True, nogil=True)
+def _mark(sites, n, start, end, value, what):
+    """Record a site (:func:`_scan`); returns the count."""
+    sites[n, 0] = start
+    sites[n, 1] = end
+    sites[n, 2] = value
+    sites[n, 3] = what
+    return n + 1
+
+
+@numba.njit(cache=True, nogil=True)
 def _scan(buf):
     """One pass over an encoded ``FileMetaData``. Returns (refused: 0 or a :data:`_REFUSED` code,
     top-level fields (id, type, value start, value end), row groups (start, end, rows, span start,
@@ -406,11 +416,7 @@ def _scan(buf):
                                 if cfid == 2 and ckind == 6:
                                     value, end = _zigzag_at(buf, pos)
                                     if value != 0:  # deprecated; 0 where a writer leaves it unset
-                                        sites[n_sites, 0] = pos
-                                        sites[n_sites, 1] = end
-                                        sites[n_sites, 2] = value
-                                        sites[n_sites, 3] = 0
-                                        n_sites += 1
+                                        n_sites = _mark(sites, n_sites, pos, end, value, 0)
                                     pos = end
                                 elif cfid == 3 and ckind == 12:  # ColumnMetaData
                                     mlast = 0
@@ -431,11 +437,7 @@ def _scan(buf):
                                                     data = value
                                                 elif mfid == 11:
                                                     dictionary = value
-                                                sites[n_sites, 0] = pos
-                                                sites[n_sites, 1] = end
-                                                sites[n_sites, 2] = value
-                                                sites[n_sites, 3] = 1 if mfid == 9 else (2 if mfid == 10 else 3)
-                                                n_sites += 1
+                                                n_sites = _mark(sites, n_sites, pos, end, value, 1 if mfid == 9 else (2 if mfid == 10 else 3))
                                             pos = end
                                         elif mkind != 1 and mkind != 2:
                                             pos = _skip_value(buf, pos, mkind)
@@ -455,11 +457,8 @@ def _scan(buf):
                         groups[g, 2] = rows
                     elif (gfid == 5 and gkind == 6) or (gfid == 7 and gkind == 4):
                         value, end = _zigzag_at(buf, pos)
-                        sites[n_sites, 0] = pos
-                        sites[n_sites, 1] = end
-                        sites[n_sites, 2] = value if gfid == 5 else header  # the ordinal's: where its field begins
-                        sites[n_sites, 3] = 4 if gfid == 5 else 5
-                        n_sites += 1
+                        # the ordinal's value slot holds where its field begins
+                        n_sites = _mark(sites, n_sites, pos, end, value if gfid == 5 else header, 4 if gfid == 5 else 5)
                         pos = end
                     elif gkind != 1 and gkind != 2:
                         pos = _skip_value(buf, pos, gkind)
