@@ -4,6 +4,7 @@ and the files come out as a run from scratch writes them."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -90,11 +91,37 @@ def test_a_torn_or_keyless_kept_file_reuses_nothing(tmp_path):
     _write(tmp_path / "a.parquet", kept, frames, keys)
     kept.unlink()
     kept.write_bytes((tmp_path / "a.parquet").read_bytes()[:-100])  # torn
+    _restamp(kept)
     assert _write(tmp_path / "b.parquet", kept, frames, keys).reused == 0
     with manifest.ShardedWriter(kept, schemas.INGEST) as writer:  # written without keys
         writer.write("00000", frames["00000"])
+    _restamp(kept)
     assert _write(tmp_path / "c.parquet", kept, frames, keys).reused == 0
     assert pq.read_table(tmp_path / "c.parquet").equals(pq.read_table(tmp_path / "a.parquet"))
+
+
+def _restamp(kept: Path) -> None:
+    """The stamp a keep would write for the file as it is now (so only its contents can refuse it)."""
+    stat = kept.stat()
+    (kept.parent / f"{kept.name}.stamp").write_text(json.dumps({"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}))
+
+
+def test_a_manifest_rewritten_in_place_lends_no_shard(tmp_path):
+    """The kept file is a hard link to the manifest: a tool writing into the manifest changes it too,
+    so its rows could not be trusted; its stamp no longer matches and nothing is copied."""
+    kept = tmp_path / "kept.parquet"
+    frames = {s: _rows(s) for s in SHARDS}
+    keys = {s: s for s in SHARDS}
+    _write(tmp_path / "a.parquet", kept, frames, keys)
+    assert _write(tmp_path / "b.parquet", kept, frames, keys).reused == 3  # kept from b's run on: b's file
+    data = (tmp_path / "b.parquet").read_bytes()
+    with open(tmp_path / "b.parquet", "r+b") as f:  # same size, same metadata: only the time tells
+        f.write(data)
+    os.utime(tmp_path / "b.parquet", ns=(kept.stat().st_atime_ns, kept.stat().st_mtime_ns + 1_000_000))
+    again = _write(tmp_path / "c.parquet", kept, frames, keys)
+    assert again.reused == 0
+    assert pq.read_table(tmp_path / "c.parquet").equals(pq.read_table(tmp_path / "a.parquet"))
+    assert _write(tmp_path / "d.parquet", kept, frames, keys).reused == 3  # c's run kept a trusted file
 
 
 def test_a_shard_that_came_out_empty_is_reused_as_empty(tmp_path):

@@ -176,7 +176,11 @@ class Kept:
     """A sharded stage's last output, kept under the cache (a hard link: Snakemake removes a job's
     outputs before it runs): each shard's row group and the key it was made from, everything the
     shard's rows depend on (a shard that came out empty, its key alone). A shard whose key is the
-    same is copied from it as bytes."""
+    same is copied from it as bytes.
+
+    The link shares its file with the manifest, so a tool that rewrote the manifest in place would
+    change the kept rows too: the file's size and modification time are stamped beside it when kept,
+    and a file whose stamp differs (or has none) lends nothing."""
 
     EMPTY = -1
 
@@ -185,6 +189,8 @@ class Kept:
         self.groups: dict[str, tuple[int, str]] = {}  # shard -> (row group, or EMPTY; key)
         self.sizes: list[int] = []
         try:
+            if json.loads(self._stamp_path.read_text()) != self._stamp():
+                return
             meta = pq.read_metadata(self.path)
             kv = meta.metadata or {}
             names, keys = json.loads(kv[SHARDS_KEY]), json.loads(kv[KEYS_KEY])
@@ -202,7 +208,17 @@ class Kept:
 
     def keep(self, written: Path) -> None:
         """``written`` (a manifest just written) kept as the last output."""
+        self._stamp_path.unlink(missing_ok=True)
         atomic.link(written, self.path)
+        atomic.write_text(self._stamp_path, json.dumps(self._stamp()))
+
+    @property
+    def _stamp_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".stamp")
+
+    def _stamp(self) -> dict:
+        stat = self.path.stat()
+        return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
 def keys_for(shard: np.ndarray, keys: dict[str, str]) -> dict[str, str]:
