@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -429,9 +431,25 @@ def preference_order(items: pd.DataFrame, near_dup: dict | None = None) -> pd.Da
     }
     if quality and quality not in items:
         raise ConfigError(f"params.yaml: near_dup.quality_column {quality!r} is not an item column")
-    ranked = items.assign(**{f"_k_{k}": cols[k] for k in keep})
-    keys = [f"_k_{k}" for k in keep] + ["item_id"]
-    return ranked.sort_values(keys, kind="stable").drop(columns=keys[:-1])
+    n = len(items)
+    keys = [_as_key(cols[k], n) for k in keep] + [_text_rank(items["item_id"])]
+    return items.iloc[np.lexsort(keys[::-1])] if n else items
+
+
+def _as_key(values, n: int) -> np.ndarray:
+    """A sort key as numbers (a scalar: the same for every row; False before True)."""
+    if np.ndim(values) == 0:
+        return np.zeros(n, dtype=np.int8)
+    values = np.asarray(values)
+    return values.astype(np.float64 if values.dtype.kind == "f" else np.int64)
+
+
+def _text_rank(values: pd.Series) -> np.ndarray:
+    """Each value's place among them in code-point order (Arrow compares UTF-8 bytes: the same order)."""
+    order = pc.sort_indices(pa.array(values, type=pa.string())).to_numpy()
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    return rank
 
 
 # --- the persisted index ---------------------------------------------------------------------------
