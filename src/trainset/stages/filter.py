@@ -336,6 +336,7 @@ def _minors_sources(shared: pd.DataFrame, merged: pd.DataFrame, policy: Policy, 
         return {}
     rows = _with_merged(shared, merged)
     rows["tags"] = _with_tag_edits(rows, edits, dictionary)
+    rows = rows.iloc[_with_any(list_array(rows["tags"]), policy.minor_tags)]  # the rule needs a minor-indicating tag
     sources: dict[str, tuple] = {}
     for item_id, sha, comp, tags, rating in zip(rows["item_id"], rows["sha256"], rows["component_key"],
                                                  list_array(rows["tags"]).to_pylist(), rows["rating"]):
@@ -345,6 +346,15 @@ def _minors_sources(shared: pd.DataFrame, merged: pd.DataFrame, policy: Policy, 
         if ex is not None:
             sources[comp] = (item_id, ("policy", ex.rule, ex.reason, ex.detail, list(ex.triggered)))
     return sources
+
+
+def _with_any(lists: pa.ListArray, values: frozenset[str]) -> np.ndarray:
+    """Positions (in order) of the lists that hold any of ``values``."""
+    if not values or not len(lists):
+        return np.zeros(0, dtype=np.int64)
+    hit = pc.is_in(pc.list_flatten(lists), value_set=pa.array(sorted(values), type=pa.string())).to_numpy(zero_copy_only=False)
+    parents = pc.list_parent_indices(lists).to_numpy()
+    return np.unique(parents[hit])
 
 
 def _with_merged(df: pd.DataFrame, merged: pd.DataFrame) -> pd.DataFrame:
