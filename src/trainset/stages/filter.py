@@ -271,10 +271,11 @@ class _Judge:
         return self.groups.iloc[rows].set_axis(ids.index)
 
 
-def _repeated(values: pd.Series) -> set:
-    """The values that occur more than once."""
-    counts = values.value_counts()
-    return set(counts.index[counts.to_numpy() > 1])
+def _repeated(values: pd.Series) -> np.ndarray:
+    """Whether each value occurs more than once (one Arrow dictionary encoding, no Python object per row)."""
+    held = pa.array(values, type=pa.string())
+    codes = pc.dictionary_encode(held, null_encoding="encode").indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    return np.bincount(codes)[codes] > 1 if len(codes) else np.zeros(0, dtype=bool)
 
 
 def _score_lookup(scores: pd.DataFrame | None):
@@ -296,7 +297,7 @@ def _shared_rows(ingest_path: str | Path, groups: pd.DataFrame, dictionary: TagD
     """The items that share their near-duplicate component with another (so also those sharing
     a cluster): item id, sha256, cluster and component keys, tags and artists (canonical) and
     rating. Read a batch of the ingest at a time, only these rows kept."""
-    shared = groups[groups["component_key"].isin(_repeated(groups["component_key"]))]
+    shared = groups[_repeated(groups["component_key"])]
     columns = ["item_id", "sha256", *LISTS, "rating"]
     parts = []
     if len(shared):
@@ -320,7 +321,7 @@ def _shared_rows(ingest_path: str | Path, groups: pd.DataFrame, dictionary: TagD
 def _merged_members(shared: pd.DataFrame) -> pd.DataFrame:
     """The items that share their cluster with another: tags, artists and rating merged across
     the cluster (:func:`merge_copies`), by item id."""
-    members = shared[shared["cluster_key"].isin(_repeated(shared["cluster_key"]))] if len(shared) else shared
+    members = shared[_repeated(shared["cluster_key"])] if len(shared) else shared
     if not len(members):
         return pd.DataFrame(columns=["item_id", *LISTS, "rating"])
     merged = merge_copies(members.reset_index(drop=True))
