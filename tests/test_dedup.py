@@ -4,6 +4,9 @@ filter let through."""
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import imagehash
 import numpy as np
 import pandas as pd
@@ -583,3 +586,27 @@ def test_rows_equal_a_boolean_selection():
     rows = manifest.take_rows(frame.copy(), np.flatnonzero(mask))
     pd.testing.assert_frame_equal(rows, expected)
     assert [rows[c].array.__arrow_array__().num_chunks for c in ("item_id", "tags", "sidecar")] == [1, 1, 1]
+
+
+def test_group_from_gathered_tiles_equals_its_own_search_and_names_an_item_without_audit(chain, tmp_path):
+    """Gathered pair tiles rank only the copies of contents in a pair, joining the audit for them
+    alone: the groups equal the search's, and every item still needs its audit row."""
+    c, _ = chain
+    tile = tmp_path / "tile"
+    tile.mkdir()
+    shutil.copy(c.p["pairs"], tile / "pairs.parquet")
+    shutil.copy(c.p["reference_pairs"], tile / "reference.parquet")
+    (tile / "stats.json").write_text(json.dumps({"pairs": 0}))
+    tiles = {"pairs": [tile / "pairs.parquet"], "reference": [tile / "reference.parquet"], "stats": [tile / "stats.json"]}
+
+    def run(audit_path, out):
+        return group.run(c.p["ingest"], audit_path, out, tmp_path / "pairs.parquet", tmp_path / "reference.parquet",
+                         c.near_dup, c.p["cache"], tmp_path / "stats.json", tiles=tiles)
+
+    run(c.p["audit"], tmp_path / "groups.parquet")
+    pd.testing.assert_frame_equal(manifest.read(tmp_path / "groups.parquet", schemas.GROUPS), manifest.read(c.p["groups"], schemas.GROUPS))
+
+    audit = manifest.read(c.p["audit"], schemas.AUDIT)
+    manifest.write(audit[audit["item_id"] != "src:coffee.png"], tmp_path / "audit.parquet", schemas.AUDIT)
+    with pytest.raises(manifest.ManifestError, match="no audit row for src:coffee.png"):
+        run(tmp_path / "audit.parquet", tmp_path / "groups2.parquet")

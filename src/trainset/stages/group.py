@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from .. import atomic, features, hashing, manifest, neardup, progress, schemas, shards
 from ..sources.image_folder import normalize_extensions, walk
@@ -69,7 +71,13 @@ def run(
     searching = tiles is None
     items = manifest.read(ingest_path, schemas.INGEST, columns=_ingest_columns(near_dup, searching), arrow_lists=("tags",))
     audit_columns = ["item_id", "width", "height", "border_fraction"] + (["phash_views"] if searching else [])
-    merged = _with_audit(items, manifest.read(audit_path, schemas.AUDIT, columns=audit_columns), audit_path)
+    audit = manifest.read(audit_path, schemas.AUDIT, columns=audit_columns)
+    at = _audit_rows(items["item_id"], audit, audit_path)
+    if searching:  # the search ranks every item
+        merged, with_audit = _with_audit(items, audit, at), None
+        del audit
+    else:  # gathered tiles: only the copies of contents in a pair are ranked (_best_first)
+        merged, with_audit = items, (lambda rows, positions: _with_audit(rows, audit, at[positions]))
     del items
 
     if searching:
@@ -88,7 +96,7 @@ def run(
         stats = shards.sum_stats(tiles["stats"])
     manifest.write(pairs, pairs_out, schemas.PAIRS, sort_by=["a", "b"])
 
-    groups = _groups(merged, pairs, near_dup)
+    groups = _groups(merged, pairs, near_dup, with_audit)
     manifest.write(refs, reference_out, schemas.REFERENCE_PAIRS, sort_by=["sha256", "reference", "reference_path"])
     stats["reference_matches"] = len(refs)
     atomic.write_text(stats_path, json.dumps(stats, indent=2, sort_keys=True) + "\n")
@@ -107,24 +115,32 @@ def _ingest_columns(near_dup: dict, searching: bool) -> list[str]:
     return _RANK_COLUMNS + extra + (["path"] if searching else [])
 
 
-def _with_audit(items: pd.DataFrame, audit: pd.DataFrame, audit_path) -> pd.DataFrame:
-    """``items`` with their audit row's columns, matched by item id (both files are in item-id
-    order, so usually row by row)."""
-    ids = items["item_id"]
-    if not (len(audit) == len(ids) and audit["item_id"].array.equals(ids.array)):
-        rows = pd.Index(audit["item_id"]).get_indexer(ids)
-        if (rows < 0).any():
-            raise manifest.ManifestError(f"{audit_path}: no audit row for {', '.join(ids[rows < 0][:5])}")
-        audit = audit.iloc[rows]
+def _audit_rows(ids: pd.Series, audit: pd.DataFrame, audit_path) -> np.ndarray:
+    """The audit row of each item (every item has one), matched by item id (row by row where both
+    are in the same order)."""
+    if len(audit) == len(ids) and audit["item_id"].array.equals(ids.array):
+        return np.arange(len(ids))
+    rows = pc.index_in(pa.array(ids, type=pa.string()), value_set=pa.array(audit["item_id"], type=pa.string()))
+    rows = rows.fill_null(-1).to_numpy(zero_copy_only=False)
+    if (rows < 0).any():
+        raise manifest.ManifestError(f"{audit_path}: no audit row for {', '.join(ids[rows < 0][:5])}")
+    return rows
+
+
+def _with_audit(items: pd.DataFrame, audit: pd.DataFrame, rows: np.ndarray) -> pd.DataFrame:
+    """``items`` with the columns of their audit ``rows``."""
+    audit = audit if len(rows) == len(audit) and (rows == np.arange(len(rows))).all() else audit.iloc[rows]
     return pd.concat([items, audit.drop(columns="item_id").set_axis(items.index)], axis=1)
 
 
-def _groups(items: pd.DataFrame, pairs: pd.DataFrame, near_dup: dict) -> pd.DataFrame:
+def _groups(items: pd.DataFrame, pairs: pd.DataFrame, near_dup: dict, with_audit=None) -> pd.DataFrame:
     """Each item's cluster (grown around the best copy first) and component. Only contents in a
-    pair need the graph: every other content is its own cluster and component."""
+    pair need the graph: every other content is its own cluster and component. ``with_audit``:
+    adds the audit columns the ranking reads to the rows ranked (given with their positions in
+    ``items``; None: ``items`` has them)."""
     content, shas = pd.factorize(items["sha256"])
     a, b = _pair_contents(items["sha256"], content, pairs)
-    linked = _best_first(items, content, np.unique(np.concatenate([a, b])), near_dup)
+    linked = _best_first(items, content, np.unique(np.concatenate([a, b])), near_dup, with_audit)
     local = np.full(len(shas), -1, dtype=np.int64)
     local[linked] = np.arange(len(linked))
     rep = np.arange(len(shas))
@@ -153,13 +169,15 @@ def _pair_contents(shas: pd.Series, content: np.ndarray, pairs: pd.DataFrame) ->
     return code[named.get_indexer(pairs["a"])], code[named.get_indexer(pairs["b"])]
 
 
-def _best_first(items: pd.DataFrame, content: np.ndarray, linked: np.ndarray, near_dup: dict) -> np.ndarray:
+def _best_first(items: pd.DataFrame, content: np.ndarray, linked: np.ndarray, near_dup: dict, with_audit=None) -> np.ndarray:
     """``linked`` contents in the order of their best copies (``neardup.preference_order`` ranks
     each row on its own, so ranking only their copies orders them as ranking every item would)."""
     is_linked = np.zeros(len(content), dtype=bool)
     is_linked[linked] = True
     rows = np.flatnonzero(is_linked[content])
-    ranked = neardup.preference_order(items.iloc[rows].set_axis(rows), near_dup)
+    copies = items.iloc[rows]
+    copies = with_audit(copies, rows) if with_audit is not None else copies
+    ranked = neardup.preference_order(copies.set_axis(rows), near_dup)
     return pd.unique(content[ranked.index.to_numpy()])
 
 
