@@ -819,3 +819,13 @@ def test_sharded_manifest_takes_each_shard_in_one_call(tmp_path):
             out.write("00000", _frame(_row(0)))
             out.write(["00001", "00000"], _frame(_row(1), _row(2)))
     assert not (tmp_path / "m.parquet").exists()
+
+
+def test_positions_find_ids_in_a_column_held_in_several_arrow_chunks() -> None:
+    """A manifest read back holds its text as Arrow, often in several chunks (one per row group):
+    the lookup takes it as it is, and ids it lacks come back as -1."""
+    chunked = pd.Series(pd.arrays.ArrowExtensionArray(pyarrow.chunked_array([pyarrow.array(["src:a", "src:b"]), pyarrow.array(["src:c"])])))
+    assert manifest.arrow_text(chunked).to_pylist() == ["src:a", "src:b", "src:c"]
+    assert manifest.positions(chunked, pd.Series(["src:c", "src:a"], dtype="str")).tolist() == [1, -1, 0]
+    assert manifest.positions(["src:b"], chunked).tolist() == [1]
+    assert manifest.positions([], chunked).tolist() == []

@@ -221,6 +221,19 @@ class Kept:
         return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
+def arrow_text(values) -> pyarrow.Array:
+    """A text column (pandas or Arrow) as one Arrow string array: what Arrow's hash kernels take."""
+    held = values if isinstance(values, (pyarrow.Array, pyarrow.ChunkedArray)) else pyarrow.array(values, type=pyarrow.string())
+    return held.combine_chunks() if isinstance(held, pyarrow.ChunkedArray) else held
+
+
+def positions(ids, among) -> np.ndarray:
+    """The row of each of ``ids`` in ``among`` (a column of unique ids), -1 where it has none: one
+    Arrow hash lookup, no Python object per row."""
+    found = pc.index_in(arrow_text(ids), value_set=arrow_text(among))
+    return found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
 def keys_for(shard: np.ndarray, keys: dict[str, str]) -> dict[str, str]:
     """The keys of the shards a batch holds (``shard``: each row's shard)."""
     return {name: keys[name] for name in pd.unique(shard) if name in keys}

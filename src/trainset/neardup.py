@@ -31,13 +31,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.compute as pc
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from . import hashing, kernels, progress, views
 from .config import ConfigError
+from .manifest import arrow_text
 from .provenance import params_digest
 
 PAIR_FIELDS = ("a", "b", "distance", "cosine", "rule")
@@ -446,7 +446,7 @@ def _as_key(values, n: int) -> np.ndarray:
 
 def _text_rank(values: pd.Series) -> np.ndarray:
     """Each value's place among them in code-point order (Arrow compares UTF-8 bytes: the same order)."""
-    order = pc.sort_indices(pa.array(values, type=pa.string())).to_numpy()
+    order = pc.sort_indices(arrow_text(values)).to_numpy()
     rank = np.empty(len(order), dtype=np.int64)
     rank[order] = np.arange(len(order))
     return rank

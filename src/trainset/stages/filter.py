@@ -273,8 +273,7 @@ class _Judge:
 
 def _repeated(values: pd.Series) -> np.ndarray:
     """Whether each value occurs more than once (one Arrow dictionary encoding, no Python object per row)."""
-    held = pa.array(values, type=pa.string())
-    codes = pc.dictionary_encode(held, null_encoding="encode").indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    codes = pc.dictionary_encode(manifest.arrow_text(values), null_encoding="encode").indices.to_numpy(zero_copy_only=False).astype(np.int64)
     return np.bincount(codes)[codes] > 1 if len(codes) else np.zeros(0, dtype=bool)
 
 
@@ -284,11 +283,10 @@ def _score_lookup(scores: pd.DataFrame | None):
     if scores is None or not len(scores):
         return lambda ids: np.full(len(ids), np.nan)
     scores = scores.drop_duplicates("item_id", keep="last")
-    index, values = pa.array(scores["item_id"], type=pa.string()), scores["nsfw_score"].to_numpy(dtype=np.float64)
+    index, values = manifest.arrow_text(scores["item_id"]), scores["nsfw_score"].to_numpy(dtype=np.float64)
 
     def lookup(ids) -> np.ndarray:
-        ids = ids if isinstance(ids, pa.Array) else pa.array(ids, type=pa.string())
-        rows = pc.index_in(ids, value_set=index).fill_null(-1).to_numpy(zero_copy_only=False)
+        rows = manifest.positions(ids, index)
         return np.where(rows >= 0, values[rows], np.nan)
     return lookup
 

@@ -22,8 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from .. import atomic, features, hashing, manifest, neardup, progress, schemas, shards
 from ..sources.image_folder import normalize_extensions, walk
@@ -120,8 +118,7 @@ def _audit_rows(ids: pd.Series, audit: pd.DataFrame, audit_path) -> np.ndarray:
     are in the same order)."""
     if len(audit) == len(ids) and audit["item_id"].array.equals(ids.array):
         return np.arange(len(ids))
-    rows = pc.index_in(pa.array(ids, type=pa.string()), value_set=pa.array(audit["item_id"], type=pa.string()))
-    rows = rows.fill_null(-1).to_numpy(zero_copy_only=False)
+    rows = manifest.positions(ids, audit["item_id"])
     if (rows < 0).any():
         raise manifest.ManifestError(f"{audit_path}: no audit row for {', '.join(ids[rows < 0][:5])}")
     return rows

@@ -119,7 +119,7 @@ def run(
 
 def _decoded(items: pd.DataFrame, audited: pd.DataFrame, ingest_path, audit_path) -> np.ndarray:
     """Whether the audit decoded each item (row-aligned); every item must have an audit row."""
-    row = pd.Index(audited["item_id"]).get_indexer(items["item_id"])
+    row = manifest.positions(items["item_id"], audited["item_id"])
     missing = items["item_id"].to_numpy(dtype=object)[row < 0]
     if len(missing):
         raise manifest.ManifestError(
