@@ -93,7 +93,11 @@ def _moves(items: pd.DataFrame, history_path: Path) -> pd.DataFrame:
     previous = pd.read_parquet(history_path) if history_path.exists() else pd.DataFrame(columns=_HISTORY_COLUMNS)
     if "component_key" not in previous:  # a history written before components: nothing to compare
         previous = pd.DataFrame(columns=_HISTORY_COLUMNS)
-    joined = items[_HISTORY_COLUMNS].merge(
-        previous.rename(columns={"split": "previous_split", "component_key": "previous_component_key"}), on="item_id"
-    )
-    return joined[joined["split"] != joined["previous_split"]]
+    at = manifest.positions(items["item_id"], previous["item_id"])  # each item's row in the history (-1: none)
+    known = np.flatnonzero(at >= 0)
+    moved = items["split"].to_numpy(dtype=object)[known] != previous["split"].to_numpy(dtype=object)[at[known]]
+    rows, was = known[moved], at[known][moved]
+    moves = items[_HISTORY_COLUMNS].iloc[rows].reset_index(drop=True)
+    moves["previous_split"] = previous["split"].to_numpy(dtype=object)[was]
+    moves["previous_component_key"] = previous["component_key"].to_numpy(dtype=object)[was]
+    return moves
