@@ -829,3 +829,15 @@ def test_positions_find_ids_in_a_column_held_in_several_arrow_chunks() -> None:
     assert manifest.positions(chunked, pd.Series(["src:c", "src:a"], dtype="str")).tolist() == [1, -1, 0]
     assert manifest.positions(["src:b"], chunked).tolist() == [1]
     assert manifest.positions([], chunked).tolist() == []
+
+
+@pytest.mark.parametrize("n_ids", [0, 1, 5, 40, 400, 4000])
+def test_positions_equal_a_direct_lookup_whichever_side_is_hashed(n_ids: int) -> None:
+    """Few ids among many are looked up the other way round (the few hashed, the many probed):
+    the rows found are the same, repeats in either side included (the first row of a repeated id)."""
+    rng = np.random.default_rng(n_ids)
+    among = [f"src:{k}" for k in rng.integers(0, 900, 1000)]  # repeats
+    ids = [f"src:{k}" for k in rng.integers(0, 1200, n_ids)]   # repeats, and ids none has
+    expected = [among.index(i) if i in among else -1 for i in ids]
+    assert manifest.positions(ids, among).tolist() == expected
+    assert manifest.positions(pd.Series(ids, dtype="str"), pd.Series(among, dtype="str")).tolist() == expected
