@@ -800,3 +800,25 @@ def test_filter_by_shard_with_a_shard_whose_lists_are_all_empty(tmp_path):
     for name, schema in (("kept", schemas.FILTERED), ("rejected", schemas.REJECTED)):
         ours = manifest.read(tmp_path / f"{name}.parquet", schema).sort_values("item_id", ignore_index=True)
         pd.testing.assert_frame_equal(ours, manifest.read(tmp_path / f"ref_{name}.parquet", schema))
+
+
+def _merged_by_hand(lists: list[list[str]], cluster: list[int]) -> list[list[str]]:
+    """Each member's own values, then its cluster's others as they first appear: spelled out."""
+    out = []
+    for k, own in enumerate(lists):
+        union = [v for j, other in enumerate(lists) if cluster[j] == cluster[k] for v in other]
+        out.append(list(dict.fromkeys([*own, *union])))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_merged_lists_equal_the_lists_merged_by_hand(seed: int) -> None:
+    """The vectorized merge of a cluster's tags (Arrow and NumPy, no Python list per row) gives each
+    member's own values first, then its cluster's others in member order, without repeats (a value
+    repeated inside one member's own list included); empty and missing-value lists kept."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 40))
+    cluster = np.sort(rng.integers(0, max(1, n // 2), n))
+    lists = [[f"t{v}" for v in rng.integers(0, 9, int(rng.integers(0, 6)))] for _ in range(n)]
+    got = filter_stage._merged_lists(pa.array(lists, pa.list_(pa.string())), cluster).to_pylist()
+    assert got == _merged_by_hand(lists, cluster.tolist())

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from .. import annotations, audit_checks, ledger, manifest, overrides, provenance, row_digests, schemas, shards
 from ..config import ConfigError
-from ..policy import RATING_ORDER, Policy, most_severe
+from ..policy import RATING_ORDER, Policy
 from ..tags import TagDictionary, list_array
 
 TAKEDOWN = ("policy", "takedown", "content taken down", "listed in takedown.txt (trainset purge)", [])
@@ -33,20 +33,19 @@ LISTS = ("tags", "artists")
 
 def merge_copies(items: pd.DataFrame) -> pd.DataFrame:
     """Tags, artists and rating merged across each cluster: own tags first, then the other
-    copies' in item-id order; the most severe rating. Tags and artists come in without
-    repeats (canonicalized), so an item alone in its cluster keeps its own lists."""
+    copies' in item-id order; the most severe rating. An item alone in its cluster keeps its own."""
     items = _in_item_order(items).copy(deep=False)  # new columns replace, never write into, the caller's
     members, cluster = _shared_clusters(items)
     rating = items["rating"].where(items["rating"].isin(RATING_ORDER), "unknown")
     if len(members):
-        spans = _spans(cluster)
         for column in LISTS:
-            lists = list_array(items[column]).take(members).to_pylist()
-            merged = [row for a, b in spans for row in _merged(lists[a:b])]
+            merged = _merged_lists(list_array(items[column]).take(pa.array(members)), cluster)
             items[column] = _with_rows(items[column], members, merged)
-        ratings = items["rating"].iloc[members].tolist()
-        severest = [most_severe(ratings[a:b]) for a, b in spans]
-        rating.iloc[members] = np.repeat(np.array(severest, dtype=object), [b - a for a, b in spans])
+        # the most severe rating of each cluster (ratings outside the known ones rank as unknown)
+        rank = pd.Series(rating.iloc[members].to_numpy(dtype=object)).map({r: k for k, r in enumerate(RATING_ORDER)}).to_numpy(np.int64)
+        starts = np.concatenate([[0], np.flatnonzero(np.diff(cluster)) + 1])
+        severest = np.maximum.reduceat(rank, starts)
+        rating.iloc[members] = np.asarray(RATING_ORDER, dtype=object)[np.repeat(severest, np.diff(np.append(starts, len(members))))]
     items["rating"] = rating.astype("str")
     return items
 
@@ -60,19 +59,32 @@ def _shared_clusters(items: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return members, cluster[members]
 
 
-def _spans(keys: np.ndarray) -> list[tuple[int, int]]:
-    """``(start, end)`` of each run of equal values in ``keys``."""
-    bounds = (np.flatnonzero(np.diff(keys)) + 1).tolist()
-    return list(zip([0, *bounds], [*bounds, len(keys)]))
-
-
-def _merged(lists: list[list[str]]) -> list[list[str]]:
-    """The lists of one cluster's members (in item-id order): each member's own values, then
-    the cluster's other ones."""
-    merged = list(dict.fromkeys(value for own in lists for value in own))
-    if not merged:
-        return lists  # no member has any: each keeps its own empty list
-    return [list(dict.fromkeys([*own, *merged])) for own in lists]
+def _merged_lists(lists: pa.ListArray, cluster: np.ndarray) -> pa.ListArray:
+    """For each member (``cluster``: each one's cluster, a cluster's members adjacent and in item-id
+    order), its own values, then its cluster's other values in the order they first appear, no
+    value twice. In Arrow and NumPy: every value is a code, each member's slots are laid out own
+    values first, and the repeats are dropped by one hash pass."""
+    n = len(lists)
+    encoded = pc.dictionary_encode(pc.list_flatten(lists), null_encoding="encode")
+    code = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    member = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False).astype(np.int64)
+    width = max(len(encoded.dictionary), 1)
+    # each cluster's values at their first appearance (the flattened order is member order)
+    union = np.flatnonzero(~pd.Series(cluster[member] * width + code).duplicated().to_numpy())
+    in_union = np.bincount(cluster[member[union]], minlength=int(cluster.max()) + 1)
+    union_start = np.cumsum(in_union) - in_union
+    own, added = np.bincount(member, minlength=n), in_union[cluster]
+    size = own + added
+    start = np.cumsum(size) - size
+    slots = np.empty(int(size.sum()), dtype=np.int64)
+    slots[start[member] + np.arange(len(member)) - (np.cumsum(own) - own)[member]] = code
+    other = np.repeat(np.arange(n, dtype=np.int64), added)
+    within = np.arange(len(other)) - np.repeat(np.cumsum(added) - added, added)
+    slots[start[other] + own[other] + within] = code[union][union_start[cluster[other]] + within]
+    slot_member = np.repeat(np.arange(n, dtype=np.int64), size)
+    first = ~pd.Series(slot_member * width + slots).duplicated().to_numpy()
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(slot_member[first], minlength=n))]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), encoded.dictionary.take(pa.array(slots[first])))
 
 
 def _in_item_order(items: pd.DataFrame) -> pd.DataFrame:
@@ -84,14 +96,15 @@ def _held(lists: pa.Array, index: pd.Index) -> pd.Series:
     return pd.Series(pd.arrays.ArrowExtensionArray(lists), index=index)
 
 
-def _with_rows(values: pd.Series, positions: np.ndarray, lists: list[list[str]]) -> pd.Series:
-    """A list column, held as Arrow, with the rows at ``positions`` replaced by ``lists``."""
+def _with_rows(values: pd.Series, positions: np.ndarray, lists) -> pd.Series:
+    """A list column, held as Arrow, with the rows at ``positions`` replaced by ``lists`` (Python or Arrow)."""
     column = list_array(values)
     if not len(positions):
         return _held(column, values.index)
     order = np.arange(len(column))
     order[positions] = len(column) + np.arange(len(positions))
-    return _held(pa.concat_arrays([column, pa.array(lists, type=column.type)]).take(order), values.index)
+    lists = lists.cast(column.type) if isinstance(lists, pa.Array) else pa.array(lists, type=column.type)
+    return _held(pa.concat_arrays([column, lists]).take(order), values.index)
 
 
 def _edited_rows(df: pd.DataFrame, edits: dict[str, dict]) -> list[tuple[int, dict]]:
