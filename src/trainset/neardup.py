@@ -407,7 +407,12 @@ def _list_lengths(values: pd.Series) -> pd.Series:
 
 
 def preference_order(items: pd.DataFrame, near_dup: dict | None = None) -> pd.DataFrame:
-    """``items`` sorted so the copy to keep comes first, by ``near_dup.keep`` (default: an
+    """``items`` sorted so the copy to keep comes first (:func:`preference_positions`)."""
+    return items.iloc[preference_positions(items, near_dup)] if len(items) else items
+
+
+def preference_positions(items: pd.DataFrame, near_dup: dict | None = None) -> np.ndarray:
+    """Row positions of ``items``, the copy to keep first, by ``near_dup.keep`` (default: an
     original over a generated copy, then an unpadded copy over a padded one (a uniform border of
     at least :data:`PADDED_FRACTION` of the area: padding, letterboxing), more pixels, a higher
     ``quality_column`` value, an earlier source in ``source_priority``, a larger file, a copy
@@ -432,8 +437,10 @@ def preference_order(items: pd.DataFrame, near_dup: dict | None = None) -> pd.Da
     if quality and quality not in items:
         raise ConfigError(f"params.yaml: near_dup.quality_column {quality!r} is not an item column")
     n = len(items)
+    if not n:
+        return np.zeros(0, dtype=np.int64)
     keys = [_as_key(cols[k], n) for k in keep] + [_text_rank(items["item_id"])]
-    return items.iloc[np.lexsort(keys[::-1])] if n else items
+    return np.lexsort(keys[::-1])
 
 
 def _as_key(values, n: int) -> np.ndarray:

@@ -245,11 +245,10 @@ class _Clusters:
 
 
 def _preference(items: pd.DataFrame, near_dup: dict) -> np.ndarray:
-    """Row positions of ``items``, best copy first (``neardup.preference_order``)."""
+    """Row positions of ``items``, best copy first (``neardup.preference_positions``)."""
     quality = near_dup.get("quality_column")
     columns = _RANK_COLUMNS + ([quality] if quality in items.columns and quality not in _RANK_COLUMNS else [])
-    narrow = items[columns].assign(_row=np.arange(len(items)))
-    return neardup.preference_order(narrow, near_dup)["_row"].to_numpy(np.int64)
+    return neardup.preference_positions(items[columns], near_dup)
 
 
 def _grow_clusters(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
