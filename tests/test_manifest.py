@@ -841,3 +841,4 @@ def test_positions_equal_a_direct_lookup_whichever_side_is_hashed(n_ids: int) ->
     expected = [among.index(i) if i in among else -1 for i in ids]
     assert manifest.positions(ids, among).tolist() == expected
     assert manifest.positions(pd.Series(ids, dtype="str"), pd.Series(among, dtype="str")).tolist() == expected
+    assert manifest.positions([*ids, None], [*among, None]).tolist() == [*expected, -1]  # a missing id is never found

@@ -228,20 +228,20 @@ def arrow_text(values) -> pyarrow.Array:
 
 
 def positions(ids, among) -> np.ndarray:
-    """The row of each of ``ids`` in ``among`` (its first, where it repeats), -1 where it has none:
-    Arrow hash lookups, no Python object per row. A hash table is built over the smaller side: a
-    batch of ids looked up in a whole manifest's hashes those few and probes with the many (about
-    ten times faster than building a table of every id for each batch)."""
+    """The row of each of ``ids`` in ``among`` (its first, where it repeats), -1 where it has none
+    (a missing id is never found): Arrow hash lookups, no Python object per row. A hash table is
+    built over the smaller side: a batch of ids looked up in a whole manifest's hashes those few
+    and probes with the many (about ten times faster than building a table of every id for each batch)."""
     ids, among = arrow_text(ids), arrow_text(among)
     if len(ids) * 8 >= len(among):
-        return pc.index_in(ids, value_set=among).fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+        return pc.index_in(ids, value_set=among, skip_nulls=True).fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
     encoded = pc.dictionary_encode(ids)  # the distinct ids, and each id's code
     hit = pc.index_in(among, value_set=encoded.dictionary).fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
     rows = np.flatnonzero(hit >= 0)
     first = np.full(len(encoded.dictionary), -1, dtype=np.int64)
     first[hit[rows][::-1]] = rows[::-1]  # repeated indices: the last write, so the earliest row, wins
     codes = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
-    return np.where(codes >= 0, first[np.maximum(codes, 0)], -1)
+    return np.append(first, -1)[codes]  # a missing id's code, -1, takes the -1 appended
 
 
 def keys_for(shard: np.ndarray, keys: dict[str, str]) -> dict[str, str]:

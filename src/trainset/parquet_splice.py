@@ -351,8 +351,8 @@ def _scan(buf):
     top-level fields (id, type, value start, value end), row groups (start, end, rows, span start,
     span end, last field id, first site, sites), sites (start, end, value, what))."""
     top = np.zeros((32, 4), dtype=np.int64)
-    groups = np.zeros((1, 8), dtype=np.int64)
-    sites = np.zeros((1, 4), dtype=np.int64)
+    groups = np.zeros((0, 8), dtype=np.int64)
+    sites = np.zeros((0, 4), dtype=np.int64)
     n_top = 0
     n_sites = 0
     pos = 0
@@ -370,7 +370,9 @@ def _scan(buf):
         top[n_top, 0] = fid
         top[n_top, 1] = kind
         top[n_top, 2] = pos
-        if fid == 4 and kind == 9:
+        if fid == 4 and (kind != 9 or len(groups)):  # the row groups: one list, of structs
+            return 7, top[:n_top], groups, sites[:n_sites]
+        if fid == 4:
             size, elem, pos = _list_at(buf, pos)
             if size < 0 or size > len(buf) or elem != 12:
                 return 7, top[:n_top], groups, sites[:n_sites]
@@ -507,8 +509,6 @@ class Footer:
         refused, top, groups, sites = _scan(np.frombuffer(data, dtype=np.uint8))
         if refused:
             raise SpliceError(f"{path}: {_REFUSED[refused]}")
-        if not any(int(fid) == _META_GROUPS for fid in top[:, 0]):
-            groups = np.zeros((0, 8), dtype=np.int64)
         return cls(data, top, groups, sites, start, size)
 
     @property
