@@ -239,7 +239,7 @@ def _skip_value(buf, pos, kind):
             if depth == 0:
                 return pos
             top = depth - 1
-            if frames[top, 0] == 12:  # struct: its next field, or its end
+            if frames[top, 0] == _STRUCT:  # struct: its next field, or its end
                 if pos >= len(buf):
                     return -1
                 head = np.int64(buf[pos])
@@ -250,33 +250,33 @@ def _skip_value(buf, pos, kind):
                 if not head >> 4:
                     _, pos = _zigzag_at(buf, pos)
                 ft = head & 0x0F
-                cur = -1 if ft == 1 or ft == 2 else ft
+                cur = -1 if ft == _TRUE or ft == _FALSE else ft
                 continue
             if frames[top, 1] == 0:
                 depth -= 1
                 continue
             frames[top, 1] -= 1
-            if frames[top, 0] == 11:  # map: keys and values alternate
+            if frames[top, 0] == _MAP:  # map: keys and values alternate
                 cur = frames[top, 2] if frames[top, 1] % 2 == 1 else frames[top, 3]
             else:
                 cur = frames[top, 2]
             continue
-        if cur == 1 or cur == 2 or cur == 3:
+        if cur == _TRUE or cur == _FALSE or cur == _BYTE:
             pos += 1
-        elif cur == 4 or cur == 5 or cur == 6:
+        elif cur == _I16 or cur == _I32 or cur == _I64:
             _, pos = _varint_at(buf, pos)
-        elif cur == 7:
+        elif cur == _DOUBLE:
             pos += 8
-        elif cur == 8:
+        elif cur == _BINARY:
             n, pos = _varint_at(buf, pos)
             if pos < 0:
                 return -1
             pos += n
-        elif cur == 9 or cur == 10 or cur == 12 or cur == 11:
+        elif cur == _LIST or cur == _SET or cur == _STRUCT or cur == _MAP:
             if depth == 64:
                 return -1
-            frames[depth, 0] = 12 if cur == 12 else (11 if cur == 11 else 9)
-            if cur == 9 or cur == 10:
+            frames[depth, 0] = _STRUCT if cur == _STRUCT else (_MAP if cur == _MAP else _LIST)
+            if cur == _LIST or cur == _SET:
                 if pos >= len(buf):
                     return -1
                 head = np.int64(buf[pos])
@@ -286,7 +286,7 @@ def _skip_value(buf, pos, kind):
                     size, pos = _varint_at(buf, pos)
                 frames[depth, 1] = size
                 frames[depth, 2] = head & 0x0F
-            elif cur == 11:
+            elif cur == _MAP:
                 size, pos = _varint_at(buf, pos)
                 kinds = 0
                 if size > 0:
@@ -370,11 +370,11 @@ def _scan(buf):
         top[n_top, 0] = fid
         top[n_top, 1] = kind
         top[n_top, 2] = pos
-        if fid == 4 and (kind != 9 or len(groups)):  # the row groups: one list, of structs
+        if fid == 4 and (kind != _LIST or len(groups)):  # the row groups: one list, of structs
             return 7, top[:n_top], groups, sites[:n_sites]
         if fid == 4:
             size, elem, pos = _list_at(buf, pos)
-            if size < 0 or size > len(buf) or elem != 12:
+            if size < 0 or size > len(buf) or elem != _STRUCT:
                 return 7, top[:n_top], groups, sites[:n_sites]
             groups = np.zeros((size, 8), dtype=np.int64)
             sites = np.zeros((len(buf) // 2 + 1, 4), dtype=np.int64)
@@ -392,9 +392,9 @@ def _scan(buf):
                         break
                     if gfid > 7 or gfid <= glast:  # the ordinal (7) must be last: a move drops or adds it
                         return 6, top[:n_top], groups, sites[:n_sites]
-                    if gfid == 1 and gkind == 9:  # the column chunks
+                    if gfid == 1 and gkind == _LIST:  # the column chunks
                         n_chunks, celem, pos = _list_at(buf, pos)
-                        if n_chunks < 0 or n_chunks > len(buf) or celem != 12:
+                        if n_chunks < 0 or n_chunks > len(buf) or celem != _STRUCT:
                             return 7, top[:n_top], groups, sites[:n_sites]
                         for _ in range(n_chunks):
                             clast = 0
@@ -415,12 +415,12 @@ def _scan(buf):
                                     return 3, top[:n_top], groups, sites[:n_sites]
                                 if cfid == 8 or cfid == 9:
                                     return 4, top[:n_top], groups, sites[:n_sites]
-                                if cfid == 2 and ckind == 6:
+                                if cfid == 2 and ckind == _I64:
                                     value, end = _zigzag_at(buf, pos)
                                     if value != 0:  # deprecated; 0 where a writer leaves it unset
-                                        n_sites = _mark(sites, n_sites, pos, end, value, 0)
+                                        n_sites = _mark(sites, n_sites, pos, end, value, _SITE_CHUNK_OFFSET)
                                     pos = end
-                                elif cfid == 3 and ckind == 12:  # ColumnMetaData
+                                elif cfid == 3 and ckind == _STRUCT:  # ColumnMetaData
                                     mlast = 0
                                     while True:
                                         mfid, mkind, pos = _field_at(buf, pos, mlast)
@@ -430,7 +430,7 @@ def _scan(buf):
                                             break
                                         if mfid == 14:
                                             return 5, top[:n_top], groups, sites[:n_sites]
-                                        if mkind == 6 and (mfid == 7 or mfid == 9 or mfid == 10 or mfid == 11):
+                                        if mkind == _I64 and (mfid == 7 or mfid == 9 or mfid == 10 or mfid == 11):
                                             value, end = _zigzag_at(buf, pos)
                                             if mfid == 7:
                                                 compressed = value
@@ -439,12 +439,12 @@ def _scan(buf):
                                                     data = value
                                                 elif mfid == 11:
                                                     dictionary = value
-                                                n_sites = _mark(sites, n_sites, pos, end, value, 1 if mfid == 9 else (2 if mfid == 10 else 3))
+                                                n_sites = _mark(sites, n_sites, pos, end, value, _SITE_DATA if mfid == 9 else (_SITE_INDEX_PAGE if mfid == 10 else _SITE_DICTIONARY))
                                             pos = end
-                                        elif mkind != 1 and mkind != 2:
+                                        elif mkind != _TRUE and mkind != _FALSE:
                                             pos = _skip_value(buf, pos, mkind)
                                         mlast = mfid
-                                elif ckind != 1 and ckind != 2:
+                                elif ckind != _TRUE and ckind != _FALSE:
                                     pos = _skip_value(buf, pos, ckind)
                                 clast = cfid
                             # the chunk's bytes: from its dictionary page where it has one (some writers
@@ -454,21 +454,21 @@ def _scan(buf):
                                 groups[g, 3] = start
                             if start + compressed > groups[g, 4]:
                                 groups[g, 4] = start + compressed
-                    elif gfid == 3 and gkind == 6:
+                    elif gfid == 3 and gkind == _I64:
                         rows, pos = _zigzag_at(buf, pos)
                         groups[g, 2] = rows
-                    elif (gfid == 5 and gkind == 6) or (gfid == 7 and gkind == 4):
+                    elif (gfid == 5 and gkind == _I64) or (gfid == 7 and gkind == _I16):
                         value, end = _zigzag_at(buf, pos)
                         # the ordinal's value slot holds where its field begins
-                        n_sites = _mark(sites, n_sites, pos, end, value if gfid == 5 else header, 4 if gfid == 5 else 5)
+                        n_sites = _mark(sites, n_sites, pos, end, value if gfid == 5 else header, _SITE_GROUP_OFFSET if gfid == 5 else _SITE_ORDINAL)
                         pos = end
-                    elif gkind != 1 and gkind != 2:
+                    elif gkind != _TRUE and gkind != _FALSE:
                         pos = _skip_value(buf, pos, gkind)
                     glast = gfid
                 groups[g, 1] = pos
                 groups[g, 5] = glast
                 groups[g, 7] = n_sites - groups[g, 6]
-        elif kind != 1 and kind != 2:
+        elif kind != _TRUE and kind != _FALSE:
             pos = _skip_value(buf, pos, kind)
         if pos < 0:
             return 8, top[:n_top], groups, sites[:n_sites]
