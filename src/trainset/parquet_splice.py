@@ -346,6 +346,105 @@ def _mark(sites, n, start, end, value, what):
 
 
 @numba.njit(cache=True, nogil=True)
+def _scan_column(buf, pos, sites, n_sites):
+    """A ColumnMetaData from ``pos``, its page offsets marked: (refused, pos, sites, data page,
+    dictionary page, compressed size)."""
+    last, data, dictionary, compressed = 0, -1, -1, 0
+    while True:
+        fid, kind, pos = _field_at(buf, pos, last)
+        if fid <= 0:
+            return (7 if fid < 0 else 0), pos, n_sites, data, dictionary, compressed
+        if fid == 14:
+            return 5, pos, n_sites, data, dictionary, compressed
+        if kind == _I64 and (fid == 7 or fid == 9 or fid == 10 or fid == 11):
+            value, end = _zigzag_at(buf, pos)
+            if fid == 7:
+                compressed = value
+            else:
+                if fid == 9:
+                    data = value
+                elif fid == 11:
+                    dictionary = value
+                n_sites = _mark(sites, n_sites, pos, end, value, _SITE_DATA if fid == 9 else (_SITE_INDEX_PAGE if fid == 10 else _SITE_DICTIONARY))
+            pos = end
+        elif kind != _TRUE and kind != _FALSE:
+            pos = _skip_value(buf, pos, kind)
+        last = fid
+
+
+@numba.njit(cache=True, nogil=True)
+def _scan_chunk(buf, pos, sites, n_sites):
+    """A ColumnChunk from ``pos``: (refused, pos, sites, where its bytes start, where they end)."""
+    last, start, end = 0, -1, -1
+    while True:
+        fid, kind, pos = _field_at(buf, pos, last)
+        if fid <= 0:
+            return (7 if fid < 0 else 0), pos, n_sites, start, end
+        if fid == 1 or fid == 4 or fid == 5 or fid == 6 or fid == 7 or fid == 8 or fid == 9:
+            # another file's chunk (1), a page index (4-7), encryption (8, 9)
+            return (1 if fid == 1 else (2 if fid <= 5 else (3 if fid <= 7 else 4))), pos, n_sites, start, end
+        if fid == 2 and kind == _I64:
+            value, after = _zigzag_at(buf, pos)
+            if value != 0:  # deprecated; 0 where a writer leaves it unset
+                n_sites = _mark(sites, n_sites, pos, after, value, _SITE_CHUNK_OFFSET)
+            pos = after
+        elif fid == 3 and kind == _STRUCT:
+            refused, pos, n_sites, data, dictionary, compressed = _scan_column(buf, pos, sites, n_sites)
+            if refused:
+                return refused, pos, n_sites, start, end
+            # from the dictionary page where there is one (some writers leave the offset 0 or
+            # past the data page), else the first data page
+            start = dictionary if 0 < dictionary < data else data
+            end = start + compressed
+        elif kind != _TRUE and kind != _FALSE:
+            pos = _skip_value(buf, pos, kind)
+        last = fid
+
+
+@numba.njit(cache=True, nogil=True)
+def _scan_group(buf, pos, g, groups, sites, n_sites):
+    """RowGroup ``g`` from ``pos`` into ``groups[g]`` (see :func:`_scan`): (refused, pos, sites)."""
+    groups[g, 0] = pos
+    groups[g, 3] = np.int64(1) << 62
+    groups[g, 6] = n_sites
+    last = 0
+    while True:
+        header = pos
+        fid, kind, pos = _field_at(buf, pos, last)
+        if fid < 0:
+            return 7, pos, n_sites
+        if fid == 0:
+            break
+        if fid > 7 or fid <= last:  # the ordinal (7) must be last: a move drops or adds it
+            return 6, pos, n_sites
+        if fid == 1 and kind == _LIST:  # the column chunks
+            n_chunks, elem, pos = _list_at(buf, pos)
+            if n_chunks < 0 or n_chunks > len(buf) or elem != _STRUCT:
+                return 7, pos, n_sites
+            for _ in range(n_chunks):
+                refused, pos, n_sites, start, end = _scan_chunk(buf, pos, sites, n_sites)
+                if refused:
+                    return refused, pos, n_sites
+                groups[g, 3] = min(groups[g, 3], start)
+                groups[g, 4] = max(groups[g, 4], end)
+        elif fid == 3 and kind == _I64:
+            rows, pos = _zigzag_at(buf, pos)
+            groups[g, 2] = rows
+        elif (fid == 5 and kind == _I64) or (fid == 7 and kind == _I16):
+            value, end = _zigzag_at(buf, pos)
+            # the ordinal's value slot holds where its field begins
+            n_sites = _mark(sites, n_sites, pos, end, value if fid == 5 else header, _SITE_GROUP_OFFSET if fid == 5 else _SITE_ORDINAL)
+            pos = end
+        elif kind != _TRUE and kind != _FALSE:
+            pos = _skip_value(buf, pos, kind)
+        last = fid
+    groups[g, 1] = pos
+    groups[g, 5] = last
+    groups[g, 7] = n_sites - groups[g, 6]
+    return 0, pos, n_sites
+
+
+@numba.njit(cache=True, nogil=True)
 def _scan(buf):
     """One pass over an encoded ``FileMetaData``. Returns (refused: 0 or a :data:`_REFUSED` code,
     top-level fields (id, type, value start, value end), row groups (start, end, rows, span start,
@@ -379,95 +478,9 @@ def _scan(buf):
             groups = np.zeros((size, 8), dtype=np.int64)
             sites = np.zeros((len(buf) // 2 + 1, 4), dtype=np.int64)
             for g in range(size):
-                groups[g, 0] = pos
-                groups[g, 3] = np.int64(1) << 62
-                groups[g, 6] = n_sites
-                glast = 0
-                while True:
-                    header = pos
-                    gfid, gkind, pos = _field_at(buf, pos, glast)
-                    if gfid < 0:
-                        return 7, top[:n_top], groups, sites[:n_sites]
-                    if gfid == 0:
-                        break
-                    if gfid > 7 or gfid <= glast:  # the ordinal (7) must be last: a move drops or adds it
-                        return 6, top[:n_top], groups, sites[:n_sites]
-                    if gfid == 1 and gkind == _LIST:  # the column chunks
-                        n_chunks, celem, pos = _list_at(buf, pos)
-                        if n_chunks < 0 or n_chunks > len(buf) or celem != _STRUCT:
-                            return 7, top[:n_top], groups, sites[:n_sites]
-                        for _ in range(n_chunks):
-                            clast = 0
-                            data = -1
-                            dictionary = -1
-                            compressed = 0
-                            while True:
-                                cfid, ckind, pos = _field_at(buf, pos, clast)
-                                if cfid < 0:
-                                    return 7, top[:n_top], groups, sites[:n_sites]
-                                if cfid == 0:
-                                    break
-                                if cfid == 1:
-                                    return 1, top[:n_top], groups, sites[:n_sites]
-                                if cfid == 4 or cfid == 5:
-                                    return 2, top[:n_top], groups, sites[:n_sites]
-                                if cfid == 6 or cfid == 7:
-                                    return 3, top[:n_top], groups, sites[:n_sites]
-                                if cfid == 8 or cfid == 9:
-                                    return 4, top[:n_top], groups, sites[:n_sites]
-                                if cfid == 2 and ckind == _I64:
-                                    value, end = _zigzag_at(buf, pos)
-                                    if value != 0:  # deprecated; 0 where a writer leaves it unset
-                                        n_sites = _mark(sites, n_sites, pos, end, value, _SITE_CHUNK_OFFSET)
-                                    pos = end
-                                elif cfid == 3 and ckind == _STRUCT:  # ColumnMetaData
-                                    mlast = 0
-                                    while True:
-                                        mfid, mkind, pos = _field_at(buf, pos, mlast)
-                                        if mfid < 0:
-                                            return 7, top[:n_top], groups, sites[:n_sites]
-                                        if mfid == 0:
-                                            break
-                                        if mfid == 14:
-                                            return 5, top[:n_top], groups, sites[:n_sites]
-                                        if mkind == _I64 and (mfid == 7 or mfid == 9 or mfid == 10 or mfid == 11):
-                                            value, end = _zigzag_at(buf, pos)
-                                            if mfid == 7:
-                                                compressed = value
-                                            else:
-                                                if mfid == 9:
-                                                    data = value
-                                                elif mfid == 11:
-                                                    dictionary = value
-                                                n_sites = _mark(sites, n_sites, pos, end, value, _SITE_DATA if mfid == 9 else (_SITE_INDEX_PAGE if mfid == 10 else _SITE_DICTIONARY))
-                                            pos = end
-                                        elif mkind != _TRUE and mkind != _FALSE:
-                                            pos = _skip_value(buf, pos, mkind)
-                                        mlast = mfid
-                                elif ckind != _TRUE and ckind != _FALSE:
-                                    pos = _skip_value(buf, pos, ckind)
-                                clast = cfid
-                            # the chunk's bytes: from its dictionary page where it has one (some writers
-                            # leave the offset 0 or past the data page), else its first data page
-                            start = dictionary if 0 < dictionary < data else data
-                            if start < groups[g, 3]:
-                                groups[g, 3] = start
-                            if start + compressed > groups[g, 4]:
-                                groups[g, 4] = start + compressed
-                    elif gfid == 3 and gkind == _I64:
-                        rows, pos = _zigzag_at(buf, pos)
-                        groups[g, 2] = rows
-                    elif (gfid == 5 and gkind == _I64) or (gfid == 7 and gkind == _I16):
-                        value, end = _zigzag_at(buf, pos)
-                        # the ordinal's value slot holds where its field begins
-                        n_sites = _mark(sites, n_sites, pos, end, value if gfid == 5 else header, _SITE_GROUP_OFFSET if gfid == 5 else _SITE_ORDINAL)
-                        pos = end
-                    elif gkind != _TRUE and gkind != _FALSE:
-                        pos = _skip_value(buf, pos, gkind)
-                    glast = gfid
-                groups[g, 1] = pos
-                groups[g, 5] = glast
-                groups[g, 7] = n_sites - groups[g, 6]
+                refused, pos, n_sites = _scan_group(buf, pos, g, groups, sites, n_sites)
+                if refused:
+                    return refused, top[:n_top], groups, sites[:n_sites]
         elif kind != _TRUE and kind != _FALSE:
             pos = _skip_value(buf, pos, kind)
         if pos < 0:

@@ -281,8 +281,6 @@ def _parquet_bytes(table: pa.Table) -> memoryview:
     return memoryview(sink.getvalue())
 
 
-link = atomic.link
-
 def read_index(path: str | Path) -> dict:
     return json.loads(Path(path).read_text())
 

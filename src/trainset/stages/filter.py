@@ -211,7 +211,7 @@ class _Judge:
         merged = _merged_members(shared)
         return cls(
             dictionary=dictionary, thresholds=thresholds, actions=actions, takedown=takedown, policy=policy, edits=edits,
-            notes=annotations.load(annotation_files), groups=groups, group_rows=pd.Index(groups["item_id"]),
+            notes=annotations.load(annotation_files), groups=groups,
             scores=_score_lookup(scores), merged=merged, sources=_minors_sources(shared, merged, policy, edits, dictionary, takedown),
         )
 
@@ -258,10 +258,10 @@ class _Judge:
         meta = pq.read_metadata(paths["audit"])
         bounds = np.concatenate([[0], np.cumsum([meta.row_group(k).num_rows for k in range(meta.num_row_groups)])]).tolist()
         ids = pq.read_table(paths["audit"], columns=["item_id"]).column(0).combine_chunks()
-        rows = pc.index_in(ids, value_set=pa.array(self.groups["item_id"], type=pa.string()))
-        if rows.null_count:  # the batches name the items without a group row
+        rows = manifest.positions(ids, self.groups["item_id"])
+        if (rows < 0).any():  # the batches name the items without a group row
             return {}
-        columns = [pa.array(self.groups[c]).take(rows) for c in schemas.CLUSTER_COLUMNS]
+        columns = [pa.array(self.groups[c]).take(pa.array(rows)) for c in schemas.CLUSTER_COLUMNS]
         columns.append(pa.array(self.scores(ids)))
         columns.append(_merged_hashes(self.merged, ids))
         if self.sources:  # the minors verdict reaching each item's component, as text
@@ -278,7 +278,7 @@ class _Judge:
         return keys
 
     def _group_rows(self, ids: pd.Series, missing: str) -> pd.DataFrame:
-        rows = self.group_rows.get_indexer(ids)
+        rows = manifest.positions(ids, self.groups["item_id"])
         if (rows < 0).any():
             raise ValueError(f"{missing} for {', '.join(ids[rows < 0][:5])}")
         return self.groups.iloc[rows].set_axis(ids.index)
@@ -434,7 +434,8 @@ def _merged_hashes(merged: pd.DataFrame, ids: pa.Array) -> pa.Array:
         "rating": merged["rating"].astype(str),
     })
     hashes = pa.array(pd.util.hash_pandas_object(joined, index=False).to_numpy())
-    return hashes.take(pc.index_in(ids, value_set=pa.array(merged["item_id"], type=pa.string())))
+    at = manifest.positions(ids, merged["item_id"])
+    return hashes.take(pa.array(at, mask=at < 0))
 
 
 def _checked(items: pd.DataFrame, files: list[Path]) -> pd.DataFrame:
