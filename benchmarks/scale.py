@@ -490,7 +490,7 @@ def step_group(repo: Repo, params: dict, opts, save) -> dict:
               repo.run / "group-stats.json", seed=params["seed"],
               tiles={"pairs": [repo.shard_file("pairs", s) for s in names],
                      "reference": [repo.shard_file("reference", s) for s in names],
-                     "stats": [repo.shard_stats("pairs", s) for s in names]})
+                     "stats": [repo.shard_stats("pairs", s) for s in names]}, kept=repo.cache / "kept")
     return {}
 
 

@@ -78,6 +78,7 @@ rule group:
         seed=config["seed"],
         cache=CACHE,
         stats=f"{RUN}/group-stats.json",
+        kept=f"{CACHE}/kept",  # the last groups manifest: a shard whose audit rows and clusters did not change is copied from it
         code=CODE,
     script:
         "../scripts/group.py"

@@ -188,10 +188,11 @@ class Chain:
     def group(self, max_distance: int = 10, near_dup: dict | None = None) -> pd.DataFrame:
         """The group stage; ``near_dup`` params (default: the hash-only rule ``distance <= max_distance``)."""
         self.near_dup = near_dup if near_dup is not None else {"rule": [{"max_distance": max_distance}]}
-        return group.run(
+        group.run(
             self.p["ingest"], self.p["audit"], self.p["groups"], self.p["pairs"], self.p["reference_pairs"],
             self.near_dup, self.p["cache"], self.root / "data" / "run" / "group-stats.json",
         )
+        return self.read("groups", schemas.GROUPS)
 
     @_at_root
     def filter(

@@ -78,10 +78,11 @@ def _run_group(c, tmp_path, near_dup: dict, name: str = "g") -> pd.DataFrame:
     """The group stage on the chain's ingest and audit into ``tmp_path/name`` (its own cache)."""
     out = tmp_path / name
     out.mkdir(exist_ok=True)
-    return group.run(
+    group.run(
         c.p["ingest"], c.p["audit"], out / "groups.parquet", out / "pairs.parquet", out / "reference_pairs.parquet",
         near_dup, out / "cache", out / "stats.json",
     )
+    return manifest.read(out / "groups.parquet", schemas.GROUPS)
 
 
 def _rejected(c):
@@ -233,10 +234,11 @@ def _audit_row(item_id: str, phash: str, **over) -> dict:
 def _group_rows(tmp_path, rows, max_distance: int) -> dict:
     H.write_manifest(rows, tmp_path / "ingest.parquet", schemas.INGEST)
     H.write_manifest(rows, tmp_path / "audit.parquet", schemas.AUDIT)
-    return H.by_id(group.run(
+    group.run(
         tmp_path / "ingest.parquet", tmp_path / "audit.parquet", tmp_path / "g.parquet", tmp_path / "p.parquet",
         tmp_path / "r.parquet", {"rule": [{"max_distance": max_distance}]}, tmp_path / "cache", tmp_path / "stats.json",
-    ))
+    )
+    return H.by_id(manifest.read(tmp_path / "g.parquet", schemas.GROUPS))
 
 
 def test_bridging_item_does_not_chain_clusters_but_joins_the_component(tmp_path):
@@ -280,11 +282,10 @@ def test_cluster_grows_around_the_best_copy(tmp_path):
 def test_group_on_empty_input(tmp_path):
     H.write_manifest([], tmp_path / "ingest.parquet", schemas.INGEST)
     H.write_manifest([], tmp_path / "audit.parquet", schemas.AUDIT)
-    out = group.run(
+    group.run(
         tmp_path / "ingest.parquet", tmp_path / "audit.parquet", tmp_path / "g.parquet", tmp_path / "p.parquet",
         tmp_path / "r.parquet", {"rule": [{"max_distance": MAX_DISTANCE}]}, tmp_path / "cache", tmp_path / "stats.json",
     )
-    assert len(out) == 0
     assert len(manifest.read(tmp_path / "g.parquet", schemas.GROUPS)) == 0
     assert len(manifest.read(tmp_path / "p.parquet", schemas.PAIRS)) == 0
     assert len(manifest.read(tmp_path / "r.parquet", schemas.REFERENCE_PAIRS)) == 0

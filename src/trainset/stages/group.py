@@ -22,8 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from .. import atomic, features, hashing, manifest, neardup, progress, schemas, shards
+from .. import atomic, features, hashing, manifest, neardup, progress, provenance, row_digests, schemas, shards
 from ..sources.image_folder import normalize_extensions, walk
 
 
@@ -61,21 +64,26 @@ def run(
     ingest_path: str | Path, audit_path: str | Path, out: str | Path, pairs_out: str | Path, reference_out: str | Path,
     near_dup: dict, cache_dir: str | Path, stats_path: str | Path, seed: int = 0, threads: int = 1,
     extensions=None, max_pixels: int | None = features.DEFAULT_MAX_PIXELS, tiles: dict | None = None,
-) -> pd.DataFrame:
+    kept: str | Path | None = None,
+) -> None:
     """``tiles``: the shard jobs' outputs (``trainset.stages.pairs``: lists of ``pairs``,
-    ``reference`` and ``stats`` files), gathered here; without them the search runs in this process."""
+    ``reference`` and ``stats`` files), gathered here; without them the search runs in this process.
+
+    The groups manifest is written by the audit manifest's shards. ``kept``: a folder where the
+    last one is kept; a shard whose audit rows and whose linked contents' clusters are those it
+    was made from is copied from it (:class:`manifest.ShardedWriter`), so adding a batch writes
+    the new shards and those whose clusters it changed."""
     cache_dir = Path(cache_dir)
     rule = neardup.Rule.from_params(near_dup, seed)
     searching = tiles is None
     items = manifest.read(ingest_path, schemas.INGEST, columns=_ingest_columns(near_dup, searching), arrow_lists=("tags",))
-    audit_columns = ["item_id", "width", "height", "border_fraction"] + (["phash_views"] if searching else [])
+    audit_columns = ["item_id", "sha256", "width", "height", "border_fraction"] + (["phash_views"] if searching else [])
     audit = manifest.read(audit_path, schemas.AUDIT, columns=audit_columns)
-    at = _audit_rows(items["item_id"], audit, audit_path)
+    at = _audit_rows(items["item_id"], audit, audit_path, ingest_path)
     if searching:  # the search ranks every item
-        merged, with_audit = _with_audit(items, audit, at), None
-        del audit
-    else:  # gathered tiles: only the copies of contents in a pair are ranked (_best_first)
-        merged, with_audit = items, (lambda rows, positions: _with_audit(rows, audit, at[positions]))
+        merged, with_audit = _with_audit(items, audit.drop(columns="sha256"), at), None
+    else:  # gathered tiles: only the copies of contents in a pair are ranked (_linked_clusters)
+        merged, with_audit = items, (lambda rows, positions: _with_audit(rows, audit.drop(columns="sha256"), at[positions]))
     del items
 
     if searching:
@@ -94,11 +102,12 @@ def run(
         stats = shards.sum_stats(tiles["stats"])
     manifest.write(pairs, pairs_out, schemas.PAIRS, sort_by=["a", "b"])
 
-    groups = _groups(merged, pairs, near_dup, with_audit)
+    linked = _linked_clusters(merged, pairs, near_dup, with_audit)
+    del merged
+    _write_groups(out, audit_path, audit[["item_id", "sha256"]], linked, kept)
     manifest.write(refs, reference_out, schemas.REFERENCE_PAIRS, sort_by=["sha256", "reference", "reference_path"])
     stats["reference_matches"] = len(refs)
     atomic.write_text(stats_path, json.dumps(stats, indent=2, sort_keys=True) + "\n")
-    return manifest.write(groups, out, schemas.GROUPS)
 
 
 # the ingest columns neardup.preference_order ranks by (the audit gives the pixels and border)
@@ -113,14 +122,19 @@ def _ingest_columns(near_dup: dict, searching: bool) -> list[str]:
     return _RANK_COLUMNS + extra + (["path"] if searching else [])
 
 
-def _audit_rows(ids: pd.Series, audit: pd.DataFrame, audit_path) -> np.ndarray:
-    """The audit row of each item (every item has one), matched by item id (row by row where both
-    are in the same order)."""
+def _audit_rows(ids: pd.Series, audit: pd.DataFrame, audit_path, ingest_path) -> np.ndarray:
+    """The audit row of each item, matched by item id (row by row where both are in the same
+    order): every item has one, and the audit lists no other item."""
     if len(audit) == len(ids) and audit["item_id"].array.equals(ids.array):
         return np.arange(len(ids))
     rows = manifest.positions(ids, audit["item_id"])
     if (rows < 0).any():
         raise manifest.ManifestError(f"{audit_path}: no audit row for {', '.join(ids[rows < 0][:5])}")
+    if len(audit) != len(ids):  # item ids are unique in both: then some audit row names no item
+        stray = np.ones(len(audit), dtype=bool)
+        stray[rows] = False
+        raise manifest.ManifestError(f"{audit_path}: audit rows for items that {ingest_path} does not list: "
+                                     f"{', '.join(audit['item_id'][stray][:5])}")
     return rows
 
 
@@ -130,52 +144,32 @@ def _with_audit(items: pd.DataFrame, audit: pd.DataFrame, rows: np.ndarray) -> p
     return pd.concat([items, audit.drop(columns="item_id").set_axis(items.index)], axis=1)
 
 
-def _groups(items: pd.DataFrame, pairs: pd.DataFrame, near_dup: dict, with_audit=None) -> pd.DataFrame:
-    """Each item's cluster (grown around the best copy first) and component. Only contents in a
-    pair need the graph: every other content is its own cluster and component. ``with_audit``:
-    adds the audit columns the ranking reads to the rows ranked (given with their positions in
-    ``items``; None: ``items`` has them)."""
-    content, shas = pd.factorize(items["sha256"])
-    a, b = _pair_contents(items["sha256"], content, pairs)
-    linked = _best_first(items, content, np.unique(np.concatenate([a, b])), near_dup, with_audit)
-    local = np.full(len(shas), -1, dtype=np.int64)
-    local[linked] = np.arange(len(linked))
-    rep = np.arange(len(shas))
-    rep[linked] = linked[neardup.grow_clusters(len(linked), local[a], local[b], np.arange(len(linked)))]
-    least = np.arange(len(shas))
-    least[linked] = linked[_least_in_component(shas[linked], neardup.components(len(linked), local[a], local[b]))]
-    cluster = rep[content]
-    groups = items[["item_id", "sha256"]].copy()
-    groups["cluster_key"] = pd.Series(shas.take(cluster), index=items.index, dtype="str")
-    groups["cluster_id"] = groups["cluster_key"].str[:16]
-    groups["cluster_size"] = np.bincount(cluster, minlength=len(shas))[cluster].astype("int64")
-    groups["component_key"] = pd.Series(shas.take(least[content]), index=items.index, dtype="str")
-    return groups
-
-
-def _pair_contents(shas: pd.Series, content: np.ndarray, pairs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """The content codes (``content``: one per item of ``shas``) of each pair's two contents,
-    looked up through the few SHA-256s the pairs name."""
-    named = pd.Index(pd.unique(pd.concat([pairs["a"], pairs["b"]], ignore_index=True).astype("str")))
-    row = named.get_indexer(shas)
-    code = np.full(len(named), -1, dtype=np.int64)
-    code[row[row >= 0]] = content[row >= 0]
-    if (code < 0).any():
-        unknown = named[code < 0]
-        raise ValueError(f"near-duplicate pairs name {len(unknown)} content(s) no item has, e.g. {unknown[0]!r}")
-    return code[named.get_indexer(pairs["a"])], code[named.get_indexer(pairs["b"])]
-
-
-def _best_first(items: pd.DataFrame, content: np.ndarray, linked: np.ndarray, near_dup: dict, with_audit=None) -> np.ndarray:
-    """``linked`` contents in the order of their best copies (``neardup.preference_order`` ranks
-    each row on its own, so ranking only their copies orders them as ranking every item would)."""
-    is_linked = np.zeros(len(content), dtype=bool)
-    is_linked[linked] = True
-    rows = np.flatnonzero(is_linked[content])
+def _linked_clusters(items: pd.DataFrame, pairs: pd.DataFrame, near_dup: dict, with_audit=None) -> pd.DataFrame:
+    """The cluster (grown around the best copy first) and component of each content in a pair:
+    ``sha256``, ``cluster_key``, ``cluster_size`` (items in the cluster, copies included) and
+    ``component_key``. Every other content is its own cluster and component, so only the copies of
+    these contents are read and ranked. ``with_audit``: adds the audit columns the ranking reads to
+    the rows ranked (given with their positions in ``items``; None: ``items`` has them)."""
+    named = manifest.arrow_text(pd.unique(pd.concat([pairs["a"], pairs["b"]], ignore_index=True).astype("str")))
+    rows = np.flatnonzero(pc.is_in(manifest.arrow_text(items["sha256"]), value_set=named).to_numpy(zero_copy_only=False))
     copies = items.iloc[rows]
+    content, shas = pd.factorize(copies["sha256"])
+    if len(shas) != len(named):
+        unknown = pc.filter(named, pc.invert(pc.is_in(named, value_set=manifest.arrow_text(shas))))
+        raise ValueError(f"near-duplicate pairs name {len(unknown)} content(s) no item has, e.g. {unknown[0].as_py()!r}")
+    code = manifest.positions(pairs["a"], shas), manifest.positions(pairs["b"], shas)
     copies = with_audit(copies, rows) if with_audit is not None else copies
-    ranked = neardup.preference_order(copies.set_axis(rows), near_dup)
-    return pd.unique(content[ranked.index.to_numpy()])
+    ranked = neardup.preference_positions(copies.set_axis(np.arange(len(copies))), near_dup)
+    best_first = pd.unique(content[ranked])  # contents in the order of their best copies
+    local = np.empty(len(shas), dtype=np.int64)
+    local[best_first] = np.arange(len(best_first))
+    a, b = local[code[0]], local[code[1]]
+    rep, least = np.empty(len(shas), dtype=np.int64), np.empty(len(shas), dtype=np.int64)  # by content code
+    rep[best_first] = best_first[neardup.grow_clusters(len(best_first), a, b, np.arange(len(best_first)))]
+    least[best_first] = best_first[_least_in_component(shas[best_first], neardup.components(len(best_first), a, b))]
+    size = np.bincount(rep[content], minlength=len(shas))  # items per cluster, by its representative
+    return pd.DataFrame({"sha256": pd.Series(shas, dtype="str"), "cluster_key": pd.Series(shas.take(rep), dtype="str"),
+                         "cluster_size": size[rep].astype("int64"), "component_key": pd.Series(shas.take(least), dtype="str")})
 
 
 def _least_in_component(shas: pd.Index, comp: np.ndarray) -> np.ndarray:
@@ -185,6 +179,72 @@ def _least_in_component(shas: pd.Index, comp: np.ndarray) -> np.ndarray:
     least = np.empty(len(labels), dtype=np.int64)
     least[labels] = by_sha[first]
     return least[comp]
+
+
+class _Clusters:
+    """Each item's cluster columns from the linked contents' (:func:`_linked_clusters`) as Arrow
+    columns over the audit rows (``ids``, ``shas``): an item whose content is in no pair is its own
+    cluster (of its exact copies, which share its shard) and component."""
+
+    def __init__(self, ids: pa.Array, shas: pa.Array, linked: pd.DataFrame):
+        self.ids, self.shas = ids, shas
+        self.at = manifest.positions(shas, linked["sha256"])
+        self.is_linked = self.at >= 0
+        picked = pa.array(np.where(self.is_linked, self.at, 0))
+        mask = pa.array(~self.is_linked)
+
+        def column(name, type_):
+            values = pa.array(linked[name].to_numpy(), type=type_) if len(linked) else pa.nulls(1, type_)
+            return pc.if_else(mask, pa.nulls(len(shas), type_), values.take(picked)) if len(shas) else pa.array([], type_)
+        self.linked = {name: column(name, t) for name, t in
+                       (("cluster_key", pa.string()), ("cluster_size", pa.int64()), ("component_key", pa.string()))}
+
+    def rows(self, a: int, b: int) -> pd.DataFrame:
+        """The groups rows of audit rows ``a:b`` (whole shards: every copy of a content among them)."""
+        shas = self.shas.slice(a, b - a)
+        codes = pc.dictionary_encode(shas).indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        copies = pa.array(np.bincount(codes)[codes].astype(np.int64) if len(codes) else np.zeros(0, np.int64))
+        key = pc.coalesce(self.linked["cluster_key"].slice(a, b - a), shas)
+        return pd.DataFrame({
+            "item_id": self.ids.slice(a, b - a).to_pandas(types_mapper=pd.ArrowDtype).astype("str"),
+            "sha256": shas.to_pandas().astype("str"),
+            "cluster_key": key.to_pandas().astype("str"),
+            "cluster_id": pc.utf8_slice_codeunits(key, 0, 16).to_pandas().astype("str"),
+            "cluster_size": pc.coalesce(self.linked["cluster_size"].slice(a, b - a), copies).to_numpy(zero_copy_only=False),
+            "component_key": pc.coalesce(self.linked["component_key"].slice(a, b - a), shas).to_pandas().astype("str"),
+        })
+
+    def shard_keys(self, names: list[str], bounds: list[int], audit_digests: dict[str, str]) -> dict[str, str]:
+        """shard -> key of its groups rows: its audit rows' bytes (item ids, contents) and its
+        linked contents' cluster columns; the code."""
+        code = provenance.code_digest()
+        sides = row_digests.range_digests(list(self.linked.values()), bounds)
+        return {name: provenance.params_digest(["group", code, audit_digests[name], side])
+                for name, side in zip(names, sides) if name in audit_digests}
+
+
+def _write_groups(out: str | Path, audit_path: str | Path, audit: pd.DataFrame, linked: pd.DataFrame, kept) -> None:
+    """The groups manifest, by the audit manifest's shards (one row group each), a batch of
+    shards at a time; with ``kept``, the shards whose key did not change copied from the last one."""
+    names = manifest.shard_groups(audit_path)
+    meta = pq.read_metadata(audit_path)
+    bounds = np.concatenate([[0], np.cumsum([meta.row_group(k).num_rows for k in range(meta.num_row_groups)])]).astype(np.int64).tolist()
+    if names is None:
+        names, bounds = [""], [0, len(audit)]
+    clusters = _Clusters(manifest.arrow_text(audit["item_id"]), manifest.arrow_text(audit["sha256"]), linked)
+    keys = clusters.shard_keys(names, bounds, manifest.shard_digests(audit_path)) if kept is not None else {}
+    with manifest.ShardedWriter(out, schemas.GROUPS, kept=kept and Path(kept) / "groups.parquet", order=names) as writer:
+        reused = writer.reuse_all(keys)
+        todo = [(name, a, b) for name, a, b in zip(names, bounds[:-1], bounds[1:]) if name not in reused]
+        start = 0
+        while start < len(todo):  # consecutive shards of at least BATCH_ROWS rows: one check a batch
+            end = start + 1
+            while end < len(todo) and todo[end][1] == todo[end - 1][2] and todo[end - 1][2] - todo[start][1] < manifest.BATCH_ROWS:
+                end += 1
+            a, b = todo[start][1], todo[end - 1][2]
+            shard = np.repeat(np.array([t[0] for t in todo[start:end]], dtype=object), [t[2] - t[1] for t in todo[start:end]])
+            writer.write(shard, clusters.rows(a, b), keys=manifest.keys_for(shard, keys))
+            start = end
 
 
 def reference_features(near_dup: dict, cache_dir: Path, threads: int, extensions, max_pixels) -> list[tuple[str, pd.DataFrame]]:
