@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import imagehash
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -289,6 +291,82 @@ def test_group_on_empty_input(tmp_path):
     assert len(manifest.read(tmp_path / "g.parquet", schemas.GROUPS)) == 0
     assert len(manifest.read(tmp_path / "p.parquet", schemas.PAIRS)) == 0
     assert len(manifest.read(tmp_path / "r.parquet", schemas.REFERENCE_PAIRS)) == 0
+
+
+# --------------------------------------------------------------------------- group by shard
+
+
+def _group_inputs(tmp_path, extra: int = 0):
+    """Ingest and an audit written by shard (three shards, copies of a content in one), contents
+    with exact copies; ``extra`` items more in a fourth shard."""
+    rows = []
+    for s in range(3 + (extra > 0)):
+        n = 4 if s < 3 else extra
+        for k in range(n):
+            sha = H.fake_sha(f"{s}-{k // 2 if s == 1 else k}")  # shard 00001: pairs of exact copies
+            rows.append(H.item_row(f"src:{s}_{k}.png", sha, phash_views=["0" * 16] * 3, decoded=True, reason=None, detail=None))
+    frame = H.frame(rows, schemas.INGEST)
+    manifest.write(frame, tmp_path / "ingest.parquet", schemas.INGEST)
+    audit = H.frame(rows, schemas.AUDIT)
+    with manifest.ShardedWriter(tmp_path / "audit.parquet", schemas.AUDIT) as writer:
+        for s in sorted({r["item_id"].split(":")[1].split("_")[0] for r in rows}):
+            writer.write(f"{int(s):05d}", audit[audit["item_id"].str.startswith(f"src:{s}_")])
+    return {r["item_id"]: r["sha256"] for r in rows}
+
+
+def _tile(tmp_path, links) -> dict:
+    tile = tmp_path / "tile"
+    tile.mkdir(exist_ok=True)
+    rows = [{"a": min(x, y), "b": max(x, y), "distance": 2, "cosine": np.nan, "rule": "phash"} for x, y in links]
+    manifest.write(pd.DataFrame(rows) if rows else manifest.empty(schemas.PAIRS), tile / "pairs.parquet", schemas.PAIRS, sort_by=["a", "b"])
+    manifest.write(manifest.empty(schemas.REFERENCE_PAIRS), tile / "reference.parquet", schemas.REFERENCE_PAIRS)
+    (tile / "stats.json").write_text(json.dumps({"pairs": len(rows)}))
+    return {"pairs": [tile / "pairs.parquet"], "reference": [tile / "reference.parquet"], "stats": [tile / "stats.json"]}
+
+
+def _group(tmp_path, name: str, links, kept=True) -> Path:
+    out = tmp_path / f"{name}.parquet"
+    group.run(tmp_path / "ingest.parquet", tmp_path / "audit.parquet", out, tmp_path / "pairs.parquet", tmp_path / "reference.parquet",
+              {"rule": [{"max_distance": 6}]}, tmp_path / "cache", tmp_path / "stats.json", tiles=_tile(tmp_path, links),
+              kept=tmp_path / "kept" if kept else None)
+    return out
+
+
+def test_group_writes_again_only_the_shards_whose_clusters_changed(tmp_path, monkeypatch):
+    """The groups manifest comes by the audit's shards; a new pair between two shards writes those
+    two again (their items' clusters changed), the third is copied, and the file equals a run
+    without a kept output."""
+    sha = _group_inputs(tmp_path)
+    first = [(sha["src:0_0.png"], sha["src:0_1.png"])]
+    _group(tmp_path, "g1", first)
+    assert manifest.shard_groups(tmp_path / "g1.parquet") == ["00000", "00001", "00002"]
+    written: list = []
+    real = group._Clusters.rows
+    monkeypatch.setattr(group._Clusters, "rows", lambda self, a, b: written.append((a, b)) or real(self, a, b))
+    _group(tmp_path, "g2", first)
+    assert written == []  # nothing changed: every shard copied
+    assert pq.read_table(tmp_path / "g2.parquet").equals(pq.read_table(tmp_path / "g1.parquet"))
+
+    links = [*first, (sha["src:1_0.png"], sha["src:2_3.png"])]
+    _group(tmp_path, "g3", links)
+    assert written == [(4, 12)]  # shards 00001 and 00002, in one batch
+    groups = H.by_id(manifest.read(tmp_path / "g3.parquet", schemas.GROUPS))
+    joined = ["src:1_0.png", "src:1_1.png", "src:2_3.png"]  # an exact copy joins with its content
+    assert {groups[i]["cluster_key"] for i in joined} == {sha["src:1_0.png"]}  # the best copy: the smallest item id
+    assert {groups[i]["component_key"] for i in joined} == {min(sha["src:1_0.png"], sha["src:2_3.png"])}
+    assert [groups[i]["cluster_size"] for i in joined] == [3, 3, 3]
+    assert groups["src:1_2.png"]["cluster_size"] == 2 and groups["src:0_2.png"]["cluster_size"] == 1
+    monkeypatch.undo()
+    _group(tmp_path, "fresh", links, kept=False)
+    assert pq.read_table(tmp_path / "g3.parquet").equals(pq.read_table(tmp_path / "fresh.parquet"))
+
+
+def test_group_refuses_audit_rows_of_items_the_ingest_lacks(tmp_path):
+    _group_inputs(tmp_path)
+    ingest = manifest.read(tmp_path / "ingest.parquet", schemas.INGEST)
+    manifest.write(ingest[ingest["item_id"] != "src:2_1.png"], tmp_path / "ingest.parquet", schemas.INGEST)
+    with pytest.raises(manifest.ManifestError, match="audit rows for items that .* does not list: src:2_1.png"):
+        _group(tmp_path, "g", [])
 
 
 # --------------------------------------------------------------------------- dedup
