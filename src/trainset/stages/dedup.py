@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .. import ledger, manifest, neardup, provenance, schemas
@@ -112,12 +113,44 @@ def _choose(filtered_path: str | Path, pairs_path: str | Path, reference_path: s
     if not survives.all():
         items = items[survives].reset_index(drop=True)
 
-    clusters = _Clusters.of(items, manifest.read(pairs_path, schemas.PAIRS), near_dup)
-    manifest.write(clusters.membership(items), clusters_out, schemas.MEMBERSHIP, sort_by=["item_id"])
+    pairs = manifest.read(pairs_path, schemas.PAIRS)
+    contested = _contested(items["sha256"], pairs)
+    alone = items.iloc[np.flatnonzero(~contested)]
+    items = items.iloc[np.flatnonzero(contested)].reset_index(drop=True)
+    clusters = _Clusters.of(items, pairs, near_dup)
+    manifest.write(pd.concat([_own_clusters(alone), clusters.membership(items)], ignore_index=True), clusters_out,
+                   schemas.MEMBERSHIP, sort_by=["item_id"])
     manifest.write(pd.concat([ref_rejected, *clusters.rejected(items)]), rejected_out, schemas.REJECTED)
     kept = np.zeros(len(hit), dtype=bool)
-    kept[rows[clusters.is_keeper]] = True
+    kept[rows[~contested]] = True
+    kept[rows[np.flatnonzero(contested)[clusters.is_keeper]]] = True
     return _Choice(kept, hit if action == "flag" else np.zeros(len(hit), dtype=bool))
+
+
+def _contested(shas: pd.Series, pairs: pd.DataFrame) -> np.ndarray:
+    """Which items share their content with another item or have it in a pair: only these can be
+    dropped, so only these are ranked and clustered (every other item is kept, its own cluster)."""
+    text = manifest.arrow_text(shas)
+    codes = pc.dictionary_encode(text).indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    repeated = np.bincount(codes)[codes] > 1 if len(codes) else np.zeros(0, dtype=bool)
+    ends = manifest.arrow_text(pd.concat([pairs["a"], pairs["b"]], ignore_index=True).astype("str"))
+    return repeated | pc.is_in(text, value_set=pc.unique(ends)).to_numpy(zero_copy_only=False)
+
+
+def _own_clusters(items: pd.DataFrame) -> pd.DataFrame:
+    """Membership rows of items that are their own cluster and its keeper (the rule ``exact``, at
+    distance 0, as a keeper's own bytes are)."""
+    key = manifest.arrow_text(items["sha256"])
+    return pd.DataFrame({
+        "item_id": items["item_id"].to_numpy(),
+        "cluster_key": key.to_pandas().astype("str").to_numpy(),
+        "cluster_id": pc.utf8_slice_codeunits(key, 0, 16).to_pandas().astype("str").to_numpy(),
+        "keeper": np.ones(len(items), dtype=bool),
+        "keeper_id": items["item_id"].to_numpy(),
+        "distance_to_keeper": np.zeros(len(items), dtype=np.int64),
+        "cosine_to_keeper": np.full(len(items), np.nan),
+        "rule": np.full(len(items), "exact", dtype=object),
+    })
 
 
 def _choice_columns(near_dup: dict) -> list[str]:
