@@ -497,7 +497,7 @@ def step_group(repo: Repo, params: dict, opts, save) -> dict:
 def step_nsfw(repo: Repo, params: dict, opts, save) -> dict:
     from trainset.stages import nsfw
 
-    nsfw.run(repo.ingest, repo.audit, repo.nsfw, dict(params["nsfw_model"]), repo.cache / "nsfw", threads=THREADS)
+    nsfw.run(repo.ingest, repo.audit, repo.nsfw, dict(params["nsfw_model"]), repo.cache / "nsfw", threads=THREADS, kept=repo.cache / "kept")
     return {}
 
 
@@ -641,7 +641,7 @@ def step_noop(repo, params, opts, save) -> dict:
 
 STEP_FUNCTIONS = {
     "generate": step_generate, "shard": step_shard, "audit gather": step_audit_gather, "pair tiles": step_pair_tiles,
-    "group": _with_reuse("groups", step_group), "nsfw": step_nsfw, "filter": _with_reuse("filtered", step_filter), "dedup": _with_reuse("deduped", step_dedup),
+    "group": _with_reuse("groups", step_group), "nsfw": _with_reuse("nsfw_scores", step_nsfw), "filter": _with_reuse("filtered", step_filter), "dedup": _with_reuse("deduped", step_dedup),
     "caption": step_caption, "split": _with_reuse("split", step_split), "rejected": step_rejected, "grow": step_grow, "grow audit": step_grow_audit, "check": step_check,
     "grow distinct": lambda repo, params, opts, save: step_grow(repo, params, opts, save, distinct=True),
     "noop": step_noop,
@@ -1027,7 +1027,7 @@ def incremental_lines(r: dict, key: str) -> list[str]:
         f"audit gather, the {i['tiles']} pair tiles that compare a changed shard, group, nsfw, filter, dedup, the deal "
         f"(a checkpoint), the caption jobs of the {i.get('changed_shards', '?')} shard(s) whose kept rows changed (by the "
         "digests in `deduped-index.json`; items whose caption inputs did not change take their captions from the shard's "
-        "last ones), and every gather. Group, filter, dedup and split copy each shard whose key (what its rows depend on) did not "
+        "last ones), and every gather. Group, nsfw, filter, dedup and split copy each shard whose key (what its rows depend on) did not "
         "change from their last output: "
         + ", ".join(f"{step} {a} of {b}" for step, (a, b) in (i.get("reused") or {}).items())
         + f" shards. The changed shards' audit jobs (a decode) and the ingest scan are not measured (synthetic rows: {secs(i['synthetic_s'])}).",

@@ -56,6 +56,7 @@ rule nsfw_score:
     params:
         model=config["nsfw_model"],
         cache=f"{CACHE}/nsfw",
+        kept=f"{CACHE}/kept",  # the last scores: a shard whose audit rows and model did not change is copied from them
         code=CODE,
     threads: workflow.cores
     script:

@@ -2,4 +2,5 @@
 from trainset.stages import nsfw
 
 p = snakemake.params
-nsfw.run(snakemake.input.ingest, snakemake.input.audit, snakemake.output[0], dict(p.model), p.cache, threads=snakemake.threads)
+nsfw.run(snakemake.input.ingest, snakemake.input.audit, snakemake.output[0], dict(p.model), p.cache, threads=snakemake.threads,
+         kept=p.kept)

@@ -182,7 +182,8 @@ class Chain:
     @_at_root
     def nsfw(self, model: dict | None = None) -> pd.DataFrame:
         """NSFW scores; with no model (the default) every score is NaN and nothing is decoded."""
-        return nsfw.run(self.p["ingest"], self.p["audit"], self.p["nsfw"], model or {"backend": "none"}, self.p["cache"] / "nsfw")
+        nsfw.run(self.p["ingest"], self.p["audit"], self.p["nsfw"], model or {"backend": "none"}, self.p["cache"] / "nsfw")
+        return self.read("nsfw", schemas.NSFW_SCORES)
 
     @_at_root
     def group(self, max_distance: int = 10, near_dup: dict | None = None) -> pd.DataFrame:

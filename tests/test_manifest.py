@@ -842,3 +842,21 @@ def test_positions_equal_a_direct_lookup_whichever_side_is_hashed(n_ids: int) ->
     assert manifest.positions(ids, among).tolist() == expected
     assert manifest.positions(pd.Series(ids, dtype="str"), pd.Series(among, dtype="str")).tolist() == expected
     assert manifest.positions([*ids, None], [*among, None]).tolist() == [*expected, -1]  # a missing id is never found
+
+
+def test_shard_batches_join_consecutive_shards_skip_reused_ones_and_keep_each_whole():
+    names, bounds = ["a", "b", "c", "d", "e"], [0, 3, 5, 9, 10, 14]
+    got = [(shard.tolist(), a, b) for shard, a, b in manifest.shard_batches(names, bounds, skip={"c"}, rows=4)]
+    assert got == [(["a"] * 3 + ["b"] * 2, 0, 5), (["d"] + ["e"] * 4, 9, 14)]  # c reused: d starts a new run
+    assert [(a, b) for _, a, b in manifest.shard_batches(names, bounds, rows=1)] == [(0, 3), (3, 5), (5, 9), (9, 10), (10, 14)]
+    assert list(manifest.shard_batches(names, bounds, skip=set(names))) == []
+
+
+def test_shard_bounds_of_a_sharded_and_a_whole_manifest(tmp_path):
+    df = _valid(5)
+    with manifest.ShardedWriter(tmp_path / "s.parquet", schemas.INGEST) as writer:
+        writer.write("00000", df.iloc[:2])
+        writer.write("00003", df.iloc[2:])
+    assert manifest.shard_bounds(tmp_path / "s.parquet") == (["00000", "00003"], [0, 2, 5])
+    manifest.write(df, tmp_path / "w.parquet", schemas.INGEST)
+    assert manifest.shard_bounds(tmp_path / "w.parquet") == ([""], [0, 5])

@@ -87,7 +87,8 @@ class Collection:
 
     def score(self, params: dict | None, threads: int = 1) -> pd.DataFrame:
         with contextlib.chdir(self.root):
-            return nsfw.run(self.ingest_path, self.audit_path, self.out, params, self.cache / "nsfw", threads=threads)
+            nsfw.run(self.ingest_path, self.audit_path, self.out, params, self.cache / "nsfw", threads=threads)
+        return manifest.read(self.out, schemas.NSFW_SCORES)
 
 
 # --------------------------------------------------------------------------- tiny models

@@ -376,3 +376,49 @@ def test_filter_judges_everything_again_when_a_setting_changes(tmp_path, monkeyp
     H.write_csv(Path(args["overrides_file"]), ["sha256", "action", "add_tags", "remove_tags", "caption", "note"], [])  # its bytes
     filter_stage.run(sharded, tmp_path / "k3.parquet", tmp_path / "r3.parquet", **args)
     assert judged == everything
+
+
+def test_nsfw_scores_again_only_the_shards_whose_audit_rows_changed(tmp_path, monkeypatch):
+    """Scores are written by the audit's shards; a shard whose audit rows did not change is
+    copied from the kept scores, and the file equals a run without them."""
+    from trainset.stages import nsfw
+
+    rows = {s: [H.item_row(f"src:{s}_{k}.png", decoded=True, reason=None, detail=None) for k in range(3)] for s in SHARDS}
+    ingest, audit = tmp_path / "ingest.parquet", tmp_path / "audit.parquet"
+
+    def write(frames):
+        manifest.write(H.frame([r for s in SHARDS for r in frames[s]], schemas.INGEST), ingest, schemas.INGEST)
+        with manifest.ShardedWriter(audit, schemas.AUDIT) as writer:
+            for s in SHARDS:
+                writer.write(s, H.frame(frames[s], schemas.AUDIT))
+
+    scored: list = []
+    real = nsfw._scored
+    monkeypatch.setattr(nsfw, "_scored", lambda rows, *a: scored.append(sorted(rows["item_id"])) or real(rows, *a))
+
+    def run(name, kept=True):
+        nsfw.run(ingest, audit, tmp_path / f"{name}.parquet", {"backend": "none"}, tmp_path / "cache", kept=tmp_path / "kept" if kept else None)
+        return tmp_path / f"{name}.parquet"
+
+    write(rows)
+    run("s1")
+    assert len(scored) == 1 and len(scored[0]) == 9  # the three shards in one batch
+    scored.clear()
+    run("s2")
+    assert scored == []
+    rows["00001"][2] = H.item_row("src:00001_9.png", decoded=True, reason=None, detail=None)
+    write(rows)
+    out = run("s3")
+    assert scored == [["src:00001_0.png", "src:00001_1.png", "src:00001_9.png"]]
+    assert manifest.shard_groups(out) == SHARDS
+    assert pq.read_table(out).equals(pq.read_table(run("fresh", kept=False)))
+
+
+def test_nsfw_refuses_an_audit_with_more_items_than_the_ingest(tmp_path):
+    from trainset.stages import nsfw
+
+    rows = [H.item_row(f"src:{k}.png", decoded=True, reason=None, detail=None) for k in range(3)]
+    manifest.write(H.frame(rows[:2], schemas.INGEST), tmp_path / "ingest.parquet", schemas.INGEST)
+    manifest.write(H.frame(rows, schemas.AUDIT), tmp_path / "audit.parquet", schemas.AUDIT)
+    with pytest.raises(manifest.ManifestError, match="audit manifest has 1 item"):
+        nsfw.run(tmp_path / "ingest.parquet", tmp_path / "audit.parquet", tmp_path / "s.parquet", None, tmp_path / "cache")

@@ -525,6 +525,32 @@ def shard_groups(path: str | Path) -> list[str] | None:
     return None if found is None else json.loads(found)
 
 
+def shard_bounds(path: str | Path) -> tuple[list[str], list[int]]:
+    """A manifest's shards and their rows (shard ``names[k]``: rows ``bounds[k]:bounds[k + 1]``); a
+    manifest not written by shard is one shard, ``""``."""
+    meta = pq.read_metadata(path)
+    found = (meta.metadata or {}).get(SHARDS_KEY)
+    if found is None:
+        return [""], [0, meta.num_rows]
+    sizes = [meta.row_group(k).num_rows for k in range(meta.num_row_groups)]
+    return json.loads(found), np.cumsum([0, *sizes]).astype(np.int64).tolist()
+
+
+def shard_batches(names: list[str], bounds: list[int], skip: Collection[str] = (),
+                  rows: int = BATCH_ROWS) -> Iterator[tuple[np.ndarray, int, int]]:
+    """Runs of consecutive shards not in ``skip`` (those reused), at least ``rows`` rows each where
+    the shards allow: ``(each row's shard, first row, end row)``. One check a batch, not one a shard."""
+    todo = [(name, a, b) for name, a, b in zip(names, bounds[:-1], bounds[1:]) if name not in skip]
+    start = 0
+    while start < len(todo):
+        end = start + 1
+        while end < len(todo) and todo[end][1] == todo[end - 1][2] and todo[end - 1][2] - todo[start][1] < rows:
+            end += 1
+        run = todo[start:end]
+        yield np.repeat(np.array([t[0] for t in run], dtype=object), [t[2] - t[1] for t in run]), run[0][1], run[-1][2]
+        start = end
+
+
 def read_shards(path: str | Path, schema: pa.DataFrameSchema, columns: list[str] | None = None,
                 arrow_lists: tuple[str, ...] = (), validated: bool = True) -> Iterator[tuple[str, pd.DataFrame]]:
     """``(shard, rows)`` of each shard of a manifest, in file order (:func:`read_batches` one shard a

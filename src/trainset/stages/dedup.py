@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from .. import ledger, manifest, neardup, provenance, schemas
 from ..config import ConfigError
@@ -54,11 +53,10 @@ def run(
     near_dup = near_dup or {}
     choice = _choose(filtered_path, pairs_path, reference_path, clusters_out, rejected_out, near_dup)
     names = manifest.shard_groups(filtered_path)
-    meta = pq.read_metadata(filtered_path)
-    bounds = np.cumsum([0, *(meta.row_group(k).num_rows for k in range(meta.num_row_groups))]).tolist()
+    shard_names, bounds = manifest.shard_bounds(filtered_path)
     if bounds[-1] != len(choice.kept):
         raise ValueError(f"{filtered_path}: {bounds[-1]} rows, but the keepers were chosen among {len(choice.kept)}")
-    starts = dict(zip(names, bounds)) if names else {"": 0}
+    starts = dict(zip(shard_names, bounds))
     keys = _shard_keys(filtered_path, starts, choice) if kept is not None else {}
     with manifest.ShardedWriter(out, schemas.DEDUPED, kept=kept and Path(kept) / "deduped.parquet", order=names) as writer:
         # unvalidated: the columns the choice read were, and the rows kept are when written
@@ -115,7 +113,7 @@ def _choose(filtered_path: str | Path, pairs_path: str | Path, reference_path: s
 
     pairs = manifest.read(pairs_path, schemas.PAIRS)
     contested = _contested(items["sha256"], pairs)
-    alone = items.iloc[np.flatnonzero(~contested)]
+    alone = items[["item_id", "sha256"]].iloc[np.flatnonzero(~contested)].reset_index(drop=True)
     items = items.iloc[np.flatnonzero(contested)].reset_index(drop=True)
     clusters = _Clusters.of(items, pairs, near_dup)
     manifest.write(pd.concat([_own_clusters(alone), clusters.membership(items)], ignore_index=True), clusters_out,
@@ -138,18 +136,18 @@ def _contested(shas: pd.Series, pairs: pd.DataFrame) -> np.ndarray:
 
 
 def _own_clusters(items: pd.DataFrame) -> pd.DataFrame:
-    """Membership rows of items that are their own cluster and its keeper (the rule ``exact``, at
-    distance 0, as a keeper's own bytes are)."""
-    key = manifest.arrow_text(items["sha256"])
+    """Membership rows of items (item id, content) that are their own cluster and its keeper (the
+    rule ``exact``, at distance 0, as a keeper's own bytes are); the text stays Arrow."""
+    n = len(items)
     return pd.DataFrame({
-        "item_id": items["item_id"].to_numpy(),
-        "cluster_key": key.to_pandas().astype("str").to_numpy(),
-        "cluster_id": pc.utf8_slice_codeunits(key, 0, 16).to_pandas().astype("str").to_numpy(),
-        "keeper": np.ones(len(items), dtype=bool),
-        "keeper_id": items["item_id"].to_numpy(),
-        "distance_to_keeper": np.zeros(len(items), dtype=np.int64),
-        "cosine_to_keeper": np.full(len(items), np.nan),
-        "rule": np.full(len(items), "exact", dtype=object),
+        "item_id": items["item_id"],
+        "cluster_key": items["sha256"],
+        "cluster_id": items["sha256"].str.slice(0, 16),
+        "keeper": np.ones(n, dtype=bool),
+        "keeper_id": items["item_id"],
+        "distance_to_keeper": np.zeros(n, dtype=np.int64),
+        "cosine_to_keeper": np.full(n, np.nan),
+        "rule": pd.Series(np.full(n, "exact", dtype=object), dtype="str"),
     })
 
 

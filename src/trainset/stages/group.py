@@ -24,7 +24,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from .. import atomic, features, hashing, manifest, neardup, progress, provenance, row_digests, schemas, shards
 from ..sources.image_folder import normalize_extensions, walk
@@ -226,25 +225,13 @@ class _Clusters:
 def _write_groups(out: str | Path, audit_path: str | Path, audit: pd.DataFrame, linked: pd.DataFrame, kept) -> None:
     """The groups manifest, by the audit manifest's shards (one row group each), a batch of
     shards at a time; with ``kept``, the shards whose key did not change copied from the last one."""
-    names = manifest.shard_groups(audit_path)
-    meta = pq.read_metadata(audit_path)
-    bounds = np.concatenate([[0], np.cumsum([meta.row_group(k).num_rows for k in range(meta.num_row_groups)])]).astype(np.int64).tolist()
-    if names is None:
-        names, bounds = [""], [0, len(audit)]
+    names, bounds = manifest.shard_bounds(audit_path)
     clusters = _Clusters(manifest.arrow_text(audit["item_id"]), manifest.arrow_text(audit["sha256"]), linked)
     keys = clusters.shard_keys(names, bounds, manifest.shard_digests(audit_path)) if kept is not None else {}
     with manifest.ShardedWriter(out, schemas.GROUPS, kept=kept and Path(kept) / "groups.parquet", order=names) as writer:
         reused = writer.reuse_all(keys)
-        todo = [(name, a, b) for name, a, b in zip(names, bounds[:-1], bounds[1:]) if name not in reused]
-        start = 0
-        while start < len(todo):  # consecutive shards of at least BATCH_ROWS rows: one check a batch
-            end = start + 1
-            while end < len(todo) and todo[end][1] == todo[end - 1][2] and todo[end - 1][2] - todo[start][1] < manifest.BATCH_ROWS:
-                end += 1
-            a, b = todo[start][1], todo[end - 1][2]
-            shard = np.repeat(np.array([t[0] for t in todo[start:end]], dtype=object), [t[2] - t[1] for t in todo[start:end]])
+        for shard, a, b in manifest.shard_batches(names, bounds, reused):
             writer.write(shard, clusters.rows(a, b), keys=manifest.keys_for(shard, keys))
-            start = end
 
 
 def reference_features(near_dup: dict, cache_dir: Path, threads: int, extensions, max_pixels) -> list[tuple[str, pd.DataFrame]]:

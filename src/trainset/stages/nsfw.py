@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
-from .. import features, manifest, nsfw_model, progress, schemas
+from .. import features, manifest, nsfw_model, progress, provenance, schemas
 from ..features import FeatureCache, MissingFile
 from ..nsfw_model import ModelSpec
 
@@ -95,34 +96,57 @@ def run(
     spec_params: dict | ModelSpec | None,
     cache_dir: str | Path,
     threads: int = 1,
-) -> pd.DataFrame:
-    items = manifest.read(ingest_path, schemas.INGEST, columns=["item_id", "sha256", "path"])
-    decoded = _decoded(items, manifest.read(audit_path, schemas.AUDIT, columns=["item_id", "decoded"]), ingest_path, audit_path)
+    kept: str | Path | None = None,
+) -> None:
+    """Scores every audit row, written by the audit manifest's shards. ``kept``: a folder where the
+    last scores are kept; a shard whose audit rows and model are those it was scored with is
+    copied from them (:class:`manifest.ShardedWriter`). The item ids are the audit's: the group
+    stage checks they are exactly the ingest's; here the counts must agree."""
     spec = spec_params if isinstance(spec_params, ModelSpec) else ModelSpec.from_params(spec_params)
-
-    score = np.full(len(items), math.nan)
-    if spec is not None:
-        todo = [(s, p) for s, p, ok in zip(items["sha256"], items["path"], decoded) if ok]
-        scores, _ = compute(todo, spec, ScoreCache(cache_dir, spec.digest), threads=threads)
-        score = np.array([scores.get(s, math.nan) if ok else math.nan for s, ok in zip(items["sha256"], decoded)], dtype=np.float64)
-
-    if not len(items):
-        df = manifest.empty(schemas.NSFW_SCORES)
-    else:
-        df = pd.DataFrame({
-            "item_id": items["item_id"].astype("str"),
-            "sha256": items["sha256"].astype("str"),
-            "nsfw_score": pd.Series(score, index=items.index, dtype="float64"),
-        })
-    return manifest.write(df, out, schemas.NSFW_SCORES)
-
-
-def _decoded(items: pd.DataFrame, audited: pd.DataFrame, ingest_path, audit_path) -> np.ndarray:
-    """Whether the audit decoded each item (row-aligned); every item must have an audit row."""
-    row = manifest.positions(items["item_id"], audited["item_id"])
-    missing = items["item_id"].to_numpy(dtype=object)[row < 0]
-    if len(missing):
+    audit = manifest.read(audit_path, schemas.AUDIT, columns=["item_id", "sha256", "decoded"])
+    listed = pq.read_metadata(ingest_path).num_rows
+    if listed != len(audit):
         raise manifest.ManifestError(
-            f"{audit_path}: audit manifest lacks {len(missing)} item(s) of {ingest_path} (stale?), e.g. {missing[0]!r}"
-        )
-    return audited["decoded"].to_numpy(dtype=bool)[row]
+            f"{audit_path}: audit manifest {'lacks' if listed > len(audit) else 'has'} {abs(listed - len(audit))} item(s) "
+            f"{'of' if listed > len(audit) else 'more than'} {ingest_path} (stale?)")
+    names, bounds = manifest.shard_bounds(audit_path)
+    keys = {}
+    if kept is not None:
+        model, code = spec.digest if spec is not None else None, provenance.code_digest()
+        keys = {name: provenance.params_digest(["nsfw", code, model, digest]) for name, digest in manifest.shard_digests(audit_path).items()}
+    with manifest.ShardedWriter(out, schemas.NSFW_SCORES, kept=kept and Path(kept) / "nsfw_scores.parquet", order=names) as writer:
+        reused = writer.reuse_all(keys)
+        paths = _IngestPaths(ingest_path)
+        for shard, a, b in manifest.shard_batches(names, bounds, reused):
+            rows = audit.iloc[a:b]
+            writer.write(shard, _scored(rows, spec, paths, cache_dir, threads), keys=manifest.keys_for(shard, keys))
+
+
+def _scored(rows: pd.DataFrame, spec: ModelSpec | None, ingest_paths, cache_dir, threads: int) -> pd.DataFrame:
+    """``rows`` (audit: item id, content, decoded) with their scores: NaN without a model, or
+    where the audit could not decode the item. ``ingest_paths``: item ids -> their files."""
+    score = np.full(len(rows), math.nan)
+    decoded = rows["decoded"].to_numpy(dtype=bool)
+    if spec is not None and decoded.any():
+        paths = ingest_paths(rows["item_id"][decoded])
+        todo = list(zip(rows["sha256"][decoded], paths))
+        scores, _ = compute(todo, spec, ScoreCache(cache_dir, spec.digest), threads=threads)
+        score[decoded] = [scores.get(s, math.nan) for s, _ in todo]
+    return pd.DataFrame({"item_id": rows["item_id"].astype("str").to_numpy(), "sha256": rows["sha256"].astype("str").to_numpy(),
+                         "nsfw_score": score})
+
+
+class _IngestPaths:
+    """Item ids -> the ingest's path of each (the ingest read once, when a model first needs files);
+    an id the ingest does not list is named."""
+
+    def __init__(self, ingest_path):
+        self.ingest_path, self._listed = ingest_path, None
+
+    def __call__(self, ids: pd.Series) -> list[str]:
+        if self._listed is None:
+            self._listed = manifest.read(self.ingest_path, schemas.INGEST, columns=["item_id", "path"])
+        at = manifest.positions(ids, self._listed["item_id"])
+        if (at < 0).any():
+            raise manifest.ManifestError(f"{self.ingest_path}: no item {ids.to_numpy()[at < 0][0]!r} of the audit manifest (stale?)")
+        return self._listed["path"].to_numpy(dtype=object)[at].tolist()
