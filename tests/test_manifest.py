@@ -860,3 +860,12 @@ def test_shard_bounds_of_a_sharded_and_a_whole_manifest(tmp_path):
     assert manifest.shard_bounds(tmp_path / "s.parquet") == (["00000", "00003"], [0, 2, 5])
     manifest.write(df, tmp_path / "w.parquet", schemas.INGEST)
     assert manifest.shard_bounds(tmp_path / "w.parquet") == ([""], [0, 5])
+
+
+def test_positions_of_ids_aligned_with_a_unique_column_are_their_own_rows_and_others_are_looked_up():
+    among = pyarrow.array([f"id{k}" for k in (5, 2, 9, 1)])
+    assert manifest.positions(among, among, unique=True).tolist() == [0, 1, 2, 3]
+    shuffled = pyarrow.array(["id9", "id5", "id1", "id2"])
+    assert manifest.positions(shuffled, among, unique=True).tolist() == manifest.positions(shuffled, among).tolist() == [2, 0, 3, 1]
+    with_missing = pyarrow.array(["id5", None, "id9", "id1"])
+    assert manifest.positions(with_missing, with_missing, unique=True).tolist() == [0, -1, 2, 3]  # a missing id is never found

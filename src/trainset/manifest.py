@@ -227,12 +227,16 @@ def arrow_text(values) -> pyarrow.Array:
     return held.combine_chunks() if isinstance(held, pyarrow.ChunkedArray) else held
 
 
-def positions(ids, among) -> np.ndarray:
+def positions(ids, among, unique: bool = False) -> np.ndarray:
     """The row of each of ``ids`` in ``among`` (its first, where it repeats), -1 where it has none
     (a missing id is never found): Arrow hash lookups, no Python object per row. A hash table is
     built over the smaller side: a batch of ids looked up in a whole manifest's hashes those few
-    and probes with the many (about ten times faster than building a table of every id for each batch)."""
+    and probes with the many (about ten times faster than building a table of every id for each batch).
+    ``unique``: ``among`` holds each id once (a validated unique column), so ids that are ``among``
+    itself, row for row (manifests written by the same shards), are their own rows: no lookup."""
     ids, among = arrow_text(ids), arrow_text(among)
+    if unique and len(ids) == len(among) and among.null_count == 0 and ids.equals(among):
+        return np.arange(len(ids), dtype=np.int64)
     if len(ids) * 8 >= len(among):
         return pc.index_in(ids, value_set=among, skip_nulls=True).fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
     encoded = pc.dictionary_encode(ids)  # the distinct ids, and each id's code

@@ -257,7 +257,7 @@ class _Judge:
         audit = manifest.shard_digests(paths["audit"])
         bounds = manifest.shard_bounds(paths["audit"])[1]
         ids = pq.read_table(paths["audit"], columns=["item_id"]).column(0).combine_chunks()
-        rows = manifest.positions(ids, self.groups["item_id"])
+        rows = manifest.positions(ids, self.groups["item_id"], unique=True)
         if (rows < 0).any():  # the batches name the items without a group row
             return {}
         columns = [pa.array(self.groups[c]).take(pa.array(rows)) for c in schemas.CLUSTER_COLUMNS]
@@ -277,7 +277,7 @@ class _Judge:
         return keys
 
     def _group_rows(self, ids: pd.Series, missing: str) -> pd.DataFrame:
-        rows = manifest.positions(ids, self.groups["item_id"])
+        rows = manifest.positions(ids, self.groups["item_id"], unique=True)
         if (rows < 0).any():
             raise ValueError(f"{missing} for {', '.join(ids[rows < 0][:5])}")
         return self.groups.iloc[rows].set_axis(ids.index)
@@ -291,14 +291,14 @@ def _repeated(values: pd.Series) -> np.ndarray:
 
 def _score_lookup(scores: pd.DataFrame | None):
     """item ids (a column or Arrow text) -> their NSFW scores (NaN without one, or without a
-    scores manifest), as an array; the lookup's hash table built once."""
+    scores manifest), as an array; the lookup's hash table built once. The scores' item ids are
+    unique (validated when read)."""
     if scores is None or not len(scores):
         return lambda ids: np.full(len(ids), np.nan)
-    scores = scores.drop_duplicates("item_id", keep="last")
     index, values = manifest.arrow_text(scores["item_id"]), scores["nsfw_score"].to_numpy(dtype=np.float64)
 
     def lookup(ids) -> np.ndarray:
-        rows = manifest.positions(ids, index)
+        rows = manifest.positions(ids, index, unique=True)
         return np.where(rows >= 0, values[rows], np.nan)
     return lookup
 
