@@ -5,8 +5,9 @@ Clusters are grown again among the allowed contents, around the best copy by ``n
 by the rule itself (never through a chain), and its rejected row names the item it was dropped
 in favour of. Items that duplicate an external reference set are rejected (or flagged) first.
 
-The choice reads only the columns it needs, for every row; the whole rows are read once it is
-made, a batch of shards (row groups of the filtered manifest) at a time, and the keepers written
+The choice reads only the columns it needs, for every row, and ranks and clusters only the items
+that can be dropped: those whose content has another copy or is in a pair (every other item is its
+own cluster's keeper). The whole rows are read once it is made, a batch of shards (row groups of the filtered manifest) at a time, and the keepers written
 by shard: the wide manifest is never held whole.
 """
 
