@@ -7,8 +7,8 @@ in favour of. Items that duplicate an external reference set are rejected (or fl
 
 The choice reads only the columns it needs, for every row, and ranks and clusters only the items
 that can be dropped: those whose content has another copy or is in a pair (every other item is its
-own cluster's keeper). The whole rows are read once it is made, a batch of shards (row groups of the filtered manifest) at a time, and the keepers written
-by shard: the wide manifest is never held whole.
+own cluster's keeper). The whole rows are read once it is made, a batch of shards (row groups of
+the filtered manifest) at a time, and the keepers written by shard: the wide manifest is never held whole.
 """
 
 from __future__ import annotations
@@ -53,11 +53,10 @@ def run(
     keepers and flags are those it was made from is copied from it (:class:`manifest.ShardedWriter`)."""
     near_dup = near_dup or {}
     choice = _choose(filtered_path, pairs_path, reference_path, clusters_out, rejected_out, near_dup)
-    names = manifest.shard_groups(filtered_path)
-    shard_names, bounds = manifest.shard_bounds(filtered_path)
+    names, bounds = manifest.shard_bounds(filtered_path)
     if bounds[-1] != len(choice.kept):
         raise ValueError(f"{filtered_path}: {bounds[-1]} rows, but the keepers were chosen among {len(choice.kept)}")
-    starts = dict(zip(shard_names, bounds))
+    starts = dict(zip(names, bounds))
     keys = _shard_keys(filtered_path, starts, choice) if kept is not None else {}
     with manifest.ShardedWriter(out, schemas.DEDUPED, kept=kept and Path(kept) / "deduped.parquet", order=names) as writer:
         # unvalidated: the columns the choice read were, and the rows kept are when written

@@ -251,11 +251,10 @@ class _Judge:
         verdict reaching its component) and ``spec``. Empty (nothing reused) for an audit manifest
         not written by shard or without the shards' ingest files."""
         files = {Path(f).stem: Path(f) for f in paths.get("ingest_shards") or []}
-        names = manifest.shard_groups(paths["audit"])
-        if not files or not names:
+        if not files:
             return {}
-        audit = manifest.shard_digests(paths["audit"])
-        bounds = manifest.shard_bounds(paths["audit"])[1]
+        names, bounds = manifest.shard_bounds(paths["audit"])
+        audit = manifest.shard_digests(paths["audit"])  # none for a manifest not written by shard: no key
         ids = pq.read_table(paths["audit"], columns=["item_id"]).column(0).combine_chunks()
         rows = manifest.positions(ids, self.groups["item_id"], unique=True)
         if (rows < 0).any():  # the batches name the items without a group row

@@ -79,10 +79,11 @@ def run(
     audit_columns = ["item_id", "sha256", "width", "height", "border_fraction"] + (["phash_views"] if searching else [])
     audit = manifest.read(audit_path, schemas.AUDIT, columns=audit_columns)
     at = _audit_rows(items["item_id"], audit, audit_path, ingest_path)
+    ranking = audit.drop(columns="sha256")  # the audit columns the ranking reads (the ingest has the contents)
     if searching:  # the search ranks every item
-        merged, with_audit = _with_audit(items, audit.drop(columns="sha256"), at), None
+        merged, with_audit = _with_audit(items, ranking, at), None
     else:  # gathered tiles: only the copies of contents in a pair are ranked (_linked_clusters)
-        merged, with_audit = items, (lambda rows, positions: _with_audit(rows, audit.drop(columns="sha256"), at[positions]))
+        merged, with_audit = items, (lambda rows, positions: _with_audit(rows, ranking, at[positions]))
     del items
 
     if searching:
@@ -187,10 +188,8 @@ class _Clusters:
 
     def __init__(self, ids: pa.Array, shas: pa.Array, linked: pd.DataFrame):
         self.ids, self.shas = ids, shas
-        self.at = manifest.positions(shas, linked["sha256"])
-        self.is_linked = self.at >= 0
-        picked = pa.array(np.where(self.is_linked, self.at, 0))
-        mask = pa.array(~self.is_linked)
+        at = manifest.positions(shas, linked["sha256"])
+        picked, mask = pa.array(np.maximum(at, 0)), pa.array(at < 0)
 
         def column(name, type_):
             values = pa.array(linked[name].to_numpy(), type=type_) if len(linked) else pa.nulls(1, type_)
@@ -205,7 +204,7 @@ class _Clusters:
         copies = pa.array(np.bincount(codes)[codes].astype(np.int64) if len(codes) else np.zeros(0, np.int64))
         key = pc.coalesce(self.linked["cluster_key"].slice(a, b - a), shas)
         return pd.DataFrame({
-            "item_id": self.ids.slice(a, b - a).to_pandas(types_mapper=pd.ArrowDtype).astype("str"),
+            "item_id": self.ids.slice(a, b - a).to_pandas().astype("str"),
             "sha256": shas.to_pandas().astype("str"),
             "cluster_key": key.to_pandas().astype("str"),
             "cluster_id": pc.utf8_slice_codeunits(key, 0, 16).to_pandas().astype("str"),
