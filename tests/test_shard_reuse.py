@@ -45,7 +45,8 @@ def test_reused_shards_are_copied_and_the_file_equals_a_fresh_write(tmp_path):
     frames = {s: _rows(s) for s in SHARDS}
     first = _write(tmp_path / "a.parquet", kept, frames, {s: f"k{s}" for s in SHARDS})
     assert first.reused == 0 and kept.exists()
-    assert kept.stat().st_ino == (tmp_path / "a.parquet").stat().st_ino  # a hard link, not a copy
+    assert kept.stat().st_ino != (tmp_path / "a.parquet").stat().st_ino  # a copy of its own, not a link
+    assert kept.read_bytes() == (tmp_path / "a.parquet").read_bytes()
 
     frames["00001"] = _rows("00001", tag="tree")
     keys = {"00000": "k00000", "00001": "changed", "00002": "k00002"}
@@ -106,22 +107,39 @@ def _restamp(kept: Path) -> None:
     (kept.parent / f"{kept.name}.stamp").write_text(json.dumps({"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}))
 
 
-def test_a_manifest_rewritten_in_place_lends_no_shard(tmp_path):
-    """The kept file is a hard link to the manifest: a tool writing into the manifest changes it too,
-    so its rows could not be trusted; its stamp no longer matches and nothing is copied."""
+def test_a_manifest_touched_or_rewritten_in_place_still_reuses_its_shards(tmp_path):
+    """Snakemake touches every output after its job, and a tool may write into a manifest in place:
+    the kept file is a copy of its own, so neither changes it, and the shards are still reused."""
     kept = tmp_path / "kept.parquet"
     frames = {s: _rows(s) for s in SHARDS}
     keys = {s: s for s in SHARDS}
     _write(tmp_path / "a.parquet", kept, frames, keys)
-    assert _write(tmp_path / "b.parquet", kept, frames, keys).reused == 3  # kept from b's run on: b's file
-    data = (tmp_path / "b.parquet").read_bytes()
-    with open(tmp_path / "b.parquet", "r+b") as f:  # same size, same metadata: only the time tells
+    assert _write(tmp_path / "b.parquet", kept, frames, keys).reused == 3
+    os.utime(tmp_path / "b.parquet", ns=(kept.stat().st_atime_ns, kept.stat().st_mtime_ns + 1_000_000))  # a touch
+    assert _write(tmp_path / "c.parquet", kept, frames, keys).reused == 3
+    with open(tmp_path / "c.parquet", "r+b") as f:  # bytes written into the manifest in place
+        f.seek(4)
+        f.write(b"\0" * 64)
+    again = _write(tmp_path / "d.parquet", kept, frames, keys)
+    assert again.reused == 3
+    assert pq.read_table(tmp_path / "d.parquet").equals(pq.read_table(tmp_path / "a.parquet"))
+
+
+def test_a_kept_file_changed_after_keeping_lends_no_shard(tmp_path):
+    """The stamp guards the kept copy itself: same size, same metadata, only the time tells that
+    something else wrote it, and nothing is copied from it."""
+    kept = tmp_path / "kept.parquet"
+    frames = {s: _rows(s) for s in SHARDS}
+    keys = {s: s for s in SHARDS}
+    _write(tmp_path / "a.parquet", kept, frames, keys)
+    data = kept.read_bytes()
+    with open(kept, "r+b") as f:
         f.write(data)
-    os.utime(tmp_path / "b.parquet", ns=(kept.stat().st_atime_ns, kept.stat().st_mtime_ns + 1_000_000))
-    again = _write(tmp_path / "c.parquet", kept, frames, keys)
+    os.utime(kept, ns=(kept.stat().st_atime_ns, kept.stat().st_mtime_ns + 1_000_000))
+    again = _write(tmp_path / "b.parquet", kept, frames, keys)
     assert again.reused == 0
-    assert pq.read_table(tmp_path / "c.parquet").equals(pq.read_table(tmp_path / "a.parquet"))
-    assert _write(tmp_path / "d.parquet", kept, frames, keys).reused == 3  # c's run kept a trusted file
+    assert pq.read_table(tmp_path / "b.parquet").equals(pq.read_table(tmp_path / "a.parquet"))
+    assert _write(tmp_path / "c.parquet", kept, frames, keys).reused == 3  # b's run kept a trusted file
 
 
 def test_a_shard_that_came_out_empty_is_reused_as_empty(tmp_path):

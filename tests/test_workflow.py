@@ -196,6 +196,11 @@ def test_only_the_shards_whose_kept_rows_changed_are_captioned_again(project: Pa
     changed = sorted(s for s in after if before.get(s, {}).get("digest") != after[s]["digest"])
     ran = sorted(re.findall(r"rule caption_shard:.*?wildcards: shard=(\d+)", proc.stdout + proc.stderr, flags=re.S))
     assert changed and ran == changed and len(ran) < len(after)
+    # the global steps copy the shards whose keys did not change from their kept outputs (which
+    # Snakemake's touch of each output after its job leaves alone)
+    copied = dict(re.findall(r"data/manifests/(\S+)\.parquet: (\d+) of \d+ shard\(s\) copied", proc.stderr))
+    assert {"groups", "nsfw_scores", "filtered", "deduped", "split"} <= set(copied), proc.stderr[-3000:]
+    assert all(int(n) > 0 for name, n in copied.items() if name in {"groups", "nsfw_scores", "filtered", "deduped", "split"}), copied
     for shard in set(before) - set(changed):
         assert (parts / f"{shard}.parquet").stat().st_mtime_ns == stamps[shard]
     captioned = _read(project, "data/manifests/captioned.parquet", schemas.CAPTIONED)

@@ -37,6 +37,13 @@ def link(source: str | Path, target: str | Path) -> None:
             shutil.copyfile(source, tmp)
 
 
+def copy(source: str | Path, target: str | Path) -> None:
+    """``target`` as a copy of ``source`` (the kernel copies the bytes), replacing whatever was
+    there in one rename: a file of its own, which nothing that writes or touches ``source`` reaches."""
+    with atomic_file(target) as tmp:
+        shutil.copyfile(source, tmp)
+
+
 def write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_file(path) as tmp:
         tmp.write_bytes(data)

@@ -9,6 +9,7 @@ import contextlib
 import gc
 import json
 import os
+import sys
 from collections.abc import Collection, Iterator
 from pathlib import Path
 
@@ -173,14 +174,14 @@ WHOLE_FILE_KEYS = (SHARDS_KEY, KEYS_KEY)
 
 
 class Kept:
-    """A sharded stage's last output, kept under the cache (a hard link: Snakemake removes a job's
-    outputs before it runs): each shard's row group and the key it was made from, everything the
-    shard's rows depend on (a shard that came out empty, its key alone). A shard whose key is the
-    same is copied from it as bytes.
+    """A sharded stage's last output, kept under the cache: each shard's row group and the key it
+    was made from, everything the shard's rows depend on (a shard that came out empty, its key
+    alone). A shard whose key is the same is copied from it as bytes.
 
-    The link shares its file with the manifest, so a tool that rewrote the manifest in place would
-    change the kept rows too: the file's size and modification time are stamped beside it when kept,
-    and a file whose stamp differs (or has none) lends nothing."""
+    The kept file is a copy of its own, not a link to the manifest: Snakemake removes a job's outputs
+    before it runs and touches them after, and a tool may write into a manifest in place; none of
+    that reaches the copy. Its size and modification time are stamped beside it when kept, so a kept
+    file changed by anything else (or with no stamp) lends nothing."""
 
     EMPTY = -1
 
@@ -209,7 +210,7 @@ class Kept:
     def keep(self, written: Path) -> None:
         """``written`` (a manifest just written) kept as the last output."""
         self._stamp_path.unlink(missing_ok=True)
-        atomic.link(written, self.path)
+        atomic.copy(written, self.path)
         atomic.write_text(self._stamp_path, json.dumps(self._stamp()))
 
     @property
@@ -314,6 +315,7 @@ class ShardedWriter:
             self._atomic.__exit__(None, None, None)
             if self._kept is not None:
                 self._kept.keep(self.path)
+                print(f"{self.path}: {self.reused} of {len(self._entries)} shard(s) copied from the last output", file=sys.stderr)
         else:
             self._abort()
             self._atomic.__exit__(kind, value, tb)
