@@ -120,6 +120,30 @@ def test_a_cached_split_writes_only_the_changed_parts_and_links_the_rest(tmp_pat
     assert list(pd.read_parquet(out / "00002.parquet").index) == [0, 1]
 
 
+def test_the_deal_streams_a_batch_at_a_time_and_a_shard_comes_out_when_its_last_row_is_read(tmp_path: Path, monkeypatch) -> None:
+    """The ingest is never held whole: rows are dealt a batch at a time, and a shard's part is made as
+    soon as its last row is read (a copy of the content at the file's end keeps shard 0 open to the
+    end). The parts are the same bytes whatever the batch size: each shard's rows in the file's order."""
+    names = [(f"s/{k:03d}", sha) for k, sha in enumerate(_shas(7))] + [("s/zzz", _shas(7)[0])]
+    ingest = tmp_path / "ingest.parquet"
+    manifest.write(_ingest_rows(names), ingest, schemas.INGEST)
+    whole = tmp_path / "whole"
+    index = shards.split_ingest(ingest, whole, tmp_path / "index.json", tmp_path / "map.parquet", 2)
+    monkeypatch.setattr(shards.ShardRuns, "BATCH_ROWS", 3)
+    _, shard_of_row = shards.assign_rows(manifest.read(ingest, schemas.INGEST)["sha256"], None, 2)
+    runs = shards.ShardRuns(ingest, shard_of_row, digest_rows=True)
+    order = [(shard, rows.column("item_id").to_pylist()) for shard, rows in runs.completed()]
+    # batches: s/000-s/002, s/003-s/005, s/006 and s/zzz (within a batch, shards in their order)
+    assert order == [(1, ["s/002", "s/003"]), (2, ["s/004", "s/005"]), (0, ["s/000", "s/001", "s/zzz"]), (3, ["s/006"])]
+    assert {shards.name(k): d for k, d in runs.digests.items()} == {k: v["digest"] for k, v in index.items()}
+    batched = tmp_path / "batched"
+    assert shards.split_ingest(ingest, batched, tmp_path / "index2.json", tmp_path / "map2.parquet", 2) == index
+    assert {p.name: p.read_bytes() for p in batched.iterdir()} == {p.name: p.read_bytes() for p in whole.iterdir()}
+    manifest.write(_ingest_rows(names[:3]), tmp_path / "short.parquet", schemas.INGEST)
+    with pytest.raises(shards.ShardError, match=r"3 rows, but 8 were assigned shards"):
+        shards.ShardRuns(tmp_path / "short.parquet", shard_of_row)
+
+
 def test_a_truncated_part_in_the_cache_is_written_again(tmp_path: Path) -> None:
     ingest, out, cache = tmp_path / "ingest.parquet", tmp_path / "shards", tmp_path / "cache"
     names = [(f"s/{k:03d}", sha) for k, sha in enumerate(_shas(4))]

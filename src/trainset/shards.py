@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -127,17 +128,18 @@ def _digests(table: pa.Table, bounds: np.ndarray) -> list[str]:
 def split_ingest(ingest_path: str | Path, out_dir: str | Path, index_path: str | Path, map_path: str | Path, size: int,
                  cache_dir: str | Path | None = None) -> dict:
     """Write one ingest manifest per shard and the index (shard -> digest, items, contents). The rows
-    stay Arrow throughout; ``cache_dir``: see :func:`write_parts` (unchanged shards cost no write)."""
+    stay Arrow throughout and are dealt as they are read (:class:`ShardRuns`): the ingest is never
+    held whole. ``cache_dir``: see :func:`write_parts` (unchanged shards cost no write)."""
     keys = manifest.read(ingest_path, schemas.INGEST, columns=["item_id", "sha256", "path"])  # validated
     mapping, shard_of_row = assign_rows(keys["sha256"], read_map(map_path, size), size)
-    runs = ShardRuns.read(ingest_path, shard_of_row)
+    del keys
+    runs = ShardRuns(ingest_path, shard_of_row, digest_rows=True)
     write_parts(runs, None, out_dir, cache_dir)
-    present, bounds = runs.shards, runs.bounds
-    digests = _digests(runs.table, bounds)
+    present = runs.shards
     contents = np.bincount(mapping["shard"].to_numpy(), minlength=int(present[-1]) + 1 if len(present) else 0)
     index = {}
-    for k, digest, a, b in zip(present.tolist(), digests, bounds[:-1].tolist(), bounds[1:].tolist()):
-        index[name(k)] = {"digest": digest, "items": int(b - a), "contents": int(contents[k])}
+    for k, items in zip(present.tolist(), runs.counts.tolist()):
+        index[name(k)] = {"digest": runs.digests[k], "items": int(items), "contents": int(contents[k])}
     with atomic.atomic_file(map_path) as tmp:
         mapping.to_parquet(tmp, index=False)
     atomic.write_text(index_path, json.dumps(index, indent=1, sort_keys=True) + "\n")
@@ -145,41 +147,54 @@ def split_ingest(ingest_path: str | Path, out_dir: str | Path, index_path: str |
 
 
 class ShardRuns:
-    """A table's rows grouped by shard, in one reordering (their order within a shard kept):
-    shard ``shards[k]`` holds rows ``bounds[k]:bounds[k + 1]`` of ``table``."""
+    """A Parquet file's rows dealt by shard as they are read, a batch at a time: a shard's rows (in
+    the file's order) come out as soon as its last row has been read, so only the rows of shards
+    not yet complete are held, never the whole file (a 1M-row manifest is gigabytes). Rows of one
+    shard are mostly near one another in a file (contents are dealt in the order they first
+    appear), so few shards are open at once. ``digest_rows``: record each shard's
+    :func:`rows_digest` in :attr:`digests` as it comes out."""
 
-    def __init__(self, table: pa.Table, shards: np.ndarray, bounds: np.ndarray):
-        self.table, self.shards, self.bounds = table, shards, bounds
+    BATCH_ROWS = 65_536
 
-    @property
-    def schema(self) -> pa.Schema:
-        return self.table.schema
+    def __init__(self, path: str | Path, shard_of_row, digest_rows: bool = False):
+        self.path = Path(path)
+        self._shard_of_row = np.asarray(shard_of_row, dtype=np.int64)
+        self._parquet = pq.ParquetFile(self.path)
+        rows = self._parquet.metadata.num_rows
+        if rows != len(self._shard_of_row):
+            raise ShardError(f"{self.path}: {rows} rows, but {len(self._shard_of_row)} were assigned shards")
+        self.schema = self._parquet.schema_arrow
+        self.shards, self.counts = np.unique(self._shard_of_row, return_counts=True)
+        self._digest_rows = digest_rows
+        self.digests: dict[int, str] = {}
 
-    @classmethod
-    def read(cls, path: str | Path, shard_of_row) -> "ShardRuns":
-        """The Parquet file's rows grouped by shard, one column at a time: the file's table is never
-        held twice (a 1M-row manifest with its pHash views is gigabytes)."""
-        shard_of_row = np.asarray(shard_of_row, dtype=np.int64)
-        order = np.argsort(shard_of_row, kind="stable")
-        present = np.unique(shard_of_row)
-        bounds = np.searchsorted(shard_of_row[order], np.append(present, present[-1] + 1 if len(present) else 0))
-        parquet = pq.ParquetFile(path)
-        schema = parquet.schema_arrow
-        # one take per column over one chunk: a take per shard over many chunks costs a hundred times more
-        columns = [parquet.read(columns=[name]).column(0).combine_chunks().take(order) for name in schema.names]
-        if len(columns) and len(columns[0]) != len(shard_of_row):
-            raise ShardError(f"{path}: {len(columns[0])} rows, but {len(shard_of_row)} were assigned shards")
-        return cls(pa.Table.from_arrays(columns, schema=schema), present, bounds)
+    def completed(self) -> Iterator[tuple[int, pa.Table]]:
+        """(shard, its rows) for each shard with rows, in the order their last rows are read."""
+        count = dict(zip(self.shards.tolist(), self.counts.tolist()))
+        pending: dict[int, list[pa.RecordBatch]] = collections.defaultdict(list)
+        held: dict[int, int] = collections.defaultdict(int)
+        start = 0
+        for batch in self._parquet.iter_batches(batch_size=self.BATCH_ROWS):
+            shard = self._shard_of_row[start:start + batch.num_rows]
+            start += batch.num_rows
+            order = np.argsort(shard, kind="stable")
+            present, first = np.unique(shard[order], return_index=True)
+            for s, a, b in zip(present.tolist(), first.tolist(), [*first[1:].tolist(), len(order)]):
+                pending[s].append(batch.take(pa.array(order[a:b])))  # a copy: holds none of the batch's buffers
+                held[s] += b - a
+                if held[s] == count[s]:
+                    rows = pa.Table.from_batches(pending.pop(s), schema=batch.schema).combine_chunks()
+                    if self._digest_rows:
+                        self.digests[s] = _digests(rows, np.array([0, rows.num_rows]))[0]
+                    yield s, rows
 
-    def rows(self, shard: int) -> pa.Table:
-        k = int(np.searchsorted(self.shards, shard))
-        if k == len(self.shards) or self.shards[k] != shard:
-            return self.table.slice(0, 0)
-        return self.table.slice(int(self.bounds[k]), int(self.bounds[k + 1] - self.bounds[k]))
-
-    def part(self, shard: int, schema: pa.Schema) -> memoryview | bytes:
-        """The shard's rows as a Parquet file of their own, in ``schema``'s types."""
-        return _part_bytes(self.rows(shard), schema)
+    def parts(self, names: list[str], schema: pa.Schema) -> Iterator[tuple[str, memoryview | bytes]]:
+        """(shard, its rows as a Parquet file of their own in ``schema``'s types) for each of
+        ``names``: those with rows as they complete, then the others, empty."""
+        for shard, rows in self.completed():
+            yield name(shard), _part_bytes(rows, schema)
+        for shard in sorted(set(names) - {name(int(k)) for k in self.shards}):
+            yield shard, _part_bytes(self.schema.empty_table(), schema)
 
 
 class ShardGroups:
@@ -201,6 +216,11 @@ class ShardGroups:
     def rows(self, shard: int) -> pa.Table:
         group = self._group_of.get(int(shard))
         return self.schema.empty_table() if group is None else self.parquet.read_row_group(group)
+
+    def parts(self, names: list[str], schema: pa.Schema) -> Iterator[tuple[str, memoryview | bytes]]:
+        """(shard, :meth:`part`) for each of ``names``, in that order."""
+        for shard in names:
+            yield shard, self.part(int(shard), schema)
 
     def part(self, shard: int, schema: pa.Schema) -> memoryview | bytes:
         """The shard's row group as a Parquet file of its own: its column chunks copied as bytes
@@ -238,8 +258,7 @@ def write_parts(runs: ShardRuns | ShardGroups, names, out_dir: str | Path, cache
     with atomic.atomic_dir(out_dir) as tmp_dir:
         if cache is not None:
             cache.mkdir(parents=True, exist_ok=True)
-        for shard in wanted:
-            data = runs.part(int(shard), schema)
+        for shard, data in runs.parts(wanted, schema):
             digest = hashlib.sha256(data).hexdigest()
             out[shard] = {"digest": digest, "items": pq.read_metadata(pa.BufferReader(data)).num_rows}
             target = tmp_dir / f"{shard}.parquet"
@@ -255,7 +274,7 @@ def write_parts(runs: ShardRuns | ShardGroups, names, out_dir: str | Path, cache
         for stale in cache.glob("*.parquet"):
             if stale.name not in keep:
                 stale.unlink(missing_ok=True)
-    return out
+    return dict(sorted(out.items()))
 
 
 def _part_bytes(rows: pa.Table, schema: pa.Schema) -> memoryview:
@@ -436,7 +455,7 @@ def _runs_by_map(manifest_path: str | Path, map_path: str | Path, shard_names, s
     if outside.any():
         raise ShardError(f"{manifest_path}: {int(outside.sum())} rows fall in shards the index does not list "
                          f"(first: item {keys['item_id'].iloc[int(np.flatnonzero(outside)[0])]})")
-    return ShardRuns.read(manifest_path, shard_of)
+    return ShardRuns(manifest_path, shard_of)
 
 
 def _runs_by_group(manifest_path: str | Path, groups: list[str], shard_names, schema) -> ShardGroups:
