@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import shutil
 import signal
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pytest
 from PIL import Image
 
 import slurm_cluster
-from conftest import REPO, copy_workflow, digests, set_params, snakemake
+from conftest import REPO, copy_workflow, digests, run, set_params, snakemake
 from trainset import manifest, schemas, shards
 
 pytestmark = pytest.mark.e2e
@@ -64,24 +65,43 @@ MAIN_MANIFESTS = ("ingest", "audit", "pairs", "groups", "reference_pairs", "filt
                   "captioned", "split", "rejected")
 
 
+# The plugin waits 10 s longer before each status query that finds no job ended (up to 180 s), and no
+# setting changes that: in a stretch of the DAG where one job runs alone, a 15 s job is seen to end
+# after about 33 s, and the test's build spent most of its time waiting. Test-only: this Snakemake
+# process keeps Snakemake's own --seconds-between-status-checks (below, 2 s) throughout. The jobs, their
+# submission and their status queries are the plugin's own.
+STEADY_STATUS_CHECKS = """
+import sys
+import snakemake_executor_plugin_slurm as plugin
+from snakemake.cli import main
+
+def steady(self):
+    return self.workflow.remote_execution_settings.seconds_between_status_checks
+
+assert isinstance(getattr(plugin.Executor, "next_seconds_between_status_checks", None), property)
+plugin.Executor.next_seconds_between_status_checks = property(steady, lambda self, value: None)
+sys.exit(main())
+"""
+
+
 @pytest.fixture(scope="module")
 def slurm_build(slurm, tmp_path_factory) -> tuple[Path, str]:
     """The whole demo built through the cluster in small shards: (project, Snakemake's output)."""
     project = copy_workflow(tmp_path_factory.mktemp("slurm_build") / "project")
     set_params(project, shards__size=SHARD_SIZE)
-    proc = snakemake(
-        project,
+    proc = run([
+        sys.executable, "-c", STEADY_STATUS_CHECKS, "--cores", "2",
         "--profile", str(REPO / "profiles" / "slurm"),
         # test-only overrides. Memory: one job per CPU fits the node (--cores 2: the multi-threaded rules
         # take two). Twice as many jobs submitted as run: SLURM holds the rest PENDING and starts one the
         # moment a CPU frees, while the plugin only notices a job ended at its next status query.
         "--default-resources", f"mem_mb={slurm.memory_mb // slurm.cpus}", "runtime=30",
         "--jobs", str(2 * slurm.cpus),
-        # no accounting database: squeue, not sacct, answers the status queries; the plugin queries 1 s
-        # after a job ended (default 40, the least it takes), then 10 s later each time nothing ended
+        # no accounting database: squeue, not sacct, answers the status queries, every 2 s (STEADY_STATUS_CHECKS)
         "--slurm-status-command", "squeue",
         "--slurm-init-seconds-before-status-checks", "1",
-    )
+        "--seconds-between-status-checks", "2",
+    ], project)
     return project, proc.stdout + proc.stderr
 
 
