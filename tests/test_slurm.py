@@ -1,5 +1,5 @@
 """The demo workflow through a real SLURM cluster: one node on localhost (tests/slurm_cluster.py, Debian's
-slurm-wlm and munge), driven by `snakemake --profile profiles/slurm`, in small shards (7 contents). Every
+slurm-wlm and munge), driven by `snakemake --profile profiles/slurm`, in small shards (14 contents). Every
 job Snakemake runs (all but the `all` target) is an sbatch job that SLURM records as COMPLETED; the
 outputs equal a local build's in the same shards byte for byte, and hold the unsharded build's rows; and
 a new image reruns only the shard it lands in."""
@@ -58,7 +58,7 @@ def submitted(log: str) -> dict[str, str]:
     return dict(re.findall(r"submitted with SLURM jobid (\d+) \(log: \S*/slurm_logs/rule_(\w+)/", log))
 
 
-SHARD_SIZE = 7  # the demo's distinct contents in four shards, the last with room to spare
+SHARD_SIZE = 14  # the demo's 26 distinct contents in two shards, the last with room to spare
 SHARDING = ("data/manifests/shards/", "data/manifests/shard-map.parquet",  # how the contents were dealt out
             "data/conversations/shards/", "data/conversations/shard-map.parquet")
 MAIN_MANIFESTS = ("ingest", "audit", "pairs", "groups", "reference_pairs", "filtered", "deduped", "clusters",
@@ -112,8 +112,8 @@ def test_every_job_ran_as_a_completed_slurm_job(slurm, slurm_build) -> None:
     expected = finished_jobs(log)
     assert expected.pop("all") == 1  # the target: no job of its own
     assert {"shard", "audit_shard", "embed_shard", "pairs_shard", "group"} <= set(expected)
-    assert expected["audit_shard"] == expected["embed_shard"] == expected["pairs_shard"] == expected["caption_shard"] == 4  # one per shard
-    assert expected["conversations_sign"] >= 2  # the demo conversations in shards of 7
+    assert expected["audit_shard"] == expected["embed_shard"] == expected["pairs_shard"] == expected["caption_shard"] == 2  # one per shard
+    assert expected["conversations_sign"] >= 2  # the demo conversations in shards of 14
     by_job = submitted(log)
     assert Counter(by_job.values()) == expected, "every job that ran was submitted to SLURM, none ran locally"
 
@@ -161,7 +161,7 @@ def test_small_shards_hold_the_rows_of_the_unsharded_build(local_sharded: Path, 
     """Written by shard, a manifest's rows come shard by shard: the same rows as one shard gives,
     and the same exported files."""
     index = shards.read_index(local_sharded / "data/manifests/shards/index.json")
-    assert len(index) == 4 and [v["contents"] for v in index.values()][:3] == [SHARD_SIZE] * 3
+    assert len(index) == 2 and [v["contents"] for v in index.values()] == [SHARD_SIZE, 26 - SHARD_SIZE]
     assert len(shards.read_index(built_demo / "data/manifests/shards/index.json")) == 1
     for name in MAIN_MANIFESTS:
         ours, whole = _rows(local_sharded / f"data/manifests/{name}.parquet"), _rows(built_demo / f"data/manifests/{name}.parquet")
@@ -196,9 +196,9 @@ def test_a_new_image_reruns_only_the_shard_it_lands_in(slurm_build, tmp_path: Pa
     set_params(project, sources=params["sources"])
     proc = snakemake(project, "data/export", "data/manifests/rejected.parquet")
     log = proc.stdout + proc.stderr
-    assert _jobs(log, "audit_shard") == ["00003"]
-    assert _jobs(log, "embed_shard") == ["00003"]
-    assert _jobs(log, "pairs_shard") == ["00003"], "only the tile of the shard that changed"
+    assert _jobs(log, "audit_shard") == ["00001"]
+    assert _jobs(log, "embed_shard") == ["00001"]
+    assert _jobs(log, "pairs_shard") == ["00001"], "only the tile of the shard that changed"
 
     ingest = manifest.read(project / "data/manifests/ingest.parquet", schemas.INGEST)
     new_sha = ingest.loc[ingest["source"] == "extra", "sha256"].iloc[0]
