@@ -1,6 +1,6 @@
 import json
 
-from trainset import shards as ts_shards
+from trainset import shard_plan as ts_shard_plan
 
 # Paths shared by the rules: one place, so rules, scripts and dvc.yaml agree.
 
@@ -51,7 +51,7 @@ SHARDS = f"{M}/shards"
 SHARD_INDEX = f"{SHARDS}/index.json"
 SHARD_MAP = f"{M}/shard-map.parquet"  # which shard each content belongs to: kept across runs
 SHARD_RUN = f"{RUN}/shards"           # per-shard stats
-SHARD = ts_shards.settings(config.get("shards"))
+SHARD = ts_shard_plan.settings(config.get("shards"))
 SHARD_THREADS = min(SHARD["threads"] or workflow.cores, workflow.cores)
 SHARD_RESOURCES = {"mem_mb": SHARD["mem_mb"], "runtime": SHARD["runtime"]}
 

@@ -31,7 +31,7 @@ rule embed_shard:
 
 def shards_upto(pattern):
     """Input function of a pair-search tile: the pattern for every shard up to this one, this one last."""
-    return lambda w: [pattern.format(shard=s) for s in ts_shards.upto(shard_index(), w.shard)]
+    return lambda w: [pattern.format(shard=s) for s in ts_shard_plan.upto(shard_index(), w.shard)]
 
 
 rule pairs_shard:
@@ -45,7 +45,7 @@ rule pairs_shard:
         stats=f"{SHARD_RUN}/pairs/{{shard}}.json",
     params:
         # this shard and every one it is compared with: a tile reruns when any of them changed
-        digests=lambda w: [shard_index()[s]["digest"] for s in ts_shards.upto(shard_index(), w.shard)],
+        digests=lambda w: [shard_index()[s]["digest"] for s in ts_shard_plan.upto(shard_index(), w.shard)],
         near_dup=config["near_dup"],
         seed=config["seed"],
         cache=CACHE,

@@ -32,12 +32,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
-from . import hashing, kernels, progress, views
+from . import progress, view_names
 from .config import ConfigError
-from .manifest import arrow_text
 from .provenance import params_digest
 
 PAIR_FIELDS = ("a", "b", "distance", "cosine", "rule")
@@ -122,10 +119,10 @@ class Rule:
         return cls(
             clauses=tuple(clauses),
             mirror=mirror,
-            query=tuple(range(len(views.QUERY_VIEWS))),
-            search=tuple(range(len(views.SEARCH_VIEWS))),
+            query=tuple(range(len(view_names.QUERY_VIEWS))),
+            search=tuple(range(len(view_names.SEARCH_VIEWS))),
             # the mirrored query views follow the search views in the view matrix
-            mirror_query=tuple(range(len(views.SEARCH_VIEWS), len(views.VIEW_NAMES))) if mirror else (),
+            mirror_query=tuple(range(len(view_names.SEARCH_VIEWS), len(view_names.VIEW_NAMES))) if mirror else (),
             mirror_penalty=int(penalty) if mirror else 0,
             model=model,
             batch_size=int(embedding.get("batch_size", 32)),
@@ -162,7 +159,7 @@ class Rule:
     def key(self, model_key: str | None = None) -> str:
         """Digest of everything that decides which pairs are found."""
         return params_digest({
-            "clauses": [c.label for c in self.clauses], "mirror": self.mirror, "views": list(views.VIEW_NAMES),
+            "clauses": [c.label for c in self.clauses], "mirror": self.mirror, "views": list(view_names.VIEW_NAMES),
             "query": list(self.query), "search": list(self.search), "mirror_query": list(self.mirror_query),
             "mirror_penalty": self.mirror_penalty,
             "model": model_key if self.uses_cosine else None, "partitions": self.partitions, "seed": self.seed,
@@ -282,6 +279,8 @@ def hash_candidates(matrix: np.ndarray, radius: int, query: list[int], search: l
     """Owner pairs where a query view of one is within ``radius`` bits of a search view of the
     other: ``(i, j)`` with i < j within ``matrix``, or ``(query row, base row)`` when ``base`` is
     given (both directions searched). ``flat`` / ``base_flat``: their :class:`FlatViews`, if at hand."""
+    from . import kernels  # noqa: PLC0415 (not imported when the Snakefile reads the rule)
+
     empty = np.zeros(0, dtype=np.int64)
     if radius < 0 or not len(matrix) or (base is not None and not len(base)):
         return empty, empty.copy()
@@ -373,6 +372,8 @@ def grow_clusters(n: int, a: np.ndarray, b: np.ndarray, order: np.ndarray) -> np
     """Representative of each of ``n`` nodes: nodes are visited in ``order`` (best first); an
     unassigned node becomes a representative and takes every unassigned neighbour. Every member
     is therefore a direct near-duplicate of its representative: no chains."""
+    from scipy.sparse import coo_matrix  # noqa: PLC0415 (not imported when the Snakefile reads the rule)
+
     rep = np.full(n, -1, dtype=np.int64)
     if len(a):
         graph = coo_matrix((np.ones(2 * len(a), dtype=np.int8), (np.concatenate([a, b]), np.concatenate([b, a]))), shape=(n, n)).tocsr()
@@ -391,6 +392,9 @@ def grow_clusters(n: int, a: np.ndarray, b: np.ndarray, order: np.ndarray) -> np
 
 def components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Connected-component label of each node over the pairs (chains included)."""
+    from scipy.sparse import coo_matrix  # noqa: PLC0415 (not imported when the Snakefile reads the rule)
+    from scipy.sparse.csgraph import connected_components  # noqa: PLC0415 (not imported when the Snakefile reads the rule)
+
     if n == 0:
         return np.zeros(0, dtype=np.int64)
     graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
@@ -453,6 +457,8 @@ def _as_key(values, n: int) -> np.ndarray:
 
 def _text_rank(values: pd.Series) -> np.ndarray:
     """Each value's place among them in code-point order (Arrow compares UTF-8 bytes: the same order)."""
+    from .manifest import arrow_text  # noqa: PLC0415 (not imported when the Snakefile reads the rule)
+
     order = pc.sort_indices(arrow_text(values)).to_numpy()
     rank = np.empty(len(order), dtype=np.int64)
     rank[order] = np.arange(len(order))
@@ -543,6 +549,7 @@ def detect(paths: list[str], near_dup: dict, cache_dir: str | Path, threads: int
     the hashes, embeddings when the rule needs them, the rule's pairs. Returns ``a < b`` indices
     into ``paths`` and the ``rule`` clause (``exact`` for identical bytes); undecodable files
     pair with nothing but their byte-identical copies."""
+    from . import hashing  # noqa: PLC0415
     from .stages import group  # noqa: PLC0415  (the stages import this module)
 
     cache_dir = Path(cache_dir)

@@ -26,34 +26,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import atomic, manifest, parquet_splice, schemas
+from .shard_plan import DEFAULTS, ShardError, name, read_index, settings, upto  # noqa: F401 (defined there, light)
 
 MAP_COLUMNS = ("sha256", "shard", "size")
-DEFAULTS = {"size": 5000, "threads": None, "mem_mb": 4000, "runtime": 60, "gpu": 0}
-
-
-class ShardError(ValueError):
-    pass
-
-
-def settings(params: dict | None) -> dict:
-    """``shards`` from params.yaml with defaults filled in; a bad value names itself."""
-    out = {**DEFAULTS, **(params or {})}
-    unknown = set(out) - set(DEFAULTS)
-    if unknown:
-        raise ShardError(f"params.yaml: shards has unknown keys {sorted(unknown)} (known: {sorted(DEFAULTS)})")
-    for key in ("size", "mem_mb", "runtime"):
-        value = out[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ShardError(f"params.yaml: shards.{key} must be a positive integer, got {value!r}")
-    for key in ("threads", "gpu"):
-        value = out[key]
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-            raise ShardError(f"params.yaml: shards.{key} must be a non-negative integer or null, got {value!r}")
-    return out
-
-
-def name(k: int) -> str:
-    return f"{k:05d}"
 
 
 def read_map(path: str | Path, size: int) -> pd.DataFrame | None:
@@ -298,15 +273,6 @@ def _parquet_bytes(table: pa.Table) -> memoryview:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="snappy")
     return memoryview(sink.getvalue())
-
-
-def read_index(path: str | Path) -> dict:
-    return json.loads(Path(path).read_text())
-
-
-def upto(index: dict, shard: str) -> list[str]:
-    """The shards a pair job of ``shard`` compares it with: every shard up to it, itself last."""
-    return [s for s in sorted(index) if s <= shard]
 
 
 def concat(paths, schema) -> pd.DataFrame:

@@ -39,6 +39,7 @@ import numpy as np
 from PIL import Image
 
 from . import hashing, kernels
+from .view_names import BOXES, MIRROR_VIEWS, QUERY_VIEWS, SEARCH_VIEWS, VIEW_NAMES  # noqa: F401 (the names live there)
 
 TRIM_TOLERANCE = 12
 """Grey levels a border pixel may differ from its edge's median (JPEG ringing, dithering)."""
@@ -54,19 +55,6 @@ BORDER_DOMINANT = 0.5
 
 TRIM_PASSES = 3
 """Nested borders (a coloured pad around a white background) trim in successive passes."""
-
-BOXES = {
-    "c90": (0.05, 0.05, 0.95, 0.95), "c80": (0.1, 0.1, 0.9, 0.9),
-    "tl": (0.0, 0.0, 0.9, 0.9), "tr": (0.1, 0.0, 1.0, 0.9), "bl": (0.0, 0.1, 0.9, 1.0), "br": (0.1, 0.1, 1.0, 1.0),
-    "l": (0.1, 0.0, 1.0, 1.0), "r": (0.0, 0.0, 0.9, 1.0), "t": (0.0, 0.1, 1.0, 1.0), "b": (0.0, 0.0, 1.0, 0.9),
-    "lr": (0.08, 0.0, 0.92, 1.0), "tb": (0.0, 0.08, 1.0, 0.92),
-}
-"""Sub-boxes (left, top, right, bottom as fractions) of the whole and of the trimmed picture."""
-
-QUERY_VIEWS = ("plain", "trim")
-SEARCH_VIEWS = QUERY_VIEWS + tuple(BOXES) + tuple(f"trim_{name}" for name in BOXES)
-MIRROR_VIEWS = tuple(f"{v}_mirror" for v in QUERY_VIEWS)
-VIEW_NAMES = SEARCH_VIEWS + MIRROR_VIEWS
 
 
 @numba.njit(cache=True, nogil=True)

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Callable, Iterator, Mapping
 
-from .. import hashing, progress
+from .. import progress
 from ..atomic import atomic_dir, write_text
 from ..config import ConfigError, as_flag
 from ..rating import RatingError, normalize_rating
@@ -438,6 +438,8 @@ def _link_target(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> str:
 
 def input_digests(paths) -> list[dict]:
     """Each input's path and SHA-256: what decides whether a materialization is unchanged."""
+    from .. import hashing  # noqa: PLC0415 (numba and scipy: not imported when the Snakefile lists sources)
+
     out = []
     for path in paths:
         path = Path(path)

@@ -51,7 +51,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, Iterator
 from urllib.parse import unquote, urlsplit
 
-from .. import hashing, progress
+from .. import progress
 from ..config import Source
 from ..rating import RatingError, normalize_rating
 from .image_folder import SourceError, file_row, normalize_extensions, walk
@@ -385,6 +385,8 @@ class _Images:
 
     def md5_of(self, rel: str) -> str:
         if rel not in self.md5:
+            from .. import hashing  # noqa: PLC0415 (numba and scipy: not imported when the Snakefile lists sources)
+
             self.md5[rel] = hashing.md5_file(self.root / rel)
         return self.md5[rel]
 
