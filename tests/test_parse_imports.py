@@ -39,3 +39,20 @@ def test_the_light_modules_are_the_ones_the_library_uses() -> None:
     assert views.VIEW_NAMES is view_names.VIEW_NAMES and views.BOXES is view_names.BOXES
     rule = neardup.Rule.from_params({"rule": [{"max_distance": 6}], "mirror": True})
     assert len(rule.query) == len(views.QUERY_VIEWS) and len(rule.mirror_query) == len(views.MIRROR_VIEWS)
+
+
+def test_a_job_that_splices_nothing_does_not_import_numba(tmp_path) -> None:
+    """numba (a quarter of a second per job) comes with the first footer scanned, not with the manifests."""
+    code = f"""
+import sys
+import pyarrow as pa, pyarrow.parquet as pq
+from trainset.stages import rejected, split
+from trainset import manifest, parquet_splice
+before = "numba" in sys.modules
+pq.write_table(pa.table({{"a": [1, 2, 3]}}), {str(tmp_path / "t.parquet")!r}, row_group_size=2)
+import io
+rows = parquet_splice.concat([{str(tmp_path / "t.parquet")!r}] * 2, io.BytesIO())
+print(before, "numba" in sys.modules, rows)
+"""
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split()
+    assert out == ["False", "True", "6"]
