@@ -34,6 +34,11 @@ def shards_upto(pattern):
     return lambda w: [pattern.format(shard=s) for s in ts_shard_plan.upto(shard_index(), w.shard)]
 
 
+def tile_digests(index, shard):
+    """The digests of the shards a tile compares (the index read once, not once per shard)."""
+    return [index[s]["digest"] for s in ts_shard_plan.upto(index, shard)]
+
+
 rule pairs_shard:
     input:
         hashes=shards_upto(f"{SHARDS}/hashes/{{shard}}.npz"),
@@ -45,7 +50,7 @@ rule pairs_shard:
         stats=f"{SHARD_RUN}/pairs/{{shard}}.json",
     params:
         # this shard and every one it is compared with: a tile reruns when any of them changed
-        digests=lambda w: [shard_index()[s]["digest"] for s in ts_shard_plan.upto(shard_index(), w.shard)],
+        digests=lambda w: tile_digests(shard_index(), w.shard),
         near_dup=config["near_dup"],
         seed=config["seed"],
         cache=CACHE,

@@ -1,4 +1,4 @@
-"""Shard settings and the shard index, as the Snakefile reads them when it is parsed.
+"""Shard settings, shard names and which shards a pair tile compares: what the Snakefile needs when it is parsed.
 
 Kept apart from :mod:`trainset.shards` (which deals rows with pandas and pyarrow) so that parsing
 the workflow imports nothing heavy: every Snakemake run parses it, and on a cluster every job
