@@ -9,6 +9,8 @@ checkpoint shard:
         size=SHARD["size"],
         parts=f"{CACHE}/parts/ingest",  # each shard's file by content: unchanged shards are linked, not written
         code=CODE,
+    resources:
+        **STEP_RESOURCES,
     script:
         "../scripts/shard.py"
 
@@ -43,6 +45,8 @@ rule audit:
     params:
         stats=f"{RUN}/audit-stats.json",
         code=CODE,
+    resources:
+        **STEP_RESOURCES,
     script:
         "../scripts/audit_gather.py"
 
@@ -59,5 +63,7 @@ rule nsfw_score:
         kept=f"{CACHE}/kept",  # the last scores: a shard whose audit rows and model did not change is copied from them
         code=CODE,
     threads: workflow.cores
+    resources:
+        **STEP_RESOURCES,
     script:
         "../scripts/nsfw_score.py"

@@ -18,6 +18,8 @@ checkpoint deal_deduped:
         caption=config["caption"],
         triggers=CAPTION_TRIGGERS,
         code=CODE,
+    resources:
+        **STEP_RESOURCES,
     script:
         "../scripts/deal.py"
 
@@ -51,5 +53,7 @@ rule caption:
         CAPTIONED,
     params:
         code=CODE,
+    resources:
+        **STEP_RESOURCES,
     script:
         "../scripts/caption_gather.py"

@@ -54,6 +54,12 @@ SHARD_RUN = f"{RUN}/shards"           # per-shard stats
 SHARD = ts_shard_plan.settings(config.get("shards"))
 SHARD_THREADS = min(SHARD["threads"] or workflow.cores, workflow.cores)
 SHARD_RESOURCES = {"mem_mb": SHARD["mem_mb"], "runtime": SHARD["runtime"]}
+# every other job reads whole manifests: its memory grows with its inputs' size (params.yaml resources)
+STEP = ts_shard_plan.step_settings(config.get("resources"))
+STEP_RESOURCES = {
+    "mem_mb": lambda wildcards, input, attempt: ts_shard_plan.step_mem_mb(STEP, input.size_mb, attempt),
+    "runtime": lambda wildcards, attempt: STEP["runtime"] * attempt,
+}
 
 
 # The checkpoint's folder, as an input of every job whose params read the index: a job run on its own

@@ -27,6 +27,8 @@ rule conversations_demo:
     params:
         enabled=CONV_DEMO,
         code=provenance.code_digest("conversations.demo"),
+    resources:
+        **STEP_RESOURCES,
     script:
         "../scripts/conversations_demo.py"
 
@@ -40,6 +42,8 @@ rule conversations_read:
     params:
         source=lambda w: conv_sources.as_dict({**CONV_SOURCES, **CONV_EVAL}[w.source]),
         code=CODE,
+    resources:
+        **STEP_RESOURCES,
     script:
         "../scripts/conversations_read.py"
 
@@ -59,6 +63,8 @@ rule conversations_filter:
         stats=f"{RUN}/conversations-filter-stats.json",
         code=CODE,
     threads: workflow.cores
+    resources:
+        **STEP_RESOURCES,
     script:
         "../scripts/conversations_filter.py"
 
@@ -73,6 +79,8 @@ checkpoint conversations_shard:
         map=CONV_SHARD_MAP,
         size=SHARD["size"],
         code=CODE,
+    resources:
+        **STEP_RESOURCES,
     script:
         "../scripts/conversations_shard.py"
 
@@ -110,6 +118,8 @@ rule conversations_dedup:
         stats=f"{RUN}/conversations-dedup-stats.json",
         code=CODE,
     threads: workflow.cores
+    resources:
+        **STEP_RESOURCES,
     script:
         "../scripts/conversations_dedup.py"
 
@@ -126,6 +136,8 @@ rule conversations_split:
         curriculum=CONV_PARAMS.get("curriculum") or {},
         seed=config["seed"],
         code=CODE,
+    resources:
+        **STEP_RESOURCES,
     script:
         "../scripts/conversations_split.py"
 
@@ -140,6 +152,8 @@ rule conversations_rejected:
         CONV_REJECTED,
     params:
         code=CODE,
+    resources:
+        **STEP_RESOURCES,
     script:
         "../scripts/conversations_rejected.py"
 
@@ -157,6 +171,8 @@ rule conversations_export:
         params_digest=provenance.params_digest({k: config.get(k) for k in ("seed", "conversations")}),
         seed=config["seed"],
         code=CODE,
+    resources:
+        **STEP_RESOURCES,
     script:
         "../scripts/conversations_export.py"
 
@@ -175,5 +191,7 @@ rule conversations_report:
     params:
         thresholds=(config.get("report") or {}).get("conversations") or {},
         code=CODE,
+    resources:
+        **STEP_RESOURCES,
     script:
         "../scripts/conversations_report.py"

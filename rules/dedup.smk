@@ -85,6 +85,8 @@ rule group:
         stats=f"{RUN}/group-stats.json",
         kept=f"{CACHE}/kept",  # the last groups manifest: a shard whose audit rows and clusters did not change is copied from it
         code=CODE,
+    resources:
+        **STEP_RESOURCES,
     script:
         "../scripts/group.py"
 
@@ -102,5 +104,7 @@ rule dedup:
         near_dup=config["near_dup"],
         kept=f"{CACHE}/kept",  # the last deduped manifest: a shard whose rows and keepers did not change is copied from it
         code=CODE,
+    resources:
+        **STEP_RESOURCES,
     script:
         "../scripts/dedup.py"

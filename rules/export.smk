@@ -10,5 +10,7 @@ rule export:
         triggers={s.name: s.trigger_word for s in SOURCES},
         seed=config["seed"],
         code=CODE,
+    resources:
+        **STEP_RESOURCES,
     script:
         "../scripts/export.py"

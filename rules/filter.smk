@@ -17,5 +17,7 @@ rule filter:
         policy=config["policy"],
         kept=f"{CACHE}/kept",  # the last outputs: a shard whose inputs did not change is copied from them
         code=CODE,
+    resources:
+        **STEP_RESOURCES,
     script:
         "../scripts/filter.py"

@@ -9,6 +9,8 @@ rule demo:
     params:
         enabled=DEMO,  # with demo: false the folder is left empty (DVC still tracks it)
         code=provenance.code_digest("demo"),
+    resources:
+        **STEP_RESOURCES,
     script:
         "../scripts/demo.py"
 
@@ -35,6 +37,8 @@ rule materialize:
         limits=config["ingest"].get("archive_limits") or {},
         report=lambda w: f"{RUN}/materialize-{w.name}.json",
         code=CODE,
+    resources:
+        **STEP_RESOURCES,
     script:
         "../scripts/materialize.py"
 
@@ -49,6 +53,8 @@ rule download:
         folder=lambda w: str(MATERIALIZED[w.name].folder),
         network=config.get("network") or {},
         code=CODE,
+    resources:
+        **STEP_RESOURCES,
     script:
         "../scripts/download.py"
 
@@ -68,5 +74,7 @@ rule ingest:
         extensions=config["ingest"]["extensions"],
         stat_cache=f"{CACHE}/stat",
         code=CODE,
+    resources:
+        **STEP_RESOURCES,
     script:
         "../scripts/ingest.py"

@@ -21,6 +21,8 @@ rule report:
         balance=config["balance"],
         audit=config["audit"],
         code=CODE,
+    resources:
+        **STEP_RESOURCES,
     script:
         "../scripts/report.py"
 
@@ -46,5 +48,7 @@ rule report_html:
         max_tokens=config["caption"]["max_tokens"],
         nsfw_action=config["policy"]["nsfw"]["action"],
         code=CODE,
+    resources:
+        **STEP_RESOURCES,
     script:
         "../scripts/report_html.py"

@@ -10,6 +10,8 @@ rule split:
         history=f"{CACHE}/split-history.parquet",
         kept=f"{CACHE}/kept",  # the last split: a shard whose captioned rows did not change is copied from it
         code=CODE,
+    resources:
+        **STEP_RESOURCES,
     script:
         "../scripts/split.py"
 
@@ -21,5 +23,7 @@ rule rejected:
         REJECTED,
     params:
         code=CODE,
+    resources:
+        **STEP_RESOURCES,
     script:
         "../scripts/rejected.py"

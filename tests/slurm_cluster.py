@@ -145,10 +145,11 @@ class Cluster:
         return [dict(re.findall(r"(\w+)=(\S*)", line)) for line in self.jobcomp.read_text().splitlines() if line.strip()]
 
     def jobs(self) -> list[dict[str, str]]:
-        """Every job slurmctld still holds (finished ones for MinJobAge seconds): id, state, name, comment."""
-        keys = ("JobId", "JobState", "Name", "Comment")
-        rows = self.run("squeue", "--noheader", "--states=all", "--format=%i|%T|%j|%k").splitlines()
-        return [dict(zip(keys, row.split("|", 3))) for row in rows if row.strip()]
+        """Every job slurmctld still holds (finished ones for MinJobAge seconds): id, state, name, the memory
+        it asked for (``--mem``, e.g. ``1001M``), comment."""
+        keys = ("JobId", "JobState", "Name", "MinMemory", "Comment")
+        rows = self.run("squeue", "--noheader", "--states=all", "--format=%i|%T|%j|%m|%k").splitlines()
+        return [dict(zip(keys, row.split("|", 4))) for row in rows if row.strip()]
 
 
 def _log_tail(path: Path, lines: int = 30) -> str:

@@ -13,7 +13,9 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
+from conftest import REPO
 from stage_helpers import item_row
 from trainset import manifest, neardup, schemas, shards, views
 from trainset.stages import pairs as pair_stage
@@ -57,6 +59,28 @@ def test_bad_settings_name_the_key(bad: dict) -> None:
     key = next(iter(bad))
     with pytest.raises(shards.ShardError, match=key):
         shards.settings(bad)
+
+
+def test_a_job_that_reads_whole_manifests_asks_for_memory_by_what_it_reads() -> None:
+    """params.yaml resources: mem_mb plus mem_mb_per_input_mb per MB of input, times the attempt."""
+    from trainset import shard_plan
+
+    assert shard_plan.step_settings(None) == {"mem_mb": 1000, "mem_mb_per_input_mb": 8, "runtime": 60}
+    shipped = shard_plan.step_settings(yaml.safe_load((REPO / "params.yaml").read_text())["resources"])
+    assert shipped == shard_plan.STEP_DEFAULTS
+    assert shard_plan.step_mem_mb(shipped, 0.0) == 1000
+    assert shard_plan.step_mem_mb(shipped, 250.1) == 3001  # rounded up: never less than the rule says
+    assert shard_plan.step_mem_mb(shipped, 250.1, attempt=2) == 6002
+    assert shard_plan.step_mem_mb({"mem_mb": 500, "mem_mb_per_input_mb": 0.5, "runtime": 5}, 3000) == 2000
+
+
+@pytest.mark.parametrize("bad", [{"mem_mb": 0}, {"runtime": True}, {"mem_mb_per_input_mb": -1},
+                                 {"mem_mb_per_input_mb": "4"}, {"mem_per_input": 4}])
+def test_bad_resources_name_the_key(bad: dict) -> None:
+    from trainset import shard_plan
+
+    with pytest.raises(shard_plan.ShardError, match=rf"resources.*{next(iter(bad))}"):
+        shard_plan.step_settings(bad)
 
 
 def _ingest_rows(names: list[tuple[str, str]]) -> pd.DataFrame:

@@ -92,10 +92,9 @@ def slurm_build(slurm, tmp_path_factory) -> tuple[Path, str]:
     proc = run([
         sys.executable, "-c", STEADY_STATUS_CHECKS, "--cores", "2",
         "--profile", str(REPO / "profiles" / "slurm"),
-        # test-only overrides. Memory: one job per CPU fits the node (--cores 2: the multi-threaded rules
-        # take two). Twice as many jobs submitted as run: SLURM holds the rest PENDING and starts one the
+        # test-only overrides (memory and runtime: every rule says its own, see params.yaml shards and
+        # resources). Twice as many jobs submitted as run: SLURM holds the rest PENDING and starts one the
         # moment a CPU frees, while the plugin only notices a job ended at its next status query.
-        "--default-resources", f"mem_mb={slurm.memory_mb // slurm.cpus}", "runtime=30",
         "--jobs", str(2 * slurm.cpus),
         # no accounting database: squeue, not sacct, answers the status queries, every 2 s (STEADY_STATUS_CHECKS)
         "--slurm-status-command", "squeue",
@@ -123,6 +122,12 @@ def test_every_job_ran_as_a_completed_slurm_job(slurm, slurm_build) -> None:
     for job_id, job in held.items():
         assert job["JobState"] == "COMPLETED", job
         assert re.fullmatch(rf"rule_{by_job[job_id]}(_wildcards_.+)?", job["Comment"]), job
+    # the memory each job asked for: a shard job shards.mem_mb, every other job what params.yaml resources make
+    # of its inputs' size (the demo's are a few MB); none fell back on the profile's default-resources
+    shard_rules = {"audit_shard", "embed_shard", "pairs_shard", "caption_shard", "conversations_sign"}
+    asked = {job_id: int(job["MinMemory"].removesuffix("M")) for job_id, job in held.items()}
+    assert {asked[j] for j in asked if by_job[j] in shard_rules} == {4000}
+    assert all(1000 <= asked[j] < 1100 for j in asked if by_job[j] not in shard_rules), asked
     # the job completion log, one line per finished job: the same jobs, exit code 0
     finished = [job for job in slurm.completed_log() if job["Name"] == run_id]
     assert sorted(job["JobId"] for job in finished) == sorted(by_job), "one completion record per job"
