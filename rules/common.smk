@@ -53,7 +53,11 @@ SHARD_MAP = f"{M}/shard-map.parquet"  # which shard each content belongs to: kep
 SHARD_RUN = f"{RUN}/shards"           # per-shard stats
 SHARD = ts_shard_plan.settings(config.get("shards"))
 SHARD_THREADS = min(SHARD["threads"] or workflow.cores, workflow.cores)
-SHARD_RESOURCES = {"mem_mb": SHARD["mem_mb"], "runtime": SHARD["runtime"]}
+# per shard job; times the attempt, as below: with --retries a job killed for memory or time asks for more
+SHARD_RESOURCES = {
+    "mem_mb": lambda wildcards, attempt: SHARD["mem_mb"] * attempt,
+    "runtime": lambda wildcards, attempt: SHARD["runtime"] * attempt,
+}
 # every other job reads whole manifests: its memory grows with its inputs' size (params.yaml resources)
 STEP = ts_shard_plan.step_settings(config.get("resources"))
 STEP_RESOURCES = {
