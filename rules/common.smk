@@ -53,17 +53,10 @@ SHARD_MAP = f"{M}/shard-map.parquet"  # which shard each content belongs to: kep
 SHARD_RUN = f"{RUN}/shards"           # per-shard stats
 SHARD = ts_shard_plan.settings(config.get("shards"))
 SHARD_THREADS = min(SHARD["threads"] or workflow.cores, workflow.cores)
-# per shard job; times the attempt, as below: with --retries a job killed for memory or time asks for more
-SHARD_RESOURCES = {
-    "mem_mb": lambda wildcards, attempt: SHARD["mem_mb"] * attempt,
-    "runtime": lambda wildcards, attempt: SHARD["runtime"] * attempt,
-}
-# every other job reads whole manifests: its memory grows with its inputs' size (params.yaml resources)
-STEP = ts_shard_plan.step_settings(config.get("resources"))
-STEP_RESOURCES = {
-    "mem_mb": lambda wildcards, input, attempt: ts_shard_plan.step_mem_mb(STEP, input.size_mb, attempt),
-    "runtime": lambda wildcards, attempt: STEP["runtime"] * attempt,
-}
+# what a job asks a cluster for, times the attempt (--retries): a shard job params.yaml shards; every
+# other job reads whole manifests, so its memory grows with its inputs' size (params.yaml resources)
+SHARD_RESOURCES = ts_shard_plan.job_resources(SHARD)
+STEP_RESOURCES = ts_shard_plan.job_resources(ts_shard_plan.step_settings(config.get("resources")))
 
 
 # The checkpoint's folder, as an input of every job whose params read the index: a job run on its own

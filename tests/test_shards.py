@@ -74,6 +74,23 @@ def test_a_job_that_reads_whole_manifests_asks_for_memory_by_what_it_reads() -> 
     assert shard_plan.step_mem_mb({"mem_mb": 500, "mem_mb_per_input_mb": 0.5, "runtime": 5}, 3000) == 2000
 
 
+def test_rule_resources_grow_with_the_attempt_and_a_steps_memory_with_its_input() -> None:
+    """What rules/common.smk gives a rule: Snakemake calls these with the job's wildcards, input and attempt."""
+    from types import SimpleNamespace
+
+    from trainset import shard_plan
+
+    shard = shard_plan.job_resources(shard_plan.settings({"mem_mb": 3000, "runtime": 20}))
+    assert [shard["mem_mb"](None, attempt=a) for a in (1, 2)] == [3000, 6000]  # takes no input: never waits for one
+    assert [shard["runtime"](None, attempt=a) for a in (1, 3)] == [20, 60]
+    step = shard_plan.job_resources(shard_plan.step_settings(None))
+    assert step["mem_mb"](None, SimpleNamespace(size_mb=250.1), attempt=1) == 3001
+    assert step["mem_mb"](None, SimpleNamespace(size_mb=250.1), attempt=2) == 6002
+    assert step["runtime"](None, attempt=2) == 120
+    fixed = shard_plan.job_resources(shard_plan.step_settings({"mem_mb_per_input_mb": 0}))
+    assert fixed["mem_mb"](None, attempt=1) == 1000
+
+
 @pytest.mark.parametrize("bad", [{"mem_mb": 0}, {"runtime": True}, {"mem_mb_per_input_mb": -1},
                                  {"mem_mb_per_input_mb": "4"}, {"mem_per_input": 4}])
 def test_bad_resources_name_the_key(bad: dict) -> None:

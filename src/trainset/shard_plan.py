@@ -20,16 +20,22 @@ class ShardError(ValueError):
     pass
 
 
-def settings(params: dict | None) -> dict:
-    """``shards`` from params.yaml with defaults filled in; a bad value names itself."""
-    out = {**DEFAULTS, **(params or {})}
-    unknown = set(out) - set(DEFAULTS)
+def _filled(block: str, params: dict | None, defaults: dict, positive: tuple[str, ...]) -> dict:
+    """``block`` of params.yaml with ``defaults`` filled in: no unknown keys, ``positive`` positive integers."""
+    out = {**defaults, **(params or {})}
+    unknown = set(out) - set(defaults)
     if unknown:
-        raise ShardError(f"params.yaml: shards has unknown keys {sorted(unknown)} (known: {sorted(DEFAULTS)})")
-    for key in ("size", "mem_mb", "runtime"):
+        raise ShardError(f"params.yaml: {block} has unknown keys {sorted(unknown)} (known: {sorted(defaults)})")
+    for key in positive:
         value = out[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ShardError(f"params.yaml: shards.{key} must be a positive integer, got {value!r}")
+            raise ShardError(f"params.yaml: {block}.{key} must be a positive integer, got {value!r}")
+    return out
+
+
+def settings(params: dict | None) -> dict:
+    """``shards`` from params.yaml with defaults filled in; a bad value names itself."""
+    out = _filled("shards", params, DEFAULTS, ("size", "mem_mb", "runtime"))
     for key in ("threads", "gpu"):
         value = out[key]
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
@@ -39,14 +45,7 @@ def settings(params: dict | None) -> dict:
 
 def step_settings(params: dict | None) -> dict:
     """``resources`` from params.yaml with defaults filled in; a bad value names itself."""
-    out = {**STEP_DEFAULTS, **(params or {})}
-    unknown = set(out) - set(STEP_DEFAULTS)
-    if unknown:
-        raise ShardError(f"params.yaml: resources has unknown keys {sorted(unknown)} (known: {sorted(STEP_DEFAULTS)})")
-    for key in ("mem_mb", "runtime"):
-        value = out[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ShardError(f"params.yaml: resources.{key} must be a positive integer, got {value!r}")
+    out = _filled("resources", params, STEP_DEFAULTS, ("mem_mb", "runtime"))
     value = out["mem_mb_per_input_mb"]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         raise ShardError(f"params.yaml: resources.mem_mb_per_input_mb must be a non-negative number, got {value!r}")
@@ -58,6 +57,23 @@ def step_mem_mb(settings: dict, input_mb: float, attempt: int = 1) -> int:
     stored), and with each retry (``attempt``: Snakemake's ``--retries``), as a job killed for memory
     asks for more on its next try."""
     return (settings["mem_mb"] + math.ceil(settings["mem_mb_per_input_mb"] * input_mb)) * attempt
+
+
+def job_resources(settings: dict) -> dict:
+    """A rule's ``resources``: ``mem_mb`` and ``runtime`` from ``settings`` (params.yaml ``shards`` or
+    ``resources``), both times the attempt; memory also by the MB the job reads when ``settings`` says
+    how much per MB (a shard job's memory grows with the shard size, which is fixed, so it reads nothing)."""
+    if settings.get("mem_mb_per_input_mb"):
+        def mem_mb(wildcards, input, attempt):
+            return step_mem_mb(settings, input.size_mb, attempt)
+    else:
+        def mem_mb(wildcards, attempt):
+            return settings["mem_mb"] * attempt
+
+    def runtime(wildcards, attempt):
+        return settings["runtime"] * attempt
+
+    return {"mem_mb": mem_mb, "runtime": runtime}
 
 
 def name(k: int) -> str:

@@ -50,11 +50,10 @@ class MiniLM:
         if len(texts) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         order = np.argsort([-len(text) for text in texts])
-        vectors: list[torch.Tensor] = []
         starts = range(0, len(texts), batch_size)
-        for start in progress.bar(starts, desc="embedding texts", unit="batch", show=show):
-            vectors.extend(self._batch([texts[i] for i in order[start:start + batch_size]]).cpu())
-        return torch.stack([vectors[i] for i in np.argsort(order)]).numpy()
+        batches = [self._batch([texts[i] for i in order[start:start + batch_size]]).cpu()
+                   for start in progress.bar(starts, desc="embedding texts", unit="batch", show=show)]
+        return torch.cat(batches).numpy()[np.argsort(order)]  # back in the order of ``texts``
 
     @torch.inference_mode()
     def _batch(self, texts: list[str]) -> torch.Tensor:
