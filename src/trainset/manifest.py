@@ -633,6 +633,40 @@ def read(path: str | Path, schema: pa.DataFrameSchema, columns: list[str] | None
     return validate(df[list(columns)], _subschema(schema, columns), path)
 
 
+def read_rows(path: str | Path, schema: pa.DataFrameSchema, positions: np.ndarray, columns: list[str],
+              arrow_lists: tuple[str, ...] = ()) -> pd.DataFrame:
+    """The rows at ``positions`` (file rows, ascending) of ``columns``, validated, renumbered from 0:
+    a row group at a time, only those rows taken out of it before anything becomes pandas, so a
+    stage that needs wide columns for a few rows of a large manifest never holds them for all.
+    A row that fails validation is named by its row in the file."""
+    path = Path(path)
+    if not path.exists():
+        raise ManifestError(f"{path}: {schema.name} manifest is missing")
+    parquet = pq.ParquetFile(path)
+    stored = parquet.schema_arrow.names
+    _check_column_names(path, stored, schema)
+    wanted = [c for c in columns if c in stored]
+    meta = parquet.metadata
+    starts = np.concatenate([[0], np.cumsum([meta.row_group(k).num_rows for k in range(meta.num_row_groups)])]).astype(np.int64)
+    positions = np.asarray(positions, dtype=np.int64)
+    if len(positions) and (np.any(np.diff(positions) <= 0) or positions[0] < 0 or positions[-1] >= starts[-1]):
+        raise ValueError(f"{path}: rows to read must be ascending file rows below {starts[-1]}")
+    group_of = np.searchsorted(starts, positions, side="right") - 1
+    bounds = np.searchsorted(group_of, np.arange(len(starts)))  # each group's first position among those wanted
+    parts = [parquet.read_row_group(int(g), columns=wanted, use_pandas_metadata=False).take(pyarrow.array(positions[a:b] - starts[g]))
+             for g, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])) if b > a]
+    table = pyarrow.concat_tables(parts) if parts else parquet.schema_arrow.empty_table().select(wanted)
+    later = schemas.ADDED_LATER.get(schema.name, {})
+    df = _with_added_later(_frame(table, wanted, arrow_lists), later)[list(columns)]
+    checked = _subschema(schema, columns)
+    try:
+        return validate(df, checked, path)
+    except ManifestError:  # checked again a batch of the file at a time, so the error names the row in the file
+        for _ in read_batches(path, schema, BATCH_ROWS, columns=columns, arrow_lists=arrow_lists):
+            pass
+        raise
+
+
 def read_batches(path: str | Path, schema: pa.DataFrameSchema, rows: int, columns: list[str] | None = None,
                  arrow_lists: tuple[str, ...] = (), validated: bool = True,
                  skip: Collection[str] = ()) -> Iterator[tuple[np.ndarray, pd.DataFrame]]:
@@ -703,14 +737,22 @@ def read_columns(path: str | Path, names: list[str], arrow_lists: tuple[str, ...
     only that row group's rows, or those of a list of them (shards of a manifest :class:`ShardedWriter` wrote)."""
     lists = [c for c in names if c in LIST_COLUMNS or c in arrow_lists]
     plain = [c for c in names if c not in lists]
-    if row_group is None:
-        df = pd.read_parquet(path, columns=plain)
-        table = pq.read_table(path, columns=lists) if lists else None
-    else:
+    if row_group is not None:
         groups = [row_group] if isinstance(row_group, int) else row_group
-        whole = pq.ParquetFile(path).read_row_groups(groups, columns=names, use_pandas_metadata=False)
-        df = whole.select(plain).to_pandas() if plain else pd.DataFrame(index=pd.RangeIndex(whole.num_rows))
-        table = whole.select(lists)
+        return _frame(pq.ParquetFile(path).read_row_groups(groups, columns=names, use_pandas_metadata=False), names, arrow_lists)
+    df = pd.read_parquet(path, columns=plain)
+    return _with_lists(df, pq.read_table(path, columns=lists) if lists else None, names, lists, arrow_lists)
+
+
+def _frame(whole: pyarrow.Table, names: list[str], arrow_lists: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Rows read as Arrow (``names`` of a manifest) as :func:`read_columns` gives them."""
+    lists = [c for c in names if c in LIST_COLUMNS or c in arrow_lists]
+    plain = [c for c in names if c not in lists]
+    df = whole.select(plain).to_pandas() if plain else pd.DataFrame(index=pd.RangeIndex(whole.num_rows))
+    return _with_lists(df, whole.select(lists), names, lists, arrow_lists)
+
+
+def _with_lists(df: pd.DataFrame, table: pyarrow.Table | None, names: list[str], lists: list[str], arrow_lists: tuple[str, ...]) -> pd.DataFrame:
     if lists:
         if not len(df.columns):
             df = pd.DataFrame(index=pd.RangeIndex(table.num_rows))

@@ -101,20 +101,28 @@ def _kept_rows(rows: pd.DataFrame, kept: np.ndarray, whole: bool) -> pd.DataFram
 
 def _choose(filtered_path: str | Path, pairs_path: str | Path, reference_path: str | Path, clusters_out: str | Path,
             rejected_out: str | Path, near_dup: dict) -> _Choice:
-    """Writes the clusters and rejected manifests; returns which rows of the filtered manifest to keep."""
+    """Writes the clusters and rejected manifests; returns which rows of the filtered manifest to keep.
+
+    Every row's item id and content are read; the ranking and the rejected rows' fields only for
+    the rows that can be dropped (contested, or duplicating a reference image)."""
     action = _reference_action(near_dup)
-    items = manifest.read(filtered_path, schemas.FILTERED, columns=_choice_columns(near_dup), arrow_lists=_CARRIED_LISTS)
+    keys = manifest.read(filtered_path, schemas.FILTERED, columns=["item_id", "sha256"])
     refs = manifest.read(reference_path, schemas.REFERENCE_PAIRS)
-    hit, ref_rejected = _reference_hits(items, refs, action)
+    first = _first_reference(refs)
+    hit = keys["sha256"].isin(first.index).to_numpy(dtype=bool)
     survives = ~hit if action == "reject" else np.ones(len(hit), dtype=bool)
     rows = np.flatnonzero(survives)
-    if not survives.all():
-        items = items[survives].reset_index(drop=True)
 
     pairs = manifest.read(pairs_path, schemas.PAIRS)
-    contested = _contested(items["sha256"], pairs)
-    alone = items[["item_id", "sha256"]].iloc[np.flatnonzero(~contested)].reset_index(drop=True)
-    items = items.iloc[np.flatnonzero(contested)].reset_index(drop=True)
+    contested = _contested(keys["sha256"].iloc[rows], pairs)
+    dropped = np.flatnonzero(hit) if action == "reject" else np.zeros(0, dtype=np.int64)
+    wanted = np.union1d(rows[contested], dropped)
+    chosen = manifest.read_rows(filtered_path, schemas.FILTERED, wanted, _choice_columns(near_dup), arrow_lists=_CARRIED_LISTS)
+    ref_rejected = _reference_rejected(chosen.iloc[np.searchsorted(wanted, dropped)].set_axis(dropped), first)
+    alone = keys.iloc[rows[~contested]].reset_index(drop=True)
+    del keys
+    items = chosen.iloc[np.searchsorted(wanted, rows[contested])].reset_index(drop=True)
+    del chosen
     clusters = _Clusters.of(items, pairs, near_dup)
     manifest.write(pd.concat([_own_clusters(alone), clusters.membership(items)], ignore_index=True), clusters_out,
                    schemas.MEMBERSHIP, sort_by=["item_id"])
@@ -164,22 +172,24 @@ def _reference_action(near_dup: dict) -> str:
     return action
 
 
-def _reference_hits(items: pd.DataFrame, refs: pd.DataFrame, action: str) -> tuple[np.ndarray, pd.DataFrame]:
-    """Which items duplicate a reference image, and their rejected rows (none when only flagged)."""
-    first = refs.sort_values(["sha256", "distance", "reference", "reference_path"]).drop_duplicates("sha256").set_index("sha256")
-    hit = items["sha256"].isin(first.index).to_numpy()
-    if action == "flag" or not hit.any():
-        return hit, ledger.no_rejections()
-    match = first.loc[items.loc[hit, "sha256"]]
+def _first_reference(refs: pd.DataFrame) -> pd.DataFrame:
+    """Each matched content's closest reference image (by distance, then name), by SHA-256."""
+    return refs.sort_values(["sha256", "distance", "reference", "reference_path"]).drop_duplicates("sha256").set_index("sha256")
+
+
+def _reference_rejected(items: pd.DataFrame, first: pd.DataFrame) -> pd.DataFrame:
+    """The rejected rows of ``items``, each duplicating a reference image (``first``: :func:`_first_reference`)."""
+    if not len(items):
+        return ledger.no_rejections()
+    match = first.loc[items["sha256"]]
     detail = [
         f"near-duplicate of {p} in reference set {r} (pHash distance {d}{'' if np.isnan(c) else f', cosine {c:.3f}'}; rule {rl})"
         for r, p, d, c, rl in zip(match["reference"], match["reference_path"], match["distance"], match["cosine"], match["rule"])
     ]
-    rejected = ledger.reject(
-        items[hit], "dedup", "reference", "reference_duplicate", pd.Series(detail, index=items.index[hit]),
-        duplicate_of=pd.Series(match["reference_path"].to_numpy(), index=items.index[hit]),
+    return ledger.reject(
+        items, "dedup", "reference", "reference_duplicate", pd.Series(detail, index=items.index),
+        duplicate_of=pd.Series(match["reference_path"].to_numpy(), index=items.index),
     )
-    return hit, rejected
 
 
 def _with_flag(flags: pd.Series, hit: np.ndarray) -> pd.Series:

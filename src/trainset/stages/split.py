@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from .. import atomic, manifest, provenance, schemas
 
@@ -95,9 +97,13 @@ def _moves(items: pd.DataFrame, history_path: Path) -> pd.DataFrame:
         previous = pd.DataFrame(columns=_HISTORY_COLUMNS)
     at = manifest.positions(items["item_id"], previous["item_id"])  # each item's row in the history (-1: none)
     known = np.flatnonzero(at >= 0)
-    moved = items["split"].to_numpy(dtype=object)[known] != previous["split"].to_numpy(dtype=object)[at[known]]
+    # compared as Arrow text, taken row by row before any value becomes a Python object (a 1M-row
+    # history as objects would hold hundreds of MB)
+    now = manifest.arrow_text(items["split"]).take(pa.array(known))
+    before = manifest.arrow_text(previous["split"]).take(pa.array(at[known]))
+    moved = pc.fill_null(pc.not_equal(now, before), True).to_numpy(zero_copy_only=False)
     rows, was = known[moved], at[known][moved]
     moves = items[_HISTORY_COLUMNS].iloc[rows].reset_index(drop=True)
-    moves["previous_split"] = previous["split"].to_numpy(dtype=object)[was]
-    moves["previous_component_key"] = previous["component_key"].to_numpy(dtype=object)[was]
+    moves["previous_split"] = previous["split"].iloc[was].to_numpy(dtype=object)
+    moves["previous_component_key"] = previous["component_key"].iloc[was].to_numpy(dtype=object)
     return moves
