@@ -869,3 +869,34 @@ def test_positions_of_ids_aligned_with_a_unique_column_are_their_own_rows_and_ot
     assert manifest.positions(shuffled, among, unique=True).tolist() == manifest.positions(shuffled, among).tolist() == [2, 0, 3, 1]
     with_missing = pyarrow.array(["id5", None, "id9", "id1"])
     assert manifest.positions(with_missing, with_missing, unique=True).tolist() == [0, -1, 2, 3]  # a missing id is never found
+
+
+def test_read_rows_takes_the_rows_asked_for_out_of_each_row_group(tmp_path):
+    """The rows at the given file positions, across shards, as read() gives them; lists as Arrow when asked."""
+    path = _by_shard(tmp_path, {"00000": _frame(_row(0), _row(1), _row(2)), "00001": _frame(_row(3)),
+                                "00002": _frame(_row(4), _row(5))})
+    whole = manifest.read(path, schemas.INGEST)
+    columns = ["item_id", "sha256", "tags", "size"]
+    for positions in ([0, 2, 3, 5], [4], [1, 2], []):
+        got = manifest.read_rows(path, schemas.INGEST, np.array(positions, dtype=np.int64), columns)
+        pd.testing.assert_frame_equal(got, whole[columns].iloc[positions].reset_index(drop=True))
+    held = manifest.read_rows(path, schemas.INGEST, np.array([0, 5]), columns, arrow_lists=("tags",))
+    assert manifest.is_arrow_list(held["tags"].dtype) and held["tags"].tolist() == whole["tags"].iloc[[0, 5]].tolist()
+    with pytest.raises(ValueError, match="ascending"):
+        manifest.read_rows(path, schemas.INGEST, np.array([3, 1]), columns)
+    with pytest.raises(ValueError, match="below 6"):
+        manifest.read_rows(path, schemas.INGEST, np.array([6]), columns)
+
+
+def test_read_rows_names_a_bad_row_by_its_row_in_the_file(tmp_path):
+    path = _by_shard(tmp_path, {"00000": _frame(_row(0), _row(1)), "00001": _frame(_row(2), _row(3))})
+    table = pyarrow.parquet.read_table(path)
+    spoiled = table.set_column(table.schema.get_field_index("sha256"), "sha256",
+                               pyarrow.array(["a" * 64, "b" * 64, "c" * 64, "xyz"]))
+    with pyarrow.parquet.ParquetWriter(path, spoiled.schema) as w:
+        w.write_table(spoiled.slice(0, 2))
+        w.write_table(spoiled.slice(2, 2))
+        w.add_key_value_metadata({manifest.SHARDS_KEY: '["00000", "00001"]'})
+    assert len(manifest.read_rows(path, schemas.INGEST, np.array([0, 2]), ["item_id", "sha256"])) == 2  # the bad row not asked for
+    with pytest.raises(ManifestError, match=r"row 3 \(item_id 'src:dir/003.png'\), column 'sha256'"):
+        manifest.read_rows(path, schemas.INGEST, np.array([1, 3]), ["item_id", "sha256"])

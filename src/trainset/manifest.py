@@ -21,8 +21,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pandera.engines.pandas_engine import Engine
 
-from . import atomic, column_checks, parquet_splice, schemas
+from . import arrow_pool, atomic, column_checks, parquet_splice, schemas
 from .schemas import SCHEMA_VERSION
+
+arrow_pool.use_jemalloc()  # every stage reads manifests through here
 
 # list columns read as Python lists (others stay as pandas reads them: arrays)
 LIST_COLUMNS = ("tags", "artists", "flags", "triggered_tags")

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from .. import atomic, manifest, provenance, schemas
 
@@ -83,27 +84,36 @@ def run(captioned_path: str | Path, out: str | Path, moves_out: str | Path, hist
             items["split"] = assign_many(items["component_key"], seed, fractions)
             writer.write(shard, items, keys=manifest.keys_for(shard, keys))
             del items
-    history = manifest.read_columns(out, _HISTORY_COLUMNS)
+    history = _history(out)
     manifest.write(_moves(history, Path(history_path)), moves_out, schemas.MOVES)
     with atomic.atomic_file(history_path) as tmp:
-        history.to_parquet(tmp, index=False)
-    return history
+        pq.write_table(history, tmp)
+    return history.to_pandas()
 
 
-def _moves(items: pd.DataFrame, history_path: Path) -> pd.DataFrame:
-    """The items whose split differs from the one the history gives them (with both component keys)."""
-    previous = pd.read_parquet(history_path) if history_path.exists() else pd.DataFrame(columns=_HISTORY_COLUMNS)
-    if "component_key" not in previous:  # a history written before components: nothing to compare
-        previous = pd.DataFrame(columns=_HISTORY_COLUMNS)
-    at = manifest.positions(items["item_id"], previous["item_id"])  # each item's row in the history (-1: none)
+def _history(path: Path | str) -> pa.Table:
+    """The history columns of a split manifest, as Arrow, a row group at a time (a 1M-row manifest
+    read whole into pandas would hold its transient pages as well)."""
+    parquet = pq.ParquetFile(path)
+    parts = [parquet.read_row_group(k, columns=_HISTORY_COLUMNS) for k in range(parquet.num_row_groups)]
+    table = pa.concat_tables(parts) if parts else parquet.schema_arrow.empty_table().select(_HISTORY_COLUMNS)
+    return table.combine_chunks().replace_schema_metadata(None)
+
+
+def _moves(items: pa.Table, history_path: Path) -> pd.DataFrame:
+    """The items whose split differs from the one the history gives them (with both component keys),
+    compared as Arrow text: no row becomes a Python object but those that moved."""
+    previous = pq.read_table(history_path) if history_path.exists() else None
+    if previous is None or "component_key" not in previous.column_names:  # none, or written before components: nothing to compare
+        previous = pa.table({c: pa.array([], type=pa.string()) for c in _HISTORY_COLUMNS})
+    at = manifest.positions(items.column("item_id"), previous.column("item_id"))  # each item's row in the history (-1: none)
     known = np.flatnonzero(at >= 0)
-    # compared as Arrow text, taken row by row before any value becomes a Python object (a 1M-row
-    # history as objects would hold hundreds of MB)
-    now = manifest.arrow_text(items["split"]).take(pa.array(known))
-    before = manifest.arrow_text(previous["split"]).take(pa.array(at[known]))
+    now = items.column("split").take(pa.array(known))
+    before = previous.column("split").cast(pa.string()).take(pa.array(at[known]))
     moved = pc.fill_null(pc.not_equal(now, before), True).to_numpy(zero_copy_only=False)
     rows, was = known[moved], at[known][moved]
-    moves = items[_HISTORY_COLUMNS].iloc[rows].reset_index(drop=True)
-    moves["previous_split"] = previous["split"].iloc[was].to_numpy(dtype=object)
-    moves["previous_component_key"] = previous["component_key"].iloc[was].to_numpy(dtype=object)
+    moves = items.take(pa.array(rows)).to_pandas()
+    taken = previous.take(pa.array(was))
+    moves["previous_split"] = taken.column("split").to_numpy(zero_copy_only=False)
+    moves["previous_component_key"] = taken.column("component_key").to_numpy(zero_copy_only=False)
     return moves
