@@ -162,8 +162,8 @@ def test_a_cached_split_writes_only_the_changed_parts_and_links_the_rest(tmp_pat
 
 
 def test_the_deal_streams_a_batch_at_a_time_and_a_shard_comes_out_when_its_last_row_is_read(tmp_path: Path, monkeypatch) -> None:
-    """The ingest is never held whole: rows are dealt a batch at a time, and a shard's part is made as
-    soon as its last row is read (a copy of the content at the file's end keeps shard 0 open to the
+    """The ingest is never held whole: rows are dealt a batch at a time, a shard's part is made as
+    soon as its last row is read, and the rows of a shard still open wait on disk (a copy of the content at the file's end keeps shard 0 open to the
     end). The parts are the same bytes whatever the batch size: each shard's rows in the file's order."""
     names = [(f"s/{k:03d}", sha) for k, sha in enumerate(_shas(7))] + [("s/zzz", _shas(7)[0])]
     ingest = tmp_path / "ingest.parquet"
@@ -176,6 +176,10 @@ def test_the_deal_streams_a_batch_at_a_time_and_a_shard_comes_out_when_its_last_
     order = [(shard, rows.column("item_id").to_pylist()) for shard, rows in runs.completed()]
     # batches: s/000-s/002, s/003-s/005, s/006 and s/zzz (within a batch, shards in their order)
     assert order == [(1, ["s/002", "s/003"]), (2, ["s/004", "s/005"]), (0, ["s/000", "s/001", "s/zzz"]), (3, ["s/006"])]
+    # the rows of shards still open after a batch went to a spill file beside the manifest (s/000, s/001
+    # and s/002 after the first), read back when the shard completed; the spill files are gone
+    assert runs.spilled_rows == 3
+    assert not [p for p in tmp_path.iterdir() if ".spill-" in p.name]
     assert {shards.name(k): d for k, d in runs.digests.items()} == {k: v["digest"] for k, v in index.items()}
     batched = tmp_path / "batched"
     assert shards.split_ingest(ingest, batched, tmp_path / "index2.json", tmp_path / "map2.parquet", 2) == index

@@ -15,6 +15,7 @@ import collections
 import contextlib
 import hashlib
 import json
+import tempfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -123,11 +124,12 @@ def split_ingest(ingest_path: str | Path, out_dir: str | Path, index_path: str |
 
 class ShardRuns:
     """A Parquet file's rows dealt by shard as they are read, a batch at a time: a shard's rows (in
-    the file's order) come out as soon as its last row has been read, so only the rows of shards
-    not yet complete are held, never the whole file (a 1M-row manifest is gigabytes). Rows of one
-    shard are mostly near one another in a file (contents are dealt in the order they first
-    appear), so few shards are open at once. ``digest_rows``: record each shard's
-    :func:`rows_digest` in :attr:`digests` as it comes out."""
+    the file's order) come out as soon as its last row has been read. Rows of a shard that is not
+    yet complete are spilled to a file beside the manifest (Arrow IPC, one per batch read) and read
+    back when it completes, so the process holds a batch and a shard, never the whole file (a
+    1M-row manifest is gigabytes): copies of one content in a mirror source, read last, keep nearly
+    every shard open to the end. ``digest_rows``: record each shard's :func:`rows_digest` in
+    :attr:`digests` as it comes out."""
 
     BATCH_ROWS = 65_536
 
@@ -142,23 +144,38 @@ class ShardRuns:
         self.shards, self.counts = np.unique(self._shard_of_row, return_counts=True)
         self._digest_rows = digest_rows
         self.digests: dict[int, str] = {}
+        self.spilled_rows = 0
 
     def completed(self) -> Iterator[tuple[int, pa.Table]]:
         """(shard, its rows) for each shard with rows, in the order their last rows are read."""
         count = dict(zip(self.shards.tolist(), self.counts.tolist()))
-        pending: dict[int, list[pa.RecordBatch]] = collections.defaultdict(list)
         held: dict[int, int] = collections.defaultdict(int)
+        spilled: dict[int, list[tuple[Path, int]]] = collections.defaultdict(list)  # shard -> (spill file, record batch)
         start = 0
-        for batch in self._parquet.iter_batches(batch_size=self.BATCH_ROWS):
-            shard = self._shard_of_row[start:start + batch.num_rows]
-            start += batch.num_rows
-            order = np.argsort(shard, kind="stable")
-            present, first = np.unique(shard[order], return_index=True)
-            for s, a, b in zip(present.tolist(), first.tolist(), [*first[1:].tolist(), len(order)]):
-                pending[s].append(batch.take(pa.array(order[a:b])))  # a copy: holds none of the batch's buffers
-                held[s] += b - a
-                if held[s] == count[s]:
-                    rows = pa.Table.from_batches(pending.pop(s), schema=batch.schema).combine_chunks()
+        with tempfile.TemporaryDirectory(prefix=f".{self.path.name}.spill-", dir=self.path.parent) as tmp:
+            for k, batch in enumerate(self._parquet.iter_batches(batch_size=self.BATCH_ROWS)):
+                shard = self._shard_of_row[start:start + batch.num_rows]
+                start += batch.num_rows
+                order = np.argsort(shard, kind="stable")
+                present, first = np.unique(shard[order], return_index=True)
+                done, open_ = [], []
+                for s, a, b in zip(present.tolist(), first.tolist(), [*first[1:].tolist(), len(order)]):
+                    piece = batch.take(pa.array(order[a:b]))  # a copy: holds none of the batch's buffers
+                    held[s] += b - a
+                    (done if held[s] == count[s] else open_).append((s, piece))
+                del batch
+                if open_:
+                    spill = Path(tmp) / f"{k}.arrow"
+                    with pa.OSFile(str(spill), "wb") as sink, pa.ipc.new_file(sink, open_[0][1].schema) as writer:
+                        for j, (s, piece) in enumerate(open_):
+                            writer.write_batch(piece)
+                            spilled[s].append((spill, j))
+                            self.spilled_rows += piece.num_rows
+                    del open_
+                for s, piece in done:
+                    parts = [_spilled_batch(f, j) for f, j in spilled.pop(s, [])]
+                    rows = pa.Table.from_batches([*parts, piece], schema=piece.schema).combine_chunks()
+                    del parts
                     if self._digest_rows:
                         self.digests[s] = _digests(rows, np.array([0, rows.num_rows]))[0]
                     yield s, rows
@@ -170,6 +187,12 @@ class ShardRuns:
             yield name(shard), _part_bytes(rows, schema)
         for shard in sorted(set(names) - {name(int(k)) for k in self.shards}):
             yield shard, _part_bytes(self.schema.empty_table(), schema)
+
+
+def _spilled_batch(path: Path, index: int) -> pa.RecordBatch:
+    """Record batch ``index`` of a spill file, read into memory (the file is closed again)."""
+    with pa.OSFile(str(path)) as source:
+        return pa.ipc.open_file(source).get_batch(index)
 
 
 class ShardGroups:
