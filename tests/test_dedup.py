@@ -600,7 +600,8 @@ def test_dedup_on_empty_input(tmp_path):
 def test_dedup_by_shard_keeps_the_rows_and_shards_of_its_input(tmp_path, action):
     """A filtered manifest written by shard: the keepers are taken a shard at a time and written
     under their shard, the same rows (reference flags included) as from the same rows written
-    whole; a shard left with no keeper has no row group. Clusters and rejected rows are the same."""
+    whole; a shard left with no keeper has no row group. The rejected rows are the same; the clusters
+    manifest holds the same rows, written by the input's shards."""
     key = H.fake_sha("src:a0.png")
     linked = {"cluster_key": key, "cluster_id": key[:16], "cluster_size": 3}
     shard_rows = {
@@ -636,8 +637,12 @@ def test_dedup_by_shard_keeps_the_rows_and_shards_of_its_input(tmp_path, action)
     if action == "flag":
         assert H.by_id(expected)["src:ref.png"]["flags"] == [dedup.REFERENCE_FLAG]
         assert H.by_id(expected)["src:c1.png"]["flags"] == ["already"]
-    for name in ("clusters", "rejected"):
-        assert (by_shard / f"{name}.parquet").read_bytes() == (whole / f"{name}.parquet").read_bytes()
+    assert (by_shard / "rejected.parquet").read_bytes() == (whole / "rejected.parquet").read_bytes()
+    # the clusters manifest is written by the input's shards (each shard's survivors by item id): the same rows
+    assert manifest.shard_groups(by_shard / "clusters.parquet") == ["00000", "00001", "00002"]
+    clusters = {d: manifest.read(d / "clusters.parquet", schemas.MEMBERSHIP).sort_values("item_id", ignore_index=True) for d in (whole, by_shard)}
+    pd.testing.assert_frame_equal(clusters[by_shard], clusters[whole])
+    assert len(clusters[whole]) == (5 if action == "reject" else 6)
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -273,7 +273,7 @@ def test_split_reads_only_the_shards_whose_captioned_rows_changed(tmp_path, monk
     assert seen == set(SHARDS)
 
 
-def test_dedup_reads_only_the_shards_whose_rows_or_keepers_changed(tmp_path, monkeypatch):
+def test_dedup_reads_only_the_shards_whose_rows_or_keepers_changed(tmp_path, monkeypatch, capsys):
     kept = tmp_path / "kept"
     filtered = tmp_path / "filtered.parquet"
     shas = {s: [H.fake_sha(f"{s}{k}") for k in range(4)] for s in SHARDS}
@@ -298,14 +298,20 @@ def test_dedup_reads_only_the_shards_whose_rows_or_keepers_changed(tmp_path, mon
     run("d1")
     seen = _spy_batches(monkeypatch)
     pairs_of([(shas["00000"][0], shas["00000"][1]), (shas["00002"][1], shas["00002"][3])])  # a new pair in shard 00002
+    capsys.readouterr()
     run("d2")
     assert seen == {"00002"}
+    # the clusters manifest too: only the shard whose membership changed is written again
+    assert "d2_clusters.parquet: 2 of 3 shard(s) copied from the last output" in capsys.readouterr().err
     deduped = manifest.read(tmp_path / "d2.parquet", schemas.DEDUPED)
     assert len(deduped) == 10 and manifest.shard_groups(tmp_path / "d2.parquet") == SHARDS
     monkeypatch.undo()
     dedup.run(filtered, pairs, refs, tmp_path / "ref.parquet", tmp_path / "ref_clusters.parquet", tmp_path / "ref_rejected.parquet",
               {"max_distance": 6})
     assert pq.read_table(tmp_path / "d2.parquet").equals(pq.read_table(tmp_path / "ref.parquet"))
+    assert pq.read_table(tmp_path / "d2_clusters.parquet").equals(pq.read_table(tmp_path / "ref_clusters.parquet"))
+    clusters = manifest.read(tmp_path / "d2_clusters.parquet", schemas.MEMBERSHIP)
+    assert len(clusters) == 12 and (~clusters["keeper"]).sum() == 2
 
 
 def _judged(monkeypatch) -> set:

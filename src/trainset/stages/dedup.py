@@ -45,6 +45,18 @@ class _Choice:
     flagged: np.ndarray
 
 
+@dataclass
+class _Membership:
+    """Each surviving row's cluster: the rows (of the filtered manifest) that survive, the item ids
+    and contents of every row, and the membership rows of the contested survivors (``rows``: their
+    file rows, ascending); every other survivor is its own cluster."""
+
+    survives: np.ndarray
+    keys: pd.DataFrame
+    rows: np.ndarray
+    members: pd.DataFrame
+
+
 def run(
     filtered_path: str | Path, pairs_path: str | Path, reference_path: str | Path, out: str | Path,
     clusters_out: str | Path, rejected_out: str | Path, near_dup: dict | None = None, kept: str | Path | None = None,
@@ -52,10 +64,12 @@ def run(
     """``kept``: a folder where the last deduped manifest is kept; a shard whose filtered rows and choice of
     keepers and flags are those it was made from is copied from it (:class:`manifest.ShardedWriter`)."""
     near_dup = near_dup or {}
-    choice = _choose(filtered_path, pairs_path, reference_path, clusters_out, rejected_out, near_dup)
+    choice, membership = _choose(filtered_path, pairs_path, reference_path, rejected_out, near_dup)
     names, bounds = manifest.shard_bounds(filtered_path)
     if bounds[-1] != len(choice.kept):
         raise ValueError(f"{filtered_path}: {bounds[-1]} rows, but the keepers were chosen among {len(choice.kept)}")
+    _write_clusters(clusters_out, filtered_path, names, bounds, membership, kept)
+    del membership
     starts = dict(zip(names, bounds))
     keys = _shard_keys(filtered_path, starts, choice) if kept is not None else {}
     with manifest.ShardedWriter(out, schemas.DEDUPED, kept=kept and Path(kept) / "deduped.parquet", order=names) as writer:
@@ -70,6 +84,30 @@ def run(
             if flagged.any():
                 items["flags"] = _with_flag(items["flags"], flagged[kept_rows])
             writer.write(shard[kept_rows], items, keys=manifest.keys_for(shard, keys))
+
+
+def _write_clusters(out: str | Path, filtered_path: str | Path, names: list[str], bounds: list[int], membership: _Membership,
+                    kept: str | Path | None) -> None:
+    """The clusters manifest by the filtered manifest's shards, each shard's rows by item id; with
+    ``kept``, a shard whose filtered rows and membership rows did not change is copied from the last one."""
+    m = membership
+    at = np.searchsorted(m.rows, bounds)  # each shard's first membership row
+    keys = {}
+    if kept is not None:
+        code = provenance.code_digest()
+        member_hashes = pd.util.hash_pandas_object(m.members, index=False).to_numpy() if len(m.members) else np.zeros(0, np.uint64)
+        for k, (name, digest) in enumerate(manifest.shard_digests(filtered_path).items()):
+            a, b = bounds[k], bounds[k + 1]
+            sides = np.packbits(m.survives[a:b]).tobytes() + m.rows[at[k]:at[k + 1]].tobytes() + member_hashes[at[k]:at[k + 1]].tobytes()
+            keys[name] = provenance.params_digest(["clusters", code, digest, hashlib.sha256(sides).hexdigest()])
+    with manifest.ShardedWriter(out, schemas.MEMBERSHIP, kept=kept and Path(kept) / "clusters.parquet", order=names) as writer:
+        for shard, a, b in manifest.shard_batches(names, bounds, writer.reuse_all(keys)):
+            alone = np.flatnonzero(m.survives[a:b]) + a
+            lo, hi = np.searchsorted(m.rows, [a, b])
+            alone = alone[~np.isin(alone, m.rows[lo:hi])]
+            rows = np.concatenate([alone, m.rows[lo:hi]])
+            frame = pd.concat([_own_clusters(m.keys.iloc[alone].reset_index(drop=True)), m.members.iloc[lo:hi]], ignore_index=True)
+            writer.write(shard[rows - a], frame, keys=manifest.keys_for(shard, keys))
 
 
 def _positions(shard: np.ndarray, starts: dict[str, int]) -> np.ndarray:
@@ -99,9 +137,9 @@ def _kept_rows(rows: pd.DataFrame, kept: np.ndarray, whole: bool) -> pd.DataFram
     return manifest.take_rows(rows, np.flatnonzero(kept)) if whole else rows.take(np.flatnonzero(kept))
 
 
-def _choose(filtered_path: str | Path, pairs_path: str | Path, reference_path: str | Path, clusters_out: str | Path,
-            rejected_out: str | Path, near_dup: dict) -> _Choice:
-    """Writes the clusters and rejected manifests; returns which rows of the filtered manifest to keep.
+def _choose(filtered_path: str | Path, pairs_path: str | Path, reference_path: str | Path, rejected_out: str | Path,
+            near_dup: dict) -> tuple[_Choice, _Membership]:
+    """Writes the rejected manifest; returns which rows of the filtered manifest to keep, and each survivor's cluster.
 
     Every row's item id and content are read; the ranking and the rejected rows' fields only for
     the rows that can be dropped (contested, or duplicating a reference image)."""
@@ -119,18 +157,15 @@ def _choose(filtered_path: str | Path, pairs_path: str | Path, reference_path: s
     wanted = np.union1d(rows[contested], dropped)
     chosen = manifest.read_rows(filtered_path, schemas.FILTERED, wanted, _choice_columns(near_dup), arrow_lists=_CARRIED_LISTS)
     ref_rejected = _reference_rejected(chosen.iloc[np.searchsorted(wanted, dropped)].set_axis(dropped), first)
-    alone = keys.iloc[rows[~contested]].reset_index(drop=True)
-    del keys
     items = chosen.iloc[np.searchsorted(wanted, rows[contested])].reset_index(drop=True)
     del chosen
     clusters = _Clusters.of(items, pairs, near_dup)
-    manifest.write(pd.concat([_own_clusters(alone), clusters.membership(items)], ignore_index=True), clusters_out,
-                   schemas.MEMBERSHIP, sort_by=["item_id"])
     manifest.write(pd.concat([ref_rejected, *clusters.rejected(items)]), rejected_out, schemas.REJECTED)
     kept = np.zeros(len(hit), dtype=bool)
     kept[rows[~contested]] = True
     kept[rows[np.flatnonzero(contested)[clusters.is_keeper]]] = True
-    return _Choice(kept, hit if action == "flag" else np.zeros(len(hit), dtype=bool))
+    return (_Choice(kept, hit if action == "flag" else np.zeros(len(hit), dtype=bool)),
+            _Membership(survives, keys, rows[contested], clusters.membership(items).reset_index(drop=True)))
 
 
 def _contested(shas: pd.Series, pairs: pd.DataFrame) -> np.ndarray:
