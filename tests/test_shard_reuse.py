@@ -313,6 +313,16 @@ def test_dedup_reads_only_the_shards_whose_rows_or_keepers_changed(tmp_path, mon
     clusters = manifest.read(tmp_path / "d2_clusters.parquet", schemas.MEMBERSHIP)
     assert len(clusters) == 12 and (~clusters["keeper"]).sum() == 2
 
+    # a new item in the first shard moves every later row of the file: the later shards' clusters are still copied
+    frames["00000"] = H.frame([*frames["00000"].to_dict("records"), H.item_row("src:00000_new.png", H.fake_sha("new"))], schemas.FILTERED)
+    with manifest.ShardedWriter(filtered, schemas.FILTERED) as writer:
+        for s in SHARDS:
+            writer.write(s, frames[s])
+    capsys.readouterr()
+    run("d3")
+    assert "d3_clusters.parquet: 2 of 3 shard(s) copied from the last output" in capsys.readouterr().err
+    assert len(manifest.read(tmp_path / "d3_clusters.parquet", schemas.MEMBERSHIP)) == 13
+
 
 def _judged(monkeypatch) -> set:
     """The item ids the filter judges."""

@@ -180,6 +180,11 @@ def test_the_deal_streams_a_batch_at_a_time_and_a_shard_comes_out_when_its_last_
     # and s/002 after the first), read back when the shard completed; the spill files are gone
     assert runs.spilled_rows == 3
     assert not [p for p in tmp_path.iterdir() if ".spill-" in p.name]
+    stale = tmp_path / ".ingest.parquet.spill-killed"  # as a run killed while dealing leaves it
+    (stale / "0.arrow").parent.mkdir()
+    (stale / "0.arrow").write_bytes(b"partial")
+    assert len(list(shards.ShardRuns(ingest, shard_of_row).completed())) == 4
+    assert not [p for p in tmp_path.iterdir() if ".spill-" in p.name]
     assert {shards.name(k): d for k, d in runs.digests.items()} == {k: v["digest"] for k, v in index.items()}
     batched = tmp_path / "batched"
     assert shards.split_ingest(ingest, batched, tmp_path / "index2.json", tmp_path / "map2.parquet", 2) == index

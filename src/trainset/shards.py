@@ -15,6 +15,7 @@ import collections
 import contextlib
 import hashlib
 import json
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -152,7 +153,10 @@ class ShardRuns:
         held: dict[int, int] = collections.defaultdict(int)
         spilled: dict[int, list[tuple[Path, int]]] = collections.defaultdict(list)  # shard -> (spill file, record batch)
         start = 0
-        with tempfile.TemporaryDirectory(prefix=f".{self.path.name}.spill-", dir=self.path.parent) as tmp:
+        prefix = f".{self.path.name}.spill-"
+        for stale in self.path.parent.glob(f"{prefix}*"):  # left by a run killed while dealing (the folder is data, tracked)
+            shutil.rmtree(stale, ignore_errors=True)
+        with tempfile.TemporaryDirectory(prefix=prefix, dir=self.path.parent) as tmp:
             for k, batch in enumerate(self._parquet.iter_batches(batch_size=self.BATCH_ROWS)):
                 shard = self._shard_of_row[start:start + batch.num_rows]
                 start += batch.num_rows

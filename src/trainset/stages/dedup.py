@@ -98,7 +98,8 @@ def _write_clusters(out: str | Path, filtered_path: str | Path, names: list[str]
         member_hashes = pd.util.hash_pandas_object(m.members, index=False).to_numpy() if len(m.members) else np.zeros(0, np.uint64)
         for k, (name, digest) in enumerate(manifest.shard_digests(filtered_path).items()):
             a, b = bounds[k], bounds[k + 1]
-            sides = np.packbits(m.survives[a:b]).tobytes() + m.rows[at[k]:at[k + 1]].tobytes() + member_hashes[at[k]:at[k + 1]].tobytes()
+            within = m.rows[at[k]:at[k + 1]] - a  # rows within the shard: an earlier shard's growth moves no key
+            sides = np.packbits(m.survives[a:b]).tobytes() + within.tobytes() + member_hashes[at[k]:at[k + 1]].tobytes()
             keys[name] = provenance.params_digest(["clusters", code, digest, hashlib.sha256(sides).hexdigest()])
     with manifest.ShardedWriter(out, schemas.MEMBERSHIP, kept=kept and Path(kept) / "clusters.parquet", order=names) as writer:
         for shard, a, b in manifest.shard_batches(names, bounds, writer.reuse_all(keys)):
