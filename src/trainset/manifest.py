@@ -635,6 +635,11 @@ def read(path: str | Path, schema: pa.DataFrameSchema, columns: list[str] | None
     return validate(df[list(columns)], _subschema(schema, columns), path)
 
 
+def _group_starts(meta) -> np.ndarray:
+    """Each row group's first row in the file, and the file's rows last."""
+    return np.concatenate([[0], np.cumsum([meta.row_group(k).num_rows for k in range(meta.num_row_groups)])]).astype(np.int64)
+
+
 def read_rows(path: str | Path, schema: pa.DataFrameSchema, positions: np.ndarray, columns: list[str],
               arrow_lists: tuple[str, ...] = ()) -> pd.DataFrame:
     """The rows at ``positions`` (file rows, ascending) of ``columns``, validated, renumbered from 0:
@@ -648,8 +653,7 @@ def read_rows(path: str | Path, schema: pa.DataFrameSchema, positions: np.ndarra
     stored = parquet.schema_arrow.names
     _check_column_names(path, stored, schema)
     wanted = [c for c in columns if c in stored]
-    meta = parquet.metadata
-    starts = np.concatenate([[0], np.cumsum([meta.row_group(k).num_rows for k in range(meta.num_row_groups)])]).astype(np.int64)
+    starts = _group_starts(parquet.metadata)
     positions = np.asarray(positions, dtype=np.int64)
     if len(positions) and (np.any(np.diff(positions) <= 0) or positions[0] < 0 or positions[-1] >= starts[-1]):
         raise ValueError(f"{path}: rows to read must be ascending file rows below {starts[-1]}")
@@ -687,9 +691,8 @@ def read_batches(path: str | Path, schema: pa.DataFrameSchema, rows: int, column
         _check_column_names(path, stored, schema)
     later = schemas.ADDED_LATER.get(schema.name, {})
     checked = schema if columns is None else _subschema(schema, columns)
-    meta = pq.read_metadata(path)
-    sizes = [meta.row_group(k).num_rows for k in range(meta.num_row_groups)]
-    starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    starts = _group_starts(pq.read_metadata(path))
+    sizes = np.diff(starts).tolist()
 
     def batch(groups):
         df = _with_added_later(read_columns(path, wanted, arrow_lists, row_group=groups), later)

@@ -47,11 +47,11 @@ class _Choice:
 
 @dataclass
 class _Membership:
-    """Each surviving row's cluster: the rows (of the filtered manifest) that survive, the item ids
-    and contents of every row, and the membership rows of the contested survivors (``rows``: their
-    file rows, ascending); every other survivor is its own cluster."""
+    """Each surviving row's cluster: the survivors that are their own cluster (``alone``, by row of the
+    filtered manifest), the item ids and contents of every row, and the membership rows of the
+    contested survivors (``rows``: their file rows, ascending)."""
 
-    survives: np.ndarray
+    alone: np.ndarray
     keys: pd.DataFrame
     rows: np.ndarray
     members: pd.DataFrame
@@ -68,10 +68,11 @@ def run(
     names, bounds = manifest.shard_bounds(filtered_path)
     if bounds[-1] != len(choice.kept):
         raise ValueError(f"{filtered_path}: {bounds[-1]} rows, but the keepers were chosen among {len(choice.kept)}")
-    _write_clusters(clusters_out, filtered_path, names, bounds, membership, kept)
+    digests = manifest.shard_digests(filtered_path) if kept is not None else {}  # each shard's filtered rows, hashed once
+    _write_clusters(clusters_out, names, bounds, membership, digests, kept)
     del membership
     starts = dict(zip(names, bounds))
-    keys = _shard_keys(filtered_path, starts, choice) if kept is not None else {}
+    keys = _shard_keys(digests, starts, choice)
     with manifest.ShardedWriter(out, schemas.DEDUPED, kept=kept and Path(kept) / "deduped.parquet", order=names) as writer:
         # unvalidated: the columns the choice read were, and the rows kept are when written
         batches = manifest.read_batches(filtered_path, schemas.FILTERED, manifest.BATCH_ROWS, columns=list(schemas.FILTERED.columns),
@@ -86,26 +87,25 @@ def run(
             writer.write(shard[kept_rows], items, keys=manifest.keys_for(shard, keys))
 
 
-def _write_clusters(out: str | Path, filtered_path: str | Path, names: list[str], bounds: list[int], membership: _Membership,
+def _write_clusters(out: str | Path, names: list[str], bounds: list[int], membership: _Membership, digests: dict[str, str],
                     kept: str | Path | None) -> None:
     """The clusters manifest by the filtered manifest's shards, each shard's rows by item id; with
-    ``kept``, a shard whose filtered rows and membership rows did not change is copied from the last one."""
+    ``kept``, a shard whose filtered rows (``digests``) and membership rows did not change is copied from the last one."""
     m = membership
     at = np.searchsorted(m.rows, bounds)  # each shard's first membership row
     keys = {}
-    if kept is not None:
+    if digests:
         code = provenance.code_digest()
         member_hashes = pd.util.hash_pandas_object(m.members, index=False).to_numpy() if len(m.members) else np.zeros(0, np.uint64)
-        for k, (name, digest) in enumerate(manifest.shard_digests(filtered_path).items()):
+        for k, name in enumerate(names):
             a, b = bounds[k], bounds[k + 1]
             within = m.rows[at[k]:at[k + 1]] - a  # rows within the shard: an earlier shard's growth moves no key
-            sides = np.packbits(m.survives[a:b]).tobytes() + within.tobytes() + member_hashes[at[k]:at[k + 1]].tobytes()
-            keys[name] = provenance.params_digest(["clusters", code, digest, hashlib.sha256(sides).hexdigest()])
+            sides = np.packbits(m.alone[a:b]).tobytes() + within.tobytes() + member_hashes[at[k]:at[k + 1]].tobytes()
+            keys[name] = provenance.params_digest(["clusters", code, digests[name], hashlib.sha256(sides).hexdigest()])
     with manifest.ShardedWriter(out, schemas.MEMBERSHIP, kept=kept and Path(kept) / "clusters.parquet", order=names) as writer:
         for shard, a, b in manifest.shard_batches(names, bounds, writer.reuse_all(keys)):
-            alone = np.flatnonzero(m.survives[a:b]) + a
+            alone = np.flatnonzero(m.alone[a:b]) + a
             lo, hi = np.searchsorted(m.rows, [a, b])
-            alone = alone[~np.isin(alone, m.rows[lo:hi])]
             rows = np.concatenate([alone, m.rows[lo:hi]])
             frame = pd.concat([_own_clusters(m.keys.iloc[alone].reset_index(drop=True)), m.members.iloc[lo:hi]], ignore_index=True)
             writer.write(shard[rows - a], frame, keys=manifest.keys_for(shard, keys))
@@ -118,12 +118,12 @@ def _positions(shard: np.ndarray, starts: dict[str, int]) -> np.ndarray:
     return np.concatenate([np.arange(starts[names[k]], starts[names[k]] + counts[k]) for k in order]) if len(shard) else np.zeros(0, np.int64)
 
 
-def _shard_keys(filtered_path: str | Path, starts: dict[str, int], choice: _Choice) -> dict[str, str]:
-    """shard -> key of its deduped rows: its filtered rows' bytes, and which of them the choice keeps and flags."""
+def _shard_keys(digests: dict[str, str], starts: dict[str, int], choice: _Choice) -> dict[str, str]:
+    """shard -> key of its deduped rows: its filtered rows' bytes (``digests``), and which of them the choice keeps and flags."""
     code = provenance.code_digest()
     ends = [*list(starts.values())[1:], len(choice.kept)]
     keys = {}
-    for (name, digest), a, b in zip(manifest.shard_digests(filtered_path).items(), starts.values(), ends):
+    for (name, digest), a, b in zip(digests.items(), starts.values(), ends):
         masks = np.packbits(np.concatenate([choice.kept[a:b], choice.flagged[a:b]]))
         keys[name] = provenance.params_digest(["dedup", code, digest, hashlib.sha256(masks.tobytes()).hexdigest()])
     return keys
@@ -165,8 +165,10 @@ def _choose(filtered_path: str | Path, pairs_path: str | Path, reference_path: s
     kept = np.zeros(len(hit), dtype=bool)
     kept[rows[~contested]] = True
     kept[rows[np.flatnonzero(contested)[clusters.is_keeper]]] = True
+    alone = np.zeros(len(hit), dtype=bool)
+    alone[rows[~contested]] = True
     return (_Choice(kept, hit if action == "flag" else np.zeros(len(hit), dtype=bool)),
-            _Membership(survives, keys, rows[contested], clusters.membership(items).reset_index(drop=True)))
+            _Membership(alone, keys, rows[contested], clusters.membership(items).reset_index(drop=True)))
 
 
 def _contested(shas: pd.Series, pairs: pd.DataFrame) -> np.ndarray:
