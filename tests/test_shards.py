@@ -145,7 +145,7 @@ def test_a_cached_split_writes_only_the_changed_parts_and_links_the_rest(tmp_pat
     manifest.write(_ingest_rows(names), ingest, schemas.INGEST)
     shards.split_ingest(ingest, out, *args)
     before = {p.name: (p.stat().st_ino, p.read_bytes()) for p in out.iterdir()}
-    assert len(list(cache.iterdir())) == 3 and all(p.stat().st_nlink == 2 for p in out.iterdir())
+    assert len(list(cache.glob("*.parquet"))) == 3 and all(p.stat().st_nlink == 2 for p in out.iterdir())
 
     manifest.write(_ingest_rows(names + [("s/new", "e" * 64)]), ingest, schemas.INGEST)
     shards.split_ingest(ingest, out, *args)
@@ -153,7 +153,7 @@ def test_a_cached_split_writes_only_the_changed_parts_and_links_the_rest(tmp_pat
     assert {k: after[k] for k in ("00000.parquet", "00001.parquet")} == {k: before[k] for k in ("00000.parquet", "00001.parquet")}
     assert after["00002.parquet"][0] != before["00002.parquet"][0]
     assert manifest.read(out / "00002.parquet", schemas.INGEST)["item_id"].tolist() == ["s/004", "s/new"]
-    assert len(list(cache.iterdir())) == 3  # the old shard 2 part is gone from the cache
+    assert len(list(cache.glob("*.parquet"))) == 3  # the old shard 2 part is gone from the cache
     # the parts read back as the rows of the whole manifest, with their own row numbers
     whole = manifest.read(ingest, schemas.INGEST)
     parts = pd.concat([manifest.read(out / n, schemas.INGEST) for n in sorted(after)], ignore_index=True)
@@ -192,6 +192,39 @@ def test_the_deal_streams_a_batch_at_a_time_and_a_shard_comes_out_when_its_last_
     manifest.write(_ingest_rows(names[:3]), tmp_path / "short.parquet", schemas.INGEST)
     with pytest.raises(shards.ShardError, match=r"3 rows, but 8 were assigned shards"):
         shards.ShardRuns(tmp_path / "short.parquet", shard_of_row)
+
+
+def test_a_cached_split_encodes_only_the_parts_whose_rows_changed(tmp_path: Path, monkeypatch) -> None:
+    """A part's file is known from its rows' digest: unchanged shards are linked without being
+    encoded; a change in any column (here one item's tags) encodes that shard alone, to the bytes
+    an uncached split gives; a lost parts index costs encoding, not correctness."""
+    ingest, out, cache = tmp_path / "ingest.parquet", tmp_path / "shards", tmp_path / "cache"
+    names = [(f"s/{k:03d}", sha) for k, sha in enumerate(_shas(6))]
+    args = (tmp_path / "index.json", tmp_path / "map.parquet", 2, cache)
+    rows = _ingest_rows(names)
+    manifest.write(rows, ingest, schemas.INGEST)
+    shards.split_ingest(ingest, out, *args)
+    encoded = []
+    real = shards._part_bytes
+    monkeypatch.setattr(shards, "_part_bytes", lambda table, schema: encoded.append(table.column("item_id").to_pylist()) or real(table, schema))
+
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    shards.split_ingest(ingest, out, *args)
+    assert encoded == [] and {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+    rows.at[3, "tags"] = ["retagged"]
+    manifest.write(rows, ingest, schemas.INGEST)
+    shards.split_ingest(ingest, out, *args)
+    assert encoded == [["s/002", "s/003"]]
+    assert manifest.read(out / "00001.parquet", schemas.INGEST)["tags"].tolist()[1] == ["retagged"]
+    fresh = tmp_path / "fresh"
+    shards.split_ingest(ingest, fresh, tmp_path / "fresh.json", tmp_path / "fresh-map.parquet", 2)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == {p.name: p.read_bytes() for p in fresh.iterdir()}
+
+    encoded.clear()
+    (cache / shards.PART_INDEX).write_text("{not json")
+    shards.split_ingest(ingest, out, *args)
+    assert len(encoded) == 3 and {p.name: p.read_bytes() for p in out.iterdir()} == {p.name: p.read_bytes() for p in fresh.iterdir()}
 
 
 def test_a_truncated_part_in_the_cache_is_written_again(tmp_path: Path) -> None:
@@ -284,10 +317,10 @@ def test_deal_takes_the_row_groups_of_a_manifest_written_by_shard_with_the_same_
     for name in sorted(index):
         assert (tmp_path / "b" / f"{name}.parquet").read_bytes() == (tmp_path / "a" / f"{name}.parquet").read_bytes(), name
     assert (tmp_path / "b.json").read_text() == (tmp_path / "a.json").read_text()
-    assert len(list(cache.iterdir())) == 4
+    assert len(list(cache.glob("*.parquet"))) == 4
     # a later whole-written manifest reuses the cached parts: same digests, same files
     shards.deal(whole, tmp_path / "map.parquet", sorted(index), tmp_path / "c", schemas.INGEST, tmp_path / "c.json", cache)
-    assert (tmp_path / "c.json").read_text() == (tmp_path / "a.json").read_text() and len(list(cache.iterdir())) == 4
+    assert (tmp_path / "c.json").read_text() == (tmp_path / "a.json").read_text() and len(list(cache.glob("*.parquet"))) == 4
     parts = pd.concat([manifest.read(tmp_path / "b" / f"{k}.parquet", schemas.INGEST) for k in sorted(index)], ignore_index=True)
     pd.testing.assert_frame_equal(parts, manifest.read(by_shard, schemas.INGEST))
 

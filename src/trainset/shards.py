@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import atomic, manifest, parquet_splice, schemas
+from . import atomic, manifest, parquet_splice, row_digests, schemas
 from .shard_plan import DEFAULTS, ShardError, name, read_index, settings, upto  # noqa: F401 (defined there, light)
 
 MAP_COLUMNS = ("sha256", "shard", "size")
@@ -188,9 +188,37 @@ class ShardRuns:
         """(shard, its rows as a Parquet file of their own in ``schema``'s types) for each of
         ``names``: those with rows as they complete, then the others, empty."""
         for shard, rows in self.completed():
-            yield name(shard), _part_bytes(rows, schema)
+            yield name(shard), _Part(rows, schema)
         for shard in sorted(set(names) - {name(int(k)) for k in self.shards}):
-            yield shard, _part_bytes(self.schema.empty_table(), schema)
+            yield shard, _Part(self.schema.empty_table(), schema)
+
+
+class _Part:
+    """A shard's rows before they become a Parquet file of their own. The file's bytes depend on
+    the rows' values, their schema and the Parquet writer alone, so :attr:`key` (those digested,
+    straight from the Arrow buffers) names the file before it is encoded: a part whose file the
+    cache already holds is never encoded again (encoding is most of what dealing an unchanged
+    shard would cost)."""
+
+    def __init__(self, rows: pa.Table, schema: pa.Schema):
+        self.rows = rows.cast(schema)
+        self.schema = schema
+
+    @property
+    def key(self) -> str | None:
+        """Digest of everything the part's bytes depend on; None for a column type the row
+        digests do not cover (the part is then encoded to be known)."""
+        try:
+            rows = row_digests.range_digests(self.rows.columns, [0, self.rows.num_rows])[0]
+        except TypeError:
+            return None
+        h = hashlib.sha256(f"parquet part\0{pa.__version__}\0{self.rows.num_rows}\0".encode())
+        h.update(self.schema.serialize())
+        h.update(rows.encode())
+        return h.hexdigest()
+
+    def data(self) -> memoryview:
+        return _part_bytes(self.rows, self.schema)
 
 
 def _spilled_batch(path: Path, index: int) -> pa.RecordBatch:
@@ -256,13 +284,24 @@ def write_parts(runs: ShardRuns | ShardGroups, names, out_dir: str | Path, cache
         raise ShardError(f"rows fall in shards {stray[:5]} that the index does not list")
     schema = manifest.settled_schema(runs.schema)  # each part typed by its own rows, not by the others'
     cache = Path(cache_dir) if cache_dir is not None else None
+    known = _PartIndex(cache / PART_INDEX if cache is not None else None)
     out: dict[str, dict] = {}
     with atomic.atomic_dir(out_dir) as tmp_dir:
         if cache is not None:
             cache.mkdir(parents=True, exist_ok=True)
         for shard, data in runs.parts(wanted, schema):
+            key = data.key if isinstance(data, _Part) else None
+            found = known.get(key, cache)
+            if found is not None:  # the file these rows make is cached: link it, encode nothing
+                out[shard] = found
+                atomic.link(cache / f"{found['digest']}.parquet", tmp_dir / f"{shard}.parquet")
+                known.note(key, found)
+                continue
+            if isinstance(data, _Part):
+                data = data.data()
             digest = hashlib.sha256(data).hexdigest()
             out[shard] = {"digest": digest, "items": pq.read_metadata(pa.BufferReader(data)).num_rows}
+            known.note(key, {**out[shard], "size": len(data)})
             target = tmp_dir / f"{shard}.parquet"
             if cache is None:
                 target.write_bytes(data)
@@ -276,7 +315,41 @@ def write_parts(runs: ShardRuns | ShardGroups, names, out_dir: str | Path, cache
         for stale in cache.glob("*.parquet"):
             if stale.name not in keep:
                 stale.unlink(missing_ok=True)
-    return dict(sorted(out.items()))
+        known.save()
+    return {shard: {"digest": v["digest"], "items": v["items"]} for shard, v in sorted(out.items())}
+
+
+PART_INDEX = "parts.json"
+"""In a parts cache: the key of each cached part's rows (:attr:`_Part.key`) -> its file's digest, size and rows."""
+
+
+class _PartIndex:
+    """Which cached part file a shard's rows make, from the last call; kept to the parts linked this call."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.last: dict[str, dict] = {}
+        self.now: dict[str, dict] = {}
+        if path is not None:
+            with contextlib.suppress(OSError, ValueError):
+                found = json.loads(path.read_text())
+                self.last = found if isinstance(found, dict) else {}
+
+    def get(self, key: str | None, cache: Path | None) -> dict | None:
+        """The part file noted for ``key``, when the cache still holds it whole (its size as noted)."""
+        found = self.last.get(key) if key is not None and cache is not None else None
+        if not isinstance(found, dict) or not {"digest", "size", "items"} <= set(found):
+            return None
+        cached = cache / f"{found['digest']}.parquet"
+        return found if cached.is_file() and cached.stat().st_size == found["size"] else None
+
+    def note(self, key: str | None, part: dict) -> None:
+        if key is not None:
+            self.now[key] = part
+
+    def save(self) -> None:
+        if self.path is not None:
+            atomic.write_text(self.path, json.dumps(self.now, sort_keys=True))
 
 
 def _part_bytes(rows: pa.Table, schema: pa.Schema) -> memoryview:

@@ -264,10 +264,10 @@ class _Judge:
         columns.append(_merged_hashes(self.merged, ids))
         if self.sources:  # the minors verdict reaching each item's component, as text
             components = columns[list(schemas.CLUSTER_COLUMNS).index("component_key")]
-            at = np.flatnonzero(pc.is_in(components, value_set=pa.array(list(self.sources), type=pa.string())).to_numpy(zero_copy_only=False))
-            text = np.full(len(ids), None, dtype=object)
-            text[at] = [json.dumps(self.sources[c], default=str) for c in components.take(pa.array(at)).to_pylist()]
-            columns.append(pa.array(text, type=pa.string()))
+            reached = list(self.sources)  # each verdict as text once, then taken per item
+            text = pa.array([json.dumps(self.sources[c], default=str) for c in reached], type=pa.string())
+            at = pc.index_in(components, value_set=pa.array(reached, type=pa.string()))
+            columns.append(text.take(at))
         sides = row_digests.range_digests(columns, bounds)
         keys = {}
         for name, side in zip(names, sides):
