@@ -500,11 +500,13 @@ def test_failure_while_writing_leaves_previous_file_and_no_temp(tmp_path, monkey
     manifest.write(_valid(), path, schemas.INGEST)
     before = path.read_bytes()
 
-    def broken_write_table(table, target, *args, **kwargs):
-        Path(target).write_bytes(b"PAR1 half a file")
+    real = manifest.pq.ParquetWriter.write_table
+
+    def broken_write_table(writer, table, *args, **kwargs):
+        real(writer, table.slice(0, 1), *args, **kwargs)  # part of the rows on disk
         raise OSError("disk full")
 
-    monkeypatch.setattr(manifest.pq, "write_table", broken_write_table)
+    monkeypatch.setattr(manifest.pq.ParquetWriter, "write_table", broken_write_table)
     with pytest.raises(OSError, match="disk full"):
         manifest.write(_valid(2), path, schemas.INGEST)
     assert path.read_bytes() == before

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pandera.engines.pandas_engine import Engine
 
-from . import arrow_pool, atomic, column_checks, parquet_splice, schemas
+from . import arrow_pool, atomic, column_checks, parquet_splice, schemas, seal
 from .schemas import SCHEMA_VERSION
 
 arrow_pool.use_jemalloc()  # every stage reads manifests through here
@@ -144,7 +144,11 @@ def write(df: pd.DataFrame, path: str | Path, schema: pa.DataFrameSchema, sort_b
     if len(df):  # typed alike whatever values the rows happen to hold, so parts join as bytes (no rows: the schema's dtypes)
         table = conformed(table, settled_schema(table.schema))
     with atomic.atomic_file(path) as tmp:
-        pq.write_table(table, str(tmp), compression="snappy")
+        groups = max(1, -(-table.num_rows // ROW_GROUP_ROWS))
+        with pq.ParquetWriter(str(tmp), table.schema, compression="snappy") as writer:
+            writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+            writer.add_key_value_metadata({seal.KEY: seal.placeholder(schema.name, table.schema, groups)})
+        seal.fill(tmp, schema.name)
     return df
 
 
@@ -171,8 +175,10 @@ SHARDS_KEY = b"trainset.shards"
 
 KEYS_KEY = b"trainset.shard_keys"
 """Parquet metadata key of a manifest written by shard with reuse: the key each row group was made from."""
-WHOLE_FILE_KEYS = (SHARDS_KEY, KEYS_KEY)
+WHOLE_FILE_KEYS = (SHARDS_KEY, KEYS_KEY, seal.KEY)
 """Metadata about a manifest's shards together: never carried into one shard's own file."""
+ROW_GROUP_ROWS = 1 << 20
+"""Rows a row group of a manifest written whole holds at most (Arrow's default)."""
 
 
 class Kept:
@@ -416,17 +422,21 @@ class ShardedWriter:
         if not self.reused:
             if self._writer is None:  # no rows at all: an empty manifest with the schema's dtypes
                 self._writer = pq.ParquetWriter(str(self._new), _table(empty(self.schema)).schema, compression="snappy")
-            self._writer.add_key_value_metadata(meta)
-            self._writer.close()
+            self._close_sealed(meta)
             if self._new != self._tmp:
                 os.replace(self._new, self._tmp)
+            seal.fill(self._tmp, self.schema.name)
             return
         if self._written:
-            self._writer.add_key_value_metadata(meta)
-            self._writer.close()
+            self._close_sealed(meta)
+            seal.fill(self._new, self.schema.name)
             sources, picks = [self._new, self._kept.path], [(source, k) for _, _, source, k in entries]
         else:
             sources, picks = [self._kept.path], [(0, k) for _, _, _, k in entries]
+        seals = [seal.read(pq.read_metadata(source)) for source in sources]
+        sealed = seal.composed([(seals[source], k) for source, k in picks], self.schema.name)
+        if sealed is not None:  # the chunks are copied as bytes: their digests come along
+            meta[seal.KEY] = sealed.decode()
         try:
             with open(self._tmp, "wb") as f:
                 parquet_splice.splice(sources, picks, f, {k: v.encode() for k, v in meta.items()})
@@ -436,9 +446,16 @@ class ShardedWriter:
             if self._new != self._tmp:
                 self._new.unlink(missing_ok=True)
 
+    def _close_sealed(self, meta: dict) -> None:
+        """Close the file being written with ``meta`` and a placeholder for its seal."""
+        self._writer.add_key_value_metadata({**meta, seal.KEY: seal.placeholder(self.schema.name, self._writer.schema, self._written).decode()})
+        self._writer.close()
+
     def _rewritten(self, sources: list[Path], picks: list[tuple[int, int]], meta: dict) -> None:
         files = [pq.ParquetFile(s) for s in sources]
         schema = self._schema or settled_schema(files[-1].schema_arrow)
+        meta = {k: v for k, v in meta.items() if k != seal.KEY}  # re-encoded chunks: their digests are not the sources'
+
         with pq.ParquetWriter(str(self._tmp), schema, compression="snappy") as writer:
             for s, k in picks:
                 writer.write_table(conformed(files[s].read_row_group(k), schema))
@@ -629,10 +646,21 @@ def read(path: str | Path, schema: pa.DataFrameSchema, columns: list[str] | None
     later = schemas.ADDED_LATER.get(schema.name, {})
     if columns is None:
         df = _with_added_later(read_columns(path, stored, arrow_lists), later)
-        return validate(df, schema, path)
+        return _unless_sealed(df, schema, path, seal.Seal(path, schema.name))
     _check_column_names(path, stored, schema)
     df = _with_added_later(read_columns(path, [c for c in columns if c in stored], arrow_lists), later)
-    return validate(df[list(columns)], _subschema(schema, columns), path)
+    return _unless_sealed(df[list(columns)], _subschema(schema, columns), path, seal.Seal(path, schema.name))
+
+
+def _unless_sealed(df: pd.DataFrame, schema: pa.DataFrameSchema, path: Path, sealed: seal.Seal, groups: list[int] | None = None,
+                   starts: np.ndarray | None = None) -> pd.DataFrame:
+    """``df`` (the rows of row groups ``groups`` of the file, default all) validated, unless the
+    chunks it was read from are as the writer sealed them (:mod:`trainset.seal`): then checked already."""
+    if sealed.intact(list(df.columns), groups):
+        return df.reset_index(drop=True)
+    if groups is None:
+        return validate(df, schema, path)
+    return _validated_groups(df, schema, path, groups, starts)
 
 
 def _group_starts(meta) -> np.ndarray:
@@ -691,15 +719,17 @@ def read_batches(path: str | Path, schema: pa.DataFrameSchema, rows: int, column
         _check_column_names(path, stored, schema)
     later = schemas.ADDED_LATER.get(schema.name, {})
     checked = schema if columns is None else _subschema(schema, columns)
-    starts = _group_starts(pq.read_metadata(path))
+    meta = pq.read_metadata(path)
+    starts = _group_starts(meta)
     sizes = np.diff(starts).tolist()
+    sealed = seal.Seal(path, schema.name, meta) if validated else None
 
     def batch(groups):
         df = _with_added_later(read_columns(path, wanted, arrow_lists, row_group=groups), later)
         if columns is not None:
             df = df[list(columns)]
         if validated:
-            df = _validated_groups(df, checked, path, groups, starts)
+            df = _unless_sealed(df, checked, path, sealed, groups, starts)
         shard = np.full(len(df), "", dtype=object) if groups is None else np.repeat(
             np.array([names[g] for g in groups], dtype=object), [sizes[g] for g in groups])
         return shard, df

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import atomic, manifest, parquet_splice, row_digests, schemas
+from . import atomic, manifest, parquet_splice, row_digests, schemas, seal
 from .shard_plan import DEFAULTS, ShardError, name, read_index, settings, upto  # noqa: F401 (defined there, light)
 
 MAP_COLUMNS = ("sha256", "shard", "size")
@@ -571,8 +571,14 @@ def _spliced(paths: list[Path], out: Path, schema) -> int:
               for name, col in schema.columns.items() if col.unique}
     manifest.check_unique(out, schema, unique)
     names = json.dumps([p.stem for p, _ in filled]).encode()
+    key_values = {k: v for k, v in canonical[1].metadata.items() if k not in manifest.WHOLE_FILE_KEYS}
+    key_values[manifest.SHARDS_KEY] = names
+    sealed = seal.composed([(seal.read(meta) if isinstance(source, Path) else None, 0) for source, (_, meta) in zip(sources, filled)],
+                           schema.name)
+    if sealed is not None:  # each part's chunks are copied as bytes: their digests come along
+        key_values[seal.KEY] = sealed
     with atomic.atomic_file(out) as tmp, open(tmp, "wb") as f:
-        return parquet_splice.concat(sources, f, {**canonical[1].metadata, manifest.SHARDS_KEY: names})
+        return parquet_splice.concat(sources, f, key_values)
 
 
 def _part_metadata(path: Path) -> pq.FileMetaData:
