@@ -902,3 +902,34 @@ def test_read_rows_names_a_bad_row_by_its_row_in_the_file(tmp_path):
     assert len(manifest.read_rows(path, schemas.INGEST, np.array([0, 2]), ["item_id", "sha256"])) == 2  # the bad row not asked for
     with pytest.raises(ManifestError, match=r"row 3 \(item_id 'src:dir/003.png'\), column 'sha256'"):
         manifest.read_rows(path, schemas.INGEST, np.array([1, 3]), ["item_id", "sha256"])
+
+
+@pytest.mark.parametrize("where", ["written after a copied shard", "written before a copied shard", "within the written shards"])
+def test_a_written_shard_that_repeats_an_id_is_named_by_its_rows_in_the_file(tmp_path, where):
+    """With shards copied from the kept output, the written shards' ids are checked against the
+    copied ones and among themselves; a repeat names both rows in the file."""
+    path, kept = tmp_path / "m.parquet", tmp_path / "kept.parquet"
+    rows = {"00000": _frame(_row(0), _row(1)), "00001": _frame(_row(2)), "00002": _frame(_row(3), _row(4))}
+
+    def build(keys):
+        with manifest.ShardedWriter(path, schemas.INGEST, kept=kept, order=sorted(rows)) as out:
+            for shard in sorted(rows):
+                if not out.reuse(shard, keys[shard]):
+                    out.write(shard, rows[shard], keys={shard: keys[shard]})
+            return out.reused
+
+    build({s: "k" for s in rows})
+    if where == "written after a copied shard":
+        rows["00002"], keys, expected = _frame(_row(1, sha256="b" * 64), _row(4)), {"00000": "k", "00001": "k", "00002": "new"}, "row 1 .*row 3"
+    elif where == "written before a copied shard":
+        rows["00000"], keys, expected = _frame(_row(0), _row(4, sha256="b" * 64)), {"00000": "new", "00001": "k", "00002": "k"}, "row 1 .*row 4"
+    else:
+        rows["00000"], rows["00002"] = _frame(_row(0), _row(7)), _frame(_row(7, sha256="b" * 64))
+        keys, expected = {"00000": "new", "00001": "k", "00002": "new"}, "row 1 .*row 3"
+    before = path.read_bytes()
+    with pytest.raises(ManifestError, match=rf"'item_id' must be unique, repeated at {expected}"):
+        build(keys)
+    assert path.read_bytes() == before
+    rows["00002"] = _frame(_row(3), _row(4)) if where != "within the written shards" else _frame(_row(8))
+    rows["00000"] = _frame(_row(0), _row(1))
+    assert build({"00000": "k", "00001": "k", "00002": "k" if where != "within the written shards" else "other"}) >= 2

@@ -244,6 +244,8 @@ def positions(ids, among, unique: bool = False) -> np.ndarray:
     ``unique``: ``among`` holds each id once (a validated unique column), so ids that are ``among``
     itself, row for row (manifests written by the same shards), are their own rows: no lookup."""
     ids, among = arrow_text(ids), arrow_text(among)
+    if ids.type != among.type:  # text read from Parquet is large, from pandas not: alike, so equal ids compare equal
+        ids, among = ids.cast(pyarrow.large_string()), among.cast(pyarrow.large_string())
     if unique and len(ids) == len(among) and among.null_count == 0 and ids.equals(among):
         return np.arange(len(ids), dtype=np.int64)
     if len(ids) * 8 >= len(among):
@@ -469,12 +471,27 @@ class ShardedWriter:
             self._new.unlink(missing_ok=True)
 
     def _check_unique(self, entries) -> None:
-        """The unique columns over the file's rows in its order: written shards' values as held,
-        reused shards' read back from the kept file (those columns only)."""
+        """The schema's unique columns over the file's rows. With shards copied from the kept
+        output, whose rows were checked together when it was written, only the written shards'
+        values need checking: unique among themselves and absent from the copied ones (a lookup
+        of the copied values in the few written ones). A repeat found is named by its rows in the
+        file, as a check of every value in file order names it."""
         if not self.reused:  # every value as held, in file order
             check_unique(self.path, self.schema, self._unique)
             return
         kept = pq.ParquetFile(self._kept.path)
+        copied = [k for _, _, source, k in entries if source == 1]
+        for name, held in self._unique.items():
+            if not held:
+                continue
+            written = pyarrow.chunked_array(held).combine_chunks()
+            old = kept.read_row_groups(copied, columns=[name]).column(0).combine_chunks()
+            if len(pc.unique(written)) != len(written) or pc.any(pc.is_in(old, value_set=written)).as_py():
+                self._check_unique_in_file_order(entries, kept)
+
+    def _check_unique_in_file_order(self, entries, kept: pq.ParquetFile) -> None:
+        """The unique columns over the file's rows in its order: written shards' values as held,
+        copied shards' read back from the kept file (those columns only)."""
         at, position = {}, 0  # where each written shard's values start among all written, in write order
         for shard, _, source, _ in self._entries:
             if source == 0:
