@@ -259,7 +259,8 @@ class _Judge:
         rows = manifest.positions(ids, self.groups["item_id"], unique=True)
         if (rows < 0).any():  # the batches name the items without a group row
             return {}
-        columns = [pa.array(self.groups[c]).take(pa.array(rows)) for c in schemas.CLUSTER_COLUMNS]
+        same = len(rows) == len(self.groups) and bool((rows == np.arange(len(rows))).all())  # audit and groups by the same shards
+        columns = [pa.array(self.groups[c]) if same else pa.array(self.groups[c]).take(pa.array(rows)) for c in schemas.CLUSTER_COLUMNS]
         columns.append(pa.array(self.scores(ids)))
         columns.append(_merged_hashes(self.merged, ids))
         if self.sources:  # the minors verdict reaching each item's component, as text
