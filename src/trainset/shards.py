@@ -193,6 +193,10 @@ class ShardRuns:
             yield shard, _Part(self.schema.empty_table(), schema)
 
 
+_WRITER = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+"""This module's code, which decides how a part is encoded (with pyarrow's version)."""
+
+
 class _Part:
     """A shard's rows before they become a Parquet file of their own. The file's bytes depend on
     the rows' values, their schema and the Parquet writer alone, so :attr:`key` (those digested,
@@ -212,7 +216,7 @@ class _Part:
             rows = row_digests.range_digests(self.rows.columns, [0, self.rows.num_rows])[0]
         except TypeError:
             return None
-        h = hashlib.sha256(f"parquet part\0{pa.__version__}\0{self.rows.num_rows}\0".encode())
+        h = hashlib.sha256(f"parquet part\0{pa.__version__}\0{_WRITER}\0{self.rows.num_rows}\0".encode())
         h.update(self.schema.serialize())
         h.update(rows.encode())
         return h.hexdigest()
