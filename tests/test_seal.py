@@ -128,3 +128,28 @@ def test_a_gathered_manifest_takes_its_parts_seals(tmp_path: Path, checks) -> No
     assert found["groups"] == _recomputed(out) == [seal.read(pq.read_metadata(p))["groups"][0] for p in parts]
     checks.clear()
     assert len(manifest.read(out, schemas.INGEST)) == 6 and checks == []
+
+
+def test_the_same_chunks_declared_otherwise_are_not_sealed(tmp_path: Path, checks) -> None:
+    """The seal names how the file declares its columns: the same chunk bytes under other pandas
+    metadata (other dtypes on reading) are checked again."""
+    import json
+
+    path = tmp_path / "ingest.parquet"
+    manifest.write(_valid(3), path, schemas.INGEST)
+    chunks = _recomputed(path)
+
+    def redeclared(table):
+        meta = json.loads(table.schema.metadata[b"pandas"])
+        meta["columns"] = [{**c, "numpy_type": "object"} if c["name"] == "size" else c for c in meta["columns"]]
+        return table.replace_schema_metadata({**table.schema.metadata, b"pandas": json.dumps(meta).encode()})
+
+    table, kept = pq.read_table(path), pq.read_metadata(path).metadata[seal.KEY]
+    with pq.ParquetWriter(str(path), redeclared(table).schema, compression="snappy") as writer:
+        writer.write_table(redeclared(table))
+        writer.add_key_value_metadata({seal.KEY: kept})
+    assert pq.read_metadata(path).metadata[seal.KEY] == kept and _recomputed(path) == chunks
+    assert seal.read(pq.read_metadata(path)) is None
+    checks.clear()
+    manifest.read(path, schemas.INGEST, columns=["item_id"])
+    assert checks == [3]

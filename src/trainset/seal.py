@@ -67,8 +67,16 @@ def _top_columns(meta: pq.FileMetaData) -> tuple[str, ...]:
     return tuple(meta.schema.column(i).path.split(".")[0] for i in range(meta.num_columns))
 
 
-def _encode(schema_name: str, checks: str, columns: tuple[str, ...], groups: list[list[str]]) -> bytes:
-    return json.dumps({"schema": schema_name, "checks": checks, "columns": list(columns), "groups": groups},
+def _layout(meta: pq.FileMetaData) -> str:
+    """Digest of how the file declares its columns (Parquet types, pandas' metadata): the same
+    chunk bytes read under other declared types are other values."""
+    h = hashlib.sha256(meta.schema.to_arrow_schema().remove_metadata().serialize().to_pybytes())
+    h.update((meta.metadata or {}).get(b"pandas", b""))
+    return h.hexdigest()[:WIDTH]
+
+
+def _encode(schema_name: str, checks: str, layout: str, columns: tuple[str, ...], groups: list[list[str]]) -> bytes:
+    return json.dumps({"schema": schema_name, "checks": checks, "layout": layout, "columns": list(columns), "groups": groups},
                       separators=(",", ":")).encode()
 
 
@@ -76,7 +84,7 @@ def placeholder(schema_name: str, arrow_schema: pa.Schema, groups: int) -> bytes
     """A seal of the right length for a file of ``groups`` row groups in ``arrow_schema``, to
     put in its metadata before it is closed; it claims nothing (its checks digest is blank)."""
     columns = _leaves(arrow_schema.serialize().to_pybytes())
-    return _encode(schema_name, _BLANK, columns, [[_BLANK] * len(columns) for _ in range(groups)])
+    return _encode(schema_name, _BLANK, _BLANK, columns, [[_BLANK] * len(columns) for _ in range(groups)])
 
 
 def read(meta: pq.FileMetaData) -> dict | None:
@@ -88,7 +96,7 @@ def read(meta: pq.FileMetaData) -> dict | None:
         found = json.loads(raw)
     except ValueError:
         return None
-    if not isinstance(found, dict) or found.get("checks") != checks_digest():
+    if not isinstance(found, dict) or found.get("checks") != checks_digest() or found.get("layout") != _layout(meta):
         return None
     groups, columns = found.get("groups"), found.get("columns")
     if not isinstance(groups, list) or len(groups) != meta.num_row_groups or columns != list(_top_columns(meta)):
@@ -122,10 +130,10 @@ def fill(path: str | Path, schema_name: str) -> bool:
     meta = pq.read_metadata(path)
     raw = (meta.metadata or {}).get(KEY)
     columns = _top_columns(meta)
-    if raw is None or raw != _encode(schema_name, _BLANK, columns, [[_BLANK] * len(columns) for _ in range(meta.num_row_groups)]):
+    if raw is None or raw != _encode(schema_name, _BLANK, _BLANK, columns, [[_BLANK] * len(columns) for _ in range(meta.num_row_groups)]):
         return False
     with open(path, "r+b") as f:
-        sealed = _encode(schema_name, checks_digest(), columns, digests(f, meta, range(meta.num_row_groups)))
+        sealed = _encode(schema_name, checks_digest(), _layout(meta), columns, digests(f, meta, range(meta.num_row_groups)))
         f.seek(-8, 2)
         length = int.from_bytes(f.read(4), "little")
         start = f.seek(-8 - length, 2)
@@ -140,13 +148,14 @@ def fill(path: str | Path, schema_name: str) -> bool:
 def composed(picks: list[tuple[dict | None, int]], schema_name: str) -> bytes | None:
     """The seal of a file joined from row groups of sealed files (``picks``: each group's source
     seal and its row group there, in the joined file's order); None unless every source is sealed
-    for ``schema_name`` with the same columns."""
+    for ``schema_name`` with the same columns declared alike (a join takes its schema from its
+    sources, which must all hold it)."""
     if not picks or any(seal is None or seal.get("schema") != schema_name for seal, _ in picks):
         return None
-    columns = picks[0][0]["columns"]
-    if any(seal["columns"] != columns for seal, _ in picks):
+    columns, layout = picks[0][0]["columns"], picks[0][0]["layout"]
+    if any(seal["columns"] != columns or seal["layout"] != layout for seal, _ in picks):
         return None
-    return _encode(schema_name, checks_digest(), tuple(columns), [seal["groups"][k] for seal, k in picks])
+    return _encode(schema_name, checks_digest(), layout, tuple(columns), [seal["groups"][k] for seal, k in picks])
 
 
 class Seal:
