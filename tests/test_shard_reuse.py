@@ -201,6 +201,22 @@ def test_group_digests_are_the_parts_digests_after_a_gather(tmp_path):
     assert len(set(parquet_splice.group_digests(tmp_path / "all.parquet"))) == 3
 
 
+def test_span_digests_hash_each_span_in_order_on_every_thread(tmp_path, monkeypatch):
+    import hashlib
+    import os
+
+    data = os.urandom(1 << 16)
+    path = tmp_path / "bytes.bin"
+    path.write_bytes(data)
+    spans = [(k * 997 % 60000, k * 997 % 60000 + k * 13) for k in range(200)]
+    expected = [hashlib.sha256(data[a:b]).hexdigest() for a, b in spans]
+    assert parquet_splice.span_digests(path, spans) == expected
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})  # one core: no pool
+    assert parquet_splice.span_digests(path, spans) == expected
+    with pytest.raises(parquet_splice.SpliceError, match="ends past the end"):
+        parquet_splice.span_digests(path, [(len(data) - 4, len(data) + 4)])
+
+
 @pytest.mark.parametrize("column", [
     pa.array(["a", "bc", None, "", "d", "ef"]),
     pa.array([["x"], [], None, ["y", "z"], [""], ["w"]], type=pa.list_(pa.string())),

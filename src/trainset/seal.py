@@ -26,6 +26,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import parquet_splice
+
 KEY = b"trainset.sealed"
 """Parquet metadata key of a manifest's seal."""
 
@@ -104,22 +106,14 @@ def read(meta: pq.FileMetaData) -> dict | None:
     return found
 
 
-def digests(f, meta: pq.FileMetaData, groups, chunks: list[int] | None = None) -> list[list[str]]:
+def digests(path: str | Path, meta: pq.FileMetaData, groups, chunks: list[int] | None = None) -> list[list[str]]:
     """The digest of column chunks ``chunks`` (default: all) of each of row groups ``groups`` of
-    the open file ``f``, read as they lie."""
-    out = []
-    for g in groups:
-        group = meta.row_group(g)
-        row = []
-        for c in range(group.num_columns) if chunks is None else chunks:
-            chunk = group.column(c)
-            data = chunk.data_page_offset
-            dictionary = chunk.dictionary_page_offset if chunk.has_dictionary_page else None
-            start = dictionary if dictionary is not None and 0 < dictionary < data else data
-            f.seek(start)
-            row.append(hashlib.sha256(f.read(chunk.total_compressed_size)).hexdigest()[:WIDTH])
-        out.append(row)
-    return out
+    the file at ``path``, read as they lie."""
+    groups = list(groups)
+    wanted = [list(range(meta.row_group(g).num_columns)) if chunks is None else list(chunks) for g in groups]
+    spans = [parquet_splice.chunk_span(meta.row_group(g).column(c)) for g, cs in zip(groups, wanted) for c in cs]
+    flat = iter(d[:WIDTH] for d in parquet_splice.span_digests(path, spans))
+    return [[next(flat) for _ in cs] for cs in wanted]
 
 
 def fill(path: str | Path, schema_name: str) -> bool:
@@ -133,7 +127,7 @@ def fill(path: str | Path, schema_name: str) -> bool:
     if raw is None or raw != _encode(schema_name, _BLANK, _BLANK, columns, [[_BLANK] * len(columns) for _ in range(meta.num_row_groups)]):
         return False
     with open(path, "r+b") as f:
-        sealed = _encode(schema_name, checks_digest(), _layout(meta), columns, digests(f, meta, range(meta.num_row_groups)))
+        sealed = _encode(schema_name, checks_digest(), _layout(meta), columns, digests(path, meta, range(meta.num_row_groups)))
         f.seek(-8, 2)
         length = int.from_bytes(f.read(4), "little")
         start = f.seek(-8 - length, 2)
@@ -179,7 +173,6 @@ class Seal:
         wanted = set(columns)
         chunks = [c for c, top in enumerate(tops) if top in wanted]
         groups = list(range(self.meta.num_row_groups)) if groups is None else list(groups)
-        with open(self.path, "rb") as f:
-            now = digests(f, self.meta, groups, chunks)
+        now = digests(self.path, self.meta, groups, chunks)
         sealed = self.found["groups"]
         return all(row == [sealed[g][c] for c in chunks] for g, row in zip(groups, now))
