@@ -933,3 +933,16 @@ def test_a_written_shard_that_repeats_an_id_is_named_by_its_rows_in_the_file(tmp
     rows["00002"] = _frame(_row(3), _row(4)) if where != "within the written shards" else _frame(_row(8))
     rows["00000"] = _frame(_row(0), _row(1))
     assert build({"00000": "k", "00001": "k", "00002": "k" if where != "within the written shards" else "other"}) >= 2
+
+
+@pytest.mark.parametrize("read", [
+    lambda p: manifest.read(p, schemas.INGEST),
+    lambda p: list(manifest.read_batches(p, schemas.INGEST, 10)),
+    lambda p: manifest.read_rows(p, schemas.INGEST, np.array([0]), ["item_id"]),
+])
+def test_a_torn_manifest_is_named(tmp_path, read):
+    path = tmp_path / "ingest.parquet"
+    manifest.write(_valid(4), path, schemas.INGEST)
+    os.truncate(path, path.stat().st_size - 100)
+    with pytest.raises(ManifestError, match=r"ingest.parquet: ingest manifest is not a readable Parquet file"):
+        read(path)

@@ -563,7 +563,11 @@ def conformed(table: pyarrow.Table, schema: pyarrow.Schema) -> pyarrow.Table:
 
 def shard_groups(path: str | Path) -> list[str] | None:
     """The shard of each row group of a manifest :class:`ShardedWriter` wrote; None for any other file."""
-    found = (pq.read_metadata(path).metadata or {}).get(SHARDS_KEY)
+    return _shards_of(pq.read_metadata(path))
+
+
+def _shards_of(meta: pq.FileMetaData) -> list[str] | None:
+    found = (meta.metadata or {}).get(SHARDS_KEY)
     return None if found is None else json.loads(found)
 
 
@@ -657,16 +661,26 @@ def read(path: str | Path, schema: pa.DataFrameSchema, columns: list[str] | None
     columns, and the ones read are validated. ``arrow_lists``: list columns a stage only carries
     through, held as Arrow (no Python object per element) and written back the same."""
     path = Path(path)
-    if not path.exists():
-        raise ManifestError(f"{path}: {schema.name} manifest is missing")
-    stored = pq.read_schema(path).names
+    meta = _footer(path, schema)
+    stored = meta.schema.to_arrow_schema().names
     later = schemas.ADDED_LATER.get(schema.name, {})
     if columns is None:
         df = _with_added_later(read_columns(path, stored, arrow_lists), later)
-        return _unless_sealed(df, schema, path, seal.Seal(path, schema.name))
+        return _unless_sealed(df, schema, path, seal.Seal(path, schema.name, meta))
     _check_column_names(path, stored, schema)
     df = _with_added_later(read_columns(path, [c for c in columns if c in stored], arrow_lists), later)
-    return _unless_sealed(df[list(columns)], _subschema(schema, columns), path, seal.Seal(path, schema.name))
+    return _unless_sealed(df[list(columns)], _subschema(schema, columns), path, seal.Seal(path, schema.name, meta))
+
+
+def _footer(path: Path, schema: pa.DataFrameSchema) -> pq.FileMetaData:
+    """A manifest's footer, read once for everything a read needs from it; a missing file, or one
+    that is no readable Parquet (torn, truncated), is named."""
+    if not path.exists():
+        raise ManifestError(f"{path}: {schema.name} manifest is missing")
+    try:
+        return pq.read_metadata(path)
+    except (pyarrow.ArrowInvalid, OSError) as err:
+        raise ManifestError(f"{path}: {schema.name} manifest is not a readable Parquet file (torn or truncated?): {err}") from None
 
 
 def _unless_sealed(df: pd.DataFrame, schema: pa.DataFrameSchema, path: Path, sealed: seal.Seal, groups: list[int] | None = None,
@@ -692,9 +706,7 @@ def read_rows(path: str | Path, schema: pa.DataFrameSchema, positions: np.ndarra
     stage that needs wide columns for a few rows of a large manifest never holds them for all.
     A row that fails validation is named by its row in the file."""
     path = Path(path)
-    if not path.exists():
-        raise ManifestError(f"{path}: {schema.name} manifest is missing")
-    parquet = pq.ParquetFile(path)
+    parquet = pq.ParquetFile(path, metadata=_footer(path, schema))
     stored = parquet.schema_arrow.names
     _check_column_names(path, stored, schema)
     wanted = [c for c in columns if c in stored]
@@ -727,16 +739,14 @@ def read_batches(path: str | Path, schema: pa.DataFrameSchema, rows: int, column
     comes whole, its rows in shard ``""``. ``skip``: shards not read (a stage that reused their
     last output, :meth:`ShardedWriter.reuse`); a batch's shards then need not be consecutive."""
     path = Path(path)
-    if not path.exists():
-        raise ManifestError(f"{path}: {schema.name} manifest is missing")
-    names = shard_groups(path)
-    stored = pq.read_schema(path).names
+    meta = _footer(path, schema)
+    names = _shards_of(meta)
+    stored = meta.schema.to_arrow_schema().names
     wanted = stored if columns is None else [c for c in columns if c in stored]
     if columns is not None:
         _check_column_names(path, stored, schema)
     later = schemas.ADDED_LATER.get(schema.name, {})
     checked = schema if columns is None else _subschema(schema, columns)
-    meta = pq.read_metadata(path)
     starts = _group_starts(meta)
     sizes = np.diff(starts).tolist()
     sealed = seal.Seal(path, schema.name, meta) if validated else None
