@@ -1,5 +1,6 @@
 import json
 
+from trainset import parquet_splice as ts_parquet_splice
 from trainset import shard_plan as ts_shard_plan
 
 # Paths shared by the rules: one place, so rules, scripts and dvc.yaml agree.

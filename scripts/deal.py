@@ -3,4 +3,4 @@ from trainset import schemas, shards
 
 p = snakemake.params
 o = snakemake.output
-shards.deal(snakemake.input.manifest, p.map, list(p.shards), o.parts, getattr(schemas, p.schema), o.index, p.parts)
+shards.deal(snakemake.input.manifest, p.map, list(p.shards), o.parts, getattr(schemas, p.schema), o.index, p.parts, p.footer)

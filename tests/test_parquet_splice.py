@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from trainset import manifest, parquet_splice, schemas, shards
+from trainset import manifest, parquet_scan, parquet_splice, schemas, shards
 
 from stage_helpers import fake_sha, item_row
 
@@ -69,9 +69,19 @@ def _moved_by_tree(raw: bytes, k: int, delta: int, ordinal: int | None) -> bytes
     return parquet_splice.encode(group)
 
 
+SCANS = {"plain": parquet_scan.scan_plain, "compiled": parquet_scan.scan_compiled}
+
+
+@pytest.fixture(params=sorted(SCANS))
+def scan_way(request, monkeypatch) -> str:
+    """Every footer read scanned one way: as plain Python, or compiled by numba."""
+    monkeypatch.setattr(parquet_scan, "scan", SCANS[request.param])
+    return request.param
+
+
 @pytest.mark.parametrize("delta", [0, 5, -3, 1 << 40])
-def test_a_moved_row_group_equals_its_full_decode_moved(tmp_path: Path, delta: int) -> None:
-    """The compiled scan rewrites exactly the offsets a full decode of the footer finds: data,
+def test_a_moved_row_group_equals_its_full_decode_moved(tmp_path: Path, delta: int, scan_way: str) -> None:
+    """The scan (either way) rewrites exactly the offsets a full decode of the footer finds: data,
     dictionary and index pages, the chunk's and the group's file offsets; the ordinal set or dropped."""
     path = _write(_table(2, 3000), tmp_path / "a.parquet", row_group_size=700)
     joined = tmp_path / "joined.parquet"  # a join writes ordinals, which pyarrow does not
@@ -93,8 +103,8 @@ def _check_moves(path: Path, delta: int) -> None:
             assert footer.moved(k, delta, ordinal) == _moved_by_tree(raw, k, delta, ordinal)
 
 
-def test_a_damaged_footer_is_refused_or_read_never_crashes(tmp_path: Path) -> None:
-    """The compiled scan checks every read against the footer's end: cut or flipped bytes give a
+def test_a_damaged_footer_is_refused_or_read_never_crashes(tmp_path: Path, scan_way: str) -> None:
+    """The scan (either way) checks every read against the footer's end: cut or flipped bytes give a
     SpliceError (or, where the damage keeps the structure, a footer), never a crash."""
     path = _write(_table(3, 2000), tmp_path / "a.parquet", row_group_size=600)
     _, raw = _footer_bytes(path)
@@ -114,6 +124,78 @@ def test_a_damaged_footer_is_refused_or_read_never_crashes(tmp_path: Path) -> No
         except parquet_splice.SpliceError:
             outcomes.add("refused")
     assert "refused" in outcomes
+
+
+def _scanned(footer: parquet_splice.Footer) -> list:
+    return [footer.data, footer.top.tolist(), footer.group_table.tolist(), footer.sites.tolist(), footer.start, footer.size]
+
+
+def test_the_two_ways_of_scanning_agree(tmp_path: Path) -> None:
+    """Plain Python and numba run the same pass: the same fields, row groups and sites, for a
+    file of many row groups as pyarrow writes it, one a splice wrote (with ordinals), and one
+    of a single row group; and :func:`parquet_scan.scan` picks plain Python for small footers."""
+    many = _write(_table(4, 3000), tmp_path / "many.parquet", row_group_size=400)
+    one = _write(_table(5, 90), tmp_path / "one.parquet")
+    joined = tmp_path / "joined.parquet"
+    with joined.open("wb") as f:
+        parquet_splice.splice([many, one], [(0, 6), (1, 0), (0, 2)], f)
+    for path in (many, one, joined):
+        _, raw = _footer_bytes(path)
+        plain, compiled = parquet_scan.scan_plain(raw), parquet_scan.scan_compiled(raw)
+        assert plain[0] == compiled[0] == 0
+        for a, b in zip(plain[1:], compiled[1:]):
+            np.testing.assert_array_equal(a, b)
+        assert len(plain[2]) == pq.read_metadata(path).num_row_groups
+    assert parquet_scan.PLAIN_BYTES > len(raw)  # a small footer costs no compiler start-up, where none has started
+
+
+def test_a_splice_knows_the_footer_it_wrote(tmp_path: Path, scan_way: str) -> None:
+    """The footer :func:`parquet_splice.splice_scanned` returns is the one a scan of the file it
+    wrote finds, byte for byte and place for place, and a splice from that file moves its row
+    groups as a scanned footer would: groups picked from two files (one with ordinals), repeated,
+    reordered, and the offsets' varints growing and shrinking with the moves."""
+    big = _write(_table(6, 6000), tmp_path / "big.parquet", row_group_size=1500)
+    small = _write(_table(7, 40), tmp_path / "small.parquet")
+    first = tmp_path / "first.parquet"
+    with first.open("wb") as f:
+        _, told = parquet_splice.splice_scanned([big, small], [(1, 0), (0, 3), (0, 0), (0, 1)], f, {b"x": b"1"})
+    with first.open("rb") as f:
+        assert _scanned(told) == _scanned(parquet_splice.Footer.read(f, first))
+    second = tmp_path / "second.parquet"
+    with second.open("wb") as f:
+        rows, again = parquet_splice.splice_scanned([small, first], [(1, 2), (0, 0), (1, 0), (1, 3), (1, 1)], f)
+    with second.open("rb") as f:
+        assert _scanned(again) == _scanned(parquet_splice.Footer.read(f, second))
+    whole = pq.read_table(big)
+    expected = pa.concat_tables([whole.slice(0, 1500), pq.read_table(small), pq.read_table(small), whole.slice(1500, 1500), whole.slice(4500, 1500)])
+    assert rows == 4580 and pq.read_table(second).equals(expected)
+
+
+def test_a_saved_scan_is_used_only_for_the_footer_it_was_made_of(tmp_path: Path, monkeypatch) -> None:
+    path = _write(_table(8, 2000), tmp_path / "a.parquet", row_group_size=500)
+    saved = tmp_path / "a.footer.npz"
+    with path.open("rb") as f:
+        scanned = parquet_splice.Footer.read(f, path)
+    scanned.save(saved)
+
+    def no_scan(data):
+        raise AssertionError("scanned again")
+
+    monkeypatch.setattr(parquet_scan, "scan", no_scan)
+    with path.open("rb") as f:
+        assert _scanned(parquet_splice.Footer.read(f, path, saved)) == _scanned(scanned)
+    monkeypatch.undo()
+    scans = []
+    monkeypatch.setattr(parquet_scan, "scan", lambda data: scans.append(data) or parquet_scan.scan_plain(data))
+    other = _write(_table(9, 2000), tmp_path / "b.parquet", row_group_size=500)  # another footer: the saved scan is not its
+    with other.open("rb") as f:
+        assert _scanned(parquet_splice.Footer.read(f, other, saved))[1:4] != _scanned(scanned)[1:4]
+    saved.write_bytes(saved.read_bytes()[:100])  # torn: scanned again
+    with path.open("rb") as f:
+        assert _scanned(parquet_splice.Footer.read(f, path, saved)) == _scanned(scanned)
+    with path.open("rb") as f:  # none saved
+        parquet_splice.Footer.read(f, path, tmp_path / "missing.npz")
+    assert len(scans) == 3
 
 
 def test_joined_files_read_as_their_tables_one_after_another(tmp_path: Path) -> None:

@@ -15,7 +15,8 @@ import pytest
 
 import stage_helpers as H
 from test_filter import _by_shard, _tricky_manifests
-from trainset import manifest, parquet_splice, row_digests, schemas
+from test_parquet_splice import _scanned
+from trainset import manifest, parquet_scan, parquet_splice, row_digests, schemas
 from trainset.stages import dedup, split
 from trainset.stages import filter as filter_stage
 
@@ -83,6 +84,51 @@ def test_a_duplicate_id_between_a_reused_and_a_written_shard_is_named(tmp_path):
     frames["00002"] = pd.concat([_rows("00002"), _rows("00000").iloc[[1]]], ignore_index=True)
     with pytest.raises(manifest.ManifestError, match=r"item_id.*must be unique.*src:00000_1\.png"):
         _write(tmp_path / "b.parquet", kept, frames, {"00000": "00000", "00001": "00001", "00002": "new"})
+
+
+def test_a_spliced_output_keeps_its_footer_scanned_so_the_next_splice_scans_only_what_it_wrote(tmp_path, monkeypatch):
+    """A file spliced from the kept output is kept with its footer as the splice wrote it: the next
+    run's splice reads that instead of scanning the kept file (the footer of a 1M-row manifest),
+    and scans only the shards it wrote itself. A kept footer saved for other bytes is not used."""
+    kept = tmp_path / "kept" / "ingest.parquet"
+    footer_path = manifest.Kept(kept).footer_path
+    frames = {s: _rows(s) for s in SHARDS}
+    keys = {s: f"k{s}" for s in SHARDS}
+    _write(tmp_path / "a.parquet", kept, frames, keys)
+    assert not footer_path.exists()  # written whole: its footer is not known without a scan
+    scanned = []
+
+    def scan(data):
+        found = parquet_scan.scan_plain(data)
+        scanned.append(len(found[2]))  # row groups
+        return found
+
+    monkeypatch.setattr(parquet_scan, "scan", scan)
+
+    def run(name: str, changed: str) -> manifest.ShardedWriter:
+        frames[changed] = _rows(changed, tag=name)
+        keys[changed] = name
+        scanned.clear()
+        return _write(tmp_path / f"{name}.parquet", kept, frames, keys)
+
+    assert run("b", "00001").reused == 2 and sorted(scanned) == [1, 3]  # what it wrote, and the kept file
+    with kept.open("rb") as f:
+        kept_footer = parquet_splice.Footer.read(f, kept)
+    with kept.open("rb") as f:
+        assert _scanned(parquet_splice.Footer.read(f, kept, footer_path)) == _scanned(kept_footer)
+    scanned.clear()
+    assert run("c", "00002").reused == 2 and scanned == [1]  # what it wrote alone
+    fresh = tmp_path / "fresh.parquet"
+    with manifest.ShardedWriter(fresh, schemas.INGEST) as writer:
+        for shard, df in frames.items():
+            writer.write(shard, df)
+    assert pq.read_table(tmp_path / "c.parquet").equals(pq.read_table(fresh))
+    other = tmp_path / "other.npz"
+    with (tmp_path / "b.parquet").open("rb") as f:
+        parquet_splice.Footer.read(f, tmp_path / "b.parquet").save(other)
+    os.replace(other, footer_path)  # another file's footer, saved where the kept one's goes
+    scanned.clear()
+    assert run("d", "00000").reused == 2 and sorted(scanned) == [1, 3]
 
 
 def test_a_torn_or_keyless_kept_file_reuses_nothing(tmp_path):
@@ -162,15 +208,18 @@ def test_a_shard_dealt_off_a_manifest_does_not_carry_the_manifests_keys(tmp_path
     with manifest.ShardedWriter(tmp_path / "plain.parquet", schemas.INGEST) as writer:
         for shard, df in frames.items():
             writer.write(shard, df)
-    parts = []
+    parts, keys = [], []
     for name in ("keyed", "plain"):
         groups = shards.ShardGroups(tmp_path / f"{name}.parquet", {k: k for k in range(3)})
         try:
             schema = manifest.settled_schema(groups.schema)
-            parts.append([bytes(groups.part(k, schema)) for k in range(3)] + [bytes(shards._part_bytes(groups.rows(0), schema))])
+            dealt = [part for _, part in groups.parts(["0", "1", "2"], schema)]
+            assert all(isinstance(part, shards._GroupPart) for part in dealt)
+            keys.append([part.key for part in dealt])
+            parts.append([part.data() for part in dealt] + [bytes(shards._part_bytes(groups.rows(0), schema))])
         finally:
             groups.close()
-    assert parts[0] == parts[1]
+    assert parts[0] == parts[1] and keys[0] == keys[1] and len(set(keys[0])) == 3
     assert manifest.KEYS_KEY not in (pq.read_metadata(pa.BufferReader(parts[0][0])).metadata or {})
 
 

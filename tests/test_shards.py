@@ -17,7 +17,7 @@ import yaml
 
 from conftest import REPO
 from stage_helpers import item_row
-from trainset import manifest, neardup, schemas, shards, views
+from trainset import manifest, neardup, parquet_scan, parquet_splice, schemas, shards, views
 from trainset.stages import pairs as pair_stage
 
 
@@ -257,6 +257,50 @@ def test_deal_writes_an_index_of_part_digests_that_change_only_with_their_rows(t
     assert [k for k in sorted(first) if first[k]["digest"] != second[k]["digest"]] == ["00001"]
     assert all(v["digest"] == hashlib.sha256((dealt / f"{k}.parquet").read_bytes()).hexdigest() for k, v in second.items())
     assert second["00001"]["items"] == 1 and manifest.read(dealt / "00001.parquet", schemas.INGEST)["item_id"].tolist() == ["s/002"]
+
+
+def test_a_deal_of_a_manifest_written_by_shard_makes_only_the_parts_whose_rows_changed(tmp_path: Path, monkeypatch) -> None:
+    """Each part of a manifest written by shard is known by its row group's bytes before it is made:
+    a rerun links the unchanged parts from the cache without copying or hashing their rows, makes
+    the changed one, and comes out as a deal without a cache does. With the manifest's footer
+    saved (as its kept copy's is), nothing is scanned."""
+    ingest = tmp_path / "ingest.parquet"
+    names = [(f"s/{k:03d}", sha) for k, sha in enumerate(_shas(6))]
+    manifest.write(_ingest_rows(names), ingest, schemas.INGEST)
+    index = shards.split_ingest(ingest, tmp_path / "shards", tmp_path / "index.json", tmp_path / "map.parquet", 2)
+    later, saved = tmp_path / "later.parquet", tmp_path / "later.footer.npz"
+
+    def write_by_shard(rows: list) -> None:
+        frame = _ingest_rows(rows)
+        shard = frame["item_id"].map(lambda i: f"{int(i[2:]) // 2:05d}")
+        with manifest.ShardedWriter(later, schemas.INGEST) as writer:
+            writer.write(shard.to_numpy(), frame)
+        with later.open("rb") as f:
+            parquet_splice.Footer.read(f, later).save(saved)
+
+    made = []
+    original = shards._GroupPart.data
+    monkeypatch.setattr(shards._GroupPart, "data", lambda self: made.append(self._group) or original(self))
+    scans = []
+    monkeypatch.setattr(parquet_scan, "scan", lambda data: scans.append(1) or parquet_scan.scan_plain(data))
+    deal = lambda out, cache: shards.deal(later, tmp_path / "map.parquet", sorted(index), out, schemas.INGEST, tmp_path / f"{out.name}.json",  # noqa: E731
+                                          cache, saved)
+    write_by_shard(names)
+    deal(tmp_path / "dealt", tmp_path / "cache")
+    assert made == [0, 1, 2]
+    made.clear()
+    write_by_shard([n for n in names if n[0] != "s/003"])
+    deal(tmp_path / "dealt", tmp_path / "cache")
+    assert made == [1]
+    assert len(scans) == 2  # the two saves alone
+    made.clear()
+    deal(tmp_path / "fresh", None)
+    assert made == [0, 1, 2]
+    assert {p.name: p.read_bytes() for p in (tmp_path / "dealt").iterdir()} == {p.name: p.read_bytes() for p in (tmp_path / "fresh").iterdir()}
+    second = json.loads((tmp_path / "dealt.json").read_text())
+    assert second == json.loads((tmp_path / "fresh.json").read_text())
+    assert all(v["digest"] == hashlib.sha256((tmp_path / "dealt" / f"{k}.parquet").read_bytes()).hexdigest() for k, v in second.items())
+    assert manifest.read(tmp_path / "dealt" / "00001.parquet", schemas.INGEST)["item_id"].tolist() == ["s/002"]
 
 
 def test_deal_splits_a_later_manifest_by_the_shard_of_each_content(tmp_path: Path) -> None:

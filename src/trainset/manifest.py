@@ -215,11 +215,20 @@ class Kept:
         found = self.groups.get(shard)
         return found[0] if found is not None and key is not None and found[1] == key else None
 
-    def keep(self, written: Path) -> None:
-        """``written`` (a manifest just written) kept as the last output."""
+    def keep(self, written: Path, footer: parquet_splice.Footer | None = None) -> None:
+        """``written`` (a manifest just written) kept as the last output; ``footer``: its footer,
+        scanned, saved beside the copy so the next splice from it needs no scan."""
         self._stamp_path.unlink(missing_ok=True)
+        self.footer_path.unlink(missing_ok=True)
         atomic.copy(written, self.path)
         atomic.write_text(self._stamp_path, json.dumps(self._stamp()))
+        if footer is not None:
+            footer.save(self.footer_path)
+
+    @property
+    def footer_path(self) -> Path:
+        """Where the kept file's footer, scanned, is saved (a reader of the manifest it copies may use it too)."""
+        return parquet_splice.saved_footer(self.path)
 
     @property
     def _stamp_path(self) -> Path:
@@ -308,6 +317,7 @@ class ShardedWriter:
         self._atomic = atomic.atomic_file(self.path)
         self._tmp: Path | None = None
         self._new: Path | None = None  # where written shards go when kept ones are copied in
+        self._footer: parquet_splice.Footer | None = None  # the file's, when spliced (known as written)
 
     def __enter__(self) -> "ShardedWriter":
         self._tmp = self._atomic.__enter__()
@@ -324,7 +334,7 @@ class ShardedWriter:
                 raise
             self._atomic.__exit__(None, None, None)
             if self._kept is not None:
-                self._kept.keep(self.path)
+                self._kept.keep(self.path, self._footer)
                 print(f"{self.path}: {self.reused} of {len(self._entries)} shard(s) copied from the last output", file=sys.stderr)
         else:
             self._abort()
@@ -441,7 +451,8 @@ class ShardedWriter:
             meta[seal.KEY] = sealed.decode()
         try:
             with open(self._tmp, "wb") as f:
-                parquet_splice.splice(sources, picks, f, {k: v.encode() for k, v in meta.items()})
+                saved = [None if source == self._new else self._kept.footer_path for source in sources]
+                _, self._footer = parquet_splice.splice_scanned(sources, picks, f, {k: v.encode() for k, v in meta.items()}, saved)
         except parquet_splice.SpliceError:  # typed apart (a kept file from before a change of types): decode and write
             self._rewritten(sources, picks, meta)
         finally:

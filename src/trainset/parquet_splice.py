@@ -5,10 +5,12 @@ written by shard) move rows that are already encoded, validated and typed alike.
 chunks are copied as bytes and only the footer is rewritten, its byte offsets moved: at 1M rows
 that is a file copy instead of a decode and an encode of every value.
 
-The footer is Thrift's compact protocol (parquet.thrift ``FileMetaData``). A compiled pass
-(:func:`trainset.parquet_scan.scan`, numba) finds each row group's encoding and the varints in it that hold byte
-offsets; a row group moves by rewriting those alone, every other byte copied. (A footer decoded
-field by field in Python took about 0.5 s at 1M rows, more than the copy of the column chunks.)
+The footer is Thrift's compact protocol (parquet.thrift ``FileMetaData``). One pass
+(:func:`trainset.parquet_scan.scan`: plain Python for small footers, numba for large ones) finds
+each row group's encoding and the varints in it that hold byte offsets; a row group moves by
+rewriting those alone, every other byte copied. A footer this module writes is known without a
+scan (:func:`splice_scanned`), and a scan saved beside a file (:meth:`Footer.save`) is read back
+instead of scanning again while the footer's bytes are the same.
 The key-value metadata, small, goes through a plain Thrift codec (:func:`decode`, :func:`encode`).
 Files with a page index, bloom filters or encryption (whose offsets live outside the footer) are
 refused with :class:`SpliceError`, as are files whose schemas differ: the caller re-encodes those.
@@ -21,11 +23,14 @@ import hashlib
 import io
 import os
 import struct
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+
+from . import atomic
 
 MAGIC = b"PAR1"
 
@@ -196,7 +201,7 @@ def _field_header(fid: int, kind: int, last: int, out: bytearray) -> None:
         _zigzag(fid, out)
 
 
-# --- footers: scanned by a compiled pass, row groups moved by rewriting their offsets in place -----
+# --- footers: scanned once, row groups moved by rewriting their offsets in place ---------------
 
 # what the scan marks in a row group (a "site": a varint whose value a move changes)
 _SITE_CHUNK_OFFSET, _SITE_DATA, _SITE_INDEX_PAGE, _SITE_DICTIONARY, _SITE_GROUP_OFFSET, _SITE_ORDINAL = range(6)
@@ -218,7 +223,9 @@ class Footer:
     size: int             # the file's size
 
     @classmethod
-    def read(cls, f: BinaryIO, path: str | Path = "<bytes>") -> "Footer":
+    def read(cls, f: BinaryIO, path: str | Path = "<bytes>", saved: str | Path | None = None) -> "Footer":
+        """The footer of the file ``f``, scanned; ``saved``: where a scan of it may have been saved
+        (:meth:`save`), used when it was made of the same footer bytes at the same place."""
         f.seek(0, 2)
         size = f.tell()
         if size < 12:
@@ -233,11 +240,37 @@ class Footer:
             raise SpliceError(f"{path}: not a Parquet file (its footer length is {length})")
         f.seek(start)
         data = f.read(length)
-        from .parquet_scan import scan  # noqa: PLC0415 (numba: imported at the first footer scanned, not with manifests)
+        found = cls._saved(saved, data, start, size) if saved is not None else None
+        if found is not None:
+            return found
+        from .parquet_scan import scan  # noqa: PLC0415 (imported at the first footer scanned, not with manifests)
 
-        refused, top, groups, sites = scan(np.frombuffer(data, dtype=np.uint8))
+        refused, top, groups, sites = scan(data)
         if refused:
             raise SpliceError(f"{path}: {_REFUSED[refused]}")
+        return cls(data, top, groups, sites, start, size)
+
+    def save(self, path: str | Path) -> None:
+        """The scan written to ``path`` (NumPy's ``.npz``), with a digest of the footer's bytes, so
+        :meth:`read` of a file with this footer needs no scan."""
+        buffer = io.BytesIO()
+        np.savez(buffer, top=self.top, groups=self.group_table, sites=self.sites, place=np.array([self.start, self.size], dtype=np.int64),
+                 digest=np.frombuffer(hashlib.sha256(self.data).digest(), dtype=np.uint8))
+        atomic.write_bytes(path, buffer.getvalue())
+
+    @classmethod
+    def _saved(cls, path: str | Path, data: bytes, start: int, size: int) -> "Footer | None":
+        """The scan saved at ``path`` when it is one of ``data`` at ``start`` in a file of ``size``
+        bytes; None when there is none, it is torn, or it is another footer's."""
+        try:
+            with np.load(path, allow_pickle=False) as saved:
+                if saved["digest"].tobytes() != hashlib.sha256(data).digest() or saved["place"].tolist() != [start, size]:
+                    return None
+                top, groups, sites = (saved[k].astype(np.int64, copy=False) for k in ("top", "groups", "sites"))
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+            return None
+        if top.ndim != 2 or top.shape[1] != 4 or groups.ndim != 2 or groups.shape[1] != 8 or sites.ndim != 2 or sites.shape[1] != 4:
+            return None
         return cls(data, top, groups, sites, start, size)
 
     @property
@@ -271,8 +304,13 @@ class Footer:
     def moved(self, k: int, delta: int, ordinal: int | None) -> bytes:
         """Row group ``k``'s encoding with every byte offset moved by ``delta`` and its ordinal set
         (None: none, as pyarrow writes a file of one row group)."""
+        return self._moved(k, delta, ordinal)[0]
+
+    def _moved(self, k: int, delta: int, ordinal: int | None) -> tuple[bytes, list[tuple[int, int, int, int]]]:
+        """:meth:`moved`, and the sites of the encoding returned, as a scan of it would mark them
+        (places counted from its first byte; an ordinal's value: where its field begins)."""
         start, end, _, _, _, last, first, n = self.group_table[k].tolist()
-        out, pos, data = bytearray(), start, self.data
+        out, pos, data, sites = bytearray(), start, self.data, []
         has_ordinal = False
         for a, b, value, what in self.sites[first:first + n].tolist():
             if what == _SITE_ORDINAL:
@@ -280,23 +318,40 @@ class Footer:
                 head = value  # where the ordinal's field begins
                 out += data[pos:head]
                 if ordinal is not None:
+                    at = len(out)
                     out += data[head:a]
-                    _zigzag(ordinal, out)
+                    sites.append(_put(ordinal, out, at, _SITE_ORDINAL))
                 pos = b
                 continue
             out += data[pos:a]
-            _zigzag(value + delta, out)
+            sites.append(_put(value + delta, out, value + delta, what))
             pos = b
         out += data[pos:end - 1]  # all but the struct's end
         if ordinal is not None and not has_ordinal:
+            at = len(out)
             _field_header(_GROUP_ORDINAL, _I16, last, out)
-            _zigzag(ordinal, out)
+            sites.append(_put(ordinal, out, at, _SITE_ORDINAL))
         out.append(0)
-        return bytes(out)
+        return bytes(out), sites
 
 
-def _write_footer(out: BinaryIO, base: Footer, groups: list[bytes], rows: int, key_values: dict[bytes, bytes]) -> None:
-    """``base``'s FileMetaData with ``rows``, the row groups ``groups`` (encoded) and ``key_values``."""
+def saved_footer(path: str | Path) -> Path:
+    """Where a scan of the footer of the file at ``path`` is saved beside it (:meth:`Footer.save`)."""
+    path = Path(path)
+    return path.with_name(path.name + ".footer.npz")
+
+
+def _put(value: int, out: bytearray, noted: int, what: int) -> tuple[int, int, int, int]:
+    """``value`` appended to ``out`` as a zigzag varint; its site (start, end, ``noted``, ``what``)."""
+    at = len(out)
+    _zigzag(value, out)
+    return at, len(out), noted, what
+
+
+def _write_footer(out: BinaryIO, base: Footer, groups: list[bytes], rows: int, key_values: dict[bytes, bytes]) -> tuple[bytes, np.ndarray, int]:
+    """``base``'s FileMetaData with ``rows``, the row groups ``groups`` (encoded) and ``key_values``.
+    Returns the footer's bytes, its top-level fields as a scan gives them, and where its first row
+    group's encoding begins in them."""
     fields = {fid: (kind, base.data[a:b]) for fid, kind, a, b in base.top.tolist()}
     head = bytearray()
     _zigzag(rows, head)
@@ -310,16 +365,20 @@ def _write_footer(out: BinaryIO, base: Footer, groups: list[bytes], rows: int, k
     kv = bytearray()
     _write_value(_LIST, (_STRUCT, [[[1, _BINARY, k], [2, _BINARY, v]] for k, v in key_values.items()]), kv)
     fields[_META_KV] = (_LIST, bytes(kv))
-    data, last = bytearray(), 0
+    data, last, top, first_group = bytearray(), 0, [], 0
     for fid in sorted(fields):
         kind, value = fields[fid]
         _field_header(fid, kind, last, data)
+        top.append((fid, kind, len(data), len(data) + len(value)))
+        if fid == _META_GROUPS:
+            first_group = len(data) + len(head)
         data += value
         last = fid
     data.append(0)
     out.write(data)
     out.write(struct.pack("<i", len(data)))
     out.write(MAGIC)
+    return bytes(data), np.array(top, dtype=np.int64).reshape(-1, 4), first_group
 
 
 # --- join and split ------------------------------------------------------------------------------
@@ -332,17 +391,26 @@ def concat(sources: list, out: BinaryIO, key_values: dict[bytes, bytes] | None =
     return splice(sources, None, out, key_values)
 
 
-def splice(sources: list, picks: list[tuple[int, int]] | None, out: BinaryIO, key_values: dict[bytes, bytes] | None = None) -> int:
+def splice(sources: list, picks: list[tuple[int, int]] | None, out: BinaryIO, key_values: dict[bytes, bytes] | None = None,
+           saved: list[str | Path | None] | None = None) -> int:
     """Write the row groups ``picks`` names (``(source, row group)`` pairs, in the order given;
     None: every group of every source, in order) as one Parquet file to ``out``. Every source
     must hold the same Parquet schema; the file's key-value metadata is the first source's with
-    ``key_values`` set on it. Returns the rows written."""
+    ``key_values`` set on it. ``saved``: for each source, where a scan of its footer may have been
+    saved (:meth:`Footer.save`). Returns the rows written."""
+    return splice_scanned(sources, picks, out, key_values, saved)[0]
+
+
+def splice_scanned(sources: list, picks: list[tuple[int, int]] | None, out: BinaryIO, key_values: dict[bytes, bytes] | None = None,
+                   saved: list[str | Path | None] | None = None) -> tuple[int, Footer]:
+    """:func:`splice`, and the footer of the file written as a scan of it would give it (the
+    places of what moved are known as it is written: no scan)."""
     footers, opened = [], []
     try:
-        for source in sources:
+        for k, source in enumerate(sources):
             f = _open(source)
             opened.append(f)
-            footers.append(Footer.read(f, _name(source)))
+            footers.append(Footer.read(f, _name(source), saved[k] if saved else None))
         if not footers:
             raise SpliceError("nothing to join")
         schema = footers[0].schema_bytes
@@ -352,18 +420,37 @@ def splice(sources: list, picks: list[tuple[int, int]] | None, out: BinaryIO, ke
         if picks is None:
             picks = [(s, k) for s, footer in enumerate(footers) for k in range(len(footer.groups))]
         out.write(MAGIC)
-        position, groups, rows = len(MAGIC), [], 0
+        position, groups, rows, table, sites = len(MAGIC), [], 0, [], []
         for s, k in picks:
             a, b = footers[s].span(k)
-            groups.append(footers[s].moved(k, position - a, len(groups)))
+            encoded, moved_sites = footers[s]._moved(k, position - a, len(groups))
+            table.append((len(encoded), footers[s].rows(k), position, position + b - a, len(sites), len(moved_sites)))
+            sites.extend(moved_sites)
+            groups.append(encoded)
             rows += footers[s].rows(k)
             _copy(opened[s], out, a, b - a)
             position += b - a
-        _write_footer(out, footers[0], groups, rows, {**footers[0].key_values(), **(key_values or {})})
-        return rows
+        data, top, at = _write_footer(out, footers[0], groups, rows, {**footers[0].key_values(), **(key_values or {})})
+        return rows, _written_footer(data, top, at, table, sites, position)
     finally:
         for f in opened:
             f.close()
+
+
+def _written_footer(data: bytes, top: np.ndarray, at: int, table: list[tuple], sites: list[tuple], start: int) -> Footer:
+    """The footer :func:`splice_scanned` wrote (``data`` from ``start`` in its file), its row groups'
+    places counted from ``at``: each group's (length, rows, span start, span end, first site,
+    sites) in ``table`` and its sites counted from its own first byte in ``sites``."""
+    group_table = np.zeros((len(table), 8), dtype=np.int64)
+    placed = np.array(sites, dtype=np.int64).reshape(-1, 4)
+    for g, (length, rows, a, b, first, n) in enumerate(table):
+        # every group ends with an ordinal (field 7, the last of a RowGroup)
+        group_table[g] = (at, at + length, rows, a, b, _GROUP_ORDINAL, first, n)
+        placed[first:first + n, :2] += at
+        ordinal = placed[first:first + n, 3] == _SITE_ORDINAL
+        placed[first:first + n, 2][ordinal] += at
+        at += length
+    return Footer(data, top, group_table, placed, start, start + len(data) + 8)
 
 
 def group_digests(path: str | Path) -> list[str]:
@@ -410,11 +497,21 @@ def span_digests(path: str | Path, spans: list[tuple[int, int]]) -> list[str]:
 
 def row_group_file(f: BinaryIO, footer: Footer, k: int, key_values: dict[bytes, bytes]) -> bytes:
     """Row group ``k`` of the file ``f`` (its footer read) as a Parquet file of its own, whose
-    key-value metadata is ``key_values``."""
+    key-value metadata is ``key_values``: ``PAR1``, the group's column chunks as they are in ``f``,
+    then :func:`row_group_tail`."""
     a, b = footer.span(k)
     out = io.BytesIO()
     out.write(MAGIC)
     _copy(f, out, a, b - a)
+    out.write(row_group_tail(footer, k, key_values))
+    return out.getvalue()
+
+
+def row_group_tail(footer: Footer, k: int, key_values: dict[bytes, bytes]) -> bytes:
+    """What follows row group ``k``'s column chunks in :func:`row_group_file`'s file (its footer,
+    the footer's length, ``PAR1``): with the chunks' bytes, everything the file's bytes depend on."""
+    a, _ = footer.span(k)
+    out = io.BytesIO()
     _write_footer(out, footer, [footer.moved(k, len(MAGIC) - a, None)], footer.rows(k), key_values)
     return out.getvalue()
 

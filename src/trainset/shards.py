@@ -15,6 +15,7 @@ import collections
 import contextlib
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 import zipfile
@@ -233,12 +234,16 @@ def _spilled_batch(path: Path, index: int) -> pa.RecordBatch:
 
 class ShardGroups:
     """The rows of a manifest written by shard (``manifest.ShardedWriter``), each row group its
-    shard's, read one group at a time as :func:`write_parts` asks for them (the file is never held whole)."""
+    shard's, read one group at a time as :func:`write_parts` asks for them (the file is never held
+    whole). ``saved``: where a scan of the manifest's footer may have been saved
+    (:meth:`parquet_splice.Footer.save`)."""
 
-    def __init__(self, path: str | Path, group_of: dict[int, int]):
+    def __init__(self, path: str | Path, group_of: dict[int, int], saved: str | Path | None = None):
         self.path = Path(path)
         self._file = self.path.open("rb")
         self._footer: parquet_splice.Footer | None = None
+        self._saved = saved
+        self._spans: dict[int, str] | None = None  # row group -> digest of its column chunks
         self.parquet = pq.ParquetFile(path)
         self.schema = self.parquet.schema_arrow
         self.shards = np.array(sorted(group_of), dtype=np.int64)
@@ -251,25 +256,68 @@ class ShardGroups:
         group = self._group_of.get(int(shard))
         return self.schema.empty_table() if group is None else self.parquet.read_row_group(group)
 
-    def parts(self, names: list[str], schema: pa.Schema) -> Iterator[tuple[str, memoryview | bytes]]:
-        """(shard, :meth:`part`) for each of ``names``, in that order."""
+    def parts(self, names: list[str], schema: pa.Schema) -> Iterator[tuple[str, "_GroupPart | memoryview | bytes"]]:
+        """(shard, its part) for each of ``names``, in that order: a :class:`_GroupPart` where the
+        file is typed as ``schema`` (as a manifest written by shard is) and its footer can be moved,
+        else the rows decoded and written again (:func:`_part_bytes`)."""
         for shard in names:
-            yield shard, self.part(int(shard), schema)
+            group = self._group_of.get(int(shard))
+            if group is not None and self.schema.equals(schema, check_metadata=False) and self._readable():
+                yield shard, _GroupPart(self, group)
+            else:
+                yield shard, _part_bytes(self.rows(int(shard)), schema)
 
-    def part(self, shard: int, schema: pa.Schema) -> memoryview | bytes:
-        """The shard's row group as a Parquet file of its own: its column chunks copied as bytes
-        (:mod:`parquet_splice`) where the file is typed as ``schema`` (as a manifest written by shard
-        is), else decoded and written again."""
-        group = self._group_of.get(int(shard))
-        if group is not None and self.schema.equals(schema, check_metadata=False):
+    def _readable(self) -> bool:
+        if self._footer is None:
             try:
-                if self._footer is None:
-                    self._footer = parquet_splice.Footer.read(self._file, self.path)
-                kv = {k: v for k, v in self._footer.key_values().items() if k not in manifest.WHOLE_FILE_KEYS}
-                return parquet_splice.row_group_file(self._file, self._footer, group, kv)
+                self._footer = parquet_splice.Footer.read(self._file, self.path, self._saved)
             except parquet_splice.SpliceError:
-                pass
-        return _part_bytes(self.rows(shard), schema)
+                return False
+        return True
+
+    def key_values(self) -> dict[bytes, bytes]:
+        return {k: v for k, v in self._footer.key_values().items() if k not in manifest.WHOLE_FILE_KEYS}
+
+    def span_digest(self, group: int) -> str:
+        """SHA-256 of the group's column chunks as stored (every group's hashed at the first call,
+        on every core: :func:`parquet_splice.span_digests`)."""
+        if self._spans is None:
+            groups = sorted(set(self._group_of.values()))
+            self._spans = dict(zip(groups, parquet_splice.span_digests(self.path, [self._footer.span(k) for k in groups])))
+        return self._spans[group]
+
+
+class _GroupPart:
+    """A row group of a manifest written by shard as a file of its own (:func:`parquet_splice.row_group_file`).
+    Its bytes are the group's column chunks and the tail written after them, so :attr:`key` (the
+    chunks' digest and the tail) names the file before it is made: a part the cache holds is linked
+    without its rows being copied or hashed again."""
+
+    def __init__(self, groups: ShardGroups, group: int):
+        self._groups, self._group = groups, group
+        self._tail: bytes | None = None
+
+    @property
+    def tail(self) -> bytes:
+        if self._tail is None:
+            self._tail = parquet_splice.row_group_tail(self._groups._footer, self._group, self._groups.key_values())
+        return self._tail
+
+    @property
+    def key(self) -> str:
+        h = hashlib.sha256(b"row group part\0")
+        h.update(self._groups.span_digest(self._group).encode())
+        h.update(self.tail)
+        return h.hexdigest()
+
+    def data(self) -> bytes:
+        groups = self._groups
+        a, b = groups._footer.span(self._group)
+        data = bytearray(parquet_splice.MAGIC)
+        data += os.pread(groups._file.fileno(), b - a, a)
+        if len(data) != len(parquet_splice.MAGIC) + b - a:
+            raise parquet_splice.SpliceError(f"{groups.path}: a column chunk ends past the end of the file")
+        return bytes(data + self.tail)
 
 
 def write_parts(runs: ShardRuns | ShardGroups, names, out_dir: str | Path, cache_dir: str | Path | None) -> dict[str, dict]:
@@ -294,14 +342,14 @@ def write_parts(runs: ShardRuns | ShardGroups, names, out_dir: str | Path, cache
         if cache is not None:
             cache.mkdir(parents=True, exist_ok=True)
         for shard, data in runs.parts(wanted, schema):
-            key = data.key if isinstance(data, _Part) else None
+            key = data.key if isinstance(data, (_Part, _GroupPart)) and cache is not None else None
             found = known.get(key, cache)
             if found is not None:  # the file these rows make is cached: link it, encode nothing
                 out[shard] = found
                 atomic.link(cache / f"{found['digest']}.parquet", tmp_dir / f"{shard}.parquet")
                 known.note(key, found)
                 continue
-            if isinstance(data, _Part):
+            if isinstance(data, (_Part, _GroupPart)):
                 data = data.data()
             digest = hashlib.sha256(data).hexdigest()
             out[shard] = {"digest": digest, "items": pq.read_metadata(pa.BufferReader(data)).num_rows}
@@ -490,18 +538,20 @@ def read_hashes(path: str | Path):
 
 
 def deal(manifest_path: str | Path, map_path: str | Path, shard_names, out_dir: str | Path, schema,
-         index_path: str | Path | None = None, cache_dir: str | Path | None = None) -> dict[str, int]:
+         index_path: str | Path | None = None, cache_dir: str | Path | None = None, saved_footer: str | Path | None = None) -> dict[str, int]:
     """A global manifest's rows split by the shard of their content, one file per shard (empty where
     a shard has none left), so per-item work after a global step (captions after dedup) runs as one
     job per shard again. A manifest written by shard (``manifest.ShardedWriter``) already holds each
     shard's rows as a row group: those are the parts, read one at a time; one written whole is dealt
     by the shard map. Returns rows per shard. ``index_path``: where to write shard -> {digest, items}
-    (a job reruns only when its part's digest changed); ``cache_dir``: see :func:`write_parts`."""
+    (a job reruns only when its part's digest changed); ``cache_dir``: see :func:`write_parts`;
+    ``saved_footer``: where a scan of the manifest's footer may have been saved (the kept copy's,
+    :attr:`manifest.Kept.footer_path`)."""
     groups = manifest.shard_groups(manifest_path)
     if groups is None or set(groups) == {""}:  # "": the whole file as one shard (a stage fed an unsharded manifest)
         runs = _runs_by_map(manifest_path, map_path, shard_names, schema)
     else:
-        runs = _runs_by_group(manifest_path, groups, shard_names, schema)
+        runs = _runs_by_group(manifest_path, groups, shard_names, schema, saved_footer)
     try:
         written = write_parts(runs, sorted(shard_names), out_dir, cache_dir)
     finally:
@@ -528,7 +578,7 @@ def _runs_by_map(manifest_path: str | Path, map_path: str | Path, shard_names, s
     return ShardRuns(manifest_path, shard_of)
 
 
-def _runs_by_group(manifest_path: str | Path, groups: list[str], shard_names, schema) -> ShardGroups:
+def _runs_by_group(manifest_path: str | Path, groups: list[str], shard_names, schema, saved_footer: str | Path | None = None) -> ShardGroups:
     listed = {str(s) for s in shard_names}
     unknown = sorted({g for g in groups if g not in listed})
     if unknown:
@@ -539,7 +589,7 @@ def _runs_by_group(manifest_path: str | Path, groups: list[str], shard_names, sc
         raise ShardError(f"{manifest_path}: shards {repeated[:5]} have more than one row group")
     for _ in manifest.read_batches(manifest_path, schema, manifest.BATCH_ROWS, columns=["item_id", "sha256"]):  # validated, a batch at a time
         pass
-    return ShardGroups(manifest_path, {int(g): k for k, g in enumerate(groups)})
+    return ShardGroups(manifest_path, {int(g): k for k, g in enumerate(groups)}, saved_footer)
 
 
 def gather(paths, out: str | Path, schema) -> int:
