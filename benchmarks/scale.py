@@ -453,7 +453,7 @@ def step_audit_gather(repo: Repo, params: dict, opts, save) -> dict:
 
     names = repo.names()
     audit.gather([repo.shard_file("audit", s) for s in names], [repo.shard_stats("audit", s) for s in names],
-                 repo.audit, repo.run / "audit-stats.json")
+                 repo.audit, repo.run / "audit-stats.json", repo.cache / "kept" / "audit.parquet")
     return {}
 
 
@@ -568,7 +568,7 @@ def step_caption(repo: Repo, params: dict, opts, save) -> dict:
                                triggers, code)
         caption.run(dealt / f"{name}.parquet", repo.shard_file("captioned", name), dict(params["caption"]),
                     dictionaries, repo.cache / "background", triggers, kept)
-    shards.gather([repo.shard_file("captioned", s) for s in names], repo.captioned, schemas.CAPTIONED)
+    shards.gather([repo.shard_file("captioned", s) for s in names], repo.captioned, schemas.CAPTIONED, repo.cache / "kept" / "captioned.parquet")
     return {"captioned_shards": len(changed), "changed_shards": sum(before.get(s, {}).get("digest") != now[s]["digest"] for s in names)}
 
 

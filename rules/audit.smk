@@ -44,6 +44,7 @@ rule audit:
         AUDIT,
     params:
         stats=f"{RUN}/audit-stats.json",
+        kept=f"{CACHE}/kept/audit.parquet",  # the last audit manifest: a shard whose file did not change is copied from it
         code=CODE,
     resources:
         **STEP_RESOURCES,

@@ -53,6 +53,7 @@ rule caption:
     output:
         CAPTIONED,
     params:
+        kept=f"{CACHE}/kept/captioned.parquet",  # the last captioned manifest: a shard whose file did not change is copied from it
         code=CODE,
     resources:
         **STEP_RESOURCES,

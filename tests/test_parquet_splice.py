@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from trainset import manifest, parquet_scan, parquet_splice, schemas, shards
+from trainset import manifest, parquet_scan, parquet_splice, schemas, seal, shards
 
 from stage_helpers import fake_sha, item_row
 
@@ -236,7 +237,7 @@ def test_files_with_other_schemas_or_a_page_index_are_refused(tmp_path: Path) ->
 
 
 def _part(path: Path, rows: list[dict]) -> Path:
-    frame = pd.DataFrame(rows)[list(schemas.DEDUPED.columns)]
+    frame = pd.DataFrame(rows)[list(schemas.DEDUPED.columns)] if rows else manifest.empty(schemas.DEDUPED)
     manifest.write(frame, path, schemas.DEDUPED)
     return path
 
@@ -261,6 +262,55 @@ def test_gather_joins_parts_as_bytes_and_re_encodes_one_typed_apart(tmp_path: Pa
         f.seek(4)
         chunks = f.read(footer.start - 4)
     assert chunks in joined.read_bytes()
+
+
+def _parts(folder: Path, changed: dict[int, list[dict]] | None = None) -> list[Path]:
+    """Four parts of 30 items each (the third empty); ``changed``: other rows for some of them."""
+    folder.mkdir(exist_ok=True)
+    rows = {k: [item_row(f"src:{k}-{i}.png", tags=["x"] * (i % 2), sidecar=f"s{i}") for i in range(30 if k != 2 else 0)] for k in range(4)}
+    rows.update(changed or {})
+    return [_part(folder / f"{k:05d}.parquet", r) for k, r in rows.items()]
+
+
+def test_a_gather_with_its_last_output_kept_copies_unchanged_parts_and_writes_what_a_fresh_one_does(tmp_path: Path, monkeypatch) -> None:
+    """Parts whose files did not change are copied from the kept output without their footers, ids
+    or seals being read; the file is byte for byte what a gather with nothing kept writes, and it
+    reads back checked by its seal."""
+    kept = tmp_path / "kept" / "captioned.parquet"
+    parts = _parts(tmp_path / "parts")
+    assert shards.gather(parts, tmp_path / "first.parquet", schemas.DEDUPED, kept) == 90
+    assert kept.read_bytes() == (tmp_path / "first.parquet").read_bytes()
+    changed = _parts(tmp_path / "parts", {1: [item_row(f"src:1-{i}.png", tags=["y"]) for i in range(12)]})  # only part 1 rewritten
+    for k in (0, 2, 3):
+        os.utime(changed[k], ns=(0, 0))  # a touch changes no part's bytes
+    read = []
+    original = shards._part_metadata
+    monkeypatch.setattr(shards, "_part_metadata", lambda path: read.append(path.name) or original(path))
+    assert shards.gather(changed, tmp_path / "second.parquet", schemas.DEDUPED, kept) == 72
+    assert sorted(read) == ["00000.parquet", "00001.parquet"]  # the first part lends the file its fields; the changed one
+    monkeypatch.undo()
+    shards.gather(changed, tmp_path / "fresh.parquet", schemas.DEDUPED, tmp_path / "other" / "captioned.parquet")
+    assert (tmp_path / "second.parquet").read_bytes() == (tmp_path / "fresh.parquet").read_bytes()
+    assert manifest.shard_groups(tmp_path / "second.parquet") == ["00000", "00001", "00003"]
+    expected = pd.concat([manifest.read(p, schemas.DEDUPED) for p in changed], ignore_index=True)
+    pd.testing.assert_frame_equal(manifest.read(tmp_path / "second.parquet", schemas.DEDUPED), expected)
+    assert seal.Seal(tmp_path / "second.parquet", schemas.DEDUPED.name, pq.read_metadata(tmp_path / "second.parquet")).intact(
+        list(schemas.DEDUPED.columns), None)
+    odd = pd.DataFrame([item_row(f"src:3-{i}.png") for i in range(5)])[list(schemas.DEDUPED.columns)]
+    odd["sidecar"] = None
+    odd.to_parquet(changed[3], index=False)  # typed apart: cast as a gather without a kept output casts it
+    shards.gather(changed, tmp_path / "third.parquet", schemas.DEDUPED, kept)
+    shards.gather(changed, tmp_path / "fresh3.parquet", schemas.DEDUPED, tmp_path / "other3" / "captioned.parquet")
+    assert (tmp_path / "third.parquet").read_bytes() == (tmp_path / "fresh3.parquet").read_bytes()
+
+
+def test_a_gather_names_an_item_repeated_in_a_changed_part_and_a_copied_one(tmp_path: Path) -> None:
+    kept = tmp_path / "kept" / "captioned.parquet"
+    shards.gather(_parts(tmp_path / "parts"), tmp_path / "first.parquet", schemas.DEDUPED, kept)
+    changed = _parts(tmp_path / "parts", {3: [item_row("src:3-0.png"), item_row("src:0-4.png")]})
+    with pytest.raises(manifest.ManifestError, match=r"'item_id' must be unique, repeated at row 24 \('src:0-4.png'\), row 60"):
+        shards.gather(changed, tmp_path / "second.parquet", schemas.DEDUPED, kept)
+    assert not (tmp_path / "second.parquet").exists()
 
 
 def test_gather_names_an_item_in_two_parts(tmp_path: Path) -> None:

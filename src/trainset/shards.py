@@ -12,11 +12,13 @@ Changing ``shards.size`` deals every content out again, in ingest order.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -592,47 +594,122 @@ def _runs_by_group(manifest_path: str | Path, groups: list[str], shard_names, sc
     return ShardGroups(manifest_path, {int(g): k for k, g in enumerate(groups)}, saved_footer)
 
 
-def gather(paths, out: str | Path, schema) -> int:
+def gather(paths, out: str | Path, schema, kept: str | Path | None = None) -> int:
     """One manifest from the shards' (``<shard>.parquet`` each, in shard order), each shard's rows
     its own row group, as :class:`manifest.ShardedWriter` writes one. The parts were validated when
     written; their column chunks are copied as bytes (:mod:`parquet_splice`), a part typed apart
     from the rest (a column all missing in it) re-encoded first, and the schema's unique columns
-    checked across parts. Returns the rows."""
+    checked across parts. Returns the rows.
+
+    ``kept``: where the last output is kept (:class:`manifest.Kept`), each row group under the
+    digest of the part file it came from. A part whose file is the same is copied from there: its
+    footer, ids and seal are not read again, and the file comes out as a gather without them makes it."""
     paths = [Path(p) for p in paths]
     try:
-        return _spliced(paths, Path(out), schema)
+        return _spliced(paths, Path(out), schema, manifest.Kept(kept) if kept is not None else None)
     except parquet_splice.SpliceError:
         return _gathered(paths, Path(out), schema)
 
 
-def _spliced(paths: list[Path], out: Path, schema) -> int:
-    metas = [_part_metadata(p) for p in paths]
-    filled = [(p, m) for p, m in zip(paths, metas) if m.num_rows]
-    if not filled or any(m.num_row_groups != 1 for _, m in filled):
+def _spliced(paths: list[Path], out: Path, schema, kept: manifest.Kept | None = None) -> int:
+    digests = dict(zip(paths, _file_digests(paths))) if kept is not None else {}
+    reused = {p: k for p in paths if kept is not None and (k := kept.group(p.stem, digests[p])) is not None}
+    metas: dict[Path, pq.FileMetaData] = {}
+
+    def meta(path: Path) -> pq.FileMetaData:
+        if path not in metas:
+            metas[path] = _part_metadata(path)
+        return metas[path]
+
+    def rows(path: Path) -> int:
+        return (0 if reused[path] == manifest.Kept.EMPTY else kept.sizes[reused[path]]) if path in reused else meta(path).num_rows
+
+    filled = [p for p in paths if rows(p)]
+    if not filled or any(meta(p).num_row_groups != 1 for p in filled if p not in reused):
         raise parquet_splice.SpliceError("a part is empty of row groups or holds several")
-    settled = {p: _is_settled(m.schema.to_arrow_schema()) for p, m in filled}
-    canonical = next(((p, m) for p, m in filled if settled[p]), None)
+    canonical = next((p for p in filled if _is_settled(meta(p).schema.to_arrow_schema())), None)  # the first: read only so far
     if canonical is None:
         raise parquet_splice.SpliceError("no part is typed as the whole manifest")
-    arrow = canonical[1].schema.to_arrow_schema()
-    sources: list = []
-    for path, meta in filled:
-        if settled[path] and meta.schema.equals(canonical[1].schema):
-            sources.append(path)
-        else:  # a column all missing (typed null) or all empty lists in this part: cast to the manifest's types
-            sources.append(_parquet_bytes(manifest.conformed(pq.read_table(path), arrow)))
-    unique = {name: [pq.read_table(p, columns=[name]).column(0).combine_chunks() for p, _ in filled]
-              for name, col in schema.columns.items() if col.unique}
-    manifest.check_unique(out, schema, unique)
-    names = json.dumps([p.stem for p, _ in filled]).encode()
-    key_values = {k: v for k, v in canonical[1].metadata.items() if k not in manifest.WHOLE_FILE_KEYS}
-    key_values[manifest.SHARDS_KEY] = names
-    sealed = seal.composed([(seal.read(meta) if isinstance(source, Path) else None, 0) for source, (_, meta) in zip(sources, filled)],
-                           schema.name)
+    arrow = metas[canonical].schema.to_arrow_schema()
+
+    def source(path: Path):
+        """The part as its bytes are copied: the file, or cast to the manifest's types where a column
+        is all missing (typed null) or all empty lists in it."""
+        if _is_settled(meta(path).schema.to_arrow_schema()) and meta(path).schema.equals(metas[canonical].schema):
+            return path
+        return _parquet_bytes(manifest.conformed(pq.read_table(path), arrow))
+
+    # the first part's footer lends the file its fields and metadata, as when every part is copied from its own file
+    sources: list = [source(filled[0])]
+    picks, seals = [], []
+    kept_seal = None
+    if reused:
+        sources.append(kept.path)
+        kept_seal = seal.read(pq.read_metadata(kept.path))
+    for path in filled:
+        if path in reused:
+            picks.append((1, reused[path]))
+            seals.append((kept_seal, reused[path]))
+            continue
+        at = 0 if path == filled[0] else len(sources)
+        if at:
+            sources.append(source(path))
+        picks.append((at, 0))
+        seals.append((seal.read(meta(path)) if isinstance(sources[at], Path) else None, 0))
+    _check_unique_parts(out, schema, filled, reused, kept)
+    key_values = {k: v for k, v in metas[canonical].metadata.items() if k not in manifest.WHOLE_FILE_KEYS}
+    key_values[manifest.SHARDS_KEY] = json.dumps([p.stem for p in filled]).encode()
+    if kept is not None:
+        key_values[manifest.KEYS_KEY] = json.dumps({"groups": [digests[p] for p in filled],
+                                                    "empty": {p.stem: digests[p] for p in paths if not rows(p)}}).encode()
+    sealed = seal.composed(seals, schema.name)
     if sealed is not None:  # each part's chunks are copied as bytes: their digests come along
         key_values[seal.KEY] = sealed
+    saved = [kept.footer_path if reused and k == 1 else None for k in range(len(sources))]
     with atomic.atomic_file(out) as tmp, open(tmp, "wb") as f:
-        return parquet_splice.concat(sources, f, key_values)
+        written, footer = parquet_splice.splice_scanned(sources, picks, f, key_values, saved)
+    if kept is not None:
+        kept.keep(out, footer)
+        if reused:
+            print(f"{out}: {len(reused)} of {len(paths)} part(s) copied from the last output", file=sys.stderr)
+    return written
+
+
+def _file_digests(paths: list[Path]) -> list[str]:
+    """SHA-256 of each file, on as many threads as the process may use (reading and hashing release the GIL)."""
+    def one(path: Path) -> str:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+
+    threads = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8)
+    if threads < 2 or len(paths) < 2:
+        return [one(p) for p in paths]
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(one, paths))
+
+
+def _check_unique_parts(out: Path, schema, filled: list[Path], reused: dict, kept: manifest.Kept | None) -> None:
+    """The schema's unique columns over the parts' rows. With parts copied from the kept output,
+    whose rows were checked together, only the other parts' values are read: unique among
+    themselves and absent from the copied ones; a repeat is then named by reading every part."""
+    unique = [name for name, col in schema.columns.items() if col.unique]
+    read = [p for p in filled if p not in reused]
+    if reused and unique:
+        if not read:  # every part copied: checked together when the kept output was written
+            return
+        copied = [k for k in reused.values() if k != manifest.Kept.EMPTY]
+        kept_file = pq.ParquetFile(kept.path)
+        for name in unique:
+            new = pa.concat_arrays([pq.read_table(p, columns=[name]).column(0).combine_chunks() for p in read])
+            old = kept_file.read_row_groups(copied, columns=[name]).column(0).combine_chunks()
+            if old.type != new.type:
+                old = old.cast(new.type)
+            if len(pc.unique(new)) != len(new) or pc.any(pc.is_in(old, value_set=new)).as_py():
+                break
+        else:
+            return
+        read = filled
+    manifest.check_unique(out, schema, {name: [pq.read_table(p, columns=[name]).column(0).combine_chunks() for p in read] for name in unique})
 
 
 def _part_metadata(path: Path) -> pq.FileMetaData:

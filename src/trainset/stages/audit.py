@@ -53,9 +53,10 @@ def run(ingest_path: str | Path, out: str | Path, cache_dir: str | Path, stats_p
     return written
 
 
-def gather(shard_paths: list, stats_paths: list, out: str | Path, stats_out: str | Path) -> None:
+def gather(shard_paths: list, stats_paths: list, out: str | Path, stats_out: str | Path, kept: str | Path | None = None) -> None:
     """The audit manifest from the shards' (the workflow runs :func:`run` once per shard), written
-    by shard (``shards.gather``): the steps after it read it a shard at a time."""
+    by shard (``shards.gather``): the steps after it read it a shard at a time. ``kept``: where the
+    last one is kept (a shard whose file did not change is copied from it)."""
     stats = shards.sum_stats(stats_paths)
     atomic.write_text(stats_out, json.dumps({**dict.fromkeys(asdict(features.FeatureStats()), 0), "backend": backend().name, **stats}, indent=2) + "\n")
-    shards.gather(shard_paths, out, schemas.AUDIT)
+    shards.gather(shard_paths, out, schemas.AUDIT, kept)
