@@ -189,7 +189,9 @@ class Kept:
     The kept file is a copy of its own, not a link to the manifest: Snakemake removes a job's outputs
     before it runs and touches them after, and a tool may write into a manifest in place; none of
     that reaches the copy. Its size and modification time are stamped beside it when kept, so a kept
-    file changed by anything else (or with no stamp) lends nothing."""
+    file changed by anything else (or with no stamp) lends nothing. A file written by a splice is
+    kept with its footer as the splice wrote it (:attr:`footer_path`): the next splice from it, or
+    a deal of the manifest it copies, reads that instead of scanning the footer."""
 
     EMPTY = -1
 
