@@ -556,7 +556,7 @@ def step_caption(repo: Repo, params: dict, opts, save) -> dict:
     dealt, index_path = repo.shards / "deduped", repo.shards / "deduped-index.json"
     before = json.loads(index_path.read_text()) if index_path.exists() else {}
     shards.deal(repo.deduped, repo.map, names, dealt, schemas.DEDUPED, index_path, repo.cache / "parts" / "deduped",
-                parquet_splice.saved_footer(repo.cache / "kept" / "deduped.parquet"))
+                parquet_splice.saved_footer(repo.cache / "kept" / "deduped.parquet", "output-footer"))
     pyarrow.default_memory_pool().release_unused()  # the deal is a job of its own in the workflow: its memory goes with it
     now = json.loads(index_path.read_text())
     code = provenance.code_digest()

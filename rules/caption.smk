@@ -15,7 +15,7 @@ checkpoint deal_deduped:
         shards=lambda w: sorted(shard_index()),
         schema="DEDUPED",
         parts=f"{CACHE}/parts/deduped",  # each shard's file by content: unchanged shards are linked, not written
-        footer=str(ts_parquet_splice.saved_footer(f"{CACHE}/kept/deduped.parquet")),  # the kept copy's footer, scanned by dedup
+        footer=str(ts_parquet_splice.saved_footer(f"{CACHE}/kept/deduped.parquet", "output-footer")),  # the manifest's footer, as dedup wrote it
         caption=config["caption"],
         triggers=CAPTION_TRIGGERS,
         code=CODE,

@@ -291,6 +291,7 @@ def test_a_gather_with_its_last_output_kept_copies_unchanged_parts_and_writes_wh
     monkeypatch.undo()
     shards.gather(changed, tmp_path / "fresh.parquet", schemas.DEDUPED, tmp_path / "other" / "captioned.parquet")
     assert (tmp_path / "second.parquet").read_bytes() == (tmp_path / "fresh.parquet").read_bytes()
+    assert pq.read_table(kept).equals(pq.read_table(tmp_path / "second.parquet"))  # kept: the changed part appended
     assert manifest.shard_groups(tmp_path / "second.parquet") == ["00000", "00001", "00003"]
     expected = pd.concat([manifest.read(p, schemas.DEDUPED) for p in changed], ignore_index=True)
     pd.testing.assert_frame_equal(manifest.read(tmp_path / "second.parquet", schemas.DEDUPED), expected)

@@ -131,6 +131,70 @@ def test_a_spliced_output_keeps_its_footer_scanned_so_the_next_splice_scans_only
     assert run("d", "00000").reused == 2 and sorted(scanned) == [1, 3]
 
 
+def test_the_kept_file_takes_only_the_shards_written_and_reads_as_the_output(tmp_path, monkeypatch):
+    """A run that copied shards from the kept file appends only the shards it wrote, and a new
+    footer, to it (the same file: nothing else copied); it then reads as the output did, lends
+    every shard again, and the next output is byte for byte what a kept copy of the whole output
+    gives. Shards no longer named pile up until they are as large as the live ones; then the
+    output is copied whole."""
+    kept = tmp_path / "kept" / "ingest.parquet"
+    frames = {s: _rows(s, n=40) for s in SHARDS}
+    keys = {s: f"k{s}" for s in SHARDS}
+    _write(tmp_path / "a.parquet", kept, frames, keys)
+    sizes, inodes = [kept.stat().st_size], [kept.stat().st_ino]
+    monkeypatch.setattr(manifest.Kept, "SLACK", 0)
+    for run in range(6):
+        shard = SHARDS[run % 3]
+        frames[shard] = _rows(shard, n=40, tag=f"run{run}")
+        keys[shard] = f"run{run}"
+        out = tmp_path / f"out{run}.parquet"
+        assert _write(out, kept, frames, keys).reused == 2
+        assert pq.read_table(kept).equals(pq.read_table(out))
+        assert manifest.Kept(kept).groups == {s: (k, keys[s]) for k, s in enumerate(SHARDS)}
+        sizes.append(kept.stat().st_size)
+        inodes.append(kept.stat().st_ino)
+        assert sizes[-1] <= 2 * sum(g.total_byte_size for g in map(pq.read_metadata(out).row_group, range(3))) + 4 * (1 << 14)
+        with kept.open("rb") as f:
+            assert _scanned(parquet_splice.Footer.read(f, kept)) == _scanned(manifest.Kept(kept).footer())
+    steps = list(zip(sizes, sizes[1:], inodes, inodes[1:]))
+    assert any(b > a and i == j for a, b, i, j in steps)  # appended to, in place
+    assert any(b < a and i != j for a, b, i, j in steps)  # copied whole again, once as large as twice the live shards
+    fresh_kept = tmp_path / "fresh" / "ingest.parquet"  # the same run from a kept copy of the whole last output
+    fresh_kept.parent.mkdir()
+    fresh_kept.write_bytes((tmp_path / "out4.parquet").read_bytes())
+    (fresh_kept.parent / "ingest.parquet.stamp").write_text(json.dumps({"size": fresh_kept.stat().st_size, "mtime_ns": fresh_kept.stat().st_mtime_ns}))
+    _write(tmp_path / "again.parquet", fresh_kept, frames, keys)
+    assert (tmp_path / "again.parquet").read_bytes() == (tmp_path / "out5.parquet").read_bytes()
+
+
+def test_a_kept_file_torn_while_shards_are_appended_lends_nothing(tmp_path, monkeypatch):
+    """A run killed while appending to the kept file leaves it torn and unstamped: the next run
+    copies nothing from it and writes every shard, as a run from scratch does."""
+    kept = tmp_path / "kept" / "ingest.parquet"
+    frames = {s: _rows(s) for s in SHARDS}
+    keys = {s: f"k{s}" for s in SHARDS}
+    _write(tmp_path / "a.parquet", kept, frames, keys)
+    frames["00001"], keys["00001"] = _rows("00001", tag="tree"), "changed"
+
+    def killed(target, target_footer, *args):
+        os.truncate(target, target_footer.start)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(parquet_splice, "update_in_place", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _write(tmp_path / "b.parquet", kept, frames, keys)
+    monkeypatch.undo()
+    assert manifest.Kept(kept).groups == {}
+    again = _write(tmp_path / "c.parquet", kept, frames, keys)
+    assert again.reused == 0
+    fresh = tmp_path / "fresh.parquet"
+    with manifest.ShardedWriter(fresh, schemas.INGEST) as writer:
+        for shard, df in frames.items():
+            writer.write(shard, df)
+    assert pq.read_table(tmp_path / "c.parquet").equals(pq.read_table(fresh))
+    assert _write(tmp_path / "d.parquet", kept, frames, keys).reused == 3
+
+
 def test_a_torn_or_keyless_kept_file_reuses_nothing(tmp_path):
     kept = tmp_path / "kept.parquet"
     frames = {s: _rows(s) for s in SHARDS}

@@ -186,19 +186,27 @@ class Kept:
     was made from, everything the shard's rows depend on (a shard that came out empty, its key
     alone). A shard whose key is the same is copied from it as bytes.
 
-    The kept file is a copy of its own, not a link to the manifest: Snakemake removes a job's outputs
-    before it runs and touches them after, and a tool may write into a manifest in place; none of
-    that reaches the copy. Its size and modification time are stamped beside it when kept, so a kept
-    file changed by anything else (or with no stamp) lends nothing. A file written by a splice is
-    kept with its footer as the splice wrote it (:attr:`footer_path`): the next splice from it, or
-    a deal of the manifest it copies, reads that instead of scanning the footer."""
+    The kept file is a file of its own, not a link to the manifest: Snakemake removes a job's
+    outputs before it runs and touches them after, and a tool may write into a manifest in place;
+    none of that reaches it. Its size and modification time are stamped beside it when kept, so a
+    kept file changed by anything else (or with no stamp) lends nothing.
+
+    An output spliced from the kept file (:meth:`keep` told which of its row groups came from
+    where) is kept by appending only the row groups written this run and a new footer; the groups
+    it no longer names stay in the file, unread, until they are as large as the live ones, and then
+    the output is copied whole. The kept file's footer and the output's, as the splice wrote them,
+    are saved beside it (:attr:`footer_path`, :attr:`output_footer_path`): the next splice from it,
+    and a deal of the manifest, read those instead of scanning a footer."""
 
     EMPTY = -1
+    SLACK = 1 << 20
+    """Bytes of row groups no longer named a kept file may hold beyond as many as the live ones."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.groups: dict[str, tuple[int, str]] = {}  # shard -> (row group, or EMPTY; key)
         self.sizes: list[int] = []
+        self._footer: parquet_splice.Footer | None = None
         try:
             if json.loads(self._stamp_path.read_text()) != self._stamp():
                 return
@@ -217,20 +225,57 @@ class Kept:
         found = self.groups.get(shard)
         return found[0] if found is not None and key is not None and found[1] == key else None
 
-    def keep(self, written: Path, footer: parquet_splice.Footer | None = None) -> None:
-        """``written`` (a manifest just written) kept as the last output; ``footer``: its footer,
-        scanned, saved beside the copy so the next splice from it needs no scan."""
-        self._stamp_path.unlink(missing_ok=True)
-        self.footer_path.unlink(missing_ok=True)
-        atomic.copy(written, self.path)
+    def keep(self, written: Path, footer: parquet_splice.Footer | None = None, held: list[int | None] | None = None) -> None:
+        """``written`` (a manifest just written) kept as the last output. ``footer``: its footer, as
+        the splice that wrote it knows it; ``held``: for each of its row groups, the kept row group
+        it was copied from (None: written this run), so only the others are appended."""
+        self._stamp_path.unlink(missing_ok=True)  # from here until the stamp is written again, the kept file lends nothing
+        kept = self._appended(written, footer, held) if footer is not None and held is not None and self.groups else None
+        for path in (self.footer_path, self.output_footer_path):
+            path.unlink(missing_ok=True)
+        if kept is None:
+            atomic.copy(written, self.path)
+            kept = footer
         atomic.write_text(self._stamp_path, json.dumps(self._stamp()))
         if footer is not None:
-            footer.save(self.footer_path)
+            kept.save(self.footer_path)
+            footer.save(self.output_footer_path)
+
+    def footer(self) -> parquet_splice.Footer:
+        """The kept file's footer, scanned (read once; from :attr:`footer_path` where it was saved)."""
+        if self._footer is None:
+            with self.path.open("rb") as f:
+                self._footer = parquet_splice.Footer.read(f, self.path, self.footer_path)
+        return self._footer
+
+    def _appended(self, written: Path, footer: parquet_splice.Footer, held: list[int | None]) -> parquet_splice.Footer | None:
+        """The kept file updated in place to read as ``written`` (its new footer), or None where it
+        cannot be or should not be: its footer unreadable, or the groups it would hold unread as
+        large as the live ones (the caller copies ``written`` whole)."""
+        try:
+            old = self.footer()
+        except (OSError, parquet_splice.SpliceError):
+            return None
+        spans = [footer.span(g) for g in footer.groups]
+        live = sum(b - a for a, b in spans)
+        appended = sum(b - a for (a, b), k in zip(spans, held) if k is None)
+        if old.start + appended > 2 * live + self.SLACK:
+            return None
+        try:
+            return parquet_splice.update_in_place(self.path, old, written, footer, held)
+        except (OSError, parquet_splice.SpliceError):
+            self.path.unlink(missing_ok=True)
+            return None
 
     @property
     def footer_path(self) -> Path:
-        """Where the kept file's footer, scanned, is saved (a reader of the manifest it copies may use it too)."""
+        """Where the kept file's footer, scanned, is saved."""
         return parquet_splice.saved_footer(self.path)
+
+    @property
+    def output_footer_path(self) -> Path:
+        """Where the footer of the output last kept, scanned, is saved (for a reader of that manifest)."""
+        return parquet_splice.saved_footer(self.path, "output-footer")
 
     @property
     def _stamp_path(self) -> Path:
@@ -320,6 +365,7 @@ class ShardedWriter:
         self._tmp: Path | None = None
         self._new: Path | None = None  # where written shards go when kept ones are copied in
         self._footer: parquet_splice.Footer | None = None  # the file's, when spliced (known as written)
+        self._held: list[int | None] | None = None  # when spliced: each row group's in the kept file, None where written here
 
     def __enter__(self) -> "ShardedWriter":
         self._tmp = self._atomic.__enter__()
@@ -336,7 +382,7 @@ class ShardedWriter:
                 raise
             self._atomic.__exit__(None, None, None)
             if self._kept is not None:
-                self._kept.keep(self.path, self._footer)
+                self._kept.keep(self.path, self._footer, self._held)
                 print(f"{self.path}: {self.reused} of {len(self._entries)} shard(s) copied from the last output", file=sys.stderr)
         else:
             self._abort()
@@ -453,8 +499,9 @@ class ShardedWriter:
             meta[seal.KEY] = sealed.decode()
         try:
             with open(self._tmp, "wb") as f:
-                saved = [None if source == self._new else self._kept.footer_path for source in sources]
-                _, self._footer = parquet_splice.splice_scanned(sources, picks, f, {k: v.encode() for k, v in meta.items()}, saved)
+                footers = [None if source == self._new else self._kept.footer() for source in sources]
+                _, self._footer = parquet_splice.splice_scanned(sources, picks, f, {k: v.encode() for k, v in meta.items()}, footers)
+            self._held = [k if source == 1 else None for _, _, source, k in entries]
         except parquet_splice.SpliceError:  # typed apart (a kept file from before a change of types): decode and write
             self._rewritten(sources, picks, meta)
         finally:

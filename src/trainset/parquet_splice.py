@@ -335,10 +335,11 @@ class Footer:
         return bytes(out), sites
 
 
-def saved_footer(path: str | Path) -> Path:
-    """Where a scan of the footer of the file at ``path`` is saved beside it (:meth:`Footer.save`)."""
+def saved_footer(path: str | Path, name: str = "footer") -> Path:
+    """Where a scan of a footer is saved beside the file at ``path`` (:meth:`Footer.save`): its
+    own (``name`` "footer"), or another file's it stands for."""
     path = Path(path)
-    return path.with_name(path.name + ".footer.npz")
+    return path.with_name(f"{path.name}.{name}.npz")
 
 
 def _put(value: int, out: bytearray, noted: int, what: int) -> tuple[int, int, int, int]:
@@ -392,25 +393,25 @@ def concat(sources: list, out: BinaryIO, key_values: dict[bytes, bytes] | None =
 
 
 def splice(sources: list, picks: list[tuple[int, int]] | None, out: BinaryIO, key_values: dict[bytes, bytes] | None = None,
-           saved: list[str | Path | None] | None = None) -> int:
+           footers: list[Footer | None] | None = None) -> int:
     """Write the row groups ``picks`` names (``(source, row group)`` pairs, in the order given;
     None: every group of every source, in order) as one Parquet file to ``out``. Every source
     must hold the same Parquet schema; the file's key-value metadata is the first source's with
-    ``key_values`` set on it. ``saved``: for each source, where a scan of its footer may have been
-    saved (:meth:`Footer.save`). Returns the rows written."""
-    return splice_scanned(sources, picks, out, key_values, saved)[0]
+    ``key_values`` set on it. ``footers``: a source's footer where the caller has read it (else it
+    is read here). Returns the rows written."""
+    return splice_scanned(sources, picks, out, key_values, footers)[0]
 
 
 def splice_scanned(sources: list, picks: list[tuple[int, int]] | None, out: BinaryIO, key_values: dict[bytes, bytes] | None = None,
-                   saved: list[str | Path | None] | None = None) -> tuple[int, Footer]:
+                   footers: list[Footer | None] | None = None) -> tuple[int, Footer]:
     """:func:`splice`, and the footer of the file written as a scan of it would give it (the
     places of what moved are known as it is written: no scan)."""
-    footers, opened = [], []
+    given, footers, opened = footers or [], [], []
     try:
         for k, source in enumerate(sources):
             f = _open(source)
             opened.append(f)
-            footers.append(Footer.read(f, _name(source), saved[k] if saved else None))
+            footers.append(given[k] if k < len(given) and given[k] is not None else Footer.read(f, _name(source)))
         if not footers:
             raise SpliceError("nothing to join")
         schema = footers[0].schema_bytes
@@ -451,6 +452,38 @@ def _written_footer(data: bytes, top: np.ndarray, at: int, table: list[tuple], s
         placed[first:first + n, 2][ordinal] += at
         at += length
     return Footer(data, top, group_table, placed, start, start + len(data) + 8)
+
+
+def update_in_place(target: str | Path, target_footer: Footer, source: str | Path, source_footer: Footer, held: list[int | None]) -> Footer:
+    """``target`` made to read as ``source`` (its row groups in its order, its footer's fields and
+    metadata) without copying what it already holds: ``held[g]`` names the group of ``target``
+    whose column chunks are those of ``source``'s group ``g`` (copied from there as bytes), or is
+    None, and those chunks are appended. The old footer is cut off first; groups no longer named
+    stay in the file, unread. Returns the new footer, as a scan of it finds it. Until it returns
+    the file is torn (the caller marks it so)."""
+    with open(target, "r+b") as f, open(source, "rb") as src:
+        f.truncate(target_footer.start)
+        position, groups, table, sites, rows = target_footer.start, [], [], [], 0
+        for g in source_footer.groups:
+            a, b = source_footer.span(g)
+            if held[g] is None:
+                f.seek(position)
+                _copy(src, f, a, b - a)
+                at = position
+                position += b - a
+            else:
+                at, end = target_footer.span(held[g])
+                if end - at != b - a:
+                    raise SpliceError(f"{target}: row group {held[g]} is not the one {source} holds as its group {g}")
+            encoded, moved_sites = source_footer._moved(g, at - a, len(groups))
+            table.append((len(encoded), source_footer.rows(g), at, at + b - a, len(sites), len(moved_sites)))
+            sites.extend(moved_sites)
+            groups.append(encoded)
+            rows += source_footer.rows(g)
+        f.seek(position)
+        data, top, first = _write_footer(f, source_footer, groups, rows, source_footer.key_values())
+        f.truncate()
+    return _written_footer(data, top, first, table, sites, position)
 
 
 def group_digests(path: str | Path) -> list[str]:

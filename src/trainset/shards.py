@@ -547,8 +547,8 @@ def deal(manifest_path: str | Path, map_path: str | Path, shard_names, out_dir: 
     shard's rows as a row group: those are the parts, read one at a time; one written whole is dealt
     by the shard map. Returns rows per shard. ``index_path``: where to write shard -> {digest, items}
     (a job reruns only when its part's digest changed); ``cache_dir``: see :func:`write_parts`;
-    ``saved_footer``: where a scan of the manifest's footer may have been saved (the kept copy's,
-    :attr:`manifest.Kept.footer_path`)."""
+    ``saved_footer``: where a scan of the manifest's footer may have been saved (by the stage that
+    kept it: :attr:`manifest.Kept.output_footer_path`)."""
     groups = manifest.shard_groups(manifest_path)
     if groups is None or set(groups) == {""}:  # "": the whole file as one shard (a stage fed an unsharded manifest)
         runs = _runs_by_map(manifest_path, map_path, shard_names, schema)
@@ -665,11 +665,11 @@ def _spliced(paths: list[Path], out: Path, schema, kept: manifest.Kept | None = 
     sealed = seal.composed(seals, schema.name)
     if sealed is not None:  # each part's chunks are copied as bytes: their digests come along
         key_values[seal.KEY] = sealed
-    saved = [kept.footer_path if reused and k == 1 else None for k in range(len(sources))]
+    footers = [kept.footer() if reused and k == 1 else None for k in range(len(sources))]
     with atomic.atomic_file(out) as tmp, open(tmp, "wb") as f:
-        written, footer = parquet_splice.splice_scanned(sources, picks, f, key_values, saved)
+        written, footer = parquet_splice.splice_scanned(sources, picks, f, key_values, footers)
     if kept is not None:
-        kept.keep(out, footer)
+        kept.keep(out, footer, [k if s == 1 else None for s, k in picks] if reused else None)
         if reused:
             print(f"{out}: {len(reused)} of {len(paths)} part(s) copied from the last output", file=sys.stderr)
     return written
