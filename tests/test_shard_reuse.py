@@ -38,6 +38,14 @@ def _write(path, kept, frames: dict[str, pd.DataFrame], keys: dict[str, str], or
     return writer
 
 
+def _fresh(path: Path, frames: dict[str, pd.DataFrame]) -> Path:
+    """The shards written from scratch, nothing kept."""
+    with manifest.ShardedWriter(path, schemas.INGEST) as writer:
+        for shard, df in frames.items():
+            writer.write(shard, df)
+    return path
+
+
 # --------------------------------------------------------------------------- the writer
 
 
@@ -53,10 +61,7 @@ def test_reused_shards_are_copied_and_the_file_equals_a_fresh_write(tmp_path):
     keys = {"00000": "k00000", "00001": "changed", "00002": "k00002"}
     second = _write(tmp_path / "b.parquet", kept, frames, keys)
     assert second.reused == 2
-    fresh = tmp_path / "fresh.parquet"
-    with manifest.ShardedWriter(fresh, schemas.INGEST) as writer:
-        for shard, df in frames.items():
-            writer.write(shard, df)
+    fresh = _fresh(tmp_path / "fresh.parquet", frames)
     assert manifest.shard_groups(tmp_path / "b.parquet") == SHARDS
     assert pq.read_table(tmp_path / "b.parquet").equals(pq.read_table(fresh))
     assert parquet_splice.group_digests(tmp_path / "b.parquet") == parquet_splice.group_digests(fresh)
@@ -118,10 +123,7 @@ def test_a_spliced_output_keeps_its_footer_scanned_so_the_next_splice_scans_only
         assert _scanned(parquet_splice.Footer.read(f, kept, footer_path)) == _scanned(kept_footer)
     scanned.clear()
     assert run("c", "00002").reused == 2 and scanned == [1]  # what it wrote alone
-    fresh = tmp_path / "fresh.parquet"
-    with manifest.ShardedWriter(fresh, schemas.INGEST) as writer:
-        for shard, df in frames.items():
-            writer.write(shard, df)
+    fresh = _fresh(tmp_path / "fresh.parquet", frames)
     assert pq.read_table(tmp_path / "c.parquet").equals(pq.read_table(fresh))
     other = tmp_path / "other.npz"
     with (tmp_path / "b.parquet").open("rb") as f:
@@ -187,10 +189,7 @@ def test_a_kept_file_torn_while_shards_are_appended_lends_nothing(tmp_path, monk
     assert manifest.Kept(kept).groups == {}
     again = _write(tmp_path / "c.parquet", kept, frames, keys)
     assert again.reused == 0
-    fresh = tmp_path / "fresh.parquet"
-    with manifest.ShardedWriter(fresh, schemas.INGEST) as writer:
-        for shard, df in frames.items():
-            writer.write(shard, df)
+    fresh = _fresh(tmp_path / "fresh.parquet", frames)
     assert pq.read_table(tmp_path / "c.parquet").equals(pq.read_table(fresh))
     assert _write(tmp_path / "d.parquet", kept, frames, keys).reused == 3
 
