@@ -812,23 +812,26 @@ def build(n: int, args, incremental: bool) -> dict:
     return result
 
 
-def file_states(root: Path) -> dict[str, tuple[int, int]]:
-    """path -> (size, modification time) of every file under ``root``."""
-    return {str(p): (st.st_size, st.st_mtime_ns) for p in root.rglob("*") if p.is_file() and not p.is_symlink() for st in [p.stat()]}
+def file_states(root: Path) -> dict[str, tuple[int, int, int]]:
+    """path -> (size, modification time, inode) of every file under ``root``."""
+    return {str(p): (st.st_size, st.st_mtime_ns, st.st_ino) for p in root.rglob("*") if p.is_file() and not p.is_symlink() for st in [p.stat()]}
 
 
 def written_bytes(root: Path, before: dict, after: dict) -> dict[str, int]:
     """Bytes of the files written between two :func:`file_states` (new, or changed in size or time),
     by kind: whole manifests (``data/manifests/*.parquet`` and ``rejected/``), the stages' kept copies
-    (``data/cache/kept``), and the rest (per-shard files, part caches, stats)."""
+    (``data/cache/kept``: a kept file appended to in place, the same file grown, counts what it
+    grew by), and the rest (per-shard files, part caches, stats)."""
     out = {"manifests": 0, "kept": 0, "other": 0}
     m, kept = root / "data" / "manifests", root / "data" / "cache" / "kept"
     for path, state in after.items():
-        if before.get(path) == state:
+        was = before.get(path)
+        if was == state:
             continue
         p = Path(path)
         kind = "kept" if kept in p.parents else "manifests" if p.parent in (m, m / "rejected") and p.suffix == ".parquet" else "other"
-        out[kind] += state[0]
+        appended = kind == "kept" and was is not None and was[2] == state[2] and state[0] >= was[0]
+        out[kind] += state[0] - was[0] if appended else state[0]
     return out
 
 
@@ -1076,11 +1079,12 @@ def incremental_lines(r: dict, key: str) -> list[str]:
         w, rate = i["written"], i["copy_rate"]
         whole = w["manifests"] + w["kept"]
         lines += ["", f"The rerun wrote {sum(w.values()) / 1e9:.2f} GB: {w['manifests'] / 1e9:.2f} GB of whole manifests, "
-                  f"{w['kept'] / 1e9:.2f} GB of the stages' kept copies, {w['other'] / 1e9:.2f} GB of per-shard files, part "
+                  f"{w['kept'] / 1e9:.2f} GB to the stages' kept copies, {w['other'] / 1e9:.2f} GB of per-shard files, part "
                   f"caches and stats. At this machine's rate for one file copy ({rate / 1e9:.2f} GB/s, the split manifest "
                   f"copied once), the whole manifests and kept copies alone take {whole / rate:.1f} s, "
                   f"{whole / rate / r['wall']:.1%} of the full build (each global step rewrites its whole output, "
-                  "however few shards changed, and keeps a copy of it)."]
+                  "however few shards changed; its kept copy takes the shards written, appended in place, or the whole "
+                  "output once the shards it no longer names are as large as the live ones)."]
     return lines + [""]
 
 
