@@ -98,6 +98,12 @@ def test_vectors_are_unit_deterministic_and_upright(tmp_path, lite0):
     assert first.shape == (5, 1280) and first.dtype == np.float32 and lite0.dim == 1280
     np.testing.assert_allclose(np.linalg.norm(first.astype(np.float64), axis=1), 1.0, atol=1e-6)
     assert second.tobytes() == first.tobytes()  # same batch, same bytes
+    # an image's vector does not depend on what is embedded with it (a batch of several through
+    # the network at once moves the last bits, ~1e-7, with the batch)
+    inputs = np.random.default_rng(0).random((16, *lite0.preprocess.array(upright).shape), dtype=np.float32)
+    together = lite0.embed_arrays(inputs)
+    assert together.tobytes() == np.concatenate([lite0.embed_arrays(inputs[k:k + 1]) for k in range(16)]).tobytes()
+    assert together[5:9].tobytes() == lite0.embed_arrays(inputs[5:9]).tobytes()
     assert first[1].tobytes() == first[0].tobytes()  # EXIF orientation applied
     assert first[3].tobytes() == first[2].tobytes()  # alpha flattened onto white
     assert cos(first[0], first[2]) < 0.99  # ... which is not what dropping alpha would give

@@ -20,9 +20,13 @@ a duplicate differs from its original anywhere, borders included, and a crop wou
 that part away. Then ImageNet mean/std, as the package's own example does.
 
 Every image is first made upright by its EXIF orientation and RGB, with transparency
-flattened onto white (:func:`upright_rgb`). Vectors are L2-normalised float32. With the same
-``threads`` the same batch gives the same bytes run to run; a different batch composition
-may move the last bits (~1e-7), as CPU convolution kernels depend on the batch size.
+flattened onto white (:func:`upright_rgb`). Vectors are L2-normalised float32. Each image goes
+through the network on its own (a batch of one): CPU convolution kernels depend on the batch
+size, so a batch of several would move the last bits (~1e-7) with the images beside it, and an
+incremental run (which embeds only new contents) would not give a full build's vectors. With
+the same ``threads`` an image gives the same bytes whatever is embedded with it; on a CPU one at
+a time is also no slower than batches. (An ONNX model exported for a fixed batch size is fed
+in chunks of that size, zero-padded: its vectors keep the batch's dependence.)
 
 This module also holds the model-file plumbing that :mod:`trainset.nsfw_model` shares:
 package checks, model-file digests, the generic preprocessing and the ONNX/TorchScript
@@ -460,10 +464,14 @@ class Embedder:
         return self.preprocess.array(upright_rgb(im))
 
     def embed_arrays(self, batch: np.ndarray) -> np.ndarray:
-        """Prepared inputs (B, ...) -> float32 (B, dim), L2-normalised."""
+        """Prepared inputs (B, ...) -> float32 (B, dim), L2-normalised; each input through the
+        network on its own, so its vector does not depend on the others (a runner fixed to a
+        batch size takes them in chunks of it)."""
         runner, _ = self._ensure()
-        out = np.asarray(runner(batch))
-        out = out.reshape(len(batch), -1)
+        if getattr(runner, "fixed_batch", None) or len(batch) < 2:
+            out = np.asarray(runner(batch)).reshape(len(batch), -1)
+        else:
+            out = np.concatenate([np.asarray(runner(batch[k:k + 1])).reshape(1, -1) for k in range(len(batch))])
         if not np.all(np.isfinite(out)):
             raise EmbeddingError(f"{self.name}: the model output contains NaN or infinity")
         if self._dim is None:
