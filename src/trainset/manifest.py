@@ -206,11 +206,12 @@ class Kept:
         self.path = Path(path)
         self.groups: dict[str, tuple[int, str]] = {}  # shard -> (row group, or EMPTY; key)
         self.sizes: list[int] = []
+        self.meta: pq.FileMetaData | None = None  # the kept file's, read once
         self._footer: parquet_splice.Footer | None = None
         try:
             if json.loads(self._stamp_path.read_text()) != self._stamp():
                 return
-            meta = pq.read_metadata(self.path)
+            meta = self.meta = pq.read_metadata(self.path)
             kv = meta.metadata or {}
             names, keys = json.loads(kv[SHARDS_KEY]), json.loads(kv[KEYS_KEY])
         except (OSError, KeyError, ValueError, pyarrow.ArrowInvalid):  # none yet, torn, or written without keys
@@ -493,7 +494,7 @@ class ShardedWriter:
             sources, picks = [self._new, self._kept.path], [(source, k) for _, _, source, k in entries]
         else:
             sources, picks = [self._kept.path], [(0, k) for _, _, _, k in entries]
-        seals = [seal.read(pq.read_metadata(source)) for source in sources]
+        seals = [seal.read(self._kept.meta if source == self._kept.path else pq.read_metadata(source)) for source in sources]
         sealed = seal.composed([(seals[source], k) for source, k in picks], self.schema.name)
         if sealed is not None:  # the chunks are copied as bytes: their digests come along
             meta[seal.KEY] = sealed.decode()
@@ -539,7 +540,7 @@ class ShardedWriter:
         if not self.reused:  # every value as held, in file order
             check_unique(self.path, self.schema, self._unique)
             return
-        kept = pq.ParquetFile(self._kept.path)
+        kept = pq.ParquetFile(self._kept.path, metadata=self._kept.meta)
         copied = [k for _, _, source, k in entries if source == 1]
         for name, held in self._unique.items():
             if not held:

@@ -421,37 +421,51 @@ def splice_scanned(sources: list, picks: list[tuple[int, int]] | None, out: Bina
         if picks is None:
             picks = [(s, k) for s, footer in enumerate(footers) for k in range(len(footer.groups))]
         out.write(MAGIC)
-        position, groups, rows, table, sites = len(MAGIC), [], 0, [], []
+        placed, position = _Placed(), len(MAGIC)
         for s, k in picks:
             a, b = footers[s].span(k)
-            encoded, moved_sites = footers[s]._moved(k, position - a, len(groups))
-            table.append((len(encoded), footers[s].rows(k), position, position + b - a, len(sites), len(moved_sites)))
-            sites.extend(moved_sites)
-            groups.append(encoded)
-            rows += footers[s].rows(k)
+            placed.add(footers[s], k, position)
             _copy(opened[s], out, a, b - a)
             position += b - a
-        data, top, at = _write_footer(out, footers[0], groups, rows, {**footers[0].key_values(), **(key_values or {})})
-        return rows, _written_footer(data, top, at, table, sites, position)
+        return placed.rows, placed.write(out, footers[0], {**footers[0].key_values(), **(key_values or {})}, position)
     finally:
         for f in opened:
             f.close()
 
 
-def _written_footer(data: bytes, top: np.ndarray, at: int, table: list[tuple], sites: list[tuple], start: int) -> Footer:
-    """The footer :func:`splice_scanned` wrote (``data`` from ``start`` in its file), its row groups'
-    places counted from ``at``: each group's (length, rows, span start, span end, first site,
-    sites) in ``table`` and its sites counted from its own first byte in ``sites``."""
-    group_table = np.zeros((len(table), 8), dtype=np.int64)
-    placed = np.array(sites, dtype=np.int64).reshape(-1, 4)
-    for g, (length, rows, a, b, first, n) in enumerate(table):
-        # every group ends with an ordinal (field 7, the last of a RowGroup)
-        group_table[g] = (at, at + length, rows, a, b, _GROUP_ORDINAL, first, n)
-        placed[first:first + n, :2] += at
-        ordinal = placed[first:first + n, 3] == _SITE_ORDINAL
-        placed[first:first + n, 2][ordinal] += at
-        at += length
-    return Footer(data, top, group_table, placed, start, start + len(data) + 8)
+class _Placed:
+    """The row groups of a file being written, each moved to where its chunks now lie, and their
+    sites as a scan of the footer written will find them: the footer is known without a scan."""
+
+    def __init__(self):
+        self.groups: list[bytes] = []
+        self.table: list[tuple[int, int, int, int, int, int]] = []  # (length, rows, span start, span end, first site, sites)
+        self.sites: list[tuple[int, int, int, int]] = []  # counted from their group's first byte
+        self.rows = 0
+
+    def add(self, footer: Footer, k: int, at: int) -> None:
+        """Row group ``k`` of ``footer``, its column chunks now from ``at``, next in the file."""
+        a, b = footer.span(k)
+        encoded, sites = footer._moved(k, at - a, len(self.groups))
+        self.table.append((len(encoded), footer.rows(k), at, at + b - a, len(self.sites), len(sites)))
+        self.sites.extend(sites)
+        self.groups.append(encoded)
+        self.rows += footer.rows(k)
+
+    def write(self, out: BinaryIO, base: Footer, key_values: dict[bytes, bytes], start: int) -> Footer:
+        """The footer written to ``out`` from ``start`` in its file (``base``'s fields, these row
+        groups, ``key_values``), as a scan of it finds it."""
+        data, top, at = _write_footer(out, base, self.groups, self.rows, key_values)
+        group_table = np.zeros((len(self.table), 8), dtype=np.int64)
+        placed = np.array(self.sites, dtype=np.int64).reshape(-1, 4)
+        for g, (length, rows, a, b, first, n) in enumerate(self.table):
+            # every group ends with an ordinal (field 7, the last of a RowGroup)
+            group_table[g] = (at, at + length, rows, a, b, _GROUP_ORDINAL, first, n)
+            placed[first:first + n, :2] += at
+            ordinal = placed[first:first + n, 3] == _SITE_ORDINAL
+            placed[first:first + n, 2][ordinal] += at
+            at += length
+        return Footer(data, top, group_table, placed, start, start + len(data) + 8)
 
 
 def update_in_place(target: str | Path, target_footer: Footer, source: str | Path, source_footer: Footer, held: list[int | None]) -> Footer:
@@ -463,7 +477,7 @@ def update_in_place(target: str | Path, target_footer: Footer, source: str | Pat
     the file is torn (the caller marks it so)."""
     with open(target, "r+b") as f, open(source, "rb") as src:
         f.truncate(target_footer.start)
-        position, groups, table, sites, rows = target_footer.start, [], [], [], 0
+        placed, position = _Placed(), target_footer.start
         for g in source_footer.groups:
             a, b = source_footer.span(g)
             if held[g] is None:
@@ -475,15 +489,11 @@ def update_in_place(target: str | Path, target_footer: Footer, source: str | Pat
                 at, end = target_footer.span(held[g])
                 if end - at != b - a:
                     raise SpliceError(f"{target}: row group {held[g]} is not the one {source} holds as its group {g}")
-            encoded, moved_sites = source_footer._moved(g, at - a, len(groups))
-            table.append((len(encoded), source_footer.rows(g), at, at + b - a, len(sites), len(moved_sites)))
-            sites.extend(moved_sites)
-            groups.append(encoded)
-            rows += source_footer.rows(g)
+            placed.add(source_footer, g, at)
         f.seek(position)
-        data, top, first = _write_footer(f, source_footer, groups, rows, source_footer.key_values())
+        footer = placed.write(f, source_footer, source_footer.key_values(), position)
         f.truncate()
-    return _written_footer(data, top, first, table, sites, position)
+    return footer
 
 
 def group_digests(path: str | Path) -> list[str]:
@@ -519,13 +529,19 @@ def span_digests(path: str | Path, spans: list[tuple[int, int]]) -> list[str]:
                 raise SpliceError(f"{path}: a column chunk ends past the end of the file")
             return hashlib.sha256(data).hexdigest()
 
-        threads = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8)
-        if threads < 2 or len(spans) < 2:
-            return [one(span) for span in spans]
-        with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-            return list(pool.map(one, spans))
+        return hashed_in_parallel(one, spans)
     finally:
         os.close(fd)
+
+
+def hashed_in_parallel(one, items: list) -> list:
+    """``one`` of each item, in order, on as many threads as the process may use (at most 8): for
+    work that reads and hashes, which release the GIL."""
+    threads = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8)
+    if threads < 2 or len(items) < 2:
+        return [one(item) for item in items]
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(one, items))
 
 
 def row_group_file(f: BinaryIO, footer: Footer, k: int, key_values: dict[bytes, bytes]) -> bytes:

@@ -12,7 +12,6 @@ Changing ``shards.size`` deals every content out again, in ingest order.
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import contextlib
 import hashlib
 import json
@@ -645,7 +644,7 @@ def _spliced(paths: list[Path], out: Path, schema, kept: manifest.Kept | None = 
     kept_seal = None
     if reused:
         sources.append(kept.path)
-        kept_seal = seal.read(pq.read_metadata(kept.path))
+        kept_seal = seal.read(kept.meta)
     for path in filled:
         if path in reused:
             picks.append((1, reused[path]))
@@ -676,16 +675,12 @@ def _spliced(paths: list[Path], out: Path, schema, kept: manifest.Kept | None = 
 
 
 def _file_digests(paths: list[Path]) -> list[str]:
-    """SHA-256 of each file, on as many threads as the process may use (reading and hashing release the GIL)."""
+    """SHA-256 of each file, on every core the process may use."""
     def one(path: Path) -> str:
         with open(path, "rb") as f:
             return hashlib.file_digest(f, "sha256").hexdigest()
 
-    threads = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8)
-    if threads < 2 or len(paths) < 2:
-        return [one(p) for p in paths]
-    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-        return list(pool.map(one, paths))
+    return parquet_splice.hashed_in_parallel(one, paths)
 
 
 def _check_unique_parts(out: Path, schema, filled: list[Path], reused: dict, kept: manifest.Kept | None) -> None:
@@ -698,7 +693,7 @@ def _check_unique_parts(out: Path, schema, filled: list[Path], reused: dict, kep
         if not read:  # every part copied: checked together when the kept output was written
             return
         copied = [k for k in reused.values() if k != manifest.Kept.EMPTY]
-        kept_file = pq.ParquetFile(kept.path)
+        kept_file = pq.ParquetFile(kept.path, metadata=kept.meta)
         for name in unique:
             new = pa.concat_arrays([pq.read_table(p, columns=[name]).column(0).combine_chunks() for p in read])
             old = kept_file.read_row_groups(copied, columns=[name]).column(0).combine_chunks()
