@@ -873,6 +873,25 @@ def test_positions_of_ids_aligned_with_a_unique_column_are_their_own_rows_and_ot
     assert manifest.positions(with_missing, with_missing, unique=True).tolist() == [0, -1, 2, 3]  # a missing id is never found
 
 
+@pytest.mark.parametrize("seed", range(16))
+def test_positions_in_a_unique_column_mostly_in_place_equal_a_direct_lookup(seed: int) -> None:
+    """A rerun's ids against the last run's unique ids: most in place, some inserted, dropped,
+    moved or repeated, ids none has and missing ones, either side longer. Ids in place are found
+    by comparing the rows side by side, the rest by lookup: the rows are a full lookup's."""
+    rng = np.random.default_rng(seed)
+    among = [f"src:{k:05d}" for k in rng.permutation(3000)[:2000]]
+    ids = list(among)
+    for at in sorted(rng.integers(0, len(ids), int(rng.choice([1, 3, 30]))), reverse=True):
+        ids.insert(int(at), f"src:{int(rng.integers(3000, 3100)):05d}")  # new ids (some repeated), shifting the rest
+    del ids[int(rng.integers(0, 1500)):][:int(rng.integers(0, 40))]  # a run dropped
+    ids[5], ids[900] = ids[900], ids[5]
+    ids += [among[7], None] + ([among[-1]] * int(rng.integers(0, 3)))  # repeats of ids in place elsewhere, a missing id
+    ids = ids[:int(rng.integers(1500, len(ids) + 1))]
+    expected = [among.index(i) if i in among else -1 for i in ids]
+    assert manifest.positions(ids, among, unique=True).tolist() == expected
+    assert manifest.positions(pyarrow.array(ids, pyarrow.large_string()), pd.Series(among, dtype="str"), unique=True).tolist() == expected
+
+
 def test_read_rows_takes_the_rows_asked_for_out_of_each_row_group(tmp_path):
     """The rows at the given file positions, across shards, as read() gives them; lists as Arrow when asked."""
     path = _by_shard(tmp_path, {"00000": _frame(_row(0), _row(1), _row(2)), "00001": _frame(_row(3)),

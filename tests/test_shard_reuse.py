@@ -92,15 +92,20 @@ def test_a_duplicate_id_between_a_reused_and_a_written_shard_is_named(tmp_path):
 
 
 def test_a_spliced_output_keeps_its_footer_scanned_so_the_next_splice_scans_only_what_it_wrote(tmp_path, monkeypatch):
-    """A file spliced from the kept output is kept with its footer as the splice wrote it: the next
-    run's splice reads that instead of scanning the kept file (the footer of a 1M-row manifest),
-    and scans only the shards it wrote itself. A kept footer saved for other bytes is not used."""
+    """A file spliced from the kept output is kept with its footer as the splice wrote it, and one
+    written whole with its footer scanned once when kept: the next run's splice reads that instead
+    of scanning the kept file (the footer of a 1M-row manifest), and scans only the shards it wrote
+    itself. A kept footer saved for other bytes is not used."""
     kept = tmp_path / "kept" / "ingest.parquet"
-    footer_path = manifest.Kept(kept).footer_path
+    footer_path, output_footer = manifest.Kept(kept).footer_path, manifest.Kept(kept).output_footer_path
     frames = {s: _rows(s) for s in SHARDS}
     keys = {s: f"k{s}" for s in SHARDS}
     _write(tmp_path / "a.parquet", kept, frames, keys)
-    assert not footer_path.exists()  # written whole: its footer is not known without a scan
+    with kept.open("rb") as f:  # written whole: scanned once, saved for the kept file and the output (one file, linked)
+        assert _scanned(parquet_splice.Footer.read(f, kept, footer_path)) == _scanned(parquet_splice.Footer.read(f, kept))
+    with (tmp_path / "a.parquet").open("rb") as f:
+        assert _scanned(parquet_splice.Footer.read(f, tmp_path / "a.parquet", output_footer)) == _scanned(parquet_splice.Footer.read(f, kept))
+    assert footer_path.stat().st_ino == output_footer.stat().st_ino
     scanned = []
 
     def scan(data):
@@ -116,7 +121,7 @@ def test_a_spliced_output_keeps_its_footer_scanned_so_the_next_splice_scans_only
         scanned.clear()
         return _write(tmp_path / f"{name}.parquet", kept, frames, keys)
 
-    assert run("b", "00001").reused == 2 and sorted(scanned) == [1, 3]  # what it wrote, and the kept file
+    assert run("b", "00001").reused == 2 and scanned == [1]  # what it wrote alone: the kept file's scan was saved
     with kept.open("rb") as f:
         kept_footer = parquet_splice.Footer.read(f, kept)
     with kept.open("rb") as f:

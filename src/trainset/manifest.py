@@ -194,9 +194,10 @@ class Kept:
     An output spliced from the kept file (:meth:`keep` told which of its row groups came from
     where) is kept by appending only the row groups written this run and a new footer; the groups
     it no longer names stay in the file, unread, until they are as large as the live ones, and then
-    the output is copied whole. The kept file's footer and the output's, as the splice wrote them,
-    are saved beside it (:attr:`footer_path`, :attr:`output_footer_path`): the next splice from it,
-    and a deal of the manifest, read those instead of scanning a footer."""
+    the output is copied whole. The kept file's footer and the output's, as the splice wrote them
+    (or scanned once, for an output written whole), are saved beside it (:attr:`footer_path`,
+    :attr:`output_footer_path`): the next splice from it, and a deal of the manifest, read those
+    instead of scanning a footer."""
 
     EMPTY = -1
     SLACK = 1 << 20
@@ -236,11 +237,24 @@ class Kept:
             path.unlink(missing_ok=True)
         if kept is None:
             atomic.copy(written, self.path)
-            kept = footer
+            kept = footer = footer or self._scanned()
         atomic.write_text(self._stamp_path, json.dumps(self._stamp()))
-        if footer is not None:
+        if kept is not None:
             kept.save(self.footer_path)
-            footer.save(self.output_footer_path)
+            if footer is kept:  # a whole copy: the output's footer is the kept file's
+                atomic.link(self.footer_path, self.output_footer_path)
+            else:
+                footer.save(self.output_footer_path)
+
+    def _scanned(self) -> parquet_splice.Footer | None:
+        """The footer of a kept file written whole, scanned now, while it is in the page cache and
+        the build is paying for the whole file anyway: the first splice from it reads the scan."""
+        try:
+            with self.path.open("rb") as f:
+                self._footer = parquet_splice.Footer.read(f, self.path)
+        except (OSError, parquet_splice.SpliceError):
+            return None
+        return self._footer
 
     def footer(self) -> parquet_splice.Footer:
         """The kept file's footer, scanned (read once; from :attr:`footer_path` where it was saved)."""
@@ -298,13 +312,60 @@ def positions(ids, among, unique: bool = False) -> np.ndarray:
     (a missing id is never found): Arrow hash lookups, no Python object per row. A hash table is
     built over the smaller side: a batch of ids looked up in a whole manifest's hashes those few
     and probes with the many (about ten times faster than building a table of every id for each batch).
-    ``unique``: ``among`` holds each id once (a validated unique column), so ids that are ``among``
-    itself, row for row (manifests written by the same shards), are their own rows: no lookup."""
+    ``unique``: ``among`` holds each id once (a validated unique column), so an id in the same row
+    of ``among`` is found there (manifests written by the same shards, or a rerun's manifest
+    against the last one's: most rows in place): only the others are looked up."""
     ids, among = arrow_text(ids), arrow_text(among)
     if ids.type != among.type:  # text read from Parquet is large, from pandas not: alike, so equal ids compare equal
         ids, among = ids.cast(pyarrow.large_string()), among.cast(pyarrow.large_string())
-    if unique and len(ids) == len(among) and among.null_count == 0 and ids.equals(among):
+    if unique and among.null_count == 0 and len(ids) and len(among):
+        return _in_place_first(ids, among)
+    return _looked_up(ids, among)
+
+
+def _in_place_first(ids: pyarrow.Array, among: pyarrow.Array) -> np.ndarray:
+    """:func:`positions` in a unique ``among``, where ``ids`` is mostly ``among`` in order (a
+    rerun's manifest against the last one's): runs of ids equal to ``among``'s rows side by side
+    are found by comparing them so, the comparison realigned past each block inserted or dropped
+    (at most :data:`_REALIGNS` times); the ids left are looked up, the hash table built over them
+    alone where they are few. In a unique ``among`` an id equal to its row ``j`` is found at ``j``,
+    so every run found is right however it was found."""
+    if len(ids) == len(among) and ids.equals(among):
         return np.arange(len(ids), dtype=np.int64)
+    out = np.full(len(ids), -1, dtype=np.int64)
+    i = j = 0
+    for _ in range(_REALIGNS + 1):
+        both = min(len(ids) - i, len(among) - j)
+        if both <= 0:
+            break
+        equal = pc.fill_null(pc.equal(ids.slice(i, both), among.slice(j, both)), False).to_numpy(zero_copy_only=False)
+        run = both if equal.all() else int(np.argmin(equal))
+        out[i:i + run] = np.arange(j, j + run)
+        i, j = i + run, j + run
+        if run == both:
+            break
+        # ids[i] differs from among[j]: ids inserted before among[j] reappears, or among's rows dropped before ids[i]
+        inserted = pc.index(ids.slice(i), among[j]).as_py() if among[j].is_valid else -1
+        dropped = pc.index(among.slice(j), ids[i]).as_py() if ids[i].is_valid else -1
+        if inserted < 0 and dropped < 0:
+            i, j = i + 1, j + 1  # one id replaced by another
+        elif dropped < 0 or 0 <= inserted <= dropped:
+            i += inserted
+        else:
+            j += dropped
+    rest = np.flatnonzero(out < 0)
+    if len(rest):
+        out[rest] = _looked_up(ids.take(pyarrow.array(rest)), among)
+    return out
+
+
+_REALIGNS = 8
+"""How often :func:`_in_place_first` realigns its comparison (each a pass over the rows left)
+before it looks up every id left."""
+
+
+def _looked_up(ids: pyarrow.Array, among: pyarrow.Array) -> np.ndarray:
+    """:func:`positions` by Arrow hash lookups, the table built over the smaller side."""
     if len(ids) * 8 >= len(among):
         return pc.index_in(ids, value_set=among, skip_nulls=True).fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
     encoded = pc.dictionary_encode(ids)  # the distinct ids, and each id's code

@@ -65,9 +65,8 @@ def assign_rows(shas, previous: pd.DataFrame | None, size: int) -> tuple[pd.Data
     order, codes = encoded.dictionary, encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
     shard = np.zeros(len(order), dtype=np.int64)
     known = np.full(len(order), -1, dtype=np.int64)
-    if previous is not None and len(previous):
-        found = pc.index_in(order, value_set=pa.array(previous["sha256"], type=pa.string()))
-        known = found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    if previous is not None and len(previous):  # the map holds each content once, in the order they first appeared
+        known = manifest.positions(order, previous["sha256"], unique=True)
     old = known >= 0
     if old.any():
         shard[old] = previous["shard"].to_numpy(dtype=np.int64)[known[old]]

@@ -106,7 +106,8 @@ def _moves(items: pa.Table, history_path: Path) -> pd.DataFrame:
     previous = pq.read_table(history_path) if history_path.exists() else None
     if previous is None or "component_key" not in previous.column_names:  # none, or written before components: nothing to compare
         previous = pa.table({c: pa.array([], type=pa.string()) for c in _HISTORY_COLUMNS})
-    at = manifest.positions(items.column("item_id"), previous.column("item_id"))  # each item's row in the history (-1: none)
+    # each item's row in the history (-1: none); the history is a split manifest's (unique ids, most in place)
+    at = manifest.positions(items.column("item_id"), previous.column("item_id"), unique=True)
     known = np.flatnonzero(at >= 0)
     now = items.column("split").take(pa.array(known))
     before = previous.column("split").cast(pa.string()).take(pa.array(at[known]))
