@@ -286,6 +286,18 @@ class ShardGroups:
             self._spans = dict(zip(groups, parquet_splice.span_digests(self.path, [self._footer.span(k) for k in groups])))
         return self._spans[group]
 
+    def chunks(self, group: int) -> bytes:
+        """The group's column chunks as stored."""
+        a, b = self._footer.span(group)
+        data = os.pread(self._file.fileno(), b - a, a)
+        if len(data) != b - a:
+            raise parquet_splice.SpliceError(f"{self.path}: a column chunk ends past the end of the file")
+        return data
+
+    def tail(self, group: int) -> bytes:
+        """What follows the group's chunks in a file of its own (:func:`parquet_splice.row_group_tail`)."""
+        return parquet_splice.row_group_tail(self._footer, group, self.key_values())
+
 
 class _GroupPart:
     """A row group of a manifest written by shard as a file of its own (:func:`parquet_splice.row_group_file`).
@@ -300,7 +312,7 @@ class _GroupPart:
     @property
     def tail(self) -> bytes:
         if self._tail is None:
-            self._tail = parquet_splice.row_group_tail(self._groups._footer, self._group, self._groups.key_values())
+            self._tail = self._groups.tail(self._group)
         return self._tail
 
     @property
@@ -311,13 +323,7 @@ class _GroupPart:
         return h.hexdigest()
 
     def data(self) -> bytes:
-        groups = self._groups
-        a, b = groups._footer.span(self._group)
-        data = bytearray(parquet_splice.MAGIC)
-        data += os.pread(groups._file.fileno(), b - a, a)
-        if len(data) != len(parquet_splice.MAGIC) + b - a:
-            raise parquet_splice.SpliceError(f"{groups.path}: a column chunk ends past the end of the file")
-        return bytes(data + self.tail)
+        return parquet_splice.MAGIC + self._groups.chunks(self._group) + self.tail
 
 
 def write_parts(runs: ShardRuns | ShardGroups, names, out_dir: str | Path, cache_dir: str | Path | None) -> dict[str, dict]:
