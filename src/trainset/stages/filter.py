@@ -204,11 +204,11 @@ class _Judge:
     def prepare(cls, paths, audit_params, policy_params, tag_dictionaries, annotation_files, overrides_file, takedown) -> "_Judge":
         dictionary = TagDictionary.load(tag_dictionaries or [])
         thresholds, actions = _audit_settings(audit_params)
-        groups = manifest.read(paths["groups"], schemas.GROUPS, columns=["item_id", *schemas.CLUSTER_COLUMNS])
+        groups = manifest.in_one_chunk(manifest.read(paths["groups"], schemas.GROUPS, columns=["item_id", *schemas.CLUSTER_COLUMNS]))
         scores = manifest.read(paths["nsfw"], schemas.NSFW_SCORES, columns=["item_id", "nsfw_score"]) if paths.get("nsfw") else None
         policy, edits, takedown = Policy.from_params(policy_params, dictionary), overrides.load(overrides_file), takedown or set()
         shared = _shared_rows(paths["ingest"], groups, dictionary)
-        merged = _merged_members(shared)
+        merged = _Merged(_merged_members(shared))
         return cls(
             dictionary=dictionary, thresholds=thresholds, actions=actions, takedown=takedown, policy=policy, edits=edits,
             notes=annotations.load(annotation_files), groups=groups,
@@ -262,7 +262,7 @@ class _Judge:
         same = len(rows) == len(self.groups) and bool((rows == np.arange(len(rows))).all())  # audit and groups by the same shards
         columns = [pa.array(self.groups[c]) if same else pa.array(self.groups[c]).take(pa.array(rows)) for c in schemas.CLUSTER_COLUMNS]
         columns.append(pa.array(self.scores(ids)))
-        columns.append(_merged_hashes(self.merged, ids))
+        columns.append(_merged_hashes(self.merged.frame, ids))
         if self.sources:  # the minors verdict reaching each item's component, as text
             components = columns[list(schemas.CLUSTER_COLUMNS).index("component_key")]
             reached = list(self.sources)  # each verdict as text once, then taken per item
@@ -338,7 +338,7 @@ def _merged_members(shared: pd.DataFrame) -> pd.DataFrame:
     return merged[["item_id", *LISTS, "rating"]].reset_index(drop=True)
 
 
-def _minors_sources(shared: pd.DataFrame, merged: pd.DataFrame, policy: Policy, edits: dict, dictionary: TagDictionary,
+def _minors_sources(shared: pd.DataFrame, merged: "_Merged", policy: Policy, edits: dict, dictionary: TagDictionary,
                     takedown: set[str]) -> dict[str, tuple]:
     """component -> ``(item_id, verdict)`` of its first item (in item-id order) the minors rule
     excludes, over every shard: judged as :func:`_judge` judges it (tags merged and edited; the
@@ -368,18 +368,30 @@ def _with_any(lists: pa.ListArray, values: frozenset[str]) -> np.ndarray:
     return np.unique(parents[hit])
 
 
-def _with_merged(df: pd.DataFrame, merged: pd.DataFrame) -> pd.DataFrame:
+class _Merged:
+    """The merged lists and rating of the items that share a cluster (:func:`_merged_members`),
+    with what every batch looks them up by made once: a hash index of their ids, the lists as
+    Arrow, the ratings as Python text."""
+
+    def __init__(self, frame: pd.DataFrame):
+        self.frame = frame
+        self.index = pd.Index(frame["item_id"])
+        self.lists = {column: list_array(frame[column]) for column in LISTS} if len(frame) else {}
+        self.rating = frame["rating"].to_numpy(dtype=object)
+
+
+def _with_merged(df: pd.DataFrame, merged: _Merged) -> pd.DataFrame:
     """A shard's rows with the merged lists and rating of those that share a cluster, every
     other rating outside the known ones read as unknown (as :func:`merge_copies` gives them)."""
     df = df.copy(deep=False)
     rating = df["rating"].where(df["rating"].isin(RATING_ORDER), "unknown")
-    at = pd.Index(merged["item_id"]).get_indexer(df["item_id"]) if len(merged) else np.full(len(df), -1)
+    at = merged.index.get_indexer(df["item_id"]) if len(merged.frame) else np.full(len(df), -1)
     rows = np.flatnonzero(at >= 0)
     if len(rows):
         take = at[rows]
         for column in LISTS:
-            df[column] = _with_rows(df[column], rows, list_array(merged[column]).take(pa.array(take)).to_pylist())
-        rating.iloc[rows] = merged["rating"].to_numpy(dtype=object)[take]
+            df[column] = _with_rows(df[column], rows, merged.lists[column].take(pa.array(take)).to_pylist())
+        rating.iloc[rows] = merged.rating[take]
     df["rating"] = rating.astype("str")
     return df
 

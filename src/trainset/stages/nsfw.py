@@ -145,8 +145,8 @@ class _IngestPaths:
 
     def __call__(self, ids: pd.Series) -> list[str]:
         if self._listed is None:
-            self._listed = manifest.read(self.ingest_path, schemas.INGEST, columns=["item_id", "path"])
+            self._listed = manifest.in_one_chunk(manifest.read(self.ingest_path, schemas.INGEST, columns=["item_id", "path"]))
         at = manifest.positions(ids, self._listed["item_id"])
         if (at < 0).any():
             raise manifest.ManifestError(f"{self.ingest_path}: no item {ids.to_numpy()[at < 0][0]!r} of the audit manifest (stale?)")
-        return self._listed["path"].to_numpy(dtype=object)[at].tolist()
+        return self._listed["path"].take(at).tolist()  # only the batch's paths become Python text
