@@ -145,7 +145,7 @@ def _choose(filtered_path: str | Path, pairs_path: str | Path, reference_path: s
     Every row's item id and content are read; the ranking and the rejected rows' fields only for
     the rows that can be dropped (contested, or duplicating a reference image)."""
     action = _reference_action(near_dup)
-    keys = manifest.read(filtered_path, schemas.FILTERED, columns=["item_id", "sha256"])
+    keys = manifest.in_one_chunk(manifest.read(filtered_path, schemas.FILTERED, columns=["item_id", "sha256"]))  # rows taken by shard
     refs = manifest.read(reference_path, schemas.REFERENCE_PAIRS)
     first = _first_reference(refs)
     hit = keys["sha256"].isin(first.index).to_numpy(dtype=bool)
