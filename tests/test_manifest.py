@@ -892,20 +892,15 @@ def test_positions_in_a_unique_column_mostly_in_place_equal_a_direct_lookup(seed
     assert manifest.positions(pyarrow.array(ids, pyarrow.large_string()), pd.Series(among, dtype="str"), unique=True).tolist() == expected
 
 
-def test_in_one_chunk_joins_the_chunks_a_read_gives_each_row_group_and_keeps_the_values(tmp_path):
-    """A manifest written by shard reads back with a chunk per row group in each Arrow-backed
-    column; joined, every such column is one chunk of the same values and dtype, and rows taken
-    out of it are those taken out of the frame read."""
+def test_rows_at_are_the_rows_iloc_takes_out_of_a_frame_read_by_shard(tmp_path):
+    """Rows taken out of their slice of a frame read from a manifest written by shard (a chunk per
+    row group in each Arrow-backed column) are those ``iloc`` takes, labels and dtypes included:
+    within a shard, across shards, repeated, unordered, none."""
     path = _by_shard(tmp_path, {"00000": _frame(_row(0), _row(1)), "00001": _frame(_row(2)), "00002": _frame(_row(3), _row(4))})
     df = manifest.read(path, schemas.INGEST, arrow_lists=("tags",))
-    chunks = lambda frame, name: frame[name].array.__arrow_array__().num_chunks  # noqa: E731
-    assert chunks(df, "item_id") == 3 and chunks(df, "tags") == 3
-    joined = manifest.in_one_chunk(df)
-    for name in ("item_id", "sha256", "tags"):
-        assert chunks(joined, name) == 1 and joined[name].dtype == df[name].dtype
-    pd.testing.assert_frame_equal(joined, df)
-    pd.testing.assert_frame_equal(joined.iloc[[4, 0, 2]], df.iloc[[4, 0, 2]])
-    assert joined["size"].dtype == df["size"].dtype and not manifest.is_arrow_list(joined["size"].dtype)
+    assert df["item_id"].array.__arrow_array__().num_chunks == 3
+    for rows in ([3, 4], [4, 3, 3], [1, 2, 3], [0, 4], [2], []):
+        pd.testing.assert_frame_equal(manifest.rows_at(df, np.array(rows, dtype=np.int64)), df.iloc[rows])
 
 
 def test_read_rows_takes_the_rows_asked_for_out_of_each_row_group(tmp_path):

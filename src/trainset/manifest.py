@@ -773,12 +773,17 @@ def take_rows(df: pd.DataFrame, rows: np.ndarray, columns: list[str] | None = No
     return pd.DataFrame(out, copy=False)
 
 
-def in_one_chunk(df: pd.DataFrame) -> pd.DataFrame:
-    """``df`` with each Arrow-backed column (pandas' text, Arrow lists) joined into one chunk: for a
-    frame read whole that rows are taken out of again and again (a batch at a time). Read from
-    Parquet, such a column holds a chunk per row group, and pandas joins them at every take: at 1M
-    rows in 200 chunks, a take of 5,000 rows costs about 15 ms, out of one chunk under 1 ms."""
-    return pd.DataFrame({name: _one_chunk(df[name].array) for name in df.columns}, index=df.index, copy=False)
+def rows_at(df: pd.DataFrame, rows: np.ndarray) -> pd.DataFrame:
+    """``df.iloc[rows]``, taken out of the smallest slice of ``df`` that holds them. A frame read
+    from a manifest written by shard holds each Arrow-backed column (pandas' text, Arrow lists) in a
+    chunk per row group, and pandas joins every chunk of what it takes from: the rows of a few
+    shards taken out of a 1M-row frame cost about 30 ms a column, out of their slice (free: no
+    copy) well under 1 ms."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if not len(rows):
+        return df.iloc[rows]
+    lo, hi = int(rows.min()), int(rows.max()) + 1
+    return df.iloc[lo:hi].iloc[rows - lo]
 
 
 def _one_chunk(values):

@@ -107,7 +107,7 @@ def _write_clusters(out: str | Path, names: list[str], bounds: list[int], member
             alone = np.flatnonzero(m.alone[a:b]) + a
             lo, hi = np.searchsorted(m.rows, [a, b])
             rows = np.concatenate([alone, m.rows[lo:hi]])
-            frame = pd.concat([_own_clusters(m.keys.iloc[alone].reset_index(drop=True)), m.members.iloc[lo:hi]], ignore_index=True)
+            frame = pd.concat([_own_clusters(manifest.rows_at(m.keys, alone).reset_index(drop=True)), m.members.iloc[lo:hi]], ignore_index=True)
             writer.write(shard[rows - a], frame, keys=manifest.keys_for(shard, keys))
 
 
@@ -145,7 +145,7 @@ def _choose(filtered_path: str | Path, pairs_path: str | Path, reference_path: s
     Every row's item id and content are read; the ranking and the rejected rows' fields only for
     the rows that can be dropped (contested, or duplicating a reference image)."""
     action = _reference_action(near_dup)
-    keys = manifest.in_one_chunk(manifest.read(filtered_path, schemas.FILTERED, columns=["item_id", "sha256"]))  # rows taken by shard
+    keys = manifest.read(filtered_path, schemas.FILTERED, columns=["item_id", "sha256"])
     refs = manifest.read(reference_path, schemas.REFERENCE_PAIRS)
     first = _first_reference(refs)
     hit = keys["sha256"].isin(first.index).to_numpy(dtype=bool)

@@ -204,7 +204,7 @@ class _Judge:
     def prepare(cls, paths, audit_params, policy_params, tag_dictionaries, annotation_files, overrides_file, takedown) -> "_Judge":
         dictionary = TagDictionary.load(tag_dictionaries or [])
         thresholds, actions = _audit_settings(audit_params)
-        groups = manifest.in_one_chunk(manifest.read(paths["groups"], schemas.GROUPS, columns=["item_id", *schemas.CLUSTER_COLUMNS]))
+        groups = manifest.read(paths["groups"], schemas.GROUPS, columns=["item_id", *schemas.CLUSTER_COLUMNS])
         scores = manifest.read(paths["nsfw"], schemas.NSFW_SCORES, columns=["item_id", "nsfw_score"]) if paths.get("nsfw") else None
         policy, edits, takedown = Policy.from_params(policy_params, dictionary), overrides.load(overrides_file), takedown or set()
         shared = _shared_rows(paths["ingest"], groups, dictionary)
@@ -280,7 +280,7 @@ class _Judge:
         rows = manifest.positions(ids, self.groups["item_id"], unique=True)
         if (rows < 0).any():
             raise ValueError(f"{missing} for {', '.join(ids[rows < 0][:5])}")
-        return self.groups.iloc[rows].set_axis(ids.index)
+        return manifest.rows_at(self.groups, rows).set_axis(ids.index)  # a batch's shards: one run of the groups' rows
 
 
 def _repeated(values: pd.Series) -> np.ndarray:

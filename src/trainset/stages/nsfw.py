@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .. import features, manifest, nsfw_model, progress, provenance, schemas
@@ -141,12 +142,13 @@ class _IngestPaths:
     an id the ingest does not list is named."""
 
     def __init__(self, ingest_path):
-        self.ingest_path, self._listed = ingest_path, None
+        self.ingest_path, self._ids, self._paths = ingest_path, None, None
 
     def __call__(self, ids: pd.Series) -> list[str]:
-        if self._listed is None:
-            self._listed = manifest.in_one_chunk(manifest.read(self.ingest_path, schemas.INGEST, columns=["item_id", "path"]))
-        at = manifest.positions(ids, self._listed["item_id"])
+        if self._ids is None:
+            listed = manifest.read(self.ingest_path, schemas.INGEST, columns=["item_id", "path"])
+            self._ids, self._paths = manifest.arrow_text(listed["item_id"]), manifest.arrow_text(listed["path"])
+        at = manifest.positions(ids, self._ids)
         if (at < 0).any():
             raise manifest.ManifestError(f"{self.ingest_path}: no item {ids.to_numpy()[at < 0][0]!r} of the audit manifest (stale?)")
-        return self._listed["path"].take(at).tolist()  # only the batch's paths become Python text
+        return self._paths.take(pa.array(at)).to_pylist()  # only the batch's paths become Python text
