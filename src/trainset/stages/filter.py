@@ -262,7 +262,7 @@ class _Judge:
         same = len(rows) == len(self.groups) and bool((rows == np.arange(len(rows))).all())  # audit and groups by the same shards
         columns = [pa.array(self.groups[c]) if same else pa.array(self.groups[c]).take(pa.array(rows)) for c in schemas.CLUSTER_COLUMNS]
         columns.append(pa.array(self.scores(ids)))
-        columns.append(_merged_hashes(self.merged.frame, ids))
+        columns.append(_merged_hashes(self.merged, ids))
         if self.sources:  # the minors verdict reaching each item's component, as text
             components = columns[list(schemas.CLUSTER_COLUMNS).index("component_key")]
             reached = list(self.sources)  # each verdict as text once, then taken per item
@@ -374,9 +374,9 @@ class _Merged:
     Arrow, the ratings as Python text."""
 
     def __init__(self, frame: pd.DataFrame):
-        self.frame = frame
+        self.lists = {column: list_array(frame.pop(column)) for column in LISTS} if len(frame) else {}
+        self.frame = frame  # item id and rating (the lists are held as Arrow alone)
         self.index = pd.Index(frame["item_id"])
-        self.lists = {column: list_array(frame[column]) for column in LISTS} if len(frame) else {}
         self.rating = frame["rating"].to_numpy(dtype=object)
 
 
@@ -434,18 +434,19 @@ class _IngestRows:
             raise ValueError(f"{self.path}: {total - judged} ingest item(s) in no shard of the audit manifest (stale?)")
 
 
-def _merged_hashes(merged: pd.DataFrame, ids: pa.Array) -> pa.Array:
+def _merged_hashes(merged: "_Merged", ids: pa.Array) -> pa.Array:
     """For each of ``ids``, a hash of its merged tags, artists and rating (null outside ``merged``)."""
-    if not len(merged):
+    frame = merged.frame
+    if not len(frame):
         return pa.nulls(len(ids), type=pa.uint64())
     joined = pd.DataFrame({
-        "item_id": merged["item_id"].astype(str),
-        **{c: pd.Series(pc.binary_join(list_array(merged[c]), "\x1f").to_numpy(zero_copy_only=False), dtype=object) for c in LISTS},
-        **{f"{c}_n": pc.list_value_length(list_array(merged[c])).to_numpy(zero_copy_only=False) for c in LISTS},
-        "rating": merged["rating"].astype(str),
+        "item_id": frame["item_id"].astype(str),
+        **{c: pd.Series(pc.binary_join(merged.lists[c], "\x1f").to_numpy(zero_copy_only=False), dtype=object) for c in LISTS},
+        **{f"{c}_n": pc.list_value_length(merged.lists[c]).to_numpy(zero_copy_only=False) for c in LISTS},
+        "rating": frame["rating"].astype(str),
     })
     hashes = pa.array(pd.util.hash_pandas_object(joined, index=False).to_numpy())
-    at = manifest.positions(ids, merged["item_id"])
+    at = manifest.positions(ids, frame["item_id"])
     return hashes.take(pa.array(at, mask=at < 0))
 
 
