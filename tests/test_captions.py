@@ -396,3 +396,14 @@ def test_a_shard_captioned_again_takes_the_captions_of_unchanged_items_from_its_
     seen.clear()
     caption_stage.run(first, tmp_path / "c.parquet", {**params, "trigger_word": "zz"}, [], None, {"src": "abc"}, other)
     assert len(seen) == len(rows)  # other params: nothing taken from captions made under the old ones
+
+
+def test_same_lists_compares_lists_row_by_row_as_python_would():
+    """Tags compared as Arrow, row by row: the same values in the same order, a missing list equal
+    only to a missing one, a value holding a separator not confused with two values."""
+    import pyarrow as pa
+
+    a = [["a", "b"], ["a", "b"], ["a"], [], None, None, ["x\x1fy"], ["x", "y"], ["a", None], ["a", None], ["long", "list", "of", "tags"]]
+    b = [["a", "b"], ["b", "a"], ["a", "b"], [], None, [], ["x", "y"], ["x\x1fy"], ["a", None], ["a", "b"], ["long", "list", "of", "tags"]]
+    got = caption_stage._same_lists(pa.array(a, pa.list_(pa.string())), pa.array(b, pa.large_list(pa.string())))
+    assert got.tolist() == [x == y for x, y in zip(a, b)]

@@ -14,13 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from .. import atomic, background, captions, manifest, progress, provenance, schemas
-from ..tags import TagDictionary
+from ..tags import TagDictionary, list_array
 
 
-# list columns only passed on: held as Arrow, never as Python objects
-_CARRIED_LISTS = ("artists", "flags")
+# list columns held as Arrow: only passed on, or (the tags) read as Python lists only for the items captioned anew
+_ARROW_LISTS = ("artists", "flags", "tags")
 
 
 def run(
@@ -62,7 +64,7 @@ def _previous(kept: Path | None) -> pd.DataFrame | None:
     for path in sorted(kept.parent.glob(f"{spec}.*.parquet")):
         if path != kept:
             try:
-                return manifest.read(path, schemas.CAPTIONED, columns=[*_REUSED, *_DTYPES])
+                return manifest.read(path, schemas.CAPTIONED, columns=[*_REUSED, *_DTYPES], arrow_lists=("tags",))
             except (manifest.ManifestError, OSError, ValueError):  # torn or stale: caption afresh
                 return None
     return None
@@ -105,13 +107,14 @@ def _captioned(
     dictionary = TagDictionary.load(tag_dictionaries or [])
     captioner = captions.Captioner(base, dictionary)
     captioners = {name: captions.Captioner(base.for_source(word), dictionary) for name, word in (source_triggers or {}).items()}
-    items = manifest.read(deduped_path, schemas.DEDUPED, arrow_lists=_CARRIED_LISTS)
+    items = manifest.read(deduped_path, schemas.DEDUPED, arrow_lists=_ARROW_LISTS)
     at = _same_inputs(items, previous)
     todo = np.flatnonzero(at < 0)
     pending = items.iloc[todo]
     found = background.estimates(list(zip(pending["sha256"], pending["path"])), settings, cache_dir) if settings.check else {}
     columns: dict[str, list] = {k: [] for k in _DTYPES}
-    rows = zip(*(pending[c].to_numpy(dtype=object) for c in ("source", "sha256", "tags", "caption_override")))
+    tags = list_array(pending["tags"]).to_pylist()  # the items captioned anew: their tags as Python lists
+    rows = zip(*(pending[c].to_numpy(dtype=object) for c in ("source", "sha256")), tags, pending["caption_override"].to_numpy(dtype=object))
     with manifest.gc_paused():
         _caption_rows(progress.bar(rows, total=len(pending), desc="caption", unit="item"), captioner, captioners, found, settings, columns)
     reused = np.flatnonzero(at >= 0)
@@ -137,10 +140,26 @@ def _same_inputs(items: pd.DataFrame, previous: pd.DataFrame | None) -> np.ndarr
         same &= items[column].to_numpy(dtype=object)[rows] == before[column].to_numpy(dtype=object)
     now_fixed, then_fixed = items["caption_override"].iloc[rows], before["caption_override"]
     same &= (now_fixed.isna().to_numpy() & then_fixed.isna().to_numpy()) | (now_fixed.to_numpy(dtype=object) == then_fixed.to_numpy(dtype=object))
-    same &= np.array([list(a) == list(b) for a, b in zip(items["tags"].iloc[rows], before["tags"])], dtype=bool)
+    same &= _same_lists(list_array(items["tags"]).take(pa.array(rows)), list_array(before["tags"]))
     out = np.full(len(items), -1, dtype=np.int64)
     out[rows[same]] = at[rows[same]]
     return out
+
+
+def _same_lists(a: pa.ListArray, b: pa.ListArray) -> np.ndarray:
+    """Whether each list of ``a`` holds the same values in the same order as ``b``'s in its row
+    (a missing list equals only a missing one), compared as Arrow: no Python list per row."""
+    lengths = [pc.fill_null(pc.list_value_length(x), -1).to_numpy(zero_copy_only=False) for x in (a, b)]
+    same = lengths[0] == lengths[1]
+    rows = np.flatnonzero(same & (lengths[0] > 0))
+    if len(rows):
+        taken = pa.array(rows)
+        values = [pc.list_flatten(x.take(taken)) for x in (a, b)]
+        equal = pc.fill_null(pc.equal(*values), False).to_numpy(zero_copy_only=False)
+        equal |= (pc.is_null(values[0]).to_numpy(zero_copy_only=False) & pc.is_null(values[1]).to_numpy(zero_copy_only=False))
+        parents = pc.list_parent_indices(a.take(taken)).to_numpy(zero_copy_only=False)
+        same[rows[np.bincount(parents[~equal], minlength=len(rows)) > 0]] = False
+    return same
 
 
 def _as_made(values: pd.Series, name: str) -> np.ndarray:
