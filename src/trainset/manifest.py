@@ -345,7 +345,7 @@ def _in_place_first(ids: pyarrow.Array, among: pyarrow.Array) -> np.ndarray:
         if run == both:
             break
         # ids[i] differs from among[j]: ids inserted before among[j] reappears, or among's rows dropped before ids[i]
-        inserted = pc.index(ids.slice(i), among[j]).as_py() if among[j].is_valid else -1
+        inserted = pc.index(ids.slice(i), among[j]).as_py()  # among holds no missing id
         dropped = pc.index(among.slice(j), ids[i]).as_py() if ids[i].is_valid else -1
         if inserted < 0 and dropped < 0:
             i, j = i + 1, j + 1  # one id replaced by another

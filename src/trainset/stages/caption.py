@@ -153,11 +153,11 @@ def _same_lists(a: pa.ListArray, b: pa.ListArray) -> np.ndarray:
     same = lengths[0] == lengths[1]
     rows = np.flatnonzero(same & (lengths[0] > 0))
     if len(rows):
-        taken = pa.array(rows)
-        values = [pc.list_flatten(x.take(taken)) for x in (a, b)]
+        taken = [x.take(pa.array(rows)) for x in (a, b)]
+        values = [pc.list_flatten(x) for x in taken]
         equal = pc.fill_null(pc.equal(*values), False).to_numpy(zero_copy_only=False)
         equal |= (pc.is_null(values[0]).to_numpy(zero_copy_only=False) & pc.is_null(values[1]).to_numpy(zero_copy_only=False))
-        parents = pc.list_parent_indices(a.take(taken)).to_numpy(zero_copy_only=False)
+        parents = pc.list_parent_indices(taken[0]).to_numpy(zero_copy_only=False)
         same[rows[np.bincount(parents[~equal], minlength=len(rows)) > 0]] = False
     return same
 
